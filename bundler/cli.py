@@ -1,0 +1,148 @@
+"""Thin command line: parse, call one core function, print, exit code.
+
+A `BundlerError` is a user's mistake or an unmet precondition: it is printed as one message
+(no traceback) and the process exits with the error's `exit_code`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from .config import DEFAULT_CONFIG, BundleConfig, load_config
+from .errors import BundlerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _reports_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BundlerError as e:
+            err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            sys.exit(e.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help="The bundle's configuration file.",
+)
+
+
+@click.group()
+@click.version_option(package_name="kaggle-bundler")
+def main() -> None:
+    """Ship segmentation models to an offline Kaggle code competition."""
+
+
+@main.command()
+@config_option
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Dataset folder (default: dataset.out).")
+@click.option("--no-index", is_flag=True, help="Resolve from target.find_links only; never reach an index.")
+@_reports_errors
+def build(config_path: Path, out: Path | None, no_index: bool) -> None:
+    """Vendor the wheels the Kaggle image lacks and the model weights into one dataset folder."""
+    from .dataset import build_dataset
+
+    cfg = load_config(config_path)
+    if out is not None:
+        cfg = replace(cfg, dataset=replace(cfg.dataset, out=out.resolve()))
+    if no_index:
+        cfg = replace(cfg, target=replace(cfg.target, no_index=True))
+    build_dataset(cfg, console=console)
+
+
+@main.command("render-notebook")
+@config_option
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Notebook path (default: kernel.notebook).")
+@_reports_errors
+def render_notebook_cmd(config_path: Path, out: Path | None) -> None:
+    """Generate the offline inference notebook and kernel-metadata.json from kernel_src."""
+    from .render import render_notebook
+
+    cfg = load_config(config_path)
+    if out is not None:
+        cfg = replace(cfg, kernel=replace(cfg.kernel, notebook=out.resolve()))
+    render_notebook(cfg, console=console)
+
+
+@main.command("dry-run")
+@config_option
+@click.option("--test-dir", type=click.Path(path_type=Path), default=None, help="Folder of test images.")
+@click.option("--sample-submission", type=click.Path(path_type=Path), default=None, help="The sample submission CSV.")
+@click.option(
+    "--labels", type=click.Path(path_type=Path), default=None, help="Ground truth (train.csv form) to score against."
+)
+@click.option(
+    "--time-budget", type=float, default=None, help="Seconds; overrides the budget of the guard and the verdict."
+)
+@click.option("--calibrate", type=click.Path(path_type=Path), default=None, help="profile.json from a real Kaggle run.")
+@click.option("--calibration", type=float, default=None, help="Kaggle seconds per local second.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: dryrun.out).")
+@_reports_errors
+def dry_run_cmd(
+    config_path: Path,
+    test_dir: Path | None,
+    sample_submission: Path | None,
+    labels: Path | None,
+    time_budget: float | None,
+    calibrate: Path | None,
+    calibration: float | None,
+    out: Path | None,
+) -> None:
+    """Run the rendered notebook here, offline and timed; project it to the hidden test set."""
+    from .dryrun import dry_run
+
+    cfg = load_config(config_path)
+    overrides: dict[str, Any] = {
+        "test_dir": test_dir,
+        "sample_submission": sample_submission,
+        "labels": labels,
+        "time_budget_s": time_budget,
+        "calibration_profile": calibrate,
+        "calibration": calibration,
+        "out": out,
+    }
+    cfg = _with_dryrun(
+        cfg, {k: (v.resolve() if isinstance(v, Path) else v) for k, v in overrides.items() if v is not None}
+    )
+    result = dry_run(cfg, console=console)
+    if not result.ok:
+        err_console.print(f"[bold red]dry-run failed:[/] {result.reason}", soft_wrap=True)
+        sys.exit(1)
+
+
+def _with_dryrun(cfg: BundleConfig, overrides: dict[str, Any]) -> BundleConfig:
+    return replace(cfg, dryrun=replace(cfg.dryrun, **overrides))
+
+
+@main.command()
+@config_option
+@click.option("--skip-dry-run", is_flag=True, help="Stop after build and render.")
+@_reports_errors
+def demo(config_path: Path, skip_dry_run: bool) -> None:
+    """Make synthetic data and small models, then build, render and dry-run the demo bundle."""
+    from .demo import run_demo
+
+    run_demo(config_path, console=console, dry_run=not skip_dry_run)
+
+
+if __name__ == "__main__":
+    main()

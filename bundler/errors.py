@@ -1,0 +1,47 @@
+"""One exception tree. Every message names the input at fault and says how to fix it."""
+
+from __future__ import annotations
+
+
+class BundlerError(Exception):
+    """Base of every error `bundler` reports to a user (printed without a traceback)."""
+
+    exit_code = 1
+
+
+class ConfigError(BundlerError):
+    """`bundle.toml` (or a CLI flag overriding it) is invalid."""
+
+    exit_code = 2
+
+
+class BuildError(BundlerError):
+    """`bundler build` could not produce a complete dataset folder."""
+
+
+class CredentialError(BuildError):
+    """A credential file was found among the inputs and refused."""
+
+
+class WeightsError(BuildError):
+    """A checkpoint cannot be read or does not fit its declared architecture."""
+
+
+class WheelsError(BuildError):
+    """The wheel closure cannot be resolved, downloaded, built or installed offline."""
+
+
+class RenderError(BundlerError):
+    """The notebook or kernel-metadata.json cannot be written."""
+
+
+class MetadataError(RenderError):
+    """kernel-metadata.json breaks a rule the Kaggle CLI enforces."""
+
+
+class DryRunError(BundlerError):
+    """A dry-run could not start, or its verdict is a failure."""
+
+
+class DemoError(BundlerError):
+    """The demo could not complete."""

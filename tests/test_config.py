@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bundler.config import load_config, parse_config
+from bundler.errors import ConfigError
+from kernel_src.spec import InferenceSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def raw_demo() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "bundle.toml").read_text())
+
+
+def test_demo_config_loads_and_round_trips_through_json() -> None:
+    cfg = load_config(ROOT / "bundle.toml")
+    assert cfg.inference.num_classes == 4
+    assert [m.spec.name for m in cfg.models] == ["cls-resnet18", "unet-resnet18", "fpn-mobilenet"]
+    assert cfg.inference.time_budget_s == cfg.competition.time_limit_s - 300
+    assert InferenceSpec.from_dict(cfg.inference.to_dict()) == cfg.inference
+    assert cfg.models[1].checkpoint == ROOT / "models/unet-resnet18.pth"
+    assert cfg.models[1].spec.file == "unet-resnet18.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda r: r["inference"]["postprocess"].update(threshold=[0.5, 1.5, 0.5, 0.5]), "inference.postprocess.threshold"),
+        (lambda r: r["segmenters"][0].update(tta=["identity", "rot90"]), "segmenters[0].tta"),
+        (lambda r: r["segmenters"][0].pop("checkpoint"), "segmenters[0].checkpoint"),
+        (lambda r: r["segmenters"][0].pop("encoder"), "segmenters[0].encoder"),
+        (lambda r: r["inference"]["gating"].update(mode="sometimes"), "inference.gating.mode"),
+        (lambda r: r["inference"].update(rle_order="K"), "inference.rle_order"),
+        (lambda r: r["dataset"].update(id="no-slash"), "dataset.id"),
+        (lambda r: r["dataset"].update(title="short"), "dataset.title"),
+        (lambda r: r["kernel"].update(title="abc"), "kernel.title"),
+        (lambda r: r.update(extra={}), "[extra]"),
+        (lambda r: r["inference"].update(colour="red"), "inference.colour"),
+        (lambda r: r.pop("classifiers"), "inference.gating.mode"),
+        (lambda r: r["segmenters"][1].update(name="unet-resnet18"), "used twice"),
+    ],
+)
+def test_every_bad_value_names_its_key(edit: Any, expected: str) -> None:
+    raw = raw_demo()
+    edit(raw)
+    with pytest.raises(ConfigError, match=r"bundle\.toml: .*" + expected.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(raw, ROOT)
+
+
+def test_missing_file_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--config"):
+        load_config(tmp_path / "bundle.toml")

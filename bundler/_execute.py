@@ -1,0 +1,277 @@
+"""Execute one notebook with nbclient in a child process, and follow it from the parent.
+
+Child side, the entry point:
+    python -m bundler._execute NOTEBOOK_IN NOTEBOOK_OUT RESULT_JSON --cwd DIR [--timeout S]
+
+Runs in its own process so that the dry-run can put it (and the kernel it starts) in a
+network namespace. Progress goes to stdout as lines `@@bundler-event {json}`: `start`
+(cells), `cell_start` / `cell_complete` (index, elapsed) and `stream` (the kernel's printed
+lines). The executed notebook and RESULT_JSON are written in every case, failure included:
+    {"status": "ok" | "cell_failed" | "kernel_died" | "timeout" | "error",
+     "seconds": wall time, "cell": index or null, "ename", "evalue", "traceback": text}
+
+Parent side: `run_notebook(...)` starts the child (wrapped by `bundler.netns` when the network
+is to be cut), shows progress on a rich console and returns an `Execution`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from rich.console import Console
+from rich.markup import escape
+
+from bundler.netns import Isolation, isolated_argv
+
+EVENT_PREFIX = "@@bundler-event "
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(EVENT_PREFIX + json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+class _StreamingClient(NotebookClient):  # type: ignore[misc]
+    """A NotebookClient that reports each cell and each printed line as it happens."""
+
+    def output(self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int) -> Any:
+        if msg.get("msg_type") == "stream":
+            text = str(msg.get("content", {}).get("text", ""))
+            for line in text.splitlines():
+                if line.strip():
+                    emit("stream", cell=cell_index, text=strip_ansi(line)[-300:])
+        return super().output(outs, msg, display_id, cell_index)
+
+
+def _error_of(nb: Any) -> tuple[int | None, str, str, str]:
+    """(cell index, ename, evalue, traceback) of the first error output in `nb`."""
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                tb = strip_ansi("\n".join(out.get("traceback", [])))
+                return i, str(out.get("ename", "")), str(out.get("evalue", "")), tb
+    return None, "", "", ""
+
+
+def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float | None) -> int:
+    nb = nbformat.read(src, as_version=4)  # type: ignore[no-untyped-call]
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    emit("start", cells=len(nb.cells), code_cells=len(code_cells))
+    started = time.monotonic()
+    cell_started: dict[int, float] = {}
+
+    def on_start(cell: Any, cell_index: int) -> None:
+        cell_started[cell_index] = time.monotonic()
+        first = next((ln for ln in str(cell.source).splitlines() if ln.strip()), "")
+        emit("cell_start", cell=cell_index, code_cells=code_cells, first_line=first[:120])
+
+    def on_complete(cell: Any, cell_index: int) -> None:
+        t = time.monotonic()
+        emit("cell_complete", cell=cell_index, seconds=round(t - cell_started.get(cell_index, t), 3))
+
+    client = _StreamingClient(
+        nb,
+        timeout=int(timeout) if timeout else None,
+        startup_timeout=120,
+        allow_errors=False,
+        resources={"metadata": {"path": str(cwd)}},
+        on_cell_start=on_start,
+        on_cell_complete=on_complete,
+    )
+    result: dict[str, Any] = {"status": "ok", "cell": None, "ename": "", "evalue": "", "traceback": ""}
+    try:
+        client.execute()
+    except CellTimeoutError as e:
+        result.update(status="timeout", evalue=str(e).strip().splitlines()[0] if str(e).strip() else "timeout")
+    except DeadKernelError as e:
+        result.update(status="kernel_died", evalue=str(e).strip() or "the kernel died")
+    except CellExecutionError as e:
+        result.update(status="cell_failed", ename=e.ename, evalue=e.evalue, traceback=strip_ansi(e.traceback))
+    except KeyboardInterrupt as e:
+        result.update(status="timeout", evalue=str(e) or "interrupted")
+    except Exception as e:  # the kernel never started, a broken notebook, ...: reported, not raised
+        result.update(status="error", ename=type(e).__name__, evalue=str(e).strip())
+    finally:
+        result["seconds"] = round(time.monotonic() - started, 3)
+        if result["status"] != "ok":
+            cell, ename, evalue, tb = _error_of(nb)
+            if cell is not None:
+                result["cell"] = cell
+                result["ename"] = result["ename"] or ename
+                result["evalue"] = result["evalue"] or evalue
+                result["traceback"] = result["traceback"] or tb
+            elif result["status"] in ("timeout", "kernel_died"):
+                running = max(cell_started, default=None)
+                result["cell"] = running
+        nbformat.write(nb, dest)  # type: ignore[no-untyped-call]
+        result_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        emit("done", status=result["status"], seconds=result["seconds"])
+    return 0 if result["status"] == "ok" else 1
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)  # so that `finally` writes the results and stops the kernel
+    parser = argparse.ArgumentParser(prog="python -m bundler._execute")
+    parser.add_argument("notebook", type=Path)
+    parser.add_argument("executed", type=Path)
+    parser.add_argument("result", type=Path)
+    parser.add_argument("--cwd", type=Path, required=True)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per cell")
+    args = parser.parse_args(argv)
+    return execute(args.notebook, args.executed, args.result, args.cwd, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# --- parent side -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Execution:
+    status: str  # "ok" | "cell_failed" | "kernel_died" | "timeout" | "error"
+    seconds: float  # wall time of the notebook's execution (kernel start to last cell)
+    cell: int | None  # index of the failed (or running, on timeout) cell
+    ename: str
+    evalue: str
+    traceback: str
+    log: Path  # everything the child printed that was not an event
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _follow(proc: subprocess.Popen[str], log: Path, console: Console, deadline: float | None) -> None:
+    """Read the child's output: events drive the progress line, the rest goes to `log`."""
+    started = time.monotonic()
+    state = {"cell": "starting kernel", "line": ""}
+    watchdog: threading.Timer | None = None
+    if deadline is not None:
+        watchdog = threading.Timer(deadline, _stop, args=(proc,))
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        with log.open("w", encoding="utf-8") as sink, console.status("notebook: starting kernel") as status:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                if not raw.startswith(EVENT_PREFIX):
+                    sink.write(raw)
+                    continue
+                try:
+                    ev = json.loads(raw[len(EVENT_PREFIX) :])
+                except json.JSONDecodeError:
+                    sink.write(raw)
+                    continue
+                kind = ev.get("event")
+                if kind == "cell_start":
+                    order = ev.get("code_cells", [])
+                    pos = order.index(ev["cell"]) + 1 if ev["cell"] in order else ev["cell"]
+                    state["cell"] = f"cell {ev['cell']} ({pos}/{len(order)} code cells): {ev.get('first_line', '')}"
+                    state["line"] = ""
+                elif kind == "cell_complete":
+                    console.print(f"  cell {ev['cell']} done in {ev['seconds']:.1f} s", highlight=False)
+                elif kind == "stream":
+                    state["line"] = str(ev.get("text", ""))
+                    sink.write(f"[cell {ev.get('cell')}] {state['line']}\n")
+                elapsed = time.monotonic() - started
+                tail = f"\n  {escape(state['line'][:150])}" if state["line"] else ""
+                status.update(f"notebook {elapsed:6.1f} s  {escape(state['cell'][:100])}{tail}")
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        proc.wait()
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_notebook(
+    notebook: Path,
+    executed: Path,
+    *,
+    cwd: Path,
+    console: Console,
+    isolation: Isolation,
+    readonly: Sequence[Path] = (),
+    timeout_s: float | None = None,
+) -> Execution:
+    """Execute `notebook` with its kernel in `cwd`; write the executed copy to `executed`.
+
+    `isolation` (from `bundler.netns.probe()`) decides whether the child and its kernel see
+    the network. A failure inside the notebook is returned, never raised.
+    """
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    result_path = executed.with_name(executed.stem + ".result.json")
+    log = executed.with_name(executed.stem + ".log")
+    result_path.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "bundler._execute", str(notebook), str(executed), str(result_path)]
+    argv += ["--cwd", str(cwd)]
+    if timeout_s is not None:
+        argv += ["--timeout", str(timeout_s)]
+    proc = subprocess.Popen(
+        isolated_argv(argv, isolation, readonly),
+        cwd=cwd,
+        env=_child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
+    deadline = None if timeout_s is None else timeout_s + 120.0
+    _follow(proc, log, console, deadline)
+    if not result_path.is_file():
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+        return Execution(
+            "error", 0.0, None, "", f"the notebook runner exited with status {proc.returncode}", "\n".join(tail), log
+        )
+    data = json.loads(result_path.read_text(encoding="utf-8"))
+    result_path.unlink()
+    return Execution(
+        status=str(data["status"]),
+        seconds=float(data["seconds"]),
+        cell=data.get("cell"),
+        ename=str(data.get("ename", "")),
+        evalue=str(data.get("evalue", "")),
+        traceback=str(data.get("traceback", "")),
+        log=log,
+    )

@@ -1,0 +1,103 @@
+"""A Kaggle-like folder tree for a dry-run, laid out in a temporary folder:
+
+    <root>/input/<dataset-slug>/...            the built bundle's files (flat)
+    <root>/input/<competition-slug>/<test_images>/...   the test images
+    <root>/input/<competition-slug>/<sample_submission>
+    <root>/working/                             the notebook's current folder and output
+
+Files are hard links where the filesystem allows (no copy, and a read-only bind mount of
+`input/` then really refuses writes), else symbolic links. The `input/` folders are made
+read-only (mode 0555) as well, which binds a non-root process; root is held by the mount.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+READ_ONLY_DIR = stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+
+
+@dataclass(frozen=True)
+class KaggleTree:
+    root: Path
+    input_root: Path  # like /kaggle/input
+    bundle_dir: Path  # input/<dataset-slug>
+    competition_dir: Path  # input/<competition-slug>
+    test_images: Path  # input/<competition-slug>/<test_images>
+    sample_submission: Path  # input/<competition-slug>/<sample_submission>
+    working: Path  # like /kaggle/working
+    linked: str  # "hardlink", "symlink" or "mixed": how the input files were placed
+
+
+def _place(src: Path, dest: Path) -> str:
+    try:
+        os.link(src, dest)
+        return "hardlink"
+    except OSError:
+        dest.symlink_to(src.resolve())
+        return "symlink"
+
+
+def _link_files(files: list[Path], dest_dir: Path) -> set[str]:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    return {_place(f, dest_dir / f.name) for f in files}
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly inside `folder`, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def dataset_slug(dataset_id: str) -> str:
+    """'owner/slug' -> 'slug': the folder Kaggle mounts a dataset under."""
+    return dataset_id.rsplit("/", 1)[-1]
+
+
+def make_tree(
+    root: Path,
+    *,
+    bundle_src: Path,
+    dataset_id: str,
+    competition_slug: str,
+    test_dir: Path,
+    test_images_name: str,
+    sample_submission_src: Path,
+    sample_submission_name: str,
+) -> KaggleTree:
+    """Lay the tree out under `root` (which must be empty or absent)."""
+    root.mkdir(parents=True, exist_ok=True)
+    input_root = root / "input"
+    bundle_dir = input_root / dataset_slug(dataset_id)
+    competition_dir = input_root / competition_slug
+    test_images = competition_dir / test_images_name
+    sample = competition_dir / sample_submission_name
+    working = root / "working"
+    working.mkdir(parents=True)
+
+    ways = _link_files(sorted(p for p in bundle_src.iterdir() if p.is_file()), bundle_dir)
+    ways |= _link_files(image_files(test_dir), test_images)
+    competition_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sample_submission_src, sample)  # small; a copy keeps the user's file out of reach
+
+    for folder in (test_images, bundle_dir, competition_dir, input_root):
+        folder.chmod(READ_ONLY_DIR)
+    linked = ways.pop() if len(ways) == 1 else "mixed"
+    return KaggleTree(root, input_root, bundle_dir, competition_dir, test_images, sample, working, linked)
+
+
+def remove_tree(root: Path) -> None:
+    """Delete a tree made by `make_tree`, read-only folders included. The linked originals stay."""
+    if not root.exists():
+        return
+    for folder, dirs, _files in os.walk(root):
+        for d in dirs:
+            p = Path(folder) / d
+            if not p.is_symlink():
+                p.chmod(stat.S_IRWXU)
+    root.chmod(stat.S_IRWXU)
+    shutil.rmtree(root)

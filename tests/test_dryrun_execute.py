@@ -1,0 +1,87 @@
+"""Executing notebooks in a child process, with and without the network (real kernels)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from rich.console import Console
+
+from bundler._execute import run_notebook
+from bundler.netns import NETWORK_AVAILABLE, Isolation, probe
+
+ISOLATION = probe()
+NO_ISOLATION = Isolation(NETWORK_AVAILABLE, False, "test")
+
+SOCKET_CELL = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(3)
+s.connect(("192.0.2.1", 443))
+"""
+
+
+def _notebook(path: Path, *sources: str) -> Path:
+    nb = new_notebook(cells=[new_markdown_cell("# test"), *(new_code_cell(s) for s in sources)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, width=120), buf
+
+
+def test_runs_in_cwd_and_keeps_outputs(tmp_path: Path) -> None:
+    work = tmp_path / "working"
+    work.mkdir()
+    nb = _notebook(tmp_path / "a.ipynb", "import os\nprint('cwd', os.getcwd())", "open('out.txt', 'w').write('hi')")
+    console, buf = _console()
+    ex = run_notebook(nb, tmp_path / "out" / "a.ipynb", cwd=work, console=console, isolation=ISOLATION)
+    assert ex.ok, ex
+    assert ex.cell is None
+    assert (work / "out.txt").read_text() == "hi"
+    done = nbformat.read(tmp_path / "out" / "a.ipynb", as_version=4)
+    assert f"cwd {work}" in done.cells[1].outputs[0]["text"]
+    assert "cell 2 done" in buf.getvalue()
+    assert f"[cell 1] cwd {work}" in ex.log.read_text()
+
+
+def test_failing_cell_is_reported_with_its_traceback(tmp_path: Path) -> None:
+    nb = _notebook(tmp_path / "b.ipynb", "x = 1", "def boom():\n    raise ValueError('bad threshold')\nboom()", "y = 2")
+    console, _ = _console()
+    out = tmp_path / "out" / "b.ipynb"
+    ex = run_notebook(nb, out, cwd=tmp_path, console=console, isolation=NO_ISOLATION)
+    assert ex.status == "cell_failed"
+    assert ex.cell == 2
+    assert ex.ename == "ValueError"
+    assert ex.evalue == "bad threshold"
+    assert "boom()" in ex.traceback
+    assert "\x1b[" not in ex.traceback
+    done = nbformat.read(out, as_version=4)  # saved although it failed
+    assert done.cells[2].outputs[-1]["output_type"] == "error"
+    assert not done.cells[3].get("outputs")
+
+
+@pytest.mark.skipif(not ISOLATION.isolated, reason=f"no network namespace here: {ISOLATION.reason}")
+def test_socket_to_outside_fails_without_network(tmp_path: Path) -> None:
+    nb = _notebook(tmp_path / "c.ipynb", "print('kernel up over loopback')", SOCKET_CELL)
+    console, _ = _console()
+    ex = run_notebook(nb, tmp_path / "out" / "c.ipynb", cwd=tmp_path, console=console, isolation=ISOLATION)
+    assert ex.status == "cell_failed", ex
+    assert ex.cell == 2
+    assert ex.ename == "OSError"
+    assert "unreachable" in ex.evalue.lower()
+
+
+def test_kernel_death_is_reported(tmp_path: Path) -> None:
+    nb = _notebook(tmp_path / "d.ipynb", "import os\nos._exit(1)", "print('never')")
+    console, _ = _console()
+    ex = run_notebook(nb, tmp_path / "out" / "d.ipynb", cwd=tmp_path, console=console, isolation=NO_ISOLATION)
+    assert ex.status == "kernel_died", json.dumps(ex.__dict__, default=str)
+    assert ex.cell == 1

@@ -1,0 +1,112 @@
+"""How long the notebook will take on the scored rerun: pure arithmetic on profile.json data.
+
+    projected = fixed + per_image x hidden_test_images
+
+`fixed` is everything before the first batch (setup, pip install, imports, model loading:
+profile `fixed_s`); `per_image` is the measured cost of one image (profile `per_image_s`).
+The local figures are scaled to the target by a calibration:
+- a `profile.json` from a real Kaggle run of the same notebook: its own `fixed_s` is used, and
+  per-image time is scaled by kaggle `per_image_s` / local `per_image_s`;
+- a factor the user gives (Kaggle seconds per local second), applied to both parts;
+- none: the figure is for this machine, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import DryRunError
+
+NO_CALIBRATION_NOTE = "none: figure is for this machine"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    kind: str  # "none" | "factor" | "profile"
+    per_image_factor: float  # target seconds per local second, for the per-image cost
+    fixed_s: float | None  # the target's own fixed cost (profile calibration), else None
+    fixed_factor: float  # applied to the local fixed cost when `fixed_s` is None
+    source: str  # human-readable: where the calibration came from
+
+    def describe(self) -> str:
+        if self.kind == "none":
+            return NO_CALIBRATION_NOTE
+        if self.kind == "factor":
+            return f"factor {self.per_image_factor:g} (target seconds per local second), {self.source}"
+        return (
+            f"Kaggle profile {self.source}: per-image x{self.per_image_factor:.3g}, "
+            f"fixed {self.fixed_s:.1f} s from that run"
+        )
+
+
+NO_CALIBRATION = Calibration("none", 1.0, None, 1.0, "")
+
+
+def factor_calibration(factor: float, source: str = "given by the user") -> Calibration:
+    if not (factor > 0 and math.isfinite(factor)):
+        raise DryRunError(f"calibration factor {factor!r} must be a positive number (Kaggle seconds per local second)")
+    return Calibration("factor", factor, None, factor, source)
+
+
+def _number(profile: Mapping[str, Any], key: str, what: str) -> float:
+    value = profile.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise DryRunError(f"{what}: `{key}` is {value!r}, expected seconds >= 0; is this a bundler profile.json?")
+    return float(value)
+
+
+def profile_calibration(kaggle: Mapping[str, Any], local: Mapping[str, Any], source: str) -> Calibration:
+    """Calibrate by a `profile.json` downloaded from a real Kaggle run of the same notebook."""
+    k_per = _number(kaggle, "per_image_s", f"calibration profile {source}")
+    k_fixed = _number(kaggle, "fixed_s", f"calibration profile {source}")
+    l_per = _number(local, "per_image_s", "the dry-run's profile.json")
+    if k_per <= 0:
+        raise DryRunError(f"calibration profile {source}: per_image_s is 0; it must come from a run that saw images")
+    if l_per <= 0:
+        raise DryRunError("the dry-run's profile.json has per_image_s 0: no image was timed, so nothing can be scaled")
+    return Calibration("profile", k_per / l_per, k_fixed, 1.0, source)
+
+
+@dataclass(frozen=True)
+class Projection:
+    fixed_s: float  # on the target
+    per_image_s: float  # on the target
+    images: int  # the hidden test size
+    projected_s: float
+    budget_s: float
+    within_budget: bool
+    margin_s: float  # budget - projected (negative: over budget)
+    calibration: Calibration
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["calibration"] = self.calibration.describe()
+        return data
+
+
+def project(
+    local: Mapping[str, Any], *, hidden_images: int, budget_s: float, calibration: Calibration = NO_CALIBRATION
+) -> Projection:
+    """Project a local `profile.json` (as a mapping) to `hidden_images` images on the target."""
+    if hidden_images < 1:
+        raise DryRunError(f"competition.hidden_test_images = {hidden_images}: must be a positive count")
+    if not budget_s > 0:
+        raise DryRunError(f"time budget {budget_s!r} s must be positive; set --time-budget or inference.time_budget_s")
+    local_fixed = _number(local, "fixed_s", "the dry-run's profile.json")
+    local_per = _number(local, "per_image_s", "the dry-run's profile.json")
+    fixed = calibration.fixed_s if calibration.fixed_s is not None else local_fixed * calibration.fixed_factor
+    per_image = local_per * calibration.per_image_factor
+    projected = fixed + per_image * hidden_images
+    return Projection(
+        fixed_s=fixed,
+        per_image_s=per_image,
+        images=hidden_images,
+        projected_s=projected,
+        budget_s=float(budget_s),
+        within_budget=projected <= budget_s,
+        margin_s=float(budget_s) - projected,
+        calibration=calibration,
+    )

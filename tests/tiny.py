@@ -1,0 +1,210 @@
+"""Tiny REAL models for tests: timm classifiers and smp segmenters with random weights.
+
+Weights are saved to `dest` exactly as a bundle carries them (`<name>.safetensors`, or `<name>.pt`
+for TorchScript), so `kernel_src.models.load_model(spec, dest, ...)` loads them like the notebook
+does. Everything is seeded: the same `seed` gives the same files.
+
+- `make_tiny_models(dest)`: two timm classifiers and two smp segmenters (Unet and FPN on a small
+  timm-universal MobileNetV3 encoder), each at its own small `input_size`.
+- `make_torchscript_segmenter(dest)`: a traced tiny smp Unet, the TorchScript model kind.
+- `make_brightness_classifier(dest)`: a scripted classifier whose every class fires exactly when
+  the image's mean pixel is above 0.5 (mean/std 0/1): gating tests choose what passes.
+- `make_nan_segmenter(dest)`: a scripted segmenter that outputs NaN for images brighter than
+  0.9 on average and a fixed logit elsewhere.
+- `tiny_spec(dest, **overrides)`: a complete `InferenceSpec` (64x256 images, CPU) around them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from kernel_src.models import build_model
+from kernel_src.spec import InferenceSpec, ModelSpec
+
+IMAGE_HEIGHT = 64
+IMAGE_WIDTH = 256
+ENCODER = "tu-mobilenetv3_small_050"
+
+
+def _save_random(spec: ModelSpec, dest: Path, num_classes: int, seed: int) -> ModelSpec:
+    torch.manual_seed(seed)
+    model = build_model(spec, num_classes)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(dest / spec.file))
+    return spec
+
+
+def make_tiny_models(dest: Path, *, num_classes: int = 4, seed: int = 0) -> tuple[list[ModelSpec], list[ModelSpec]]:
+    """(classifiers, segmenters): real timm and smp models with random weights saved in `dest`."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    classifiers = [
+        ModelSpec(
+            name="cls-mnv3",
+            kind="timm",
+            file="cls-mnv3.safetensors",
+            arch="mobilenetv3_small_050",
+            input_size=(32, 128),
+        ),
+        ModelSpec(name="cls-resnet", kind="timm", file="cls-resnet.safetensors", arch="test_resnet", input_size=None),
+    ]
+    segmenters = [
+        ModelSpec(
+            name="unet-mnv3",
+            kind="smp",
+            file="unet-mnv3.safetensors",
+            arch="Unet",
+            encoder=ENCODER,
+            input_size=(32, 128),
+            tta=("identity", "hflip"),
+            weight=1.0,
+        ),
+        ModelSpec(
+            name="fpn-mnv3",
+            kind="smp",
+            file="fpn-mnv3.safetensors",
+            arch="FPN",
+            encoder=ENCODER,
+            input_size=(64, 256),
+            tta=("identity", "vflip"),
+            weight=0.5,
+        ),
+    ]
+    for i, spec in enumerate([*classifiers, *segmenters]):
+        _save_random(spec, dest, num_classes, seed + i)
+    return classifiers, segmenters
+
+
+def make_torchscript_segmenter(
+    dest: Path,
+    *,
+    name: str = "ts-unet",
+    num_classes: int = 4,
+    seed: int = 0,
+    input_size: tuple[int, int] = (32, 128),
+) -> ModelSpec:
+    """A tiny smp Unet traced to TorchScript and saved as `<name>.pt` in `dest`."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    source = ModelSpec(name=name, kind="smp", file="", arch="Unet", encoder=ENCODER)
+    model = build_model(source, num_classes).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.rand(1, 3, *input_size))  # type: ignore[no-untyped-call]
+    spec = ModelSpec(name=name, kind="torchscript", file=f"{name}.pt", input_size=input_size, tta=("identity", "hflip"))
+    traced.save(str(dest / spec.file))
+    return spec
+
+
+class _Brightness(nn.Module):
+    """Logit +20 for every class when the mean pixel is above 0.5, -20 below (linear in between)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        level = x.mean(dim=(1, 2, 3))
+        return ((level - 0.5) * 200.0).clamp(-20.0, 20.0).unsqueeze(1).repeat(1, self.num_classes)
+
+
+class _NanOnBright(nn.Module):
+    """Logit `value` everywhere; NaN for images whose mean pixel is above 0.9."""
+
+    def __init__(self, num_classes: int, value: float) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.full((x.shape[0], self.num_classes, x.shape[2], x.shape[3]), self.value, dtype=x.dtype)
+        bright = x.mean(dim=(1, 2, 3)) > 0.9
+        out[bright] = float("nan")
+        return out
+
+
+def make_brightness_classifier(dest: Path, *, name: str = "cls-bright", num_classes: int = 4) -> ModelSpec:
+    """A scripted classifier: all classes pass for images with mean pixel > 0.5 (values in [0, 1])."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    spec = ModelSpec(
+        name=name, kind="torchscript", file=f"{name}.pt", input_size=(16, 64), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+    )
+    torch.jit.script(_Brightness(num_classes)).save(str(dest / spec.file))  # type: ignore[no-untyped-call]
+    return spec
+
+
+def make_nan_segmenter(
+    dest: Path, *, name: str = "seg-nan", num_classes: int = 4, value: float = 4.0, weight: float = 1.0
+) -> ModelSpec:
+    """A scripted segmenter: logit `value` everywhere, NaN for images with mean pixel > 0.9."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    spec = ModelSpec(
+        name=name,
+        kind="torchscript",
+        file=f"{name}.pt",
+        input_size=(32, 128),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        weight=weight,
+    )
+    torch.jit.script(_NanOnBright(num_classes, value)).save(str(dest / spec.file))  # type: ignore[no-untyped-call]
+    return spec
+
+
+def model_dict(spec: ModelSpec) -> dict[str, Any]:
+    """`spec` as the plain data `InferenceSpec.from_dict` takes."""
+    data: dict[str, Any] = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "file": spec.file,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "tta": list(spec.tta),
+        "weight": spec.weight,
+    }
+    if spec.arch:
+        data["arch"] = spec.arch
+    if spec.encoder:
+        data["encoder"] = spec.encoder
+    if spec.input_size is not None:
+        data["input_size"] = list(spec.input_size)
+    return data
+
+
+def tiny_spec(dest: Path, **overrides: Any) -> InferenceSpec:
+    """An InferenceSpec for 64x256 images on CPU around `make_tiny_models(dest)`.
+
+    `overrides` are `InferenceSpec.from_dict` keys; `classifiers`/`segmenters` may be given as
+    `ModelSpec`s or plain dicts. `num_classes` and `seed` also shape the saved models.
+    """
+    num_classes = int(overrides.get("num_classes", 4))
+    seed = int(overrides.pop("seed", 0))
+    classifiers, segmenters = make_tiny_models(dest, num_classes=num_classes, seed=seed)
+    data: dict[str, Any] = {
+        "num_classes": num_classes,
+        "image_height": IMAGE_HEIGHT,
+        "image_width": IMAGE_WIDTH,
+        "rle_order": "F",
+        "batch_size": 4,
+        "device": "cpu",
+        "fp16": False,
+        "time_budget_s": 3600.0,
+        "loader_workers": 1,
+        "classifiers": classifiers,
+        "segmenters": segmenters,
+        "gating": {"mode": "per_class", "thresholds": 0.5},
+        "postprocess": {"threshold": 0.5, "min_component": 0, "min_area": 0},
+    }
+    data.update(overrides)
+    for key in ("classifiers", "segmenters"):
+        data[key] = [model_dict(m) if isinstance(m, ModelSpec) else m for m in data[key]]
+    if not data["classifiers"] and "gating" not in overrides:
+        data["gating"] = {"mode": "off"}
+    return InferenceSpec.from_dict(data)

@@ -1,0 +1,309 @@
+"""`report.html` of a dry-run: one self-contained file that opens offline.
+
+Every picture is a PNG drawn with matplotlib (Agg) and embedded as a `data:` URI; the page
+links to nothing outside itself. Sections: the verdict, the key figures, the stage timings
+(chart), the projection against the budget (chart), the guard's step-downs, the score per
+class, the failed cell's traceback, and predicted masks overlaid on a sample of test images
+beside the truth when labels were given.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from kernel_src import rle
+from kernel_src.submission import detect_layout, read_csv_strings, split_wide_key
+
+CLASS_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180))
+Mask = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class MaskSample:
+    image_id: str
+    image: npt.NDArray[np.uint8]  # H x W x 3, RGB
+    predicted: Mask  # C x H x W, 0/1
+    truth: Mask | None  # C x H x W, or None without labels
+
+
+# --- reading masks ------------------------------------------------------------------------
+
+
+def read_rles(csv_path: Path, num_classes: int) -> dict[str, list[str]]:
+    """{image: one RLE per class} from a submission (wide or long) or a long labels file."""
+    frame = read_csv_strings(csv_path)
+    source = str(csv_path)
+    frame = frame.rename(columns=lambda c: str(c).strip())
+    layout = detect_layout([str(c) for c in frame.columns], source)
+    result: dict[str, list[str]] = {}
+    if layout == "wide":
+        for key, value in zip(frame["ImageId_ClassId"], frame["EncodedPixels"], strict=True):
+            image_id, class_id = split_wide_key(str(key), num_classes, source)
+            result.setdefault(image_id, [""] * num_classes)[class_id - 1] = str(value)
+    else:
+        for image_id, class_id, value in zip(frame["ImageId"], frame["ClassId"], frame["EncodedPixels"], strict=True):
+            row = result.setdefault(str(image_id), [""] * num_classes)
+            if str(class_id).isdigit() and 1 <= int(class_id) <= num_classes:
+                row[int(class_id) - 1] = str(value)
+    return result
+
+
+def _masks(rles: Sequence[str], shape: tuple[int, int], order: str) -> Mask:
+    return np.stack([rle.decode(r, shape, order) for r in rles])
+
+
+def load_mask_samples(
+    submission: Path,
+    test_dir: Path,
+    labels: Path | None,
+    *,
+    num_classes: int,
+    shape: tuple[int, int],
+    order: str,
+    limit: int = 6,
+) -> list[MaskSample]:
+    """Up to `limit` images, those with a predicted or true defect first, in name order."""
+    predicted = read_rles(submission, num_classes)
+    truth = read_rles(labels, num_classes) if labels is not None else None
+    empty = [""] * num_classes
+
+    def has_defect(image_id: str) -> bool:
+        rows = [*predicted.get(image_id, empty), *(truth or {}).get(image_id, empty)]
+        return any(r.strip() for r in rows)
+
+    ids = sorted(predicted, key=lambda i: (not has_defect(i), i))
+    samples: list[MaskSample] = []
+    for image_id in ids:
+        if len(samples) >= limit:
+            break
+        image = cv2.imread(str(test_dir / image_id), cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        if image.shape[:2] != shape:
+            image = cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+        rgb = np.asarray(image, dtype=np.uint8)
+        true_masks = None if truth is None else _masks(truth.get(image_id, empty), shape, order)
+        samples.append(MaskSample(image_id, rgb, _masks(predicted.get(image_id, empty), shape, order), true_masks))
+    return samples
+
+
+# --- pictures -----------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib Figure on the Agg canvas: no pyplot, no global state, no display needed."""
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight", metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def overlay(image: npt.NDArray[np.uint8], masks: Mask, alpha: float = 0.45) -> npt.NDArray[np.uint8]:
+    """`image` (H x W x 3 RGB) with each class's mask tinted in its colour and outlined."""
+    out = image.astype(np.float32)
+    for c in range(masks.shape[0]):
+        m = masks[c].astype(bool)
+        if not m.any():
+            continue
+        colour = np.array(CLASS_COLOURS[c % len(CLASS_COLOURS)], dtype=np.float32)
+        out[m] = (1 - alpha) * out[m] + alpha * colour
+    result = out.clip(0, 255).astype(np.uint8)
+    for c in range(masks.shape[0]):
+        contours, _ = cv2.findContours(masks[c].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if contours:
+            cv2.drawContours(result, contours, -1, CLASS_COLOURS[c % len(CLASS_COLOURS)], 1)
+    return result
+
+
+def stage_chart(stages: Mapping[str, Any]) -> str | None:
+    items = [(str(k), float(v.get("seconds", 0.0))) for k, v in stages.items() if isinstance(v, Mapping)]
+    if not items:
+        return None
+    items.sort(key=lambda kv: kv[1])
+    fig = _figure(8, 0.35 * len(items) + 1.0)
+    ax = fig.subplots()
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#4c72b0")
+    for i, (_, v) in enumerate(items):
+        ax.text(v, i, f" {v:.2f} s", va="center", fontsize=8)
+    ax.set_xlabel("seconds (this machine)")
+    ax.set_title("Stage timings")
+    return _png(fig)
+
+
+def projection_chart(summary: Mapping[str, Any]) -> str | None:
+    projected = summary.get("projected_seconds")
+    budget = summary.get("budget_seconds")
+    if projected is None or budget is None:
+        return None
+    fixed = float(summary.get("projected_fixed_s") or 0.0)
+    images = float(projected) - fixed
+    fig = _figure(8, 1.8)
+    ax = fig.subplots()
+    over = float(projected) > float(budget)
+    ax.barh(["projected"], [fixed], color="#8172b2", label="fixed (setup, install, loading)")
+    ax.barh(["projected"], [images], left=[fixed], color="#c44e52" if over else "#55a868", label="images")
+    ax.axvline(float(budget), color="black", linestyle="--", label=f"budget {float(budget):.0f} s")
+    ax.set_xlim(0, max(float(projected), float(budget)) * 1.1)
+    ax.set_xlabel("seconds on the target")
+    ax.set_title(f"Projection for {summary.get('hidden_test_images')} hidden test images")
+    ax.legend(loc="lower right", fontsize=7)
+    return _png(fig)
+
+
+def mask_figure(sample: MaskSample) -> str:
+    rows = 2 if sample.truth is not None else 1
+    h, w = sample.image.shape[:2]
+    fig = _figure(10, rows * 10 * h / w + 0.6 * rows)
+    axes = fig.subplots(rows, 1, squeeze=False)
+    panels = [("predicted", sample.predicted)] + ([("truth", sample.truth)] if sample.truth is not None else [])
+    for ax, (title, masks) in zip(axes[:, 0], panels, strict=True):
+        ax.imshow(overlay(sample.image, masks))
+        present = [str(c + 1) for c in range(masks.shape[0]) if masks[c].any()]
+        ax.set_title(f"{sample.image_id}: {title} (classes: {', '.join(present) or 'none'})", fontsize=9)
+        ax.axis("off")
+    return _png(fig)
+
+
+# --- the page -----------------------------------------------------------------------------
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+h1{margin-bottom:0}.ok{color:#1a7f37}.bad{color:#c62828}
+table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}img{max-width:100%}
+.legend span{display:inline-block;padding:0 6px;margin-right:6px;color:#000}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _num(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}{unit}"
+    return f"{value}{unit}"
+
+
+def _table(rows: Sequence[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _img(uri: str | None, alt: str) -> str:
+    return f'<p><img alt="{_e(alt)}" src="{uri}"></p>' if uri else f"<p>({_e(alt)}: no data)</p>"
+
+
+def _score_section(summary: Mapping[str, Any]) -> str:
+    per_class = summary.get("per_class_score")
+    if summary.get("score") is None or not per_class:
+        return "<h2>Score</h2><p>No labels given: pass <code>--labels</code> to score the run.</p>"
+    rows = [(f"class {i + 1}", f"{float(v):.4f}") for i, v in enumerate(per_class)]
+    rows.append(("mean Dice (the competition metric)", f"{float(summary['score']):.4f}"))
+    return "<h2>Score</h2>" + _table(rows)
+
+
+def _guard_section(steps: Sequence[Mapping[str, Any]]) -> str:
+    if not steps:
+        return "<h2>Budget guard</h2><p>No step-downs: every model and TTA view ran on every image.</p>"
+    head = "<tr><th>after images</th><th>elapsed s</th><th>projected s</th><th>action</th><th>detail</th></tr>"
+    body = "".join(
+        f"<tr><td>{_e(s.get('after_images'))}</td><td>{_num(s.get('elapsed_s'))}</td>"
+        f"<td>{_num(s.get('projected_s'))}</td><td>{_e(s.get('action'))}</td><td>{_e(s.get('detail', ''))}</td></tr>"
+        for s in steps
+    )
+    note = f"<p class='bad'>The guard stepped down {len(steps)} time(s):</p>"
+    return f"<h2>Budget guard</h2>{note}<table>{head}{body}</table>"
+
+
+def _failure_section(failed: Mapping[str, Any] | None) -> str:
+    if not failed:
+        return ""
+    index = failed.get("index")
+    where = f"cell {index}" if index is not None else "the notebook"
+    title = f"{failed.get('ename', '')}: {failed.get('evalue', '')}".strip(": ")
+    tb = failed.get("traceback") or "(no traceback)"
+    return f"<h2 class='bad'>Failure in {_e(where)}</h2><p>{_e(title)}</p><pre>{_e(tb)}</pre>"
+
+
+def _masks_section(samples: Sequence[MaskSample], num_classes: int) -> str:
+    if not samples:
+        return "<h2>Masks</h2><p>No submission to draw (the notebook wrote none).</p>"
+    legend = "".join(
+        f"<span style='background:rgb{CLASS_COLOURS[c % len(CLASS_COLOURS)]}'>class {c + 1}</span>"
+        for c in range(num_classes)
+    )
+    figures = "".join(_img(mask_figure(s), f"masks of {s.image_id}") for s in samples)
+    return f"<h2>Masks on {len(samples)} sample images</h2><p class='legend'>{legend}</p>{figures}"
+
+
+def render_report(summary: Mapping[str, Any], profile: Mapping[str, Any] | None, samples: Sequence[MaskSample]) -> str:
+    ok = bool(summary.get("ok"))
+    verdict = "PASS" if ok else "FAIL"
+    key_rows: list[tuple[str, Any]] = [
+        ("verdict", f"{verdict}: {summary.get('reason', '')}"),
+        ("images run here", _num(summary.get("images"))),
+        ("notebook wall time here", _num(summary.get("seconds"), " s")),
+        ("projected on the target", _num(summary.get("projected_seconds"), " s")),
+        ("budget", _num(summary.get("budget_seconds"), " s")),
+        ("within budget", summary.get("within_budget")),
+        ("hidden test images", _num(summary.get("hidden_test_images"))),
+        ("calibration", summary.get("calibration")),
+        ("network during the run", summary.get("network")),
+        ("score (mean Dice)", _num(summary.get("score"))),
+    ]
+    if summary.get("network_note"):
+        key_rows.append(("network note", summary["network_note"]))
+    stages = (profile or {}).get("stages", {})
+    problems = (profile or {}).get("counts") or {}
+    parts = [
+        f"<h1>bundler dry-run: <span class='{'ok' if ok else 'bad'}'>{verdict}</span></h1>",
+        f"<p>{_e(summary.get('bundle', ''))} · {_e(summary.get('notebook', ''))}</p>",
+        _table(key_rows),
+        _failure_section(summary.get("failed_cell")),
+        "<h2>Stage timings</h2>",
+        _img(stage_chart(stages) if isinstance(stages, Mapping) else None, "stage timings"),
+        "<h2>Projection against the budget</h2>",
+        _img(projection_chart(summary), "projection against the budget"),
+        _guard_section(summary.get("guard_steps") or []),
+        _score_section(summary),
+        _masks_section(samples, int(summary.get("num_classes") or 4)),
+    ]
+    if problems:
+        parts.append("<h2>Problems the notebook reported</h2>" + _table(sorted(problems.items())))
+    data = html.escape(json.dumps(summary, indent=2, default=str))
+    parts.append(f"<details><summary>summary.json</summary><pre>{data}</pre></details>")
+    body = "\n".join(parts)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>bundler dry-run: {verdict}</title>'
+        f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report(
+    path: Path, summary: Mapping[str, Any], profile: Mapping[str, Any] | None, samples: Sequence[MaskSample]
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(summary, profile, samples), encoding="utf-8")
+    return path

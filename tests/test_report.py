@@ -1,0 +1,120 @@
+"""report.html: self-contained (images as data URIs, nothing fetched), and showing what it should."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from bundler.report import load_mask_samples, overlay, read_rles, render_report, write_report
+from kernel_src import rle
+
+H, W = 32, 96
+
+
+def _summary(**over: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "ok": False,
+        "reason": "over budget by 12.0 s",
+        "bundle": "demo",
+        "notebook": "build/inference.ipynb",
+        "images": 3,
+        "seconds": 9.5,
+        "projected_seconds": 3312.0,
+        "projected_fixed_s": 40.0,
+        "budget_seconds": 3300.0,
+        "within_budget": False,
+        "hidden_test_images": 5506,
+        "calibration": "none: figure is for this machine",
+        "network": "none",
+        "score": 0.75,
+        "per_class_score": [1.0, 0.5, 0.75, 0.75],
+        "num_classes": 4,
+        "guard_steps": [{"after_images": 2, "elapsed_s": 1.0, "projected_s": 9.0, "action": "drop_tta"}],
+        "failed_cell": None,
+    }
+    data.update(over)
+    return data
+
+
+PROFILE = {"stages": {"setup": {"seconds": 1.5, "calls": 1}, "segmenter:unet": {"seconds": 4.0, "calls": 3}}}
+
+
+@pytest.fixture
+def holdout(tmp_path: Path) -> tuple[Path, Path, Path]:
+    images = tmp_path / "test_images"
+    images.mkdir()
+    mask = np.zeros((H, W), np.uint8)
+    mask[4:10, 20:40] = 1
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        cv2.imwrite(str(images / name), np.full((H, W, 3), 128, np.uint8))
+    sub = tmp_path / "submission.csv"
+    rows = [f"{i}.jpg_{c},{rle.encode(mask) if (i, c) == ('b', 2) else ''}" for i in "abc" for c in range(1, 5)]
+    sub.write_text("ImageId_ClassId,EncodedPixels\n" + "\n".join(rows) + "\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"ImageId,ClassId,EncodedPixels\nc.jpg,3,{rle.encode(mask)}\n")
+    return images, sub, labels
+
+
+def test_read_rles_reads_the_wide_submission(holdout: tuple[Path, Path, Path]) -> None:
+    _, sub, labels = holdout
+    rles = read_rles(sub, 4)
+    assert sorted(rles) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert rles["b.jpg"][1] and not rles["b.jpg"][0]
+    assert read_rles(labels, 4)["c.jpg"][2]
+
+
+def test_samples_put_defects_first_and_carry_truth(holdout: tuple[Path, Path, Path]) -> None:
+    images, sub, labels = holdout
+    samples = load_mask_samples(sub, images, labels, num_classes=4, shape=(H, W), order="F", limit=2)
+    assert [s.image_id for s in samples] == ["b.jpg", "c.jpg"]
+    assert samples[0].predicted[1].sum() == 6 * 20
+    assert samples[1].truth is not None
+    assert samples[1].truth[2].sum() == 6 * 20
+    assert samples[0].image.shape == (H, W, 3)
+
+
+def test_overlay_tints_only_the_mask() -> None:
+    image = np.full((H, W, 3), 100, np.uint8)
+    masks = np.zeros((4, H, W), np.uint8)
+    masks[0, 10:20, 10:30] = 1
+    out = overlay(image, masks)
+    assert (out[0, 0] == 100).all()
+    assert out[15, 20, 0] > 100  # red tint inside
+
+
+def test_report_is_self_contained_with_charts_scores_guard_and_masks(
+    holdout: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    images, sub, labels = holdout
+    samples = load_mask_samples(sub, images, labels, num_classes=4, shape=(H, W), order="F")
+    path = write_report(tmp_path / "out" / "report.html", _summary(), PROFILE, samples)
+    text = path.read_text()
+    uris = re.findall(r'src="(data:image/png;base64,[^"]+)"', text)
+    assert len(uris) == 2 + 3  # stage chart, projection chart, one figure per sample image
+    for uri in uris:
+        assert base64.b64decode(uri.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    srcs = re.findall(r'(?:src|href)="([^"]*)"', text)
+    assert all(s.startswith("data:") for s in srcs)
+    assert "http://" not in text and "https://" not in text and "url(" not in text
+    assert "FAIL" in text and "over budget by 12.0 s" in text
+    assert "0.7500" in text and "class 4" in text  # score table
+    assert "drop_tta" in text  # guard step-downs
+    assert "b.jpg: predicted (classes: 2)" not in text  # titles are inside the PNGs, not the page
+
+
+def test_report_shows_the_failed_cell_and_escapes_it(tmp_path: Path) -> None:
+    failed = {"index": 3, "ename": "ValueError", "evalue": "bad <thing>", "traceback": "Traceback...\n<boom>"}
+    text = render_report(
+        _summary(failed_cell=failed, score=None, per_class_score=None, projected_seconds=None), None, []
+    )
+    assert "Failure in cell 3" in text
+    assert "ValueError: bad &lt;thing&gt;" in text
+    assert "&lt;boom&gt;" in text and "<boom>" not in text
+    assert "pass <code>--labels</code>" in text
+    assert "no data" in text  # no profile: the charts say so instead of failing

@@ -1,0 +1,165 @@
+"""kernel-metadata.json: written or updated from bundle.toml, validated like the Kaggle CLI does.
+
+`kaggle kernels push -p DIR` reads `DIR/kernel-metadata.json`. The fields bundler manages are
+(re)written on every render; every other field a user added by hand is kept, and the user's
+extra `dataset_sources` / `competition_sources` are merged after bundler's own. `is_private`
+is written as true unless the file already says otherwise. `enable_internet` is always written
+as false: the CLI defaults it to true, and a code competition refuses a notebook with internet.
+
+`validate_metadata` applies the checks the Kaggle CLI makes before it sends anything
+(kaggle-api `kernels_push`), so a push never fails on the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import BundleConfig
+from .errors import MetadataError
+
+LANGUAGES = ("python", "r", "rmarkdown")
+KERNEL_TYPES = ("script", "notebook")
+PINNING_TYPES = ("original", "latest")
+BOOLEAN_FIELDS = ("is_private", "enable_gpu", "enable_tpu", "enable_internet")
+
+
+def _code_file(cfg: BundleConfig) -> str:
+    """The notebook's path relative to the metadata's folder, as `kaggle kernels push -p` reads it."""
+    return Path(os.path.relpath(cfg.kernel.notebook.resolve(), cfg.kernel.metadata.resolve().parent)).as_posix()
+
+
+def _union(ours: list[str], theirs: Any) -> list[str]:
+    extra = [s for s in theirs if s not in ours] if isinstance(theirs, list) else []
+    return [*ours, *extra]
+
+
+def read_existing(path: Path) -> dict[str, Any]:
+    """The current kernel-metadata.json, {} when there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MetadataError(f"{path}: not valid JSON ({e}); fix or delete it and render again") from None
+    if not isinstance(data, dict):
+        raise MetadataError(f"{path}: must hold a JSON object; fix or delete it and render again")
+    return data
+
+
+def kernel_metadata(cfg: BundleConfig, existing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata for `cfg`: bundler's fields first (in a fixed order), then the user's others."""
+    old = dict(existing or {})
+    managed: dict[str, Any] = {
+        "id": cfg.kernel.id,
+        "title": cfg.kernel.title,
+        "code_file": _code_file(cfg),
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": old.get("is_private", True),
+        "enable_gpu": cfg.kernel.enable_gpu,
+        "enable_internet": False,
+        "machine_shape": cfg.kernel.machine_shape,
+        "dataset_sources": _union([cfg.dataset.id], old.get("dataset_sources")),
+        "competition_sources": _union([cfg.competition.slug], old.get("competition_sources")),
+    }
+    return {**managed, **{k: v for k, v in old.items() if k not in managed}}
+
+
+def _slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _check_sources(meta: Mapping[str, Any], field: str, pattern: str, form: str, problems: list[str]) -> None:
+    value = meta.get(field, [])
+    if not isinstance(value, list):
+        problems.append(f"{field} must be a JSON list of {form} strings")
+        return
+    for item in value:
+        if not isinstance(item, str) or not re.fullmatch(pattern, item):
+            problems.append(f"{field} entry {item!r} must look like {form}")
+
+
+def validate_metadata(meta: Mapping[str, Any], folder: Path) -> list[str]:
+    """Every violation of the Kaggle CLI's client-side rules, each naming the field and the fix."""
+    problems: list[str] = []
+    kernel_id = meta.get("id")
+    if not kernel_id and not meta.get("id_no"):
+        problems.append("id is missing: set kernel.id = 'owner/slug' in bundle.toml")
+    elif kernel_id is not None:
+        parts = str(kernel_id).split("/")
+        if not isinstance(kernel_id, str) or len(parts) != 2 or not all(parts):
+            problems.append(f"id {kernel_id!r} must be 'owner/slug' (kernel.id in bundle.toml)")
+        elif len(parts[1]) < 5:
+            problems.append(f"id {kernel_id!r}: the slug must be at least 5 characters (kernel.id in bundle.toml)")
+    title = meta.get("title")
+    if title is not None and (not isinstance(title, str) or len(title) < 5):
+        problems.append(f"title {title!r} must be at least 5 characters (kernel.title in bundle.toml)")
+    code_file = meta.get("code_file")
+    kernel_type = meta.get("kernel_type")
+    if not code_file or not isinstance(code_file, str):
+        problems.append("code_file is missing: it names the notebook, relative to the metadata's folder")
+    elif not (folder / code_file).is_file():
+        problems.append(f"code_file {code_file!r}: {folder / code_file} does not exist; run `bundler render-notebook`")
+    elif kernel_type == "notebook":
+        if not code_file.endswith(".ipynb"):
+            problems.append(f"code_file {code_file!r} must be an .ipynb file for kernel_type 'notebook'")
+        else:
+            try:
+                json.loads((folder / code_file).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                problems.append(f"code_file {code_file!r} is not notebook JSON ({e}); run `bundler render-notebook`")
+    if meta.get("language") not in LANGUAGES:
+        problems.append(f"language {meta.get('language')!r} must be one of {list(LANGUAGES)}")
+    if kernel_type not in KERNEL_TYPES:
+        problems.append(f"kernel_type {kernel_type!r} must be one of {list(KERNEL_TYPES)}")
+    _check_sources(meta, "dataset_sources", r"[^/\s]+/[^/\s]+(/[^/\s]+)?", "'owner/slug[/version]'", problems)
+    _check_sources(meta, "kernel_sources", r"[^/\s]+/[^/\s]{5,}", "'owner/slug' (slug >= 5 characters)", problems)
+    _check_sources(
+        meta,
+        "model_sources",
+        r"[^/\s]+/[^/\s]+/[^/\s]+/[^/\s]+/\d+",
+        "'owner/model/framework/variation/version'",
+        problems,
+    )
+    _check_sources(meta, "competition_sources", r"\S+", "a competition slug", problems)
+    for field in BOOLEAN_FIELDS:
+        if field in meta and not isinstance(meta[field], bool):
+            problems.append(f"{field} = {meta[field]!r} must be a JSON boolean (true or false, no quotes)")
+    pinning = meta.get("docker_image_pinning_type")
+    if pinning is not None and pinning not in PINNING_TYPES:
+        problems.append(f"docker_image_pinning_type {pinning!r} must be one of {list(PINNING_TYPES)}")
+    return problems
+
+
+def check_metadata(meta: Mapping[str, Any], path: Path) -> None:
+    """Raise MetadataError listing every violation in `meta` (to be written at `path`)."""
+    problems = validate_metadata(meta, path.parent)
+    if problems:
+        raise MetadataError(f"{path}: " + "; ".join(problems))
+
+
+def title_warning(meta: Mapping[str, Any]) -> str:
+    """The CLI's warning when the title does not slugify to the id's slug ('' when it does)."""
+    kernel_id, title = meta.get("id"), meta.get("title")
+    if isinstance(kernel_id, str) and isinstance(title, str) and "/" in kernel_id:
+        slug = kernel_id.split("/", 1)[1]
+        if slug.lower() != _slugify(title):
+            return f"kernel.title {title!r} does not resolve to the slug {slug!r}; Kaggle may rename the notebook"
+    return ""
+
+
+def write_metadata(cfg: BundleConfig) -> Path:
+    """Write or update kernel-metadata.json at `kernel.metadata`; validated before it is written."""
+    path = cfg.kernel.metadata
+    meta = kernel_metadata(cfg, read_existing(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_metadata(meta, path)
+    text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,318 @@
+"""Inside the notebook, before anything is imported: find the bundle, verify it, install it.
+
+STDLIB ONLY: this module runs before the vendored wheels are installed, so it may import
+nothing that is not part of Python itself (and nothing else from kernel_src).
+
+- `find_bundle` looks for the dataset folder whose `bundle.json` names the bundle, under the
+  input root at any depth up to 3 (`/kaggle/input/<slug>/`, `/kaggle/input/datasets/<owner>/<slug>/`).
+- `verify_bundle` checks every wheel and weight of the manifest (present, size, sha256) and
+  names each missing or corrupt file, before any model is loaded.
+- `install_wheels` installs the vendored wheels with pip, offline (`--no-index --no-deps`).
+- `find_competition_data` finds the sample submission and the test image folder under either
+  mount layout (`/kaggle/input/<slug>/`, `/kaggle/input/competitions/<slug>/`).
+- `prepare(config)` does all of it in order for the notebook's setup cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "bundle.json"
+MAX_DEPTH = 3
+INSTALL_MODES = ("auto", "always", "never")
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "PIP_NO_INDEX": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    "PIP_NO_INPUT": "1",
+    "WANDB_MODE": "offline",
+}
+FIX_UPLOAD = (
+    "re-upload the bundle (`bundler build`, then `kaggle datasets version -p <dataset folder> -m MSG`) "
+    "and attach its latest version to the notebook"
+)
+
+
+class BundleError(RuntimeError):
+    """The bundle or the competition data cannot be used. The message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class CompetitionData:
+    folder: Path
+    sample_submission: Path
+    test_dir: Path
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the setup cell found: the verified bundle and the competition data."""
+
+    bundle_dir: Path
+    manifest: dict[str, Any]
+    data: CompetitionData
+    installed: tuple[str, ...]  # wheel files installed by this run (empty when none were needed)
+
+
+def set_offline_env() -> None:
+    """No library may try the network: set the offline switches before anything imports them."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ[key] = value
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def kernel_src_hash(folder: Path) -> str:
+    """sha256 of the sorted lines '<relative path> <sha256>' of every .py file under `folder`."""
+    folder = Path(folder)
+    lines = sorted(
+        f"{p.relative_to(folder).as_posix()} {sha256_file(p)}\n"
+        for p in folder.rglob("*.py")
+        if "__pycache__" not in p.parts
+    )
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    path = Path(bundle_dir) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no bundle manifest here; point CONFIG['bundle_dir'] at the bundle folder") from None
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path}: the manifest cannot be read ({e}); {FIX_UPLOAD}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("bundle"), str):
+        raise BundleError(f'{path}: not a bundler manifest (no "bundle" name); {FIX_UPLOAD}')
+    return data
+
+
+def _folders(root: Path, depth: int) -> Iterable[Path]:
+    """Folders 1..depth levels below root, breadth first, each level in sorted order."""
+    level = [root]
+    for _ in range(depth):
+        children: list[Path] = []
+        for folder in level:
+            try:
+                children.extend(sorted(e for e in folder.iterdir() if e.is_dir()))
+            except OSError:
+                continue
+        yield from children
+        level = children
+
+
+def find_bundle(input_root: Path, bundle_name: str, override: Path | None = None, bundle_hash: str = "") -> Path:
+    """The folder holding the bundle.json of `bundle_name` (`override` when given)."""
+    if override is not None:
+        folder = Path(override)
+        manifest = read_manifest(folder)
+        if manifest["bundle"] != bundle_name:
+            raise BundleError(
+                f"{folder / MANIFEST} is bundle {manifest['bundle']!r}, not {bundle_name!r}; "
+                "fix CONFIG['bundle_dir'] or CONFIG['bundle_name']"
+            )
+        return folder
+    root = Path(input_root)
+    if not root.is_dir():
+        raise BundleError(
+            f"input folder {root} does not exist; attach the bundle dataset, or set CONFIG['input_root'] "
+            "(or CONFIG['bundle_dir']) for a run outside Kaggle"
+        )
+    found: list[tuple[Path, dict[str, Any]]] = []
+    others: list[str] = []
+    for folder in _folders(root, MAX_DEPTH):
+        if not (folder / MANIFEST).is_file():
+            continue
+        try:
+            manifest = read_manifest(folder)
+        except BundleError:
+            continue
+        if manifest["bundle"] == bundle_name:
+            found.append((folder, manifest))
+        else:
+            others.append(f"{folder} ({manifest['bundle']!r})")
+    if not found:
+        seen = f"; bundles seen: {', '.join(others)}" if others else "; no bundle.json was found at all"
+        raise BundleError(
+            f"bundle {bundle_name!r} not found: no {MANIFEST} naming it in the folders up to {MAX_DEPTH} levels "
+            f"below {root}{seen}. Fix: attach the bundle's dataset to the notebook (Add Input), "
+            "or set CONFIG['bundle_dir']"
+        )
+    if len(found) > 1 and bundle_hash:
+        matching = [f for f in found if f[1].get("hash") == bundle_hash]
+        if matching:
+            found = matching
+    if len(found) > 1:
+        print(f"bundle {bundle_name!r} is attached {len(found)} times; using {found[0][0]}", file=sys.stderr)
+    return found[0][0]
+
+
+def _entries(manifest: Mapping[str, Any], bundle_dir: Path) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    for group in ("wheels", "weights"):
+        items = manifest.get(group, [])
+        if not isinstance(items, list):
+            raise BundleError(f'{bundle_dir / MANIFEST}: "{group}" is not a list; {FIX_UPLOAD}')
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("file"), str) or "/" in item["file"]:
+                raise BundleError(f'{bundle_dir / MANIFEST}: a {group} entry has no valid "file"; {FIX_UPLOAD}')
+            entries.append({"group": group, **item})
+    return entries
+
+
+def verify_bundle(bundle_dir: Path, manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every wheel and weight of the manifest present, with its size and sha256. Returns the manifest."""
+    bundle_dir = Path(bundle_dir)
+    data = dict(manifest) if manifest is not None else read_manifest(bundle_dir)
+    problems: list[str] = []
+    for entry in _entries(data, bundle_dir):
+        kind = "wheel" if entry["group"] == "wheels" else "weight file"
+        path = bundle_dir / entry["file"]
+        if not path.is_file():
+            problems.append(f"{kind} {entry['file']} is missing")
+            continue
+        size = path.stat().st_size
+        if "size" in entry and size != entry["size"]:
+            problems.append(f"{kind} {entry['file']} has {size} bytes, the manifest says {entry['size']}")
+            continue
+        if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+            problems.append(f"{kind} {entry['file']} is corrupt (sha256 differs from the manifest)")
+    if problems:
+        raise BundleError(
+            f"bundle {data.get('bundle')!r} in {bundle_dir} is incomplete: "
+            + "; ".join(problems)
+            + f". Fix: {FIX_UPLOAD}"
+        )
+    return data
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _missing_wheels(wheels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [w for w in wheels if _installed_version(str(w.get("name", ""))) != str(w.get("version", ""))]
+
+
+def install_wheels(bundle_dir: Path, manifest: Mapping[str, Any], mode: str | bool = "auto") -> tuple[str, ...]:
+    """Install the vendored wheels offline. Returns the wheel files installed.
+
+    mode "auto": only the wheels whose distribution is not installed at that version (none when
+    all are: a local dry-run on another Python never tries the target's wheels); "always": every
+    wheel; "never": none. True and False mean "auto" and "never".
+    """
+    if isinstance(mode, bool):
+        mode = "auto" if mode else "never"
+    if mode not in INSTALL_MODES:
+        raise BundleError(f"CONFIG['install_wheels'] = {mode!r} must be one of {list(INSTALL_MODES)}")
+    bundle_dir = Path(bundle_dir)
+    wheels = [e for e in _entries(manifest, bundle_dir) if e["group"] == "wheels"]
+    if mode == "never" or not wheels:
+        return ()
+    todo = wheels if mode == "always" else _missing_wheels(wheels)
+    if not todo:
+        print(f"all {len(wheels)} vendored wheels are already installed at their versions")
+        return ()
+    files = [str(w["file"]) for w in todo]
+    argv = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(bundle_dir)]
+    if mode == "always":
+        argv.append("--force-reinstall")
+    argv += [str(bundle_dir / f) for f in files]
+    print(f"installing {len(files)} vendored wheels offline: {', '.join(files)}")
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        named = [f for f in files if f in tail] or files
+        raise BundleError(
+            f"pip could not install the vendored wheel(s) {', '.join(named)} from {bundle_dir} "
+            f"(exit status {done.returncode}). Fix: rebuild the bundle for the notebook's Python "
+            f"({sys.version_info.major}.{sys.version_info.minor}) with `bundler build`. pip said:\n{tail}"
+        )
+    importlib.invalidate_caches()
+    still = _missing_wheels(todo)
+    if still:
+        names = ", ".join(f"{w.get('name')}=={w.get('version')}" for w in still)
+        raise BundleError(f"pip ran but {names} is still not installed at that version; restart the kernel and rerun")
+    return tuple(files)
+
+
+def find_competition_data(
+    input_root: Path, sample_submission_name: str, test_images_name: str, override: Path | None = None
+) -> CompetitionData:
+    """The folder holding both the sample submission file and the test image folder."""
+    looked_for = f"{sample_submission_name} with a {test_images_name}/ folder beside it"
+    if override is not None:
+        folder = Path(override)
+        sample, test_dir = folder / sample_submission_name, folder / test_images_name
+        if not sample.is_file() or not test_dir.is_dir():
+            raise BundleError(f"CONFIG['data_dir'] = {str(folder)!r} does not hold {looked_for}; fix the path")
+        return CompetitionData(folder, sample, test_dir)
+    root = Path(input_root)
+    half: list[str] = []
+    for folder in _folders(root, MAX_DEPTH):
+        sample, test_dir = folder / sample_submission_name, folder / test_images_name
+        if sample.is_file() and test_dir.is_dir():
+            return CompetitionData(folder, sample, test_dir)
+        if sample.is_file() or test_dir.is_dir():
+            half.append(str(folder))
+    partial = f"; only one of the two is in: {', '.join(half)}" if half else ""
+    raise BundleError(
+        f"competition data not found: no folder up to {MAX_DEPTH} levels below {root} holds {looked_for} "
+        f"(searched {root}/<slug>/ and {root}/competitions/<slug>/ among others){partial}. Fix: attach the "
+        "competition's data to the notebook, or set CONFIG['data_dir'] (and CONFIG['sample_submission'], "
+        "CONFIG['test_images'] for other names)"
+    )
+
+
+def _optional_path(config: Mapping[str, Any], key: str) -> Path | None:
+    value = config.get(key)
+    return None if value in (None, "") else Path(str(value))
+
+
+def prepare(config: Mapping[str, Any]) -> Prepared:
+    """The setup cell: offline switches, bundle found and verified, wheels installed, data found."""
+    set_offline_env()
+    name = str(config["bundle_name"])
+    expected = str(config.get("bundle_hash") or "")
+    input_root = Path(str(config.get("input_root", "/kaggle/input")))
+    bundle_dir = find_bundle(input_root, name, _optional_path(config, "bundle_dir"), expected)
+    manifest = verify_bundle(bundle_dir)
+    if expected and manifest.get("hash") != expected:
+        print(
+            f"warning: {bundle_dir / MANIFEST} has hash {str(manifest.get('hash'))[:12]}, the notebook was rendered "
+            f"for {expected[:12]}; re-render with `bundler render-notebook` or attach the matching dataset version",
+            file=sys.stderr,
+        )
+    installed = install_wheels(bundle_dir, manifest, config.get("install_wheels", "auto"))
+    data = find_competition_data(
+        input_root,
+        str(config.get("sample_submission", "sample_submission.csv")),
+        str(config.get("test_images", "test_images")),
+        _optional_path(config, "data_dir"),
+    )
+    weights = manifest.get("weights", [])
+    wheels = manifest.get("wheels", [])
+    print(f"bundle {name!r}: {bundle_dir} verified ({len(weights)} weight files, {len(wheels)} wheels)")
+    print(f"competition data: {data.sample_submission} and {data.test_dir}")
+    return Prepared(bundle_dir=bundle_dir, manifest=manifest, data=data, installed=installed)

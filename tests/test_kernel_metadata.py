@@ -1,0 +1,163 @@
+"""kernel-metadata.json: bundler's fields, the user's kept, and the Kaggle CLI's push-time rules."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from bundler.errors import MetadataError
+from bundler.kernel_metadata import kernel_metadata, title_warning, validate_metadata, write_metadata
+from bundler.render import render_notebook
+from tests.test_render import demo_cfg
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def test_written_fields(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    render_notebook(cfg, console=quiet())
+    meta = json.loads(cfg.kernel.metadata.read_text())
+    assert meta == {
+        "id": "your-kaggle-name/severstal-bundler-inference",
+        "title": "Severstal bundler inference",
+        "code_file": "build/inference.ipynb",
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_internet": False,
+        "machine_shape": "NvidiaTeslaT4",
+        "dataset_sources": ["your-kaggle-name/bundler-severstal-demo"],
+        "competition_sources": ["severstal-steel-defect-detection"],
+    }
+    assert validate_metadata(meta, cfg.kernel.metadata.parent) == []
+
+
+def test_hand_added_fields_survive_a_rerender(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    render_notebook(cfg, console=quiet())
+    meta = json.loads(cfg.kernel.metadata.read_text())
+    meta.update(
+        keywords=["gpu", "segmentation"],
+        enable_tpu=False,
+        kernel_sources=["someone/useful-utils"],
+        model_sources=["someone/unet/pytorch/default/3"],
+        dataset_sources=[*meta["dataset_sources"], "someone/extra-weights/2"],
+        competition_sources=["severstal-steel-defect-detection", "another-competition"],
+        is_private=False,
+        enable_internet=True,  # a code competition refuses it: always written back as false
+        title="An old title",
+    )
+    cfg.kernel.metadata.write_text(json.dumps(meta, indent=4))
+    render_notebook(cfg, console=quiet())
+    after = json.loads(cfg.kernel.metadata.read_text())
+    assert after["keywords"] == ["gpu", "segmentation"]
+    assert after["enable_tpu"] is False
+    assert after["kernel_sources"] == ["someone/useful-utils"]
+    assert after["model_sources"] == ["someone/unet/pytorch/default/3"]
+    assert after["dataset_sources"] == ["your-kaggle-name/bundler-severstal-demo", "someone/extra-weights/2"]
+    assert after["competition_sources"] == ["severstal-steel-defect-detection", "another-competition"]
+    assert after["is_private"] is False
+    assert after["enable_internet"] is False
+    assert after["title"] == "Severstal bundler inference"
+    first = cfg.kernel.metadata.read_bytes()
+    render_notebook(cfg, console=quiet())
+    assert cfg.kernel.metadata.read_bytes() == first
+
+
+def test_code_file_is_relative_to_the_metadata_folder(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    cfg = demo_cfg(tmp_path)
+    cfg = replace(cfg, kernel=replace(cfg.kernel, metadata=tmp_path / "kaggle" / "kernel-metadata.json"))
+    render_notebook(cfg, console=quiet())
+    meta = json.loads(cfg.kernel.metadata.read_text())
+    assert meta["code_file"] == "../build/inference.ipynb"
+    assert (cfg.kernel.metadata.parent / meta["code_file"]).resolve() == cfg.kernel.notebook.resolve()
+
+
+def good(folder: Path) -> dict[str, Any]:
+    (folder / "nb.ipynb").write_text('{"cells": []}')
+    (folder / "nb.py").write_text("print(1)\n")
+    return {
+        "id": "owner/my-kernel",
+        "title": "My kernel",
+        "code_file": "nb.ipynb",
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_internet": False,
+        "dataset_sources": ["owner/data", "owner/data/3"],
+        "competition_sources": ["severstal-steel-defect-detection"],
+        "kernel_sources": ["owner/other"],
+        "model_sources": ["owner/model/pytorch/default/1"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"id": "no-slash"}, "id"),
+        ({"id": "owner/abcd"}, "id"),
+        ({"id": "/my-kernel"}, "id"),
+        ({"id": None}, "id is missing"),
+        ({"title": "abcd"}, "title"),
+        ({"code_file": "missing.ipynb"}, "code_file"),
+        ({"code_file": ""}, "code_file is missing"),
+        ({"code_file": "nb.py"}, "code_file"),
+        ({"code_file": "broken.ipynb"}, "code_file"),
+        ({"language": "julia"}, "language"),
+        ({"kernel_type": "app"}, "kernel_type"),
+        ({"dataset_sources": ["no-slash"]}, "dataset_sources"),
+        ({"dataset_sources": ["a/b/c/d"]}, "dataset_sources"),
+        ({"dataset_sources": "owner/data"}, "dataset_sources"),
+        ({"kernel_sources": ["owner/abc"]}, "kernel_sources"),
+        ({"model_sources": ["owner/model"]}, "model_sources"),
+        ({"model_sources": ["owner/model/pytorch/default/latest"]}, "model_sources"),
+        ({"competition_sources": [3]}, "competition_sources"),
+        ({"enable_internet": "false"}, "enable_internet"),
+        ({"is_private": 1}, "is_private"),
+        ({"enable_gpu": "true"}, "enable_gpu"),
+        ({"docker_image_pinning_type": "pinned"}, "docker_image_pinning_type"),
+    ],
+)
+def test_each_cli_rule_is_enforced(tmp_path: Path, change: dict[str, Any], field: str) -> None:
+    meta = good(tmp_path)
+    assert validate_metadata(meta, tmp_path) == []
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    meta.update(change)
+    problems = validate_metadata(meta, tmp_path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(field), problems
+
+
+def test_a_bad_hand_added_field_stops_the_render_naming_it(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    cfg.kernel.metadata.write_text(json.dumps({"model_sources": ["owner/model"], "keywords": ["x"]}))
+    with pytest.raises(MetadataError, match=r"kernel-metadata\.json: model_sources entry 'owner/model'"):
+        render_notebook(cfg, console=quiet())
+
+
+def test_unreadable_existing_metadata_is_reported(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    cfg.kernel.metadata.write_text("{oops")
+    with pytest.raises(MetadataError, match="not valid JSON"):
+        write_metadata(cfg)
+    cfg.kernel.metadata.write_text("[1, 2]")
+    with pytest.raises(MetadataError, match="must hold a JSON object"):
+        write_metadata(cfg)
+
+
+def test_title_warning_mirrors_the_cli(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    meta = kernel_metadata(cfg)
+    assert title_warning(meta) == ""
+    assert "does not resolve" in title_warning({**meta, "title": "Something else"})

@@ -1,0 +1,198 @@
+"""`vendor_wheels`: every wheel the Kaggle image lacks for `target.requirements`, proven installable.
+
+1. resolve the whole closure for the target with uv, the image's baseline preferred
+   (`wheels_resolve`); what the image has at the resolved version is not vendored, and
+   torch/torchvision/triton/CUDA packages never are;
+2. get each remaining wheel into the cache: reuse, download, or build a pure sdist
+   (`wheels_fetch`), with a progress bar; copy it into `dest` (flat);
+3. prove the offline install: tags and Requires-Dist against the target and the baseline
+   (`wheels_check`), then a rehearsal on a real interpreter of the target version (`rehearse`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from .baseline import Baseline, is_protected, load_baseline
+from .config import TargetConfig
+from .rehearse import rehearse_install
+from .wheels_check import ClosureReport, check_closure, read_wheel
+from .wheels_fetch import Fetched, fetch_wheel
+from .wheels_resolve import REQUESTED, Resolved, parse_requirements, resolve
+from .wheels_target import TargetEnv, target_env
+
+
+@dataclass(frozen=True)
+class VendoredWheel:
+    file: str
+    name: str
+    version: str
+    sha256: str
+    size: int
+    reason: str  # e.g. "required by segmentation-models-pytorch"
+
+
+@dataclass(frozen=True)
+class WheelPlan:
+    wheels: tuple[VendoredWheel, ...]
+    from_baseline: tuple[tuple[str, str], ...]  # (name, version) of closure members the image already has
+    warnings: tuple[str, ...]  # e.g. "requirement X would force torch 2.x; the image has 2.10.0"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _split(resolved: list[Resolved], baseline: Baseline) -> tuple[list[Resolved], list[str]]:
+    """What must be vendored, and warnings for image packages the closure replaces."""
+    vendor: list[Resolved] = []
+    warnings: list[str] = []
+    for r in resolved:
+        pin = baseline.get(r.name)
+        if is_protected(r.name):
+            continue  # never vendored; check_closure judges whether the image's copy will do
+        if pin is not None and Version(pin.version) == Version(r.version):
+            continue
+        if pin is not None:
+            warnings.append(
+                f"{r.name} {r.version} is vendored and replaces the image's {pin.version} "
+                f"(required by {', '.join(_who(v) for v in r.via) or 'the closure'})"
+            )
+        vendor.append(r)
+    return vendor, warnings
+
+
+def _who(via: str) -> str:
+    return "target.requirements" if via == REQUESTED else via
+
+
+def _reason(name: str, report: ClosureReport, resolved: Resolved, baseline: Baseline) -> str:
+    asked = report.required_by.get(canonicalize_name(name)) or list(resolved.via)
+    parts = []
+    if REQUESTED in asked:
+        parts.append("requested in target.requirements")
+    others = [a for a in asked if a != REQUESTED]
+    if others:
+        parts.append("required by " + ", ".join(others))
+    pin = baseline.get(name)
+    if pin is not None:
+        parts.append(f"the image's {pin.version} does not fit")
+    return "; ".join(parts) or "in the resolved closure"
+
+
+def _copy_into(src: Path, dest: Path, sha256: str) -> None:
+    target = dest / src.name
+    if target.is_file() and target.stat().st_size == src.stat().st_size and sha256_of(target) == sha256:
+        return
+    partial = dest / f".{src.name}.partial"
+    shutil.copyfile(src, partial)
+    partial.replace(target)
+
+
+def _fetch_all(
+    vendor: list[Resolved], target: TargetConfig, env: TargetEnv, cache_dir: Path, work: Path, console: Console
+) -> list[Fetched]:
+    fetched: list[Fetched] = []
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("wheels", total=len(vendor))
+        for r in vendor:
+            progress.update(task, description=f"wheel {r.name}=={r.version}")
+            got = fetch_wheel(
+                r.name,
+                r.version,
+                env,
+                find_links=target.find_links,
+                no_index=target.no_index,
+                cache_dir=cache_dir,
+                work=work,
+            )
+            size_mb = got.path.stat().st_size / 1e6
+            console.print(f"  {got.path.name} [dim]({got.how}, {size_mb:.2f} MB)[/]")
+            fetched.append(got)
+            progress.advance(task)
+    return fetched
+
+
+def vendor_wheels(target: TargetConfig, dest: Path, *, cache_dir: Path, console: Console) -> WheelPlan:
+    """Write every wheel of the plan into `dest` (flat), reusing `cache_dir`; see the module doc."""
+    env = target_env(target)
+    baseline = load_baseline(target.baseline)
+    requirements = parse_requirements(target.requirements)
+    if not requirements:
+        return WheelPlan((), (), ())
+    dest.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bundler-wheels-") as tmp:
+        work = Path(tmp)
+        with console.status(f"resolving {', '.join(target.requirements)} for {env.describe} ..."):
+            resolved = resolve(
+                requirements,
+                baseline,
+                env,
+                find_links=target.find_links,
+                no_index=target.no_index,
+                cache_dir=cache_dir,
+                work=work,
+            )
+        vendor, warnings = _split(resolved, baseline)
+        console.print(
+            f"wheels: {len(resolved)} package(s) in the closure for {env.describe}, "
+            f"{len(vendor)} to vendor, the rest already in the image ({baseline.name})"
+        )
+        fetched = _fetch_all(vendor, target, env, cache_dir, work, console)
+        infos = [read_wheel(f.path) for f in fetched]
+        report = check_closure(requirements, infos, baseline, env)
+        by_key = {canonicalize_name(r.name): r for r in vendor}
+        wheels: list[VendoredWheel] = []
+        for info in infos:
+            digest = sha256_of(info.path)
+            _copy_into(info.path, dest, digest)
+            wheels.append(
+                VendoredWheel(
+                    file=info.path.name,
+                    name=by_key[info.key].name,
+                    version=str(info.version),
+                    sha256=digest,
+                    size=info.path.stat().st_size,
+                    reason=_reason(info.name, report, by_key[info.key], baseline),
+                )
+            )
+        warnings += report.warnings
+        rehearsal = rehearse_install([dest / w.file for w in wheels], dest, baseline, env, work=work)
+    if rehearsal.ran:
+        console.print(f"wheels: offline install rehearsed: {rehearsal.detail}")
+    elif wheels:
+        warnings.append(f"offline install not rehearsed ({rehearsal.detail}); only the static check ran")
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
+    vendored_keys = {canonicalize_name(w.name) for w in wheels}
+    from_baseline = sorted(
+        (baseline.pins[k].name, v) for k, v in report.from_baseline.items() if k not in vendored_keys
+    )
+    console.print(
+        f"wheels: {len(wheels)} vendored ({sum(w.size for w in wheels) / 1e6:.1f} MB), "
+        f"{len(from_baseline)} taken from the image, in {time.perf_counter() - started:.1f} s"
+    )
+    return WheelPlan(tuple(sorted(wheels, key=lambda w: w.file)), tuple(from_baseline), tuple(warnings))

@@ -159,6 +159,11 @@ class SubmissionWriter:
         """Images written to the file so far."""
         return self._next
 
+    @property
+    def buffered(self) -> int:
+        """Images added ahead of their turn in the sample, held until the images before them come."""
+        return len(self._pending)
+
     def add(self, image_id: str, rles: Sequence[str]) -> None:
         """Record the masks of one image: one RLE string per class, "" for no defect."""
         if self._closed:

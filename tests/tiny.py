@@ -11,6 +11,7 @@ does. Everything is seeded: the same `seed` gives the same files.
   the image's mean pixel is above 0.5 (mean/std 0/1): gating tests choose what passes.
 - `make_nan_segmenter(dest)`: a scripted segmenter that outputs NaN for images brighter than
   0.9 on average and a fixed logit elsewhere.
+- `make_failing_segmenter(dest)`: a scripted segmenter that raises on batches with such an image.
 - `tiny_spec(dest, **overrides)`: a complete `InferenceSpec` (64x256 images, CPU) around them.
 """
 
@@ -70,7 +71,7 @@ def make_tiny_models(dest: Path, *, num_classes: int = 4, seed: int = 0) -> tupl
             file="fpn-mnv3.safetensors",
             arch="FPN",
             encoder=ENCODER,
-            input_size=(64, 256),
+            input_size=(64, 128),
             tta=("identity", "vflip"),
             weight=0.5,
         ),
@@ -126,6 +127,35 @@ class _NanOnBright(nn.Module):
         bright = x.mean(dim=(1, 2, 3)) > 0.9
         out[bright] = float("nan")
         return out
+
+
+class _FailOnBright(nn.Module):
+    """Logit -4 everywhere; raises for a batch holding an image whose mean pixel is above 0.9."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.mean(dim=(1, 2, 3)) > 0.9).any()):
+            raise RuntimeError("this model fails on bright images")
+        return torch.full((x.shape[0], self.num_classes, x.shape[2], x.shape[3]), -4.0, dtype=x.dtype)
+
+
+def make_failing_segmenter(dest: Path, *, name: str = "seg-fail", num_classes: int = 4) -> ModelSpec:
+    """A scripted segmenter that raises on any batch with an image of mean pixel > 0.9."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    spec = ModelSpec(
+        name=name,
+        kind="torchscript",
+        file=f"{name}.pt",
+        input_size=(32, 128),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
+    torch.jit.script(_FailOnBright(num_classes)).save(str(dest / spec.file))  # type: ignore[no-untyped-call]
+    return spec
 
 
 def make_brightness_classifier(dest: Path, *, name: str = "cls-bright", num_classes: int = 4) -> ModelSpec:

@@ -1,0 +1,276 @@
+"""Classifier gating and the segmentation ensemble for one batch of decoded images.
+
+For a batch of uint8 RGB images `[N, H, W, 3]` (all at the spec's image size):
+
+- Preprocessing per model: `x / 255`, resize to the model's `input_size` (bilinear, like
+  `cv2.resize`'s default), then `(x - mean) / std` per channel.
+- Classifiers (any number): each model's TTA views are stacked into one forward pass; the
+  sigmoid probabilities are averaged over views, then over classifiers with their weights.
+- Gating: `off`; `per_class` (a class whose probability is below its threshold gets an empty
+  mask); `per_image` (an image where no class reaches its threshold is not segmented at all:
+  no segmentation forward pass sees it).
+- Segmentation: each model's views are stacked into ONE forward batch, the sigmoid
+  probabilities are de-augmented and averaged (`tta.merge_views`), resized back to the image
+  size, and averaged over models with their weights.
+- NaN or Inf in any model's output for an image: that image is flagged (`nonfinite`) and gets
+  empty masks; the other images of the batch are unaffected.
+- A model that raises is reported as `ModelRunError(name)` so the caller can drop it and retry.
+
+Everything runs under `torch.inference_mode()`, split across the `DeviceSet`'s devices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .devices import DeviceSet
+from .models import ModelError, load_model
+from .profiler import Profiler
+from .spec import InferenceSpec, ModelSpec
+from .tta import merge_views, stack_views
+
+
+class ModelRunError(RuntimeError):
+    """A model raised (or returned an output of the wrong shape) while predicting a batch."""
+
+    def __init__(self, model: str, error: BaseException | str) -> None:
+        detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        super().__init__(f"model {model!r} failed: {detail}")
+        self.model = model
+        self.detail = detail
+
+
+@dataclass
+class LoadedModel:
+    """A model of the spec with one replica per device, and the TTA views it uses now."""
+
+    spec: ModelSpec
+    replicas: tuple[nn.Module, ...]
+    views: tuple[str, ...]
+
+
+@dataclass
+class BatchResult:
+    """Predictions for one batch. `probs` are zeros for images that were not segmented."""
+
+    probs: npt.NDArray[np.float32]  # [N, C, H, W]
+    allowed: npt.NDArray[np.bool_]  # [N, C]: False where gating empties the class
+    nonfinite: npt.NDArray[np.bool_]  # [N]: a model produced NaN/Inf for this image
+    segmented: npt.NDArray[np.bool_]  # [N]: the image went through the segmentation models
+    pairs_gated_out: int = 0
+    images_skipped: int = 0  # per-image gating let no class of the image through
+    culprits: dict[int, list[str]] = field(default_factory=dict)  # image index -> models with NaN/Inf
+
+
+def _check_output(model: str, kind: str, out: torch.Tensor, rows: int, num_classes: int) -> None:
+    want = "[N, classes]" if kind == "classifier" else "[N, classes, H, W]"
+    ok = (out.dim() == 2 if kind == "classifier" else out.dim() == 4) and out.shape[0] == rows
+    if not ok or out.shape[1] != num_classes:
+        raise ModelError(
+            f"model {model!r}: output shape {tuple(out.shape)} is not {want} with {num_classes} classes "
+            f"for {rows} inputs; check num_classes and the model's kind"
+        )
+
+
+def load_models(
+    spec: InferenceSpec, bundle_dir: Path, devices: DeviceSet, profiler: Profiler
+) -> tuple[list[LoadedModel], list[LoadedModel]]:
+    """Every classifier and segmenter, one replica per device, each checked with a test forward.
+
+    Raises `ModelError` naming the model and the key at fault before any image is touched.
+    """
+    loaded: dict[str, list[LoadedModel]] = {"classifier": [], "segmenter": []}
+    for kind, specs in (("classifier", spec.classifiers), ("segmenter", spec.segmenters)):
+        for m in specs:
+            begin = time.perf_counter()
+            replicas = []
+            for device in devices.devices:
+                model = load_model(m, bundle_dir, spec.num_classes, device)
+                if devices.channels_last:
+                    model = model.to(memory_format=torch.channels_last)
+                replicas.append(model)
+            entry = LoadedModel(m, tuple(replicas), m.tta)
+            _test_forward(entry, kind, spec, devices)
+            devices.synchronize()
+            profiler.model_loaded(m.name, time.perf_counter() - begin)
+            loaded[kind].append(entry)
+    return loaded["classifier"], loaded["segmenter"]
+
+
+@torch.inference_mode()
+def _test_forward(entry: LoadedModel, kind: str, spec: InferenceSpec, devices: DeviceSet) -> None:
+    m = entry.spec
+    h, w = m.input_size or (spec.image_height, spec.image_width)
+    x = torch.zeros(1, 3, h, w, device=devices.devices[0])
+    try:
+        with devices.autocast():
+            out = entry.replicas[0](x)
+    except Exception as e:
+        raise ModelError(
+            f"model {m.name!r}: a test forward on one {h}x{w} image failed ({type(e).__name__}: {e}); "
+            "check its input_size (smp models need multiples of 32) and its kind/arch"
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"model {m.name!r}: returns {type(out).__name__}, not a tensor; export a single-output model")
+    _check_output(m.name, kind, out, 1, spec.num_classes)
+
+
+class Predictor:
+    """Runs gating and the ensemble on batches. Counters: `forward_images[name]` counts the images
+    (not views) each model has been given, for profiling and tests."""
+
+    def __init__(
+        self,
+        spec: InferenceSpec,
+        classifiers: Sequence[LoadedModel],
+        segmenters: Sequence[LoadedModel],
+        devices: DeviceSet,
+        profiler: Profiler,
+    ) -> None:
+        self.spec = spec
+        self.classifiers = list(classifiers)
+        self.segmenters = list(segmenters)
+        self.devices = devices
+        self.profiler = profiler
+        self.gating = spec.gating.mode if self.classifiers else "off"
+        self.forward_images: dict[str, int] = {m.spec.name: 0 for m in (*self.classifiers, *self.segmenters)}
+        self._thresholds = torch.tensor(spec.gating.thresholds or (0.5,) * spec.num_classes)
+
+    def drop(self, name: str) -> None:
+        """Stop using a model (it failed, or the budget guard dropped it)."""
+        self.classifiers = [m for m in self.classifiers if m.spec.name != name]
+        self.segmenters = [m for m in self.segmenters if m.spec.name != name]
+        if not self.classifiers:
+            self.gating = "off"
+
+    def set_views(self, name: str, views: tuple[str, ...]) -> None:
+        for m in self.segmenters:
+            if m.spec.name == name:
+                m.views = views
+
+    def _upload(self, images: npt.NDArray[np.uint8]) -> list[torch.Tensor]:
+        """Float [n,3,H,W] in [0,1] per device chunk (channels_last on CUDA, no copy of NHWC)."""
+        chunks = []
+        for i, start, stop in self.devices.split(len(images)):
+            t = torch.from_numpy(np.ascontiguousarray(images[start:stop])).to(
+                self.devices.devices[i], non_blocking=True
+            )
+            x = t.permute(0, 3, 1, 2).float().div_(255.0)
+            chunks.append(x if self.devices.channels_last else x.contiguous())
+        return chunks
+
+    def _prepare(self, x: torch.Tensor, m: ModelSpec) -> torch.Tensor:
+        if m.input_size is not None and tuple(x.shape[-2:]) != m.input_size:
+            x = F.interpolate(x, size=m.input_size, mode="bilinear", align_corners=False)
+        mean = torch.tensor(m.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(m.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if self.devices.channels_last else x
+
+    def _forward(self, lm: LoadedModel, replica: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """Raw output for the stacked views of `x`, as float32; ModelRunError when it raises."""
+        name = lm.spec.name
+        batch = stack_views(x, lm.views)
+        try:
+            with self.devices.autocast():
+                out = replica(batch)
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"returned {type(out).__name__}, not a tensor")
+            _check_output(name, kind, out, batch.shape[0], self.spec.num_classes)
+        except Exception as e:
+            raise ModelRunError(name, e) from e
+        self.forward_images[name] += x.shape[0]
+        return out.float()
+
+    def _classify(self, chunks: list[torch.Tensor], culprits: dict[int, list[str]]) -> torch.Tensor:
+        """Weighted mean classifier probabilities [N, C] on the CPU; notes images with NaN/Inf."""
+        total = torch.zeros(sum(c.shape[0] for c in chunks), self.spec.num_classes)
+        weights = sum(m.spec.weight for m in self.classifiers)
+        for lm in self.classifiers:
+            parts = []
+            with self.profiler.stage(f"classifier:{lm.spec.name}"):
+                for (i, _, _), x in zip(self.devices.split(total.shape[0]), chunks, strict=True):
+                    n = x.shape[0]
+                    out = self._forward(lm, lm.replicas[i], self._prepare(x, lm.spec), "classifier")
+                    views = out.view(len(lm.views), n, -1)
+                    finite = torch.isfinite(views).all(dim=2).all(dim=0)
+                    probs = torch.sigmoid(torch.nan_to_num(views, nan=0.0, posinf=0.0, neginf=0.0)).mean(dim=0)
+                    parts.append((probs, finite))
+                probs_all = torch.cat([p.cpu() for p, _ in parts])
+                finite_all = torch.cat([f.cpu() for _, f in parts])
+            for j in (~finite_all).nonzero().flatten().tolist():
+                culprits.setdefault(j, []).append(lm.spec.name)
+            total += probs_all * (lm.spec.weight / weights)
+        return total
+
+    def _segment(self, images: npt.NDArray[np.uint8], culprits: dict[int, list[str]]) -> torch.Tensor:
+        """Weighted mean segmentation probabilities [n, C, H, W] (CPU) for `images`; notes NaN/Inf."""
+        n, h, w = images.shape[0], images.shape[1], images.shape[2]
+        with self.profiler.stage("preprocess"):
+            chunks = self._upload(images)
+        split = self.devices.split(n)
+        acc = [torch.zeros(x.shape[0], self.spec.num_classes, h, w, device=x.device) for x in chunks]
+        weights = sum(m.spec.weight for m in self.segmenters)
+        for lm in self.segmenters:
+            outs = []
+            with self.profiler.stage(f"segmenter:{lm.spec.name}"):
+                for (i, _, _), x in zip(split, chunks, strict=True):
+                    outs.append(self._forward(lm, lm.replicas[i], self._prepare(x, lm.spec), "segmenter"))
+            with self.profiler.stage("tta_merge"):
+                for (_, start, _), out, a in zip(split, outs, acc, strict=True):
+                    k = out.shape[0] // len(lm.views)
+                    finite = torch.isfinite(out.view(len(lm.views), k, -1)).all(dim=2).all(dim=0)
+                    for j in (~finite).nonzero().flatten().tolist():
+                        culprits.setdefault(start + j, []).append(lm.spec.name)
+                    probs = merge_views(torch.sigmoid(torch.nan_to_num(out)), lm.views, k)
+                    if tuple(probs.shape[-2:]) != (h, w):
+                        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+                    a.add_(probs, alpha=lm.spec.weight / weights)
+        return torch.cat([a.cpu() for a in acc]) if acc else torch.zeros(0, self.spec.num_classes, h, w)
+
+    @torch.inference_mode()
+    def predict(self, images: npt.NDArray[np.uint8]) -> BatchResult:
+        """Gate and segment `images` [N, H, W, 3] uint8 RGB."""
+        if not self.segmenters:
+            raise ModelRunError("<ensemble>", "no segmentation model is left")
+        n, h, w = images.shape[0], images.shape[1], images.shape[2]
+        c = self.spec.num_classes
+        culprits: dict[int, list[str]] = {}
+        allowed = torch.ones(n, c, dtype=torch.bool)
+        if self.gating != "off":
+            with self.profiler.stage("preprocess"):
+                chunks = self._upload(images)
+            passed = self._classify(chunks, culprits) >= self._thresholds
+            del chunks
+            per_image = passed.any(dim=1, keepdim=True).expand(n, c)
+            allowed = passed if self.gating == "per_class" else per_image.clone()
+        nonfinite = torch.zeros(n, dtype=torch.bool)
+        nonfinite[list(culprits)] = True
+        gated_out = ~allowed.any(dim=1) if self.gating == "per_image" else torch.zeros(n, dtype=torch.bool)
+        segment = ~nonfinite & ~gated_out
+        index = segment.nonzero().flatten()
+        probs = torch.zeros(n, c, h, w)
+        if len(index):
+            seg_culprits: dict[int, list[str]] = {}
+            probs[index] = self._segment(images[index.numpy()], seg_culprits)
+            for j, names in seg_culprits.items():
+                culprits.setdefault(int(index[j]), []).extend(names)
+                nonfinite[index[j]] = True
+        return BatchResult(
+            probs=probs.numpy(),
+            allowed=allowed.numpy(),
+            nonfinite=nonfinite.numpy(),
+            segmented=segment.numpy(),
+            pairs_gated_out=int((~allowed).sum()),
+            images_skipped=int(gated_out.sum()),
+            culprits=culprits,
+        )

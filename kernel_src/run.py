@@ -1,0 +1,268 @@
+"""The pipeline: sample submission -> models -> streamed batches -> submission.csv + profile.json.
+
+`run(spec, bundle_dir=..., test_dir=..., sample_submission=..., out_dir=...)`:
+
+1. reads the sample submission found at run time (its rows, layout and column order);
+2. loads every model (timed) and checks it with a test forward: configuration problems
+   (`kernel_src.models.ModelError`, `kernel_src.spec.SpecError`) raise here, before any image;
+3. streams the images in batches of `spec.batch_size` from the background loader: gating,
+   ensemble, post-processing, RLE, and rows written at once (nothing accumulates across batches);
+4. after every batch the budget guard may step down (fewer TTA views, fewer models, empty masks);
+5. always writes every row of `submission.csv`, and `profile.json` even when it raises.
+
+Bad images (missing, unreadable, NaN/Inf model output) get empty masks and a warning naming them;
+converted ones (single-channel, other size) are predicted. A model that raises mid-run is dropped
+(recorded in `problems.model_failures`) and the batch is predicted again without it; with no
+segmentation model left, every remaining image gets empty masks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .devices import DeviceSet, resolve_devices
+from .guard import BudgetGuard
+from .images import ImageLoader, LoadedImage
+from .postprocess import postprocess
+from .predict import BatchResult, ModelRunError, Predictor, load_models
+from .profiler import Profiler
+from .rle import encode
+from .spec import InferenceSpec
+from .submission import SubmissionWriter, read_sample_submission
+
+WARNINGS_PER_KIND = 20  # warnings printed per problem kind; the full lists are in profile.json
+
+
+@dataclass(frozen=True)
+class RunResult:
+    submission_path: Path
+    profile_path: Path
+    profile: dict[str, Any]
+
+
+class _Reporter:
+    """Warnings on stderr (a few per kind, then a count) and progress lines on stdout."""
+
+    def __init__(self, progress: bool) -> None:
+        self.progress = progress
+        self._seen: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str) -> None:
+        seen = self._seen[kind] = self._seen.get(kind, 0) + 1
+        if seen <= WARNINGS_PER_KIND:
+            print(f"WARNING [{kind}] {message}", file=sys.stderr, flush=True)
+        if seen == WARNINGS_PER_KIND:
+            print(f"WARNING [{kind}] further {kind} warnings are only listed in profile.json", file=sys.stderr)
+
+    def info(self, message: str) -> None:
+        if self.progress:
+            print(message, flush=True)
+
+
+class _Engine:
+    """One run's loop over batches; holds the state a batch updates."""
+
+    def __init__(
+        self,
+        spec: InferenceSpec,
+        predictor: Predictor,
+        guard: BudgetGuard,
+        profiler: Profiler,
+        writer: SubmissionWriter,
+        reporter: _Reporter,
+        total: int,
+    ) -> None:
+        self.spec = spec
+        self.predictor = predictor
+        self.guard = guard
+        self.profiler = profiler
+        self.writer = writer
+        self.reporter = reporter
+        self.total = total
+        self.done = 0
+        self.batches = 0
+        self.progress_every = max(1, -(-total // spec.batch_size) // 20)
+        self._empty = [""] * spec.num_classes
+
+    def run(self, loader: ImageLoader) -> None:
+        batch: list[LoadedImage] = []
+        for loaded in self._timed(loader):
+            batch.append(loaded)
+            if len(batch) == self.spec.batch_size:
+                self._batch(batch)
+                batch = []
+        if batch:
+            self._batch(batch)
+
+    def _timed(self, loader: ImageLoader) -> Iterator[LoadedImage]:
+        """The loader's images, charging the time spent waiting for them and decoding them."""
+        iterator = iter(loader)
+        while True:
+            begin = time.perf_counter()
+            loaded = next(iterator, None)
+            self.profiler.add("wait_images", time.perf_counter() - begin)
+            if loaded is None:
+                return
+            self.profiler.add("decode", loaded.decode_s)
+            yield loaded
+
+    def _report_problems(self, batch: Sequence[LoadedImage]) -> None:
+        for loaded in batch:
+            if loaded.kind is not None:
+                self.profiler.problem(loaded.kind, loaded.image_id)
+                suffix = "" if loaded.kind == "converted" else " -> empty masks"
+                self.reporter.warn(loaded.kind, f"{loaded.problem}{suffix}")
+
+    def _predict(self, images: np.ndarray[Any, np.dtype[np.uint8]]) -> BatchResult | None:
+        """Predict, dropping any model that fails; None when no segmentation model is left."""
+        while self.predictor.segmenters:
+            try:
+                return self.predictor.predict(images)
+            except ModelRunError as e:
+                self.profiler.problem(
+                    "model_failures", {"model": e.model, "after_images": self.done, "error": e.detail}
+                )
+                self.reporter.warn("model_failure", f"{e}; dropped after {self.done} images")
+                self.predictor.drop(e.model)
+                self.guard.forget(e.model)
+        return None
+
+    def _masks(self, batch: Sequence[LoadedImage]) -> list[list[str]]:
+        """One RLE list per image of `batch` (empty strings for images not predicted)."""
+        rles = [list(self._empty) for _ in batch]
+        valid = [i for i, loaded in enumerate(batch) if loaded.image is not None]
+        if not valid or self.guard.empty_rest:
+            return rles
+        images = np.stack([image for i in valid if (image := batch[i].image) is not None])
+        result = self._predict(images)
+        if result is None:
+            return rles
+        gating = self.profiler.gating
+        gating["images_segmented"] += int(result.segmented.sum())
+        gating["images_skipped"] += result.images_skipped
+        gating["pairs_gated_out"] += result.pairs_gated_out
+        for j, names in sorted(result.culprits.items()):
+            image_id = batch[valid[j]].image_id
+            self.profiler.problem("nonfinite", image_id)
+            self.reporter.warn("nonfinite", f"{image_id}: NaN/Inf in the output of {', '.join(names)} -> empty masks")
+        keep = [j for j in range(len(valid)) if result.segmented[j] and not result.nonfinite[j]]
+        with self.profiler.stage("postprocess"):
+            masks = {
+                j: postprocess(result.probs[j], self.spec.postprocess) & result.allowed[j][:, None, None] for j in keep
+            }
+        with self.profiler.stage("rle"):
+            for j, mask in masks.items():
+                rles[valid[j]] = [encode(mask[k], self.spec.rle_order) for k in range(mask.shape[0])]
+        return rles
+
+    def _batch(self, batch: Sequence[LoadedImage]) -> None:
+        if self.batches == 0:
+            self.profiler.mark_first_batch()
+            self.guard.start()
+        before = self.profiler.stage_seconds()
+        self._report_problems(batch)
+        rles = self._masks(batch)
+        with self.profiler.stage("write"):
+            for loaded, image_rles in zip(batch, rles, strict=True):
+                self.writer.add(loaded.image_id, image_rles)
+        self.done += len(batch)
+        self.batches += 1
+        self.profiler.images = self.done
+        after = self.profiler.stage_seconds()
+        model_s = {
+            name: after.get(f"segmenter:{name}", 0.0) - before.get(f"segmenter:{name}", 0.0)
+            for name in self.guard.active
+        }
+        for step in self.guard.after_batch(self.done, len(batch), model_s):
+            if step.action == "drop_tta" and step.model is not None:
+                self.predictor.set_views(step.model, step.views)
+            elif step.action == "drop_model" and step.model is not None:
+                self.predictor.drop(step.model)
+            self.reporter.warn(
+                "budget",
+                f"after {step.after_images} images, projected {step.projected_s:.0f} s of "
+                f"{self.guard.budget_s:.0f} s: {step.action} ({step.detail})",
+            )
+        if self.batches % self.progress_every == 0 or self.done == self.total:
+            self._progress()
+
+    def _progress(self) -> None:
+        now = self.profiler.clock()
+        elapsed = now - self.profiler.started_at
+        first = self.profiler.first_batch_at if self.profiler.first_batch_at is not None else now
+        per_image = (now - first) / max(self.done, 1)
+        projected = elapsed + (self.total - self.done) * per_image
+        self.reporter.info(
+            f"[{self.done:>6}/{self.total} images] {elapsed:7.1f} s elapsed, {per_image * 1000:6.1f} ms/image, "
+            f"projected {projected:7.1f} s of {self.guard.budget_s:.0f} s"
+        )
+
+
+def _describe(devices: DeviceSet | None) -> tuple[str, int]:
+    if devices is None:
+        return "unknown", 0
+    return devices.describe(), len(devices.devices) if devices.cuda else 0
+
+
+def run(
+    spec: InferenceSpec,
+    *,
+    bundle_dir: Path,
+    test_dir: Path,
+    sample_submission: Path,
+    out_dir: Path,
+    started_at: float | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Write `out_dir/submission.csv` and `out_dir/profile.json` for the images in `test_dir`."""
+    started = time.time() if started_at is None else started_at
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    submission_path, profile_path = out_dir / "submission.csv", out_dir / "profile.json"
+    reporter = _Reporter(progress)
+    profiler = Profiler(started, torch_version=torch.__version__)
+    profiler.guard["budget_s"] = spec.time_budget_s
+    guard: BudgetGuard | None = None
+    try:
+        with profiler.stage("setup"):
+            devices = resolve_devices(spec.device, spec.fp16)
+            profiler.device, profiler.gpus = _describe(devices)
+            profiler.sync = devices.synchronize
+            sample = read_sample_submission(Path(sample_submission), spec.num_classes)
+            if not Path(test_dir).is_dir():
+                raise FileNotFoundError(f"test_dir {test_dir} is not a folder; point test_dir at the test images")
+        reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
+        with profiler.stage("load_models"):
+            classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler)
+        predictor = Predictor(spec, classifiers, segmenters, devices, profiler)
+        profiler.gating["mode"] = predictor.gating
+        total = len(sample.image_ids)
+        guard = BudgetGuard(spec.time_budget_s, started, total, segmenters=spec.segmenters)
+        prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)
+        size = (spec.image_height, spec.image_width)
+        with (
+            SubmissionWriter(submission_path, sample) as writer,
+            ImageLoader(
+                Path(test_dir), sample.image_ids, workers=spec.loader_workers, prefetch=prefetch, size=size
+            ) as loader,
+        ):
+            _Engine(spec, predictor, guard, profiler, writer, reporter, total).run(loader)
+    except BaseException as e:
+        profiler.error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        profiler.finish()
+        if guard is not None:
+            profiler.guard = guard.to_dict()
+        profile_path.write_text(json.dumps(profiler.to_dict(), indent=2) + "\n", encoding="utf-8")
+    reporter.info(profiler.table())
+    return RunResult(submission_path, profile_path, profiler.to_dict())

@@ -1,0 +1,204 @@
+"""The dry-run's inputs, each checked before anything runs; every error names the fix.
+
+- the built bundle (`bundle.json` in `dataset.out`) -> `bundler build`;
+- the rendered notebook, rendered for this bundle, this bundle.toml and this kernel_src
+  -> `bundler render-notebook`;
+- the test images folder (present, not empty);
+- the sample submission (a layout the kernel reads, `num_classes` classes);
+- the labels (long train.csv form, valid RLEs, only images of the set);
+- the calibration profile (a Kaggle run's profile.json).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+
+from kernel_src import rle
+from kernel_src.bundle import MANIFEST, kernel_src_hash
+from kernel_src.submission import SampleSubmission, read_csv_strings, read_sample_submission
+
+from .config import BundleConfig
+from .errors import DryRunError, RenderError
+from .kaggle_tree import image_files
+
+RENDER = "run `bundler render-notebook`"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    manifest: dict[str, Any]
+    notebook: NotebookNode
+    test_dir: Path
+    test_images: tuple[str, ...]
+    sample_submission: Path
+    sample: SampleSubmission
+    labels: Path | None
+    calibration_profile: dict[str, Any] | None
+    warnings: tuple[str, ...] = field(default=())
+
+
+def _manifest(cfg: BundleConfig) -> dict[str, Any]:
+    from .render import read_manifest
+
+    path = cfg.dataset.out / MANIFEST
+    if not path.is_file():
+        raise DryRunError(f"{path} not found: the bundle was never built; run `bundler build` first")
+    try:
+        return read_manifest(cfg)
+    except RenderError as e:
+        raise DryRunError(str(e)) from None
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _notebook(cfg: BundleConfig, manifest: Mapping[str, Any]) -> NotebookNode:
+    from .render import kernel_src_dir, notebook_config, notebook_parameters
+
+    path = cfg.kernel.notebook
+    if not path.is_file():
+        raise DryRunError(f"{path} not found: the notebook was never rendered; {RENDER}")
+    try:
+        nb: NotebookNode = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
+        rendered = notebook_parameters(nb)
+        expected = notebook_config(cfg, manifest)
+    except (OSError, ValueError, RenderError) as e:
+        raise DryRunError(f"{path}: cannot be read as a rendered notebook ({e}); {RENDER}") from None
+    if rendered.get("bundle_hash") != manifest.get("hash"):
+        raise DryRunError(
+            f"{path} was rendered for bundle {str(rendered.get('bundle_hash'))[:12]}, but {cfg.dataset.out} holds "
+            f"{str(manifest.get('hash'))[:12]}: the notebook is older than the bundle; {RENDER}"
+        )
+    changed = _differences(rendered, expected)
+    if changed:
+        raise DryRunError(f"{path} is older than bundle.toml (it differs in {', '.join(changed[:5])}); {RENDER}")
+    meta = nb.metadata.get("bundler", {})
+    if meta.get("kernel_src_hash") != kernel_src_hash(kernel_src_dir()):
+        raise DryRunError(f"{path} carries an older kernel_src than this checkout's; {RENDER}")
+    return nb
+
+
+def _test_dir(cfg: BundleConfig) -> tuple[Path, tuple[str, ...]]:
+    test_dir = cfg.dryrun.test_dir
+    if test_dir is None:
+        raise DryRunError("no test images folder: pass --test-dir DIR or set dryrun.test_dir in bundle.toml")
+    if not test_dir.is_dir():
+        raise DryRunError(f"test images folder {test_dir} does not exist: fix --test-dir or dryrun.test_dir")
+    names = tuple(p.name for p in image_files(test_dir))
+    if not names:
+        raise DryRunError(
+            f"test images folder {test_dir} holds no images (.jpg, .png, ...): point --test-dir at the folder of images"
+        )
+    return test_dir, names
+
+
+def _sample(cfg: BundleConfig, images: tuple[str, ...]) -> tuple[Path, SampleSubmission, list[str]]:
+    path = cfg.dryrun.sample_submission
+    if path is None:
+        raise DryRunError(
+            "no sample submission: pass --sample-submission CSV or set dryrun.sample_submission in bundle.toml"
+        )
+    if not path.is_file():
+        raise DryRunError(
+            f"sample submission {path} does not exist: fix --sample-submission or dryrun.sample_submission"
+        )
+    n = cfg.inference.num_classes
+    try:
+        sample = read_sample_submission(path, n)
+    except ValueError as e:
+        raise DryRunError(
+            f"sample submission does not match the configured layout: {e}. Give the competition's "
+            f"sample_submission.csv for these images, or fix inference.num_classes (now {n})"
+        ) from None
+    present = set(images)
+    absent = [i for i in sample.image_ids if i not in present]
+    if len(absent) == len(sample.image_ids):
+        raise DryRunError(
+            f"sample submission {path} names none of the {len(images)} images in {cfg.dryrun.test_dir} "
+            f"(e.g. {sample.image_ids[:1]}): give the sample submission made for that folder"
+        )
+    warnings = []
+    if absent:
+        warnings.append(
+            f"the sample submission lists {len(absent)} image(s) not in the test folder (e.g. {absent[0]}); "
+            "the notebook will report them missing and write empty masks"
+        )
+    return path, sample, warnings
+
+
+def _labels(cfg: BundleConfig, sample: SampleSubmission, images: tuple[str, ...]) -> Path | None:
+    path = cfg.dryrun.labels
+    if path is None:
+        return None
+    if not path.is_file():
+        raise DryRunError(f"labels file {path} does not exist: fix --labels or dryrun.labels (or leave it out)")
+    frame = read_csv_strings(path)
+    columns = sorted(str(c).strip() for c in frame.columns)
+    if columns != ["ClassId", "EncodedPixels", "ImageId"]:
+        raise DryRunError(
+            f"labels {path}: header {list(frame.columns)}; "
+            "labels must be in train.csv form ImageId,ClassId,EncodedPixels"
+        )
+    frame = frame.rename(columns=lambda c: str(c).strip())
+    known = set(sample.image_ids) & set(images)
+    outside = sorted({str(i) for i in frame["ImageId"]} - known)
+    if outside:
+        raise DryRunError(
+            f"labels {path} name {len(outside)} image(s) not in the test set (e.g. {outside[:3]}): "
+            "give the labels of exactly these test images"
+        )
+    size = cfg.inference.image_height * cfg.inference.image_width
+    n = cfg.inference.num_classes
+    for line, (image_id, class_id, value) in enumerate(
+        zip(frame["ImageId"], frame["ClassId"], frame["EncodedPixels"], strict=True), start=2
+    ):
+        if not (str(class_id).isdigit() and 1 <= int(class_id) <= n):
+            raise DryRunError(f"labels {path} line {line}: ClassId {class_id!r} is not in 1..{n}")
+        try:
+            rle.parse(str(value), size)
+        except ValueError as e:
+            raise DryRunError(
+                f"labels {path} line {line} ({image_id}, class {class_id}): {e}; labels must be RLEs of "
+                f"{cfg.inference.image_height}x{cfg.inference.image_width} masks"
+            ) from None
+    return path
+
+
+def _calibration_profile(cfg: BundleConfig) -> dict[str, Any] | None:
+    path = cfg.dryrun.calibration_profile
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DryRunError(
+            f"calibration profile {path} cannot be read ({e}): "
+            "give the profile.json that a Kaggle run of this notebook wrote"
+        ) from None
+    if not isinstance(data, dict):
+        raise DryRunError(f"calibration profile {path} is not a profile.json object: give a Kaggle run's profile.json")
+    return data
+
+
+def check_inputs(cfg: BundleConfig) -> Inputs:
+    """Every input of the dry-run, checked in the order a user would fix them."""
+    manifest = _manifest(cfg)
+    nb = _notebook(cfg, manifest)
+    test_dir, images = _test_dir(cfg)
+    sample_path, sample, warnings = _sample(cfg, images)
+    labels = _labels(cfg, sample, images)
+    calibration = _calibration_profile(cfg)
+    return Inputs(manifest, nb, test_dir, images, sample_path, sample, labels, calibration, tuple(warnings))

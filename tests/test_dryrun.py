@@ -1,0 +1,265 @@
+"""Real dry-runs: a tiny bundle (real timm/smp models, random weights), a rendered notebook,
+a small synthetic holdout, executed by a real kernel with no network."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from bundler.config import BundleConfig, load_config
+from bundler.netns import NETWORK_AVAILABLE, Isolation, probe
+from bundler.synthetic import make_dataset
+from kernel_src.bundle import sha256_file
+from kernel_src.metric import dice_score
+from kernel_src.submission import read_csv_strings
+from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, make_tiny_models
+
+N_IMAGES = 6
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=160)
+
+
+HIDDEN = 50
+TOML = """
+[bundle]
+name = "tiny-bundle"
+
+[competition]
+hidden_test_images = {n}
+
+[dataset]
+id = "tester/tiny-bundle"
+title = "tiny test bundle"
+
+[target]
+requirements = []
+
+[kernel]
+id = "tester/tiny-kernel"
+title = "Tiny kernel"
+notebook = "build/inference.ipynb"
+metadata = "build/kernel-metadata.json"
+
+[inference]
+num_classes = 4
+image_height = {h}
+image_width = {w}
+batch_size = 2
+device = "cpu"
+fp16 = false
+loader_workers = 1
+
+[inference.gating]
+mode = "per_class"
+thresholds = [0.5, 0.5, 0.5, 0.5]
+
+[inference.postprocess]
+threshold = [0.5, 0.5, 0.5, 0.5]
+min_component = [0, 0, 0, 0]
+min_area = [0, 0, 0, 0]
+
+[[classifiers]]
+name = "{cls.name}"
+kind = "{cls.kind}"
+arch = "{cls.arch}"
+input_size = {cls_size}
+checkpoint = "unused.pth"
+
+[[segmenters]]
+name = "{seg.name}"
+kind = "{seg.kind}"
+arch = "{seg.arch}"
+encoder = "{seg.encoder}"
+input_size = {seg_size}
+tta = ["identity", "hflip"]
+checkpoint = "unused.pth"
+
+[dryrun]
+test_dir = "holdout/test_images"
+sample_submission = "holdout/sample_submission.csv"
+out = "build/dryrun"
+{dryrun_extra}
+"""
+
+
+def write_bundle(cfg: BundleConfig) -> dict[str, Any]:
+    """A built bundle as `bundler build` leaves it (weights only: the venv has every library)."""
+    out = cfg.dataset.out
+    weights = [
+        {
+            "file": m.spec.file,
+            "model": m.spec.name,
+            "kind": m.spec.kind,
+            "sha256": sha256_file(out / m.spec.file),
+            "size": (out / m.spec.file).stat().st_size,
+        }
+        for m in cfg.models
+    ]
+    lines = sorted(f"{w['file']} {w['sha256']}" for w in weights)
+    manifest = {
+        "format": 1,
+        "bundle": cfg.name,
+        "hash": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+        "created_by": "tests",
+        "wheels": [],
+        "weights": weights,
+    }
+    (out / "bundle.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def make_project(root: Path, *, budget: float | None = None, labels: bool = True) -> BundleConfig:
+    """bundle.toml-equivalent config, built bundle, rendered notebook and holdout under `root`."""
+    from bundler.render import render_notebook
+
+    dataset = root / "build" / "dataset"
+    classifiers, segmenters = make_tiny_models(dataset)
+    keep = {classifiers[0].file, segmenters[0].file}
+    for path in dataset.iterdir():
+        if path.name not in keep:
+            path.unlink()
+    make_dataset(root / "holdout", N_IMAGES, seed=3, height=IMAGE_HEIGHT, width=IMAGE_WIDTH)
+    cls, seg = classifiers[0], segmenters[0]
+    extra = ['labels = "holdout/labels.csv"'] if labels else []
+    extra += [f"time_budget_s = {budget}"] if budget is not None else []
+    toml = TOML.format(
+        cls=cls,
+        cls_size=list(cls.input_size or (IMAGE_HEIGHT, IMAGE_WIDTH)),
+        seg=seg,
+        seg_size=list(seg.input_size or (IMAGE_HEIGHT, IMAGE_WIDTH)),
+        h=IMAGE_HEIGHT,
+        w=IMAGE_WIDTH,
+        n=HIDDEN,
+        dryrun_extra="\n".join(extra),
+    )
+    (root / "bundle.toml").write_text(toml)
+    cfg = load_config(root / "bundle.toml")
+    write_bundle(cfg)
+    render_notebook(cfg, console=quiet())
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel (a child process) inherits this: small models, a shared 2-core machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> BundleConfig:
+    return make_project(tmp_path_factory.mktemp("dryrun"))
+
+
+def _fresh(cfg: BundleConfig, name: str, **dryrun: Any) -> BundleConfig:
+    """`cfg` writing to its own output folder, its notebook re-rendered (kernel_src may have moved on)."""
+    from bundler.render import render_notebook
+
+    render_notebook(cfg, console=quiet())
+    return replace(cfg, dryrun=replace(cfg.dryrun, out=cfg.root / "build" / name, **dryrun))
+
+
+@pytest.mark.slow
+def test_within_budget_with_labels_passes_and_scores_the_written_submission(project: BundleConfig) -> None:
+    from bundler.dryrun import dry_run
+
+    cfg = _fresh(project, "ok")
+    buf = io.StringIO()
+    result = dry_run(cfg, console=Console(file=buf, width=160))
+    out = cfg.dryrun.out
+    assert result.ok, result.reason + "\n" + buf.getvalue()
+    assert result.reason.startswith("within budget")
+    for name in ("submission.csv", "profile.json", "summary.json", "report.html", "inference.ipynb"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] is True
+    assert summary["images"] == N_IMAGES
+    assert summary["seconds"] > 0
+    assert summary["within_budget"] is True
+    assert summary["budget_seconds"] == project.inference.time_budget_s
+    assert summary["projected_seconds"] <= summary["budget_seconds"]
+    assert summary["network"] == probe().network
+    assert summary["calibration"] == "none: figure is for this machine"
+    assert summary["failed_cell"] is None
+    assert summary["guard_steps"] == []
+    expected = dice_score(
+        out / "submission.csv",
+        cfg.dryrun.labels,  # type: ignore[arg-type]
+        num_classes=4,
+        shape=(IMAGE_HEIGHT, IMAGE_WIDTH),
+        order="F",
+        image_ids=read_csv_strings(cfg.dryrun.sample_submission)["ImageId_ClassId"].str.rsplit("_", n=1).str[0],  # type: ignore[arg-type]
+    )
+    assert summary["score"] == expected.mean
+    assert summary["per_class_score"] == list(expected.per_class)
+    profile = json.loads((out / "profile.json").read_text())
+    fixed, per = profile["fixed_s"], profile["per_image_s"]
+    assert summary["projected_seconds"] == pytest.approx(fixed + per * HIDDEN)
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3
+    assert "PASS" in html
+    assert not list(out.glob(".kaggle-tree-*"))  # the temporary tree is gone
+
+
+@pytest.mark.slow
+def test_tiny_budget_via_the_cli_steps_down_writes_every_row_and_fails(project: BundleConfig) -> None:
+    from bundler.cli import main
+
+    _fresh(project, "tiny-budget")
+    out = project.root / "build" / "tiny-budget"
+    args = ["dry-run", "--config", str(project.root / "bundle.toml"), "--time-budget", "0.5", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "dry-run failed: over budget by" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] is False
+    assert summary["budget_seconds"] == 0.5
+    assert summary["within_budget"] is False
+    assert summary["guard_steps"], "the in-notebook guard should have stepped down"
+    assert all(step["action"] in ("drop_tta", "drop_model", "empty_rest") for step in summary["guard_steps"])
+    rows = read_csv_strings(out / "submission.csv")
+    assert len(rows) == N_IMAGES * 4
+    assert "over budget" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_failing_cell_is_reported_with_its_traceback_and_network_fallback_recorded(
+    project: BundleConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bundler.dryrun as dryrun_module
+
+    monkeypatch.setattr(dryrun_module, "probe", lambda: Isolation(NETWORK_AVAILABLE, False, "no unshare (test)"))
+    # a bundle whose weight file was damaged after the build: the setup cell fails, naming it
+    dataset = tmp_path / "dataset"
+    shutil.copytree(project.dataset.out, dataset)
+    weight = next(dataset.glob("*.safetensors"))
+    weight.write_bytes(b"\0" * weight.stat().st_size)
+    cfg = _fresh(replace(project, dataset=replace(project.dataset, out=dataset)), "failing")
+    console = quiet()
+    result = dryrun_module.dry_run(cfg, console=console)
+    assert not result.ok
+    summary = json.loads((cfg.dryrun.out / "summary.json").read_text())
+    failed = summary["failed_cell"]
+    assert failed is not None
+    assert result.reason.startswith(f"cell {failed['index']} failed: BundleError")
+    assert "corrupt" in failed["evalue"]
+    assert "Traceback" in failed["traceback"] or "BundleError" in failed["traceback"]
+    assert "setup(CONFIG)" in failed["traceback"]
+    assert summary["network"] == "available"
+    assert summary["network_note"] == "no unshare (test)"
+    assert "WARNING: running WITH network" in console.file.getvalue()  # type: ignore[attr-defined]
+    html = (cfg.dryrun.out / "report.html").read_text()
+    assert f"Failure in cell {failed['index']}" in html
+    assert "corrupt" in html
+    assert (cfg.dryrun.out / "inference.ipynb").is_file()  # saved although it failed

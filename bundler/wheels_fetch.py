@@ -25,13 +25,13 @@ from packaging.version import Version
 from .errors import WheelsError
 from .wheels_target import TargetEnv
 
-CACHED, DOWNLOADED, BUILT = "cached", "downloaded", "built from sdist"
+CACHED, COPIED, DOWNLOADED, BUILT = "cached", "from target.find_links", "downloaded", "built from sdist"
 
 
 @dataclass(frozen=True)
 class Fetched:
     path: Path  # in the cache
-    how: str  # CACHED | DOWNLOADED | BUILT
+    how: str  # CACHED | COPIED | DOWNLOADED | BUILT
 
 
 def wheel_tags(path: Path) -> frozenset[Tag]:
@@ -42,7 +42,7 @@ def wheel_tags(path: Path) -> frozenset[Tag]:
 
 
 def find_cached(cache_dir: Path, name: str, version: str, env: TargetEnv) -> Path | None:
-    """The best wheel in `cache_dir` for name==version on the target, if any."""
+    """The best wheel in `cache_dir` (or a find-links folder) for name==version on the target, if any."""
     key, wanted = canonicalize_name(name), Version(version)
     best: tuple[int, Path] | None = None
     for path in cache_dir.glob("*.whl"):
@@ -94,6 +94,18 @@ def _only_wheel(folder: Path, what: str) -> Path:
     return wheels[0]
 
 
+def _download_binary(spec: str, env: TargetEnv, index: list[str], out: Path) -> subprocess.CompletedProcess[str]:
+    platforms = [arg for p in env.platforms for arg in ("--platform", p)]
+    args = ["download", "--no-deps", "--only-binary=:all:", "--python-version", env.python]
+    args += ["--implementation", "cp", "--abi", env.interpreter, *platforms, "--dest", str(out), *index, spec]
+    return _pip(args)
+
+
+def _build_sdist(spec: str, index: list[str], out: Path) -> subprocess.CompletedProcess[str]:
+    args = ["wheel", "--no-deps", "--no-build-isolation", "--no-binary=:all:", "--ignore-requires-python"]
+    return _pip([*args, "--wheel-dir", str(out), *index, spec])
+
+
 def fetch_wheel(
     name: str,
     version: str,
@@ -108,63 +120,38 @@ def fetch_wheel(
     cached = find_cached(cache_dir, name, version, env)
     if cached:
         return Fetched(cached, CACHED)
+    for folder in find_links:  # a wheel in a local wheelhouse needs no pip
+        local = find_cached(folder, name, version, env)
+        if local:
+            return Fetched(_store(local, cache_dir), COPIED)
     spec = f"{name}=={version}"
     index = _index_args(find_links, no_index)
-    binary_dir = work / f"dl-{canonicalize_name(name)}"
-    platforms = [arg for p in env.platforms for arg in ("--platform", p)]
-    done = _pip(
-        [
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--python-version",
-            env.python,
-            "--implementation",
-            "cp",
-            "--abi",
-            env.interpreter,
-            *platforms,
-            "--dest",
-            str(binary_dir),
-            *index,
-            spec,
-        ]
-    )
-    if done.returncode == 0:
-        wheel = _only_wheel(binary_dir, spec)
-        if env.rank(wheel_tags(wheel)) is None:
-            raise WheelsError(f"pip downloaded {wheel.name} for {spec}, which does not fit {env.describe}")
-        return Fetched(_store(wheel, cache_dir), DOWNLOADED)
-    binary_error = _tail(done, 4)
-    build_dir = work / f"build-{canonicalize_name(name)}"
-    built = _pip(
-        [
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-binary=:all:",
-            "--ignore-requires-python",
-            "--wheel-dir",
-            str(build_dir),
-            *index,
-            spec,
-        ]
-    )
+    key = canonicalize_name(name)
+    binary_error = f"none in target.find_links ({', '.join(map(str, find_links))})"
+    if not no_index:  # with no index, find_links was all there was: go straight to the sdist
+        done = _download_binary(spec, env, index, work / f"dl-{key}")
+        if done.returncode == 0:
+            wheel = _only_wheel(work / f"dl-{key}", spec)
+            if env.rank(wheel_tags(wheel)) is None:
+                raise WheelsError(f"pip downloaded {wheel.name} for {spec}, which does not fit {env.describe}")
+            return Fetched(_store(wheel, cache_dir), DOWNLOADED)
+        binary_error = _tail(done, 1) or "pip download failed"
+    built = _build_sdist(spec, index, work / f"build-{key}")
     fix = (
         f"build a {env.interpreter} manylinux {env.arch} wheel of {spec} yourself (e.g. with cibuildwheel, "
         "or `pip wheel` on a matching Linux machine) and add its folder to target.find_links"
     )
     if built.returncode != 0:
         raise WheelsError(
-            f"{spec}: no wheel for {env.describe} ({binary_error.splitlines()[-1] if binary_error else 'pip failed'}) "
-            f"and its sdist did not build here:\n{_tail(built)}\nFix: {fix}"
+            f"{spec}: no wheel for {env.describe} ({binary_error}) and its sdist did not build here:\n"
+            f"{_tail(built)}\nFix: {fix}"
         )
-    wheel = _only_wheel(build_dir, spec)
+    wheel = _only_wheel(work / f"build-{key}", spec)
     tags = wheel_tags(wheel)
     if any(t.abi != "none" or t.platform != "any" for t in tags):
         raise WheelsError(
-            f"{spec}: its sdist has compiled extensions (built {wheel.name} for this machine, not for the target); "
-            f"Fix: {fix}"
+            f"{spec}: its sdist has compiled extensions (it built {wheel.name} for this machine, not for the "
+            f"target); Fix: {fix}"
         )
     if env.rank(tags) is None:
         raise WheelsError(f"{spec}: its sdist built {wheel.name}, which {env.describe} cannot install; Fix: {fix}")

@@ -7,7 +7,7 @@ Runs in its own process so that the dry-run can put it (and the kernel it starts
 network namespace. Progress goes to stdout as lines `@@bundler-event {json}`: `start`
 (cells), `cell_start` / `cell_complete` (index, elapsed) and `stream` (the kernel's printed
 lines). The executed notebook and RESULT_JSON are written in every case, failure included:
-    {"status": "ok" | "cell_failed" | "kernel_died" | "timeout" | "error",
+    {"status": "ok" | "cell_failed" | "kernel_died" | "timeout" | "interrupted" | "error",
      "seconds": wall time, "cell": index or null, "ename", "evalue", "traceback": text}
 
 Parent side: `run_notebook(...)` starts the child (wrapped by `bundler.netns` when the network
@@ -108,7 +108,7 @@ def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float 
     except CellExecutionError as e:
         result.update(status="cell_failed", ename=e.ename, evalue=e.evalue, traceback=strip_ansi(e.traceback))
     except KeyboardInterrupt as e:
-        result.update(status="timeout", evalue=str(e) or "interrupted")
+        result.update(status="interrupted", evalue=str(e) or "interrupted")
     except Exception as e:  # the kernel never started, a broken notebook, ...: reported, not raised
         result.update(status="error", ename=type(e).__name__, evalue=str(e).strip())
     finally:
@@ -120,7 +120,7 @@ def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float 
                 result["ename"] = result["ename"] or ename
                 result["evalue"] = result["evalue"] or evalue
                 result["traceback"] = result["traceback"] or tb
-            elif result["status"] in ("timeout", "kernel_died"):
+            elif result["status"] in ("timeout", "kernel_died", "interrupted"):
                 running = max(cell_started, default=None)
                 result["cell"] = running
         nbformat.write(nb, dest)  # type: ignore[no-untyped-call]
@@ -154,7 +154,7 @@ if __name__ == "__main__":
 
 @dataclass(frozen=True)
 class Execution:
-    status: str  # "ok" | "cell_failed" | "kernel_died" | "timeout" | "error"
+    status: str  # "ok" | "cell_failed" | "kernel_died" | "timeout" | "interrupted" | "error"
     seconds: float  # wall time of the notebook's execution (kernel start to last cell)
     cell: int | None  # index of the failed (or running, on timeout) cell
     ename: str

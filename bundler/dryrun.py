@@ -68,6 +68,8 @@ def _prepare_out(out: Path, executed: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in (*OUTPUTS, executed.name, executed.stem + ".log"):
         (out / name).unlink(missing_ok=True)
+    for tree in out.glob(".kaggle-tree-*"):  # left behind by a run that was killed
+        remove_tree(tree)
 
 
 def _execute(cfg: BundleConfig, inputs: Inputs, executed: Path, isolation: Isolation, console: Console) -> Execution:
@@ -153,6 +155,8 @@ def _reason_of_failure(ex: Execution) -> str:
         return f"the kernel died in {where} ({first}); see {ex.log.name}"
     if ex.status == "timeout":
         return f"{where} did not finish in time ({first})"
+    if ex.status == "interrupted":
+        return f"the run was stopped in {where} ({first})"
     if ex.status == "cell_failed":
         return f"{where} failed: {first}"
     return f"the notebook could not run: {first}; see {ex.log.name}"

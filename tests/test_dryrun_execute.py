@@ -85,3 +85,14 @@ def test_kernel_death_is_reported(tmp_path: Path) -> None:
     ex = run_notebook(nb, tmp_path / "out" / "d.ipynb", cwd=tmp_path, console=console, isolation=NO_ISOLATION)
     assert ex.status == "kernel_died", json.dumps(ex.__dict__, default=str)
     assert ex.cell == 1
+
+
+@pytest.mark.slow
+def test_a_cell_past_the_time_limit_is_stopped_and_named(tmp_path: Path) -> None:
+    nb = _notebook(tmp_path / "e.ipynb", "x = 1", "import time\ntime.sleep(60)")
+    console, _ = _console()
+    ex = run_notebook(
+        nb, tmp_path / "out" / "e.ipynb", cwd=tmp_path, console=console, isolation=NO_ISOLATION, timeout_s=3
+    )
+    assert ex.status == "timeout"
+    assert ex.cell == 2

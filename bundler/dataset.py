@@ -1,0 +1,269 @@
+"""`bundler build`: one FLAT Kaggle dataset folder with every wheel and weight the notebook needs.
+
+The folder (default `build/dataset/`) holds `bundle.json`, `dataset-metadata.json`, the vendored
+`*.whl` and one weight file per model, all at the top level, so `kaggle datasets version -p DIR`
+uploads every file (the Kaggle CLI skips sub-folders by default).
+
+- Atomic: the folder is built beside the old one (`<out>.partial-<pid>`) and swapped in only on
+  success; a failure or Ctrl-C removes the staging folder and leaves the old folder as it was.
+- No-op: the fingerprint of the inputs is stored in `bundle.json` ("inputs"); when it is unchanged
+  and the folder is intact, nothing is downloaded, converted or written.
+- Credentials never leave the machine: credential files and key material among the inputs, and
+  in the finished folder's wheels, fail the build with `CredentialError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from . import credentials
+from .build_report import print_report
+from .config import BundleConfig
+from .errors import BuildError, WeightsError
+from .fingerprint import HashCache, input_fingerprint
+from .manifest import MANIFEST, METADATA, build_manifest, dataset_metadata, up_to_date, write_json
+
+if TYPE_CHECKING:
+    from .weights import WeightRecord
+    from .wheels import WheelPlan
+
+CACHE_DIR = Path("build/.cache")  # under the folder of bundle.toml
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced (or found up to date)."""
+
+    out: Path
+    up_to_date: bool  # True: the folder already matched the inputs; nothing was written
+    manifest: dict[str, Any]
+    total_bytes: int
+    seconds: float
+    timings: dict[str, float]  # phase -> seconds
+    from_baseline: tuple[tuple[str, str], ...] = ()  # (name, version) the image already has
+    warnings: tuple[str, ...] = ()
+
+
+def cache_dir(cfg: BundleConfig) -> Path:
+    return cfg.root / CACHE_DIR
+
+
+def _progress(console: Console, *, bytes_: bool = False) -> Progress:
+    counter = DownloadColumn() if bytes_ else TaskProgressColumn()
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        counter,
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace a path that is not a bundle folder (a user's `--out ~/Documents`)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BuildError(f"dataset folder {out} is a file; set dataset.out (or --out) to a folder")
+    if any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise BuildError(
+            f"dataset folder {out} is not empty and holds no {MANIFEST}, so it is not a bundle this tool "
+            "built; refusing to replace it. Choose another dataset.out (or --out), or empty the folder."
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(out: Path) -> None:
+    """Staging and set-aside folders left by builds whose process is gone."""
+    if not out.parent.is_dir():
+        return
+    pattern = re.compile(re.escape(out.name) + r"\.(?:partial|old)-(\d+)")
+    for path in out.parent.iterdir():
+        m = pattern.fullmatch(path.name)
+        if m and path.is_dir() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _swap(staging: Path, out: Path) -> None:
+    """Put `staging` where `out` is: old aside, new in, old deleted; the old comes back on failure."""
+    old = out.parent / f"{out.name}.old-{os.getpid()}"
+    if old.exists():
+        shutil.rmtree(old)
+    had_old = out.exists()
+    if had_old:
+        out.rename(old)
+    try:
+        staging.rename(out)
+    except BaseException:
+        if had_old:
+            old.rename(out)
+        raise
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A fresh staging folder beside `out`, removed on any failure (Ctrl-C included)."""
+    staging = out.parent / f"{out.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _assert_contents(folder: Path, expected: set[str]) -> None:
+    """Flat, and exactly the files of the manifest: nothing skipped, nothing uploaded unseen."""
+    nested = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if nested:
+        raise BuildError(
+            f"the bundle folder would hold sub-folders ({', '.join(nested)}), which `kaggle datasets version` "
+            "skips; this is a bug in bundler: please report it"
+        )
+    present = {p.name for p in folder.iterdir()}
+    if present != expected:
+        extra, missing = sorted(present - expected), sorted(expected - present)
+        raise BuildError(
+            f"the bundle folder does not match its manifest (not listed: {extra or 'none'}; missing: "
+            f"{missing or 'none'}); this is a bug in bundler: please report it"
+        )
+
+
+def _checkpoint_hashes(cfg: BundleConfig, keys: list[str], console: Console) -> list[str]:
+    """Check each checkpoint exists and is not a credential file by name, then hash it (cached)."""
+    for entry, key in zip(cfg.models, keys, strict=True):
+        if not entry.checkpoint.is_file():
+            raise WeightsError(
+                f"model {entry.spec.name!r}: checkpoint {entry.checkpoint} does not exist; fix bundle.toml "
+                f"{key}.checkpoint (relative paths start at the folder of bundle.toml)"
+            )
+        credentials.check_name(entry.checkpoint, f"bundle.toml {key}.checkpoint")
+    cache = HashCache(cache_dir(cfg) / "sha256.json")
+    todo = [m.checkpoint for m in cfg.models if cache.cached(m.checkpoint) is None]
+    if todo:
+        with _progress(console, bytes_=True) as progress:
+            task = progress.add_task("hashing checkpoints", total=sum(p.stat().st_size for p in todo))
+            for path in todo:
+                cache.sha256(path, lambda n: progress.advance(task, n))
+    hashes = [cache.sha256(m.checkpoint) for m in cfg.models]
+    cache.save()
+    return hashes
+
+
+def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console: Console) -> list[WeightRecord]:
+    from .weights import convert
+
+    records = []
+    with _progress(console) as progress:
+        for entry, key in zip(cfg.models, keys, strict=True):
+            credentials.check_content(entry.checkpoint, f"bundle.toml {key}.checkpoint")
+        task = progress.add_task("converting weights", total=len(cfg.models))
+        for entry, key in zip(cfg.models, keys, strict=True):
+
+            def step(what: str, name: str = entry.spec.name) -> None:
+                progress.update(task, description=f"{escape(name)}: {escape(what)}")
+
+            record = convert(entry, key, cfg.inference.num_classes, staging, step)
+            records.append(record)
+            progress.advance(task)
+        progress.update(task, description="weights converted")
+    for record in records:
+        for note in record.notes:
+            console.print(f"{escape(record.model)}: {escape(note)}", soft_wrap=True)
+    return records
+
+
+def _vendor(cfg: BundleConfig, staging: Path, console: Console) -> WheelPlan:
+    from .wheels import vendor_wheels
+
+    return vendor_wheels(cfg.target, staging, cache_dir=cache_dir(cfg) / "wheels", console=console)
+
+
+def build_dataset(cfg: BundleConfig, *, console: Console) -> BuildResult:
+    """Build (or find up to date) the dataset folder `cfg.dataset.out`."""
+    started = time.perf_counter()
+    out = cfg.dataset.out
+    _check_out(out)
+    from .weights import model_keys
+
+    keys = model_keys(cfg.models)
+    checkpoint_sha = _checkpoint_hashes(cfg, keys, console)
+    inputs = input_fingerprint(cfg, checkpoint_sha)
+    timings = {"hashing": time.perf_counter() - started}
+
+    existing = up_to_date(out, cfg, inputs)
+    if existing is not None:
+        console.print(
+            f"[green]{escape(str(out))} is up to date[/]: the inputs have not changed, so nothing was "
+            "downloaded, converted or written.",
+            soft_wrap=True,
+        )
+        total = print_report(console, cfg, out, existing)
+        seconds = time.perf_counter() - started
+        return BuildResult(out, True, existing, total, seconds, {**timings, "total": seconds})
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
+    with _staging(out) as staging:
+        t = time.perf_counter()
+        weights = _convert_weights(cfg, keys, staging, console)
+        timings["weights"] = time.perf_counter() - t
+        t = time.perf_counter()
+        plan = _vendor(cfg, staging, console)
+        timings["wheels"] = time.perf_counter() - t
+        wheels = [
+            {
+                "file": w.file,
+                "name": w.name,
+                "version": w.version,
+                "sha256": w.sha256,
+                "size": w.size,
+                "reason": w.reason,
+            }
+            for w in plan.wheels
+        ]
+        manifest = build_manifest(cfg, wheels, [r.to_dict() for r in weights], inputs)
+        write_json(staging / METADATA, dataset_metadata(cfg.dataset))
+        write_json(staging / MANIFEST, manifest)
+        _assert_contents(staging, {MANIFEST, METADATA, *(str(w["file"]) for w in wheels), *(r.file for r in weights)})
+        credentials.scan_folder(staging, [MANIFEST, METADATA, *(r.file for r in weights)])
+        _swap(staging, out)
+    seconds = time.perf_counter() - started
+    timings["total"] = seconds
+    console.print(f"[green]built {escape(str(out))}[/]", soft_wrap=True)
+    total = print_report(console, cfg, out, manifest, from_baseline=plan.from_baseline, timings=timings)
+    return BuildResult(out, False, manifest, total, seconds, timings, plan.from_baseline, plan.warnings)

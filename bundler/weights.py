@@ -1,0 +1,272 @@
+"""User checkpoints -> bundle weight files, checked against their declared architecture.
+
+A checkpoint may be a plain state dict, a training checkpoint (`{"state_dict" | "model" |
+"model_state_dict": ..., "optimizer": ..., "epoch": ...}`), a state dict whose keys carry a
+wrapper prefix (`model.`, `module.`, `net.`, `_orig_mod.`: stripped when that makes it fit), a
+safetensors file, or (for `kind = "torchscript"`) a TorchScript file. Pickles are read with
+`torch.load(weights_only=True)`: nothing in them is executed.
+
+smp/timm weights are loaded into `kernel_src.models.build_model(spec, num_classes)` here, so a
+mismatch fails at build time naming the model and the tensor; only the model's own tensors are
+written (`<name>.safetensors`, float16 when `fp16 = true`). TorchScript files are verified with
+`torch.jit.load` and copied as `<name>.pt`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import shutil
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kernel_src.models import ModelError, build_model, load_state_dict_into
+
+from .config import ModelEntry
+from .errors import WeightsError
+from .fingerprint import sha256_file
+
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
+WRAPPER_PREFIXES = ("model.", "module.", "net.", "_orig_mod.")
+_MAX_PREFIX_DEPTH = 3
+
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class WeightRecord:
+    """One weight file of the bundle, as `bundle.json` lists it."""
+
+    file: str
+    model: str
+    kind: str
+    sha256: str
+    size: int
+    dtype: str
+    tensors: int
+    parameters: int
+    notes: tuple[str, ...] = ()  # what the conversion did that the user should know (not in the manifest)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "model": self.model,
+            "kind": self.kind,
+            "sha256": self.sha256,
+            "size": self.size,
+            "dtype": self.dtype,
+            "tensors": self.tensors,
+            "parameters": self.parameters,
+        }
+
+
+def model_keys(models: tuple[ModelEntry, ...]) -> list[str]:
+    """The `bundle.toml` key of each model, e.g. `segmenters[1]`."""
+    counts = {"classifier": 0, "segmenter": 0}
+    keys = []
+    for entry in models:
+        keys.append(f"{entry.role}s[{counts[entry.role]}]")
+        counts[entry.role] += 1
+    return keys
+
+
+def convert(entry: ModelEntry, key: str, num_classes: int, dest: Path, step: Step | None = None) -> WeightRecord:
+    """Write `entry`'s weight file into the folder `dest` and describe it."""
+    say = step or (lambda _: None)
+    if not entry.checkpoint.is_file():
+        raise WeightsError(
+            f"model {entry.spec.name!r}: checkpoint {entry.checkpoint} does not exist; "
+            f"fix bundle.toml {key}.checkpoint (relative paths start at the folder of bundle.toml)"
+        )
+    if entry.spec.kind == "torchscript":
+        return _copy_torchscript(entry, key, dest, say)
+    say("reading")
+    state = read_state_dict(entry.checkpoint, entry.spec.name, key)
+    say("loading into " + (f"{entry.spec.arch}/{entry.spec.encoder}" if entry.spec.encoder else entry.spec.arch))
+    try:
+        model = build_model(entry.spec, num_classes)
+    except ModelError as e:
+        raise WeightsError(f"bundle.toml {key}: {e}") from None
+    fitted, notes = fit_to_model(state, model.state_dict())
+    try:
+        load_state_dict_into(model, fitted, entry.spec.name)
+    except ModelError as e:
+        raise WeightsError(f"{e} (checkpoint {entry.checkpoint}, bundle.toml {key})") from None
+    say("writing")
+    return _save_safetensors(entry, model, dest, notes)
+
+
+def read_state_dict(path: Path, name: str, key: str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, unwrapped from a training checkpoint when needed."""
+    if _is_torchscript(path):
+        raise WeightsError(
+            f'model {name!r}: {path} is a TorchScript file; set kind = "torchscript" in bundle.toml {key}'
+        )
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path)))
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"model {name!r}: {path} is not a readable safetensors file ({e})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(_unpickling_message(str(e), name, path)) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise WeightsError(f"model {name!r}: {path} is not a PyTorch checkpoint ({e})") from None
+    return extract_state_dict(obj, name, path)
+
+
+def _unpickling_message(error: str, name: str, path: Path) -> str:
+    """torch's weights_only refusal, reduced to what is at fault and the fix."""
+    found = re.search(r"GLOBAL ([\w.]+)", error)
+    if found:
+        return (
+            f"model {name!r}: {path} holds Python objects besides tensors (e.g. {found.group(1)}), and bundler "
+            "only loads checkpoints with torch.load(weights_only=True). Re-save the weights alone: "
+            "torch.save(model.state_dict(), path)"
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", error, re.S)
+    reason = " ".join((detail.group(1) if detail else error.splitlines()[0] if error else "").split())
+    return f"model {name!r}: {path} is not a PyTorch checkpoint (unpickling failed: {reason})"
+
+
+def extract_state_dict(obj: Any, name: str, path: Path) -> dict[str, torch.Tensor]:
+    """The model's tensors from a state dict or a training checkpoint holding one."""
+    if not isinstance(obj, Mapping):
+        raise WeightsError(
+            f"model {name!r}: {path} holds a {type(obj).__name__}, not a state dict; "
+            "save it with torch.save(model.state_dict(), path)"
+        )
+    for container in CONTAINER_KEYS:
+        inner = obj.get(container)
+        if isinstance(inner, Mapping):
+            found = {str(k): v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+            if found:
+                return found
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if tensors and len(tensors) == len(obj):
+        return tensors
+    keys = ", ".join(repr(str(k)) for k in list(obj)[:8])
+    raise WeightsError(
+        f"model {name!r}: {path} has no state dict (top-level keys: {keys}); expected a state dict or a "
+        f"training checkpoint with one under {' / '.join(repr(c) for c in CONTAINER_KEYS)}"
+    )
+
+
+def fit_to_model(
+    state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """`state` with a wrapper prefix stripped when that makes its keys those of the model.
+
+    When no prefix fits exactly, the candidate closest to the model is returned so that the
+    strict load reports the first tensor at fault.
+    """
+    expected = set(own)
+    best: tuple[int, str, dict[str, torch.Tensor], int] | None = None
+    for prefix, sub, dropped in _prefix_candidates(state):
+        keys = set(sub)
+        missing = expected - keys
+        if keys <= expected and all(k.endswith("num_batches_tracked") for k in missing):
+            filled = dict(sub)
+            for k in missing:  # older checkpoints lack BatchNorm's counters; the model's are harmless
+                filled[k] = own[k].clone()
+            notes = []
+            if prefix:
+                notes.append(f"stripped the key prefix {prefix!r}")
+            if dropped:
+                notes.append(f"ignored {dropped} tensors outside {prefix!r}")
+            return filled, tuple(notes)
+        overlap = len(keys & expected)
+        if best is None or overlap > best[0]:
+            best = (overlap, prefix, sub, dropped)
+    assert best is not None
+    return best[2], ()
+
+
+def _prefix_candidates(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, dict[str, torch.Tensor], int]]:
+    """(prefix, state with it stripped, tensors dropped for not carrying it), shortest first."""
+    yield "", state, 0
+    frontier: list[tuple[str, dict[str, torch.Tensor], int]] = [("", state, 0)]
+    for _ in range(_MAX_PREFIX_DEPTH):
+        deeper = []
+        for prefix, sub, dropped in frontier:
+            firsts = {k.split(".", 1)[0] + "." for k in sub if "." in k}
+            common = {next(iter(firsts))} if len(firsts) == 1 and all("." in k for k in sub) else set()
+            for p in (*WRAPPER_PREFIXES, *sorted(common - set(WRAPPER_PREFIXES))):
+                stripped = {k[len(p) :]: v for k, v in sub.items() if k.startswith(p)}
+                if stripped:
+                    item = (prefix + p, stripped, dropped + len(sub) - len(stripped))
+                    deeper.append(item)
+                    yield item
+        frontier = deeper
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in zf.namelist())
+
+
+def _save_safetensors(entry: ModelEntry, model: nn.Module, dest: Path, notes: tuple[str, ...]) -> WeightRecord:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        t = v.detach()
+        if entry.fp16 and t.is_floating_point():
+            t = t.to(torch.float16)
+        tensors[k] = t.contiguous().clone()  # own storage: safetensors refuses shared tensors
+    path = dest / entry.spec.file
+    save_file(tensors, str(path), metadata={"format": "pt", "model": entry.spec.name})
+    floats = {str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.is_floating_point()}
+    return WeightRecord(
+        file=entry.spec.file,
+        model=entry.spec.name,
+        kind=entry.spec.kind,
+        sha256=sha256_file(path),
+        size=path.stat().st_size,
+        dtype=",".join(sorted(floats)) or "none",
+        tensors=len(tensors),
+        parameters=sum(p.numel() for p in model.parameters()),
+        notes=notes,
+    )
+
+
+def _copy_torchscript(entry: ModelEntry, key: str, dest: Path, say: Step) -> WeightRecord:
+    say("verifying TorchScript")
+    try:
+        module = torch.jit.load(str(entry.checkpoint), map_location="cpu")  # type: ignore[no-untyped-call]
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(
+            f"model {entry.spec.name!r}: {entry.checkpoint} is not a TorchScript file ({first}); save one with "
+            f"torch.jit.save(torch.jit.trace(model, example), path), or set bundle.toml {key}.kind to the "
+            "model's library"
+        ) from None
+    say("copying")
+    path = dest / entry.spec.file
+    shutil.copyfile(entry.checkpoint, path)
+    state = module.state_dict()
+    floats = {str(t.dtype).removeprefix("torch.") for t in state.values() if t.is_floating_point()}
+    notes = ("fp16 is ignored for TorchScript: the file is copied as it is",) if entry.fp16 else ()
+    return WeightRecord(
+        file=entry.spec.file,
+        model=entry.spec.name,
+        kind=entry.spec.kind,
+        sha256=sha256_file(path),
+        size=path.stat().st_size,
+        dtype=",".join(sorted(floats)) or "none",
+        tensors=len(state),
+        parameters=sum(p.numel() for p in module.parameters()),
+        notes=notes,
+    )

@@ -54,6 +54,11 @@ def postprocess(probs: npt.NDArray[np.floating], spec: PostprocessSpec) -> npt.N
     masks = np.empty(probs.shape, dtype=np.bool_)
     for c in range(n):
         mask = np.ascontiguousarray(probs[c] > spec.threshold[c])
+        area = int(np.count_nonzero(mask))
+        # Removing components only lowers the area, so a mask already below either limit is empty.
+        if area < spec.min_area[c] or area < spec.min_component[c]:
+            masks[c] = False
+            continue
         mask = remove_small_components(mask, spec.min_component[c])
         if spec.min_area[c] > 0 and int(np.count_nonzero(mask)) < spec.min_area[c]:
             mask[:] = False

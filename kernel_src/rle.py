@@ -50,6 +50,18 @@ def _integer(token: str) -> int:
     return int(token)
 
 
+def _values(rle: str, tokens: list[str]) -> npt.NDArray[np.int64]:
+    digits = "".join(tokens)
+    if digits.isascii() and digits.isdigit():
+        if max(map(len, tokens)) > 18:
+            raise ValueError(f"RLE value {max(tokens, key=len)!r} is out of range (too large for any mask)")
+        # Every token is plain digits, so numpy's text parser reads them all (fast path).
+        values = np.fromstring(rle, dtype=np.int64, sep=" ")
+        if values.size == len(tokens):
+            return values
+    return np.array([_integer(t) for t in tokens], dtype=np.int64)
+
+
 def parse(rle: str, size: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Validated 0-based run starts and exclusive ends of an RLE string over `size` pixels.
 
@@ -62,7 +74,7 @@ def parse(rle: str, size: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.in
         return empty, empty
     if len(tokens) % 2:
         raise ValueError(f"RLE has an odd number of values ({len(tokens)}); it must be 'start length' pairs")
-    values = np.array([_integer(t) for t in tokens], dtype=np.int64)
+    values = _values(rle, tokens)
     starts, lengths = values[::2] - 1, values[1::2]
     if starts.min() < 0:
         raise ValueError(f"RLE start {int(starts.min()) + 1} is below 1; pixels are numbered from 1")
@@ -91,11 +103,14 @@ def decode(rle: str, shape: tuple[int, int], order: str = "F") -> npt.NDArray[np
         raise ValueError(f"decode needs a positive (height, width) shape, got {shape}")
     size = height * width
     starts, ends = parse(rle, size)
-    delta = np.zeros(size + 1, dtype=np.int8)
-    # Starts are unique and ends are unique (runs are sorted and non-overlapping), so plain
-    # fancy-index assignment is exact; a run that ends where the next starts nets to zero.
-    delta[starts] += 1
-    delta[ends] -= 1
-    flat = np.cumsum(delta[:-1], dtype=np.int8).astype(np.uint8)
+    # Alternating background and foreground stretches: gap, run, gap, run, ..., final gap.
+    k = len(starts)
+    counts = np.empty(2 * k + 1, dtype=np.int64)
+    counts[0 : 2 * k : 2] = starts - np.concatenate(([0], ends[:-1]))
+    counts[1 : 2 * k : 2] = ends - starts
+    counts[-1] = size - (int(ends[-1]) if k else 0)
+    values = np.zeros(2 * k + 1, dtype=np.uint8)
+    values[1::2] = 1
+    flat = np.repeat(values, counts)
     mask: npt.NDArray[np.uint8] = flat.reshape((height, width), order=np_order)
     return mask

@@ -86,6 +86,10 @@ def test_empty_full_and_non_binary_masks() -> None:
     np.testing.assert_array_equal(decode("  ", (2, 2)), np.zeros((2, 2), dtype=np.uint8))
 
 
+def test_any_whitespace_separates_values() -> None:
+    np.testing.assert_array_equal(decode(" 1\t2\n4  1 ", (1, 5), "C"), [[1, 1, 0, 1, 0]])
+
+
 def test_touching_runs_decode() -> None:
     # Not what encode writes, but sorted and non-overlapping, so valid input.
     np.testing.assert_array_equal(decode("1 2 3 2", (1, 5), "C"), [[1, 1, 1, 1, 0]])
@@ -109,6 +113,9 @@ def test_severstal_size_round_trip() -> None:
         ("5 2 1 2", "unsorted or overlap"),
         ("1 4 3 2", "unsorted or overlap"),
         ("19 3", "out of range"),
+        ("1 99999999999999999999", "out of range"),
+        ("+1 2", "not an integer"),
+        ("1 ²", "not an integer"),
     ],
 )
 def test_malformed_rle_is_refused(rle: str, message: str) -> None:

@@ -178,11 +178,19 @@ def _entries(manifest: Mapping[str, Any], bundle_dir: Path) -> list[dict[str, An
     return entries
 
 
-def verify_bundle(bundle_dir: Path, manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Every wheel and weight of the manifest present, with its size and sha256. Returns the manifest."""
+def verify_bundle(
+    bundle_dir: Path, manifest: Mapping[str, Any] | None = None, required: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Every wheel and weight of the manifest present, with its size and sha256. Returns the manifest.
+
+    `required` names files (the models' weights) that the manifest itself must list.
+    """
     bundle_dir = Path(bundle_dir)
     data = dict(manifest) if manifest is not None else read_manifest(bundle_dir)
-    problems: list[str] = []
+    listed = {e["file"] for e in _entries(data, bundle_dir)}
+    problems = [
+        f"weight file {f} that the notebook's models need is not in its manifest" for f in required if f not in listed
+    ]
     for entry in _entries(data, bundle_dir):
         kind = "wheel" if entry["group"] == "wheels" else "weight file"
         path = bundle_dir / entry["file"]
@@ -290,25 +298,29 @@ def _optional_path(config: Mapping[str, Any], key: str) -> Path | None:
     return None if value in (None, "") else Path(str(value))
 
 
-def prepare(config: Mapping[str, Any]) -> Prepared:
-    """The setup cell: offline switches, bundle found and verified, wheels installed, data found."""
+def prepare(config: Mapping[str, Any], required: Iterable[str] = ()) -> Prepared:
+    """The setup cell: offline switches, bundle found and verified, wheels installed, data found.
+
+    Settings that are absent or None take their defaults. `required`: see `verify_bundle`.
+    """
     set_offline_env()
     name = str(config["bundle_name"])
     expected = str(config.get("bundle_hash") or "")
-    input_root = Path(str(config.get("input_root", "/kaggle/input")))
+    input_root = Path(str(config.get("input_root") or "/kaggle/input"))
     bundle_dir = find_bundle(input_root, name, _optional_path(config, "bundle_dir"), expected)
-    manifest = verify_bundle(bundle_dir)
+    manifest = verify_bundle(bundle_dir, required=required)
     if expected and manifest.get("hash") != expected:
         print(
             f"warning: {bundle_dir / MANIFEST} has hash {str(manifest.get('hash'))[:12]}, the notebook was rendered "
             f"for {expected[:12]}; re-render with `bundler render-notebook` or attach the matching dataset version",
             file=sys.stderr,
         )
-    installed = install_wheels(bundle_dir, manifest, config.get("install_wheels", "auto"))
+    mode = config.get("install_wheels")
+    installed = install_wheels(bundle_dir, manifest, "auto" if mode is None else mode)
     data = find_competition_data(
         input_root,
-        str(config.get("sample_submission", "sample_submission.csv")),
-        str(config.get("test_images", "test_images")),
+        str(config.get("sample_submission") or "sample_submission.csv"),
+        str(config.get("test_images") or "test_images"),
         _optional_path(config, "data_dir"),
     )
     weights = manifest.get("weights", [])

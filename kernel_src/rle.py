@@ -45,8 +45,11 @@ def encode(mask: npt.NDArray[np.generic], order: str = "F") -> str:
 
 
 def _integer(token: str) -> int:
-    if not token.isascii() or not token.lstrip("-").isdigit():
+    digits = token[1:] if token.startswith("-") else token
+    if not digits.isascii() or not digits.isdigit():
         raise ValueError(f"RLE value {token!r} is not an integer; expected 'start length' pairs")
+    if len(digits) > 18:
+        raise ValueError(f"RLE value {token!r} is out of range (too large for any mask)")
     return int(token)
 
 

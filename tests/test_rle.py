@@ -115,6 +115,8 @@ def test_severstal_size_round_trip() -> None:
         ("19 3", "out of range"),
         ("1 99999999999999999999", "out of range"),
         ("+1 2", "not an integer"),
+        ("--1 2", "not an integer"),
+        ("1 -99999999999999999999", "out of range"),
         ("1 ²", "not an integer"),
     ],
 )

@@ -142,16 +142,16 @@ def notebook_config(cfg: BundleConfig, manifest: Mapping[str, Any]) -> dict[str,
 
 
 CONFIG_COMMENTS = {
-    "bundle_name": "matched against bundle.json 'bundle' under input_root",
-    "bundle_hash": "bundle.json 'hash' this notebook was rendered for",
-    "dataset_id": "the dataset to attach (Add Input) if the bundle is not found",
-    "bundle_dir": "None: searched under input_root; else the bundle folder",
-    "input_root": "where Kaggle mounts the attached data",
-    "working_dir": "submission.csv and profile.json are written here",
+    "bundle_name": "found by bundle.json 'bundle' under input_root",
+    "bundle_hash": "the bundle.json 'hash' this notebook was rendered for",
+    "dataset_id": "attach this dataset (Add Input)",
+    "bundle_dir": "None: searched under input_root",
+    "input_root": "where Kaggle mounts the inputs",
+    "working_dir": "submission.csv and profile.json go here",
     "data_dir": "None: searched under input_root (either mount layout)",
-    "sample_submission": "file name looked for under input_root",
-    "test_images": "folder name looked for beside the sample submission",
-    "install_wheels": "auto: only wheels not installed at their version; always; never",
+    "sample_submission": "looked for under input_root",
+    "test_images": "the image folder beside the sample submission",
+    "install_wheels": "auto (wheels not yet installed) | always | never",
 }
 
 

@@ -263,7 +263,7 @@ def test_config_source_comments_do_not_change_the_value(tmp_path: Path) -> None:
     cfg = demo_cfg(tmp_path)
     config = notebook_config(cfg, json.loads((cfg.dataset.out / "bundle.json").read_text()))
     commented = config_source(config, comments=True)
-    assert "# where Kaggle mounts the attached data" in commented
+    assert "# where Kaggle mounts the inputs" in commented
     assert parse_assignment(commented, "CONFIG") == parse_assignment(config_source(config, comments=False), "CONFIG")
 
 

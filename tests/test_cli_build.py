@@ -1,0 +1,54 @@
+"""`bundler build` through click's runner, with a real bundle.toml and real tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bundler.cli import main
+from tests.test_dataset import write_bundle
+
+
+def test_build_then_noop_through_the_cli(tmp_path: Path) -> None:
+    config = write_bundle(tmp_path)
+    runner = CliRunner()
+    first = runner.invoke(main, ["build", "--config", str(config)])
+    assert first.exit_code == 0, first.output
+    out = tmp_path / "out" / "dataset"
+    assert (out / "bundle.json").is_file()
+    assert "seg-tiny.safetensors" in first.stdout and "cls-tiny.safetensors" in first.stdout
+    assert "total" in first.stdout
+    assert f"kaggle datasets create -p {out}" in first.stdout
+    assert f"kaggle datasets version -p {out} -m" in first.stdout
+
+    second = runner.invoke(main, ["build", "--config", str(config)])
+    assert second.exit_code == 0, second.output
+    assert "is up to date" in second.stdout
+
+
+def test_out_flag_overrides_the_config(tmp_path: Path) -> None:
+    config = write_bundle(tmp_path)
+    result = CliRunner().invoke(main, ["build", "--config", str(config), "--out", str(tmp_path / "elsewhere")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "elsewhere" / "bundle.json").read_text())["bundle"] == "tiny-bundle"
+    assert not (tmp_path / "out" / "dataset").exists()
+
+
+def test_bad_config_exits_2_with_one_message(tmp_path: Path) -> None:
+    config = write_bundle(tmp_path)
+    config.write_text(config.read_text().replace('title = "tiny bundle for tests"', 'title = "tiny"'))
+    result = CliRunner().invoke(main, ["build", "--config", str(config)])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: bundle.toml: dataset.title")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_checkpoint_exits_1_naming_the_key(tmp_path: Path) -> None:
+    config = write_bundle(tmp_path, seg_checkpoint="models/missing.pth")
+    result = CliRunner().invoke(main, ["build", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "segmenters[0].checkpoint" in result.stderr and "Traceback" not in result.output

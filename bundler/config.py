@@ -125,6 +125,13 @@ def _path(root: Path, value: Any) -> Path:
     return p if p.is_absolute() else root / p
 
 
+def _baseline(root: Path, value: str) -> str:
+    """A shipped baseline's name stays a name; anything that looks like a path is resolved."""
+    if "/" in value or "\\" in value or value.endswith(".txt"):
+        return str(_path(root, value))
+    return value
+
+
 def _id(key: str, value: Any, what: str) -> str:
     text = str(value or "")
     if not SLUG_ID.match(text):
@@ -224,7 +231,7 @@ def parse_config(raw: Mapping[str, Any], root: Path) -> BundleConfig:
     target = TargetConfig(
         python=str(tg.get("python", defaults.python)),
         platforms=tuple(str(p) for p in tg.get("platforms", defaults.platforms)),
-        baseline=str(tg.get("baseline", defaults.baseline)),
+        baseline=_baseline(root, str(tg.get("baseline", defaults.baseline))),
         requirements=tuple(str(r) for r in tg.get("requirements", defaults.requirements)),
         find_links=tuple(_path(root, p) for p in tg.get("find_links", ())),
         no_index=bool(tg.get("no_index", False)),

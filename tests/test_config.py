@@ -30,7 +30,10 @@ def test_demo_config_loads_and_round_trips_through_json() -> None:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda r: r["inference"]["postprocess"].update(threshold=[0.5, 1.5, 0.5, 0.5]), "inference.postprocess.threshold"),
+        (
+            lambda r: r["inference"]["postprocess"].update(threshold=[0.5, 1.5, 0.5, 0.5]),
+            "inference.postprocess.threshold",
+        ),
         (lambda r: r["segmenters"][0].update(tta=["identity", "rot90"]), "segmenters[0].tta"),
         (lambda r: r["segmenters"][0].pop("checkpoint"), "segmenters[0].checkpoint"),
         (lambda r: r["segmenters"][0].pop("encoder"), "segmenters[0].encoder"),
@@ -55,3 +58,11 @@ def test_every_bad_value_names_its_key(edit: Any, expected: str) -> None:
 def test_missing_file_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--config"):
         load_config(tmp_path / "bundle.toml")
+
+
+def test_baseline_path_is_resolved_against_the_config_folder_but_a_name_stays_a_name(tmp_path: Path) -> None:
+    raw = raw_demo()
+    raw["target"]["baseline"] = "kaggle-baseline.txt"
+    assert parse_config(raw, tmp_path).target.baseline == str(tmp_path / "kaggle-baseline.txt")
+    raw["target"]["baseline"] = "kaggle-2026-08"
+    assert parse_config(raw, tmp_path).target.baseline == "kaggle-2026-08"

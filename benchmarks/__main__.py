@@ -1,0 +1,92 @@
+"""`python -m benchmarks [--quick] [--only NAME ...] [--threads N]`.
+
+Prints one table per benchmark, then, as the last lines, the `key=value` figures. A benchmark
+that fails prints its error and the others still run; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+import torch
+from rich.console import Console
+
+from .report import BenchResult, figure_lines, print_result
+
+Bench = Callable[..., BenchResult]
+
+
+def _benchmarks() -> dict[str, Bench]:
+    from .bench_cuda import bench_cuda
+    from .bench_overhead import bench_overhead
+    from .bench_pipeline import bench_pipeline
+    from .bench_rebuild import bench_rebuild
+    from .bench_rle import bench_rle
+    from .bench_rss import bench_rss
+
+    return {
+        "rle_vs_naive": bench_rle,
+        "noop_rebuild_s": bench_rebuild,
+        "pipeline_vs_naive": bench_pipeline,
+        "overhead_vs_forward": bench_overhead,
+        "rss_growth": bench_rss,
+        "cuda": bench_cuda,
+    }
+
+
+NAMES = ("rle_vs_naive", "noop_rebuild_s", "pipeline_vs_naive", "overhead_vs_forward", "rss_growth", "cuda")
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes on 2 CPU cores")
+    parser.add_argument("--only", action="append", choices=NAMES, metavar="NAME", help=f"run only NAME: {NAMES}")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    console = Console(highlight=False)
+    now = datetime.datetime.now(datetime.UTC)
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else "none"
+    console.print(
+        f"bundler benchmarks ({'quick' if args.quick else 'full'}) - {now:%Y-%m-%d %H:%M} UTC; "
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"CUDA: {cuda}; python {platform.python_version()}; load average {_load()}",
+        soft_wrap=True,
+    )
+    benches = _benchmarks()
+    results: list[BenchResult] = []
+    failed: list[str] = []
+    for name in args.only or NAMES:
+        begin = time.perf_counter()
+        try:
+            result = benches[name](quick=args.quick)
+        except Exception as e:
+            console.print(f"[bold red]{name} failed:[/] {type(e).__name__}: {e}", soft_wrap=True)
+            traceback.print_exc(file=sys.stderr)
+            failed.append(name)
+            continue
+        print_result(console, result)
+        console.print(f"  ({name}: {time.perf_counter() - begin:.0f} s; load average now {_load()})")
+        results.append(result)
+    lines = figure_lines(results) + [f"{name}=failed" for name in failed]
+    print("\n".join(lines), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

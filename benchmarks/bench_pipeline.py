@@ -1,0 +1,138 @@
+"""`pipeline_vs_naive`: the shipped kernel pipeline (`kernel_src.run.run`) against `naive.run_naive`.
+
+Same models (the demo's three: timm resnet18 classifier, Unet-resnet18 and FPN-mobilenet_v2 with
+two flip views each, at the demo's input sizes), same images (synthetic 256x1600, half clean),
+same process and thread count. The classifier's head is fitted so it passes exactly the images
+with a defect (see `workload`), so per-image gating skips the clean half in our pipeline while
+the naive one segments everything and zeroes the masks afterwards. With gating off, neither runs
+the classifier and both segment every image.
+
+Each pair of runs must write the same submission (the rows are compared, and the bytes); the
+figure is naive wall time / ours, both including model loading.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kernel_src.spec import InferenceSpec
+
+from .naive import NaiveResult, run_naive
+from .report import BenchResult, Figure, Target, seconds
+from .workload import ImageSet, Models, demo_models, half_size, make_images, make_spec, save_models
+
+TARGETS = {"per_image": Target(2.0, at_most=False), "off": Target(1.15, at_most=False)}
+FIGURE_KEYS = {"per_image": "pipeline_vs_naive_gated", "off": "pipeline_vs_naive_ungated"}
+
+
+def compare_submissions(ours: Path, naive: Path) -> tuple[int, int, bool]:
+    """(rows, rows that differ, byte-identical) of two wide-layout submissions."""
+    import pandas as pd
+
+    a = pd.read_csv(ours, dtype=str, keep_default_na=False)
+    b = pd.read_csv(naive, dtype=str, keep_default_na=False)
+    rows_a = dict(zip(a["ImageId_ClassId"], a["EncodedPixels"], strict=True))
+    rows_b = dict(zip(b["ImageId_ClassId"], b["EncodedPixels"], strict=True))
+    differ = sum(rows_a.get(k) != rows_b.get(k) for k in set(rows_a) | set(rows_b))
+    return len(rows_a), differ, ours.read_bytes() == naive.read_bytes()
+
+
+def run_ours(spec: InferenceSpec, bundle: Path, images: ImageSet, out: Path) -> tuple[float, dict[str, Any]]:
+    """Wall seconds of one `kernel_src.run.run` (model loading included) and its profile."""
+    from kernel_src.run import run
+
+    started = time.time()
+    begin = time.perf_counter()
+    result = run(
+        spec,
+        bundle_dir=bundle,
+        test_dir=images.images_dir,
+        sample_submission=images.sample_submission,
+        out_dir=out,
+        started_at=started,
+        progress=False,
+    )
+    return time.perf_counter() - begin, result.profile
+
+
+def _naive(spec: InferenceSpec, bundle: Path, images: ImageSet, out: Path) -> NaiveResult:
+    out.mkdir(parents=True, exist_ok=True)
+    return run_naive(
+        spec,
+        bundle_dir=bundle,
+        test_dir=images.images_dir,
+        sample_submission=images.sample_submission,
+        out_path=out / "submission.csv",
+    )
+
+
+def compare_once(
+    spec: InferenceSpec, bundle: Path, images: ImageSet, out: Path
+) -> tuple[float, dict[str, Any], NaiveResult, tuple[int, int, bool]]:
+    """Ours then naive on the same inputs; raises when their submissions differ."""
+    ours_s, profile = run_ours(spec, bundle, images, out / "ours")
+    naive = _naive(spec, bundle, images, out / "naive")
+    rows, differ, same_bytes = compare_submissions(out / "ours" / "submission.csv", naive.submission_path)
+    if differ:
+        raise AssertionError(
+            f"pipeline_vs_naive (gating {spec.gating.mode}): {differ} of {rows} submission rows differ between "
+            f"{out / 'ours'} and {out / 'naive'}; the two pipelines must compute the same thing"
+        )
+    return ours_s, profile, naive, (rows, differ, same_bytes)
+
+
+def bench_pipeline(
+    *,
+    quick: bool,
+    n: int | None = None,
+    height: int = 256,
+    width: int = 1600,
+    models: Models | None = None,
+    warmup: bool = True,
+) -> BenchResult:
+    result = BenchResult("pipeline_vs_naive")
+    n = n or (8 if quick else 24)
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        root = Path(tmp)
+        images = make_images(root / "data", n, height=height, width=width, seed=3)
+        chosen = models or demo_models(half_size(height, width), half_size(height, width, 4))
+        fitted = save_models(chosen, root / "bundle", images)
+        result.notes.append(
+            f"{n} images {height}x{width}, half clean; models: "
+            + ", ".join(
+                f"{m.name} ({m.input_size[0]}x{m.input_size[1]})" if m.input_size else m.name
+                for m in (*fitted.classifiers, *fitted.segmenters)
+            )
+            + f"; classifier margin |logit| >= {fitted.margin:.1f}"
+        )
+        if warmup:  # first-call costs (allocator, oneDNN kernels) charged to neither pipeline
+            warm = make_images(root / "warm", 2, height=height, width=width, seed=4)
+            compare_once(make_spec(fitted, height=height, width=width, gating="off"), root / "bundle", warm, root / "w")
+        for gating in ("per_image", "off"):
+            spec = make_spec(fitted, height=height, width=width, gating=gating)
+            ours_s, profile, naive, (rows, _, same_bytes) = compare_once(spec, root / "bundle", images, root / gating)
+            g = profile.get("gating", {})
+            label = "gating per_image" if gating == "per_image" else "gating off"
+            result.row(f"{label}: naive", seconds(naive.seconds), _naive_breakdown(naive))
+            result.row(
+                f"{label}: ours",
+                seconds(ours_s),
+                f"segmented {g.get('images_segmented', n)}/{n} images; " + _ours_breakdown(profile),
+            )
+            result.row(f"{label}: submissions", "identical", f"{rows} rows" + (", same bytes" if same_bytes else ""))
+            result.figures.append(Figure(FIGURE_KEYS[gating], naive.seconds / ours_s, TARGETS[gating]))
+    return result
+
+
+def _naive_breakdown(naive: NaiveResult) -> str:
+    parts = [f"{k} {v:.1f}" for k, v in naive.stages.items() if v >= 0.05]
+    return f"{naive.components} components looped; " + ", ".join(parts)
+
+
+def _ours_breakdown(profile: dict[str, Any]) -> str:
+    stages = profile.get("stages", {})
+    parts = [f"{k} {v['seconds']:.1f}" for k, v in stages.items() if v.get("seconds", 0) >= 0.05 and k != "decode"]
+    return ", ".join(parts)

@@ -1,0 +1,86 @@
+"""What a benchmark returns, and how results are printed: rich tables, then `key=value` lines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for one figure: `value <= bound` when `at_most`, else `value >= bound`."""
+
+    bound: float
+    at_most: bool
+
+    def met(self, value: float) -> bool:
+        return value <= self.bound if self.at_most else value >= self.bound
+
+    def __str__(self) -> str:
+        return f"{'<=' if self.at_most else '>='} {self.bound:g}"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One headline number (`key=value` in the last lines of the output)."""
+
+    key: str
+    value: float
+    target: Target | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return "-"
+        return "met" if self.target.met(self.value) else "MISSED"
+
+
+@dataclass
+class BenchResult:
+    """A benchmark's detail rows (label, value, note), its figures, and free-form notes."""
+
+    name: str
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: str = ""  # why the benchmark did not run ("" when it ran)
+
+    def row(self, label: str, value: str, note: str = "") -> None:
+        self.rows.append((label, value, note))
+
+
+def seconds(value: float) -> str:
+    return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+
+
+def print_result(console: Console, result: BenchResult) -> None:
+    """A table of `result`'s rows and figures."""
+    if result.skipped:
+        console.print(f"[bold]{result.name}[/]: skipped - {result.skipped}")
+        return
+    table = Table(title=result.name, title_justify="left", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("note")
+    for label, value, note in result.rows:
+        table.add_row(label, value, note)
+    for fig in result.figures:
+        target = f"target {fig.target}: {fig.verdict}" if fig.target else ""
+        table.add_row(f"[bold]{fig.key}[/]", f"[bold]{fig.value:.3g}[/]", target)
+    console.print(table)
+    for note in result.notes:
+        console.print(f"  note: {note}", soft_wrap=True)
+
+
+def figure_lines(results: Sequence[BenchResult]) -> list[str]:
+    """The closing `key=value` lines: every figure, and `<name>=skipped` for a skipped benchmark."""
+    lines: list[str] = []
+    for result in results:
+        if result.skipped:
+            lines.append(f"{result.name}=skipped")
+        for fig in result.figures:
+            lines.append(f"{fig.key}={fig.value:.4g}")
+    return lines

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import CredentialError
@@ -29,15 +29,34 @@ _CHUNK = 8 << 20
 _OVERLAP = 512
 _TEXT_MEMBER_LIMIT = 256 << 10
 
-_KEY_PATTERNS: tuple[tuple[str, re.Pattern[bytes]], ...] = (
-    ("a Kaggle API key (kaggle.json)", re.compile(rb'"key"\s*:\s*"[0-9a-f]{32}"')),
-    ("a Kaggle API token (KGAT_)", re.compile(rb"KGAT_[0-9A-Fa-f]{32}")),
-    ("a Kaggle key (KAGGLE_KEY)", re.compile(rb"KAGGLE_(?:KEY|API_TOKEN)\s*[=:]\s*[\"']?[0-9A-Za-z_]{20,}")),
-    ("an AWS access key id", re.compile(rb"(?<![0-9A-Z])(?:AKIA|ASIA)(?!IOSFODNN7EXAMPLE)[0-9A-Z]{16}")),
-    ("an AWS secret key", re.compile(rb"aws_secret_access_key\s*[=:]\s*[\"']?[0-9A-Za-z/+]{40}")),
-    ("a Hugging Face token", re.compile(rb"(?<![0-9A-Za-z_])hf_[0-9A-Za-z]{34}")),
-    ("a private key", re.compile(rb"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----")),
+# (what, literal anchors, pattern): the pattern is only tried near an anchor, found with
+# bytes.find, so scanning a checkpoint of hundreds of MB takes a moment, not minutes.
+_KEY_PATTERNS: tuple[tuple[str, tuple[bytes, ...], re.Pattern[bytes]], ...] = (
+    ("a Kaggle API key (kaggle.json)", (b'"key"',), re.compile(rb'"key"\s*:\s*"[0-9a-f]{32}"')),
+    ("a Kaggle API token (KGAT_)", (b"KGAT_",), re.compile(rb"KGAT_[0-9A-Fa-f]{32}")),
+    (
+        "a Kaggle key (KAGGLE_KEY)",
+        (b"KAGGLE_",),
+        re.compile(rb"KAGGLE_(?:KEY|API_TOKEN)\s*[=:]\s*[\"']?[0-9A-Za-z_]{20,}"),
+    ),
+    (
+        "an AWS access key id",
+        (b"AKIA", b"ASIA"),
+        re.compile(rb"(?<![0-9A-Z])(?:AKIA|ASIA)(?!IOSFODNN7EXAMPLE)[0-9A-Z]{16}"),
+    ),
+    (
+        "an AWS secret key",
+        (b"aws_secret_access_key",),
+        re.compile(rb"aws_secret_access_key\s*[=:]\s*[\"']?[0-9A-Za-z/+]{40}"),
+    ),
+    ("a Hugging Face token", (b"hf_",), re.compile(rb"(?<![0-9A-Za-z_])hf_[0-9A-Za-z]{34}")),
+    (
+        "a private key",
+        (b"PRIVATE KEY-----",),
+        re.compile(rb"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----"),
+    ),
 )
+_BEFORE, _AFTER = 48, 160  # bytes around an anchor that its pattern may span
 
 
 def credential_name(name: str, patterns: Iterable[str] = NAME_PATTERNS) -> str | None:
@@ -51,9 +70,13 @@ def credential_name(name: str, patterns: Iterable[str] = NAME_PATTERNS) -> str |
 
 def find_key(data: bytes) -> str | None:
     """What kind of key `data` holds, or None."""
-    for what, pattern in _KEY_PATTERNS:
-        if pattern.search(data):
-            return what
+    for what, anchors, pattern in _KEY_PATTERNS:
+        for anchor in anchors:
+            at = data.find(anchor)
+            while at != -1:
+                if pattern.search(data, max(0, at - _BEFORE), at + _AFTER):
+                    return what
+                at = data.find(anchor, at + 1)
     return None
 
 
@@ -68,11 +91,13 @@ def check_name(path: Path, role: str) -> None:
         )
 
 
-def check_content(path: Path, role: str) -> None:
+def check_content(path: Path, role: str, advance: Callable[[int], None] | None = None) -> None:
     """Refuse `path` when its bytes hold something that looks like a key (read in chunks)."""
     tail = b""
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
+            if advance is not None:
+                advance(len(chunk))
             window = tail + chunk
             what = find_key(window)
             if what is not None:

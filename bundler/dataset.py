@@ -38,7 +38,7 @@ from rich.progress import (
 
 from . import credentials
 from .build_report import print_report
-from .config import BundleConfig
+from .config import BundleConfig, ModelEntry
 from .errors import BuildError, WeightsError
 from .fingerprint import HashCache, input_fingerprint
 from .manifest import MANIFEST, METADATA, build_manifest, dataset_metadata, up_to_date, write_json
@@ -62,6 +62,16 @@ class BuildResult:
     timings: dict[str, float]  # phase -> seconds
     from_baseline: tuple[tuple[str, str], ...] = ()  # (name, version) the image already has
     warnings: tuple[str, ...] = ()
+
+
+def model_keys(models: tuple[ModelEntry, ...]) -> list[str]:
+    """The `bundle.toml` key of each model, e.g. `segmenters[1]`."""
+    counts = {"classifier": 0, "segmenter": 0}
+    keys = []
+    for entry in models:
+        keys.append(f"{entry.role}s[{counts[entry.role]}]")
+        counts[entry.role] += 1
+    return keys
 
 
 def cache_dir(cfg: BundleConfig) -> Path:
@@ -188,9 +198,15 @@ def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console:
     from .weights import convert
 
     records = []
-    with _progress(console) as progress:
+    with _progress(console, bytes_=True) as progress:
+        task = progress.add_task(
+            "checking checkpoints for credentials", total=sum(m.checkpoint.stat().st_size for m in cfg.models)
+        )
         for entry, key in zip(cfg.models, keys, strict=True):
-            credentials.check_content(entry.checkpoint, f"bundle.toml {key}.checkpoint")
+            credentials.check_content(
+                entry.checkpoint, f"bundle.toml {key}.checkpoint", lambda n: progress.advance(task, n)
+            )
+    with _progress(console) as progress:
         task = progress.add_task("converting weights", total=len(cfg.models))
         for entry, key in zip(cfg.models, keys, strict=True):
 
@@ -218,8 +234,6 @@ def build_dataset(cfg: BundleConfig, *, console: Console) -> BuildResult:
     started = time.perf_counter()
     out = cfg.dataset.out
     _check_out(out)
-    from .weights import model_keys
-
     keys = model_keys(cfg.models)
     checkpoint_sha = _checkpoint_hashes(cfg, keys, console)
     inputs = input_fingerprint(cfg, checkpoint_sha)

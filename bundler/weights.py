@@ -66,16 +66,6 @@ class WeightRecord:
         }
 
 
-def model_keys(models: tuple[ModelEntry, ...]) -> list[str]:
-    """The `bundle.toml` key of each model, e.g. `segmenters[1]`."""
-    counts = {"classifier": 0, "segmenter": 0}
-    keys = []
-    for entry in models:
-        keys.append(f"{entry.role}s[{counts[entry.role]}]")
-        counts[entry.role] += 1
-    return keys
-
-
 def convert(entry: ModelEntry, key: str, num_classes: int, dest: Path, step: Step | None = None) -> WeightRecord:
     """Write `entry`'s weight file into the folder `dest` and describe it."""
     say = step or (lambda _: None)
@@ -227,7 +217,8 @@ def _save_safetensors(entry: ModelEntry, model: nn.Module, dest: Path, notes: tu
             t = t.to(torch.float16)
         tensors[k] = t.contiguous().clone()  # own storage: safetensors refuses shared tensors
     path = dest / entry.spec.file
-    save_file(tensors, str(path), metadata={"format": "pt", "model": entry.spec.name})
+    # one metadata key: safetensors writes a map's keys in no fixed order, and the bytes must not vary
+    save_file(tensors, str(path), metadata={"format": "pt"})
     floats = {str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.is_floating_point()}
     return WeightRecord(
         file=entry.spec.file,

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from bundler.config import ModelEntry
+from bundler.dataset import model_keys
 from bundler.errors import WeightsError
 from bundler.fingerprint import sha256_file
-from bundler.weights import convert, extract_state_dict, fit_to_model, model_keys
+from bundler.weights import convert, extract_state_dict, fit_to_model
 from kernel_src.models import build_model, load_state_dict_into
 from kernel_src.spec import ModelSpec
 
@@ -72,6 +73,18 @@ def test_training_checkpoint_becomes_model_tensors_only(tmp_path: Path) -> None:
     assert record.tensors == len(saved)
     assert record.parameters == sum(p.numel() for p in model.parameters())
     assert steps and steps[-1] == "writing"
+
+
+def test_conversion_is_byte_for_byte_reproducible(tmp_path: Path) -> None:
+    spec = cls_spec()
+    torch.save(training_checkpoint(random_model(spec)), tmp_path / "c.pth")
+    digests = set()
+    for i in range(3):
+        dest = tmp_path / str(i)
+        dest.mkdir()
+        record = convert(entry(spec, tmp_path / "c.pth", role="classifier"), "classifiers[0]", NUM_CLASSES, dest)
+        digests.add(record.sha256)
+    assert len(digests) == 1
 
 
 @pytest.mark.parametrize("container", ["state_dict", "model", "model_state_dict"])

@@ -87,9 +87,11 @@ def load_models(
     """Every classifier and segmenter, one replica per device, each checked with a test forward.
 
     Raises `ModelError` naming the model and the key at fault before any image is touched.
+    Classifiers are not loaded when gating is off (nothing would use them).
     """
     loaded: dict[str, list[LoadedModel]] = {"classifier": [], "segmenter": []}
-    for kind, specs in (("classifier", spec.classifiers), ("segmenter", spec.segmenters)):
+    classifiers = spec.classifiers if spec.gating.mode != "off" else ()
+    for kind, specs in (("classifier", classifiers), ("segmenter", spec.segmenters)):
         for m in specs:
             begin = time.perf_counter()
             replicas = []

@@ -6,13 +6,14 @@ does. Everything is seeded: the same `seed` gives the same files.
 
 - `make_tiny_models(dest)`: two timm classifiers and two smp segmenters (Unet and FPN on a small
   timm-universal MobileNetV3 encoder), each at its own small `input_size`.
-- `make_torchscript_segmenter(dest)`: a traced tiny smp Unet, the TorchScript model kind.
+- `make_torchscript_segmenter(dest)`: a scripted tiny encoder-decoder, the TorchScript model kind.
 - `make_brightness_classifier(dest)`: a scripted classifier whose every class fires exactly when
   the image's mean pixel is above 0.5 (mean/std 0/1): gating tests choose what passes.
 - `make_nan_segmenter(dest)`: a scripted segmenter that outputs NaN for images brighter than
   0.9 on average and a fixed logit elsewhere.
 - `make_failing_segmenter(dest)`: a scripted segmenter that raises on batches with such an image.
 - `tiny_spec(dest, **overrides)`: a complete `InferenceSpec` (64x256 images, CPU) around them.
+- `write_image`, `write_sample`: hand-made test images and sample submissions.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+import numpy.typing as npt
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -81,24 +85,45 @@ def make_tiny_models(dest: Path, *, num_classes: int = 4, seed: int = 0) -> tupl
     return classifiers, segmenters
 
 
+class _TinySegNet(nn.Module):
+    """A small encoder-decoder (stride-4 bottleneck, bilinear upsampling) with random weights."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.down = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.head = nn.Conv2d(16 + 3, num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = nn.functional.interpolate(self.down(x), size=x.shape[2:], mode="bilinear", align_corners=False)
+        out: torch.Tensor = self.head(torch.cat([features, x], dim=1))
+        return out
+
+
 def make_torchscript_segmenter(
     dest: Path,
     *,
-    name: str = "ts-unet",
+    name: str = "ts-seg",
     num_classes: int = 4,
     seed: int = 0,
-    input_size: tuple[int, int] = (32, 128),
+    input_size: tuple[int, int] | None = (32, 128),
 ) -> ModelSpec:
-    """A tiny smp Unet traced to TorchScript and saved as `<name>.pt` in `dest`."""
+    """A tiny encoder-decoder compiled with `torch.jit.script`, saved as `<name>.pt` in `dest`.
+
+    (Tracing a real smp model takes tens of seconds on a busy 2-core machine; the engine treats
+    every TorchScript file alike, so a small scripted network tests the same code path.)
+    """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    source = ModelSpec(name=name, kind="smp", file="", arch="Unet", encoder=ENCODER)
-    model = build_model(source, num_classes).eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(model, torch.rand(1, 3, *input_size))  # type: ignore[no-untyped-call]
+    scripted = torch.jit.script(_TinySegNet(num_classes).eval())  # type: ignore[no-untyped-call]
     spec = ModelSpec(name=name, kind="torchscript", file=f"{name}.pt", input_size=input_size, tta=("identity", "hflip"))
-    traced.save(str(dest / spec.file))
+    scripted.save(str(dest / spec.file))  # type: ignore[no-untyped-call]
     return spec
 
 
@@ -212,11 +237,16 @@ def tiny_spec(dest: Path, **overrides: Any) -> InferenceSpec:
     """An InferenceSpec for 64x256 images on CPU around `make_tiny_models(dest)`.
 
     `overrides` are `InferenceSpec.from_dict` keys; `classifiers`/`segmenters` may be given as
-    `ModelSpec`s or plain dicts. `num_classes` and `seed` also shape the saved models.
+    `ModelSpec`s or plain dicts (when both are given, no model is saved). `num_classes` and
+    `seed` also shape the saved models.
     """
     num_classes = int(overrides.get("num_classes", 4))
     seed = int(overrides.pop("seed", 0))
-    classifiers, segmenters = make_tiny_models(dest, num_classes=num_classes, seed=seed)
+    if "classifiers" in overrides and "segmenters" in overrides:  # models given: nothing to save
+        classifiers: list[ModelSpec] = []
+        segmenters: list[ModelSpec] = []
+    else:
+        classifiers, segmenters = make_tiny_models(dest, num_classes=num_classes, seed=seed)
     data: dict[str, Any] = {
         "num_classes": num_classes,
         "image_height": IMAGE_HEIGHT,
@@ -238,3 +268,27 @@ def tiny_spec(dest: Path, **overrides: Any) -> InferenceSpec:
     if not data["classifiers"] and "gating" not in overrides:
         data["gating"] = {"mode": "off"}
     return InferenceSpec.from_dict(data)
+
+
+def write_image(path: Path, rgb: npt.NDArray[np.uint8]) -> Path:
+    """Save an RGB (or single-channel) uint8 array as the JPEG/PNG its suffix names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    ok, buf = cv2.imencode(path.suffix or ".jpg", image)
+    if not ok:
+        raise ValueError(f"cannot encode {path}")
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def write_sample(path: Path, image_ids: list[str], *, layout: str = "wide", num_classes: int = 4) -> Path:
+    """A sample_submission.csv listing `image_ids`: wide (`ImageId_ClassId`) or long (`ImageId,ClassId`)."""
+    if layout == "wide":
+        lines = ["ImageId_ClassId,EncodedPixels"] + [
+            f"{i}_{c},1 1" for i in image_ids for c in range(1, num_classes + 1)
+        ]
+    else:
+        lines = ["ImageId,EncodedPixels,ClassId"] + [f"{i},1 1,0" for i in image_ids]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -21,6 +21,7 @@ Everything runs under `torch.inference_mode()`, split across the `DeviceSet`'s d
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,7 +99,8 @@ def load_models(
             for device in devices.devices:
                 model = load_model(m, bundle_dir, spec.num_classes, device)
                 if devices.channels_last:
-                    model = model.to(memory_format=torch.channels_last)
+                    with contextlib.suppress(RuntimeError, TypeError):  # TorchScript may refuse: keep NCHW
+                        model = model.to(memory_format=torch.channels_last)
                 replicas.append(model)
             entry = LoadedModel(m, tuple(replicas), m.tta)
             _test_forward(entry, kind, spec, devices)

@@ -121,7 +121,7 @@ class Profiler:
             "fixed_s": round(fixed, 4),
             "per_image_s": round((total - fixed) / images, 6) if images else 0.0,
             "gating": dict(self.gating),
-            "guard": {"budget_s": self.guard["budget_s"], "steps": list(self.guard["steps"])},
+            "guard": {**self.guard, "steps": list(self.guard["steps"])},
             "problems": {kind: list(items) for kind, items in self.problems.items()},
             "counts": {kind: len(self.problems[kind]) for kind in IMAGE_PROBLEMS},
         }

@@ -93,15 +93,26 @@ class _Engine:
         self.progress_every = max(1, -(-total // spec.batch_size) // 20)
         self._empty = [""] * spec.num_classes
 
+    @property
+    def stopped(self) -> bool:
+        """Nothing more will be predicted: the guard ran out of time, or every segmenter failed."""
+        return self.guard.empty_rest or not self.predictor.segmenters
+
     def run(self, loader: ImageLoader) -> None:
+        """Predict batch by batch; once stopped, leave the rest to the writer's empty rows
+        (without decoding them)."""
         batch: list[LoadedImage] = []
         for loaded in self._timed(loader):
             batch.append(loaded)
             if len(batch) == self.spec.batch_size:
                 self._batch(batch)
                 batch = []
+                if self.stopped:
+                    break
         if batch:
             self._batch(batch)
+        if self.done < self.total:
+            self.reporter.warn("empty_rest", f"the last {self.total - self.done} images get empty masks")
 
     def _timed(self, loader: ImageLoader) -> Iterator[LoadedImage]:
         """The loader's images, charging the time spent waiting for them and decoding them."""
@@ -140,7 +151,7 @@ class _Engine:
         """One RLE list per image of `batch` (empty strings for images not predicted)."""
         rles = [list(self._empty) for _ in batch]
         valid = [i for i, loaded in enumerate(batch) if loaded.image is not None]
-        if not valid or self.guard.empty_rest:
+        if not valid or self.stopped:
             return rles
         images = np.stack([image for i in valid if (image := batch[i].image) is not None])
         result = self._predict(images)
@@ -263,6 +274,7 @@ def run(
         profiler.finish()
         if guard is not None:
             profiler.guard = guard.to_dict()
+            profiler.guard["images_left_empty"] = guard.total_images - profiler.images
         profile_path.write_text(json.dumps(profiler.to_dict(), indent=2) + "\n", encoding="utf-8")
     reporter.info(profiler.table())
     return RunResult(submission_path, profile_path, profiler.to_dict())

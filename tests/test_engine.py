@@ -259,7 +259,8 @@ def test_budget_guard_steps_down_and_still_writes_every_row(bundle: dict[str, An
     ]
     assert "fpn-mnv3" in steps[0]["detail"] and "unet-mnv3" in steps[1]["detail"] and "fpn-mnv3" in steps[2]["detail"]
     assert all(s["projected_s"] > 5.0 and s["elapsed_s"] >= 10.0 for s in steps)
-    assert result.profile["guard"]["budget_s"] == 5.0
+    assert result.profile["guard"]["budget_s"] == 5.0 and result.profile["guard"]["images_left_empty"] == 6
+    assert result.profile["images"] == 4 and "decode" in result.profile["stages"]
     masks = wide_masks(result.submission_path)
     assert list(masks) == list(data.image_ids)
     for i, image_id in enumerate(data.image_ids):
@@ -271,4 +272,4 @@ def test_budget_guard_with_room_takes_no_step(bundle: dict[str, Any], tmp_path: 
     data = make_dataset(tmp_path / "data", 4, seed=5, height=H, width=W)
     spec = tiny_spec(bundle["dir"], classifiers=[], segmenters=[bundle["nan"]], batch_size=2)
     result = go(spec, bundle, data.images_dir, data.sample_submission, tmp_path / "out", progress=False)
-    assert result.profile["guard"] == {"budget_s": 3600.0, "steps": []}
+    assert result.profile["guard"] == {"budget_s": 3600.0, "steps": [], "images_left_empty": 0}

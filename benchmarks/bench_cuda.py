@@ -95,6 +95,8 @@ def bench_cuda(
     n = n or (16 if quick else 64)
     classifiers, segmenters = models or first_place_models()
     configs: list[tuple[str, bool, str]] = [("fp16", True, "0"), ("fp32", False, "0")]
+    if device != "cuda":  # a code-path check on CPU: autocast is CUDA-only, so one run says it all
+        configs = [("fp32", False, "")]
     if gpus >= 2:
         configs.append(("fp16", True, ",".join(str(i) for i in range(gpus))))
     with tempfile.TemporaryDirectory(prefix="bench-cuda-") as tmp:
@@ -112,7 +114,7 @@ def bench_cuda(
             spec = replace(base, fp16=fp16)
             env = {"CUDA_VISIBLE_DEVICES": visible} if device == "cuda" else {}
             used = len(visible.split(",")) if device == "cuda" else 0
-            report = measure(spec, bundle, images, root / f"out-{precision}-{used}", env=env)
+            report = measure(spec, bundle, images, root / f"out-{precision}-{used}", torch.get_num_threads(), env)
             rate = float(report["per_image_s"])
             per_image[(precision, used)] = rate
             minutes = (float(report["fixed_s"]) + HIDDEN_IMAGES * rate) / 60

@@ -51,9 +51,9 @@ def _time(fn: Callable[[Mask], str], masks: list[Mask], repeats: int) -> tuple[f
     return best, out
 
 
-def bench_rle(*, quick: bool, height: int = 256, width: int = 1600) -> BenchResult:
+def bench_rle(*, quick: bool, n: int | None = None, height: int = 256, width: int = 1600) -> BenchResult:
     result = BenchResult("rle_vs_naive")
-    masks = defect_masks(4 if quick else 16, height=height, width=width, seed=7)
+    masks = defect_masks(n or (4 if quick else 16), height=height, width=width, seed=7)
     fast_s, fast = _time(lambda m: encode(m, "F"), masks, repeats=5)
     naive_s, naive = _time(lambda m: naive_rle(m, "F"), masks, repeats=1 if quick else 2)
     mismatched = sum(a != b for a, b in zip(fast, naive, strict=True))

@@ -24,7 +24,7 @@ import torch
 from kernel_src.spec import InferenceSpec
 
 from .report import BenchResult, Figure, Target
-from .workload import ImageSet, demo_models, half_size, make_images, make_spec, save_models
+from .workload import ImageSet, Models, demo_models, half_size, make_images, make_spec, save_models
 
 
 def _child(argv: list[str]) -> None:
@@ -106,7 +106,9 @@ def measure(
     return report
 
 
-def bench_rss(*, quick: bool, n: int | None = None, height: int = 256, width: int = 1600) -> BenchResult:
+def bench_rss(
+    *, quick: bool, n: int | None = None, height: int = 256, width: int = 1600, models: Models | None = None
+) -> BenchResult:
     result = BenchResult("rss_growth")
     n = n or (6 if quick else 16)
     seg_input = half_size(height, width)
@@ -115,7 +117,7 @@ def bench_rss(*, quick: bool, n: int | None = None, height: int = 256, width: in
         root = Path(tmp)
         small = make_images(root / "small", n, height=height, width=width, seed=11)
         large = make_images(root / "large", 4 * n, height=height, width=width, seed=11)
-        models = save_models(demo_models(seg_input, cls_input), root / "bundle", large)
+        models = save_models(models or demo_models(seg_input, cls_input), root / "bundle", large)
         spec = make_spec(models, height=height, width=width, gating="per_image")
         runs = {
             "N": measure(spec, root / "bundle", small, root / "out-small", torch.get_num_threads()),

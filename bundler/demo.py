@@ -51,8 +51,8 @@ class DemoSettings:
     n_test: int = 12
     clean_fraction: float = 0.5
     seed: int = 0
-    classifier: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=4, batch_size=8, lr=3e-3))
-    segmenter: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=4, batch_size=8, lr=3e-3))
+    classifier: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=5, batch_size=8, lr=3e-3))
+    segmenter: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=3, batch_size=8, lr=3e-3))
 
     def data_key(self, height: int, width: int) -> dict[str, Any]:
         return {

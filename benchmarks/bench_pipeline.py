@@ -92,9 +92,11 @@ def bench_pipeline(
     width: int = 1600,
     models: Models | None = None,
     warmup: bool = True,
+    repeats: int | None = None,
 ) -> BenchResult:
     result = BenchResult("pipeline_vs_naive")
     n = n or (8 if quick else 24)
+    repeats = repeats or (1 if quick else 2)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         root = Path(tmp)
         images = make_images(root / "data", n, height=height, width=width, seed=3)
@@ -106,7 +108,7 @@ def bench_pipeline(
                 f"{m.name} ({m.input_size[0]}x{m.input_size[1]})" if m.input_size else m.name
                 for m in (*fitted.classifiers, *fitted.segmenters)
             )
-            + f"; classifier margin |logit| >= {fitted.margin:.1f}"
+            + f"; classifier margin |logit| >= {fitted.margin:.1f}; fastest of {repeats} run(s) each"
         )
         if warmup:  # first-call costs (allocator, oneDNN kernels) charged to neither pipeline
             warm = make_images(root / "warm", 2, height=height, width=width, seed=4)
@@ -114,6 +116,12 @@ def bench_pipeline(
         for gating in ("per_image", "off"):
             spec = make_spec(fitted, height=height, width=width, gating=gating)
             ours_s, profile, naive, (rows, _, same_bytes) = compare_once(spec, root / "bundle", images, root / gating)
+            for i in range(1, repeats):  # the fastest of each: a shared machine only ever adds time
+                again = compare_once(spec, root / "bundle", images, root / f"{gating}-{i}")
+                if again[0] < ours_s:
+                    ours_s, profile = again[0], again[1]
+                if again[2].seconds < naive.seconds:
+                    naive = again[2]
             g = profile.get("gating", {})
             label = "gating per_image" if gating == "per_image" else "gating off"
             result.row(f"{label}: naive", seconds(naive.seconds), _naive_breakdown(naive))

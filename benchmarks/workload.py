@@ -83,7 +83,9 @@ def defect_labels(images: ImageSet, num_classes: int) -> npt.NDArray[np.bool_]:
 def model_input(image_bgr: npt.NDArray[np.uint8], spec: ModelSpec) -> torch.Tensor:
     """[1,3,h,w] float as the engine prepares it: RGB / 255, bilinear resize, then normalised."""
     rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-    x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+    # .contiguous(): NCHW memory as the engine uses on CPU (a permuted view would reach the model
+    # channels-last, a slower mixed layout for a contiguous-format model).
+    x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div(255.0).contiguous()
     if spec.input_size is not None and tuple(x.shape[-2:]) != spec.input_size:
         x = F.interpolate(x, size=spec.input_size, mode="bilinear", align_corners=False)
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1)

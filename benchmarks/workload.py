@@ -31,7 +31,7 @@ from torch import nn
 from kernel_src.models import build_model
 from kernel_src.spec import InferenceSpec, ModelSpec
 
-MIN_MARGIN = 2.0  # smallest |logit| the fitted classifier may give on the benchmark images
+MIN_MARGIN = 0.5  # smallest |logit| the fitted classifier may give on the benchmark images
 SEG_POSITIVE = 0.03  # fraction of pixels a segmenter's shifted output puts above logit 0
 
 
@@ -126,7 +126,7 @@ def fit_classifier(model: nn.Module, spec: ModelSpec, images: ImageSet, present:
     target = torch.from_numpy(np.where(present, 6.0, -6.0))
     offset = target.mean(0, keepdim=True)
     gram = centred @ centred.T
-    ridge = 1e-3 * float(gram.diagonal().mean()) + 1e-12
+    ridge = 1e-5 * float(gram.diagonal().mean()) + 1e-12
     # Dual ridge solution (fewer images than features): W = X^T (X X^T + lambda I)^-1 (Y - mean).
     alpha = torch.linalg.solve(gram + ridge * torch.eye(len(feats), dtype=gram.dtype), target - offset)
     weight = centred.T @ alpha  # [features, classes]

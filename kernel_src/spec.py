@@ -139,6 +139,7 @@ class InferenceSpec:
     fp16: bool = True  # autocast on CUDA only
     time_budget_s: float = 3300.0  # counted from the notebook's start
     loader_workers: int = 2
+    cpu_micro_batch: int = 1  # images per forward call on CPU (0: the whole stacked batch); CUDA runs it whole
     classifiers: tuple[ModelSpec, ...] = ()
     segmenters: tuple[ModelSpec, ...] = ()
     gating: GatingSpec = field(default_factory=GatingSpec)
@@ -183,6 +184,10 @@ class InferenceSpec:
         workers = int(data.get("loader_workers", 2))
         if workers < 0:
             raise SpecError("loader_workers", f"must be 0 or more, got {workers}")
+
+        micro = int(data.get("cpu_micro_batch", 1))
+        if micro < 0:
+            raise SpecError("cpu_micro_batch", f"must be 0 (whole batch) or more, got {micro}")
 
         classifiers = tuple(
             ModelSpec.from_dict(m, f"classifiers[{i}]", CLS_KINDS) for i, m in enumerate(data.get("classifiers", ()))
@@ -230,6 +235,7 @@ class InferenceSpec:
             fp16=bool(data.get("fp16", True)),
             time_budget_s=budget,
             loader_workers=workers,
+            cpu_micro_batch=micro,
             classifiers=classifiers,
             segmenters=segmenters,
             gating=gating,

@@ -113,7 +113,9 @@ def test_two_devices_split_the_batch_and_agree_with_one(
     bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest, classifiers, segmenters = bundle
-    spec = tiny_spec(dest, classifiers=classifiers[:1], segmenters=segmenters[:1], gating={"mode": "off"})
+    spec = tiny_spec(
+        dest, classifiers=classifiers[:1], segmenters=segmenters[:1], gating={"mode": "off"}, cpu_micro_batch=0
+    )
     per_replica: list[list[int]] = []
 
     def counting_load(m: ModelSpec, *args: Any) -> nn.Module:
@@ -171,3 +173,27 @@ def test_streaming_keeps_no_probability_map_across_batches(
     # Python-side memory (numpy, strings, lists): 16 more images must cost less than half a
     # [4, 64, 256] bool mask each (measured on the dev machine: about 100 KB more in all).
     assert peaks[20] - peaks[4] < 16 * (4 * H * W) // 2
+
+
+@pytest.mark.parametrize("micro", [1, 3])
+def test_cpu_micro_batches_split_the_stacked_views_and_agree_with_one_forward(
+    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch, micro: int
+) -> None:
+    dest, _, segmenters = bundle
+    two_views = replace(segmenters[0], tta=("identity", "hflip"))
+    calls: list[int] = []
+
+    def counting_load(m: ModelSpec, *args: Any) -> nn.Module:
+        model = load_model(m, *args)
+        model.register_forward_hook(lambda _m, inputs, _o: calls.append(int(inputs[0].shape[0])))
+        return model
+
+    monkeypatch.setattr(predict_module, "load_model", counting_load)
+    batch = images(4, seed=2)
+    spec = tiny_spec(dest, classifiers=[], segmenters=[two_views], gating={"mode": "off"}, cpu_micro_batch=micro)
+    split = predictor(spec, dest, DeviceSet((CPU,))).predict(batch)
+    assert calls[1:] == [micro] * (8 // micro) + ([8 % micro] if 8 % micro else [])  # after the test forward
+    calls.clear()
+    whole = predictor(replace(spec, cpu_micro_batch=0), dest, DeviceSet((CPU,))).predict(batch)
+    assert calls[1:] == [8]  # 4 images x 2 views in one forward
+    np.testing.assert_allclose(split.probs, whole.probs, atol=1e-5)

@@ -85,7 +85,9 @@ def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float 
         first = next((ln for ln in str(cell.source).splitlines() if ln.strip()), "")
         emit("cell_start", cell=cell_index, code_cells=code_cells, first_line=first[:120])
 
-    def on_complete(cell: Any, cell_index: int) -> None:
+    def on_executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
+        # nbclient calls on_cell_complete as soon as the request is sent; on_cell_executed
+        # comes with the reply, when the cell has really finished.
         t = time.monotonic()
         emit("cell_complete", cell=cell_index, seconds=round(t - cell_started.get(cell_index, t), 3))
 
@@ -96,7 +98,7 @@ def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float 
         allow_errors=False,
         resources={"metadata": {"path": str(cwd)}},
         on_cell_start=on_start,
-        on_cell_complete=on_complete,
+        on_cell_executed=on_executed,
     )
     result: dict[str, Any] = {"status": "ok", "cell": None, "ename": "", "evalue": "", "traceback": ""}
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -40,7 +41,12 @@ def _console() -> tuple[Console, io.StringIO]:
 def test_runs_in_cwd_and_keeps_outputs(tmp_path: Path) -> None:
     work = tmp_path / "working"
     work.mkdir()
-    nb = _notebook(tmp_path / "a.ipynb", "import os\nprint('cwd', os.getcwd())", "open('out.txt', 'w').write('hi')")
+    nb = _notebook(
+        tmp_path / "a.ipynb",
+        "import os\nprint('cwd', os.getcwd())",
+        "open('out.txt', 'w').write('hi')",
+        "import time\ntime.sleep(0.6)",
+    )
     console, buf = _console()
     ex = run_notebook(nb, tmp_path / "out" / "a.ipynb", cwd=work, console=console, isolation=ISOLATION)
     assert ex.ok, ex
@@ -49,6 +55,8 @@ def test_runs_in_cwd_and_keeps_outputs(tmp_path: Path) -> None:
     done = nbformat.read(tmp_path / "out" / "a.ipynb", as_version=4)
     assert f"cwd {work}" in done.cells[1].outputs[0]["text"]
     assert "cell 2 done" in buf.getvalue()
+    slept = re.search(r"cell 3 done in (\d+\.\d) s", buf.getvalue())
+    assert slept and float(slept.group(1)) >= 0.5  # timed to the cell's reply, not to its request
     assert f"[cell 1] cwd {work}" in ex.log.read_text()
 
 

@@ -139,7 +139,7 @@ class InferenceSpec:
     fp16: bool = True  # autocast on CUDA only
     time_budget_s: float = 3300.0  # counted from the notebook's start
     loader_workers: int = 2
-    cpu_micro_batch: int = 1  # images per forward call on CPU (0: the whole stacked batch); CUDA runs it whole
+    cpu_micro_batch: int = 0  # images per forward call on CPU (0: the whole stacked batch); CUDA runs it whole
     classifiers: tuple[ModelSpec, ...] = ()
     segmenters: tuple[ModelSpec, ...] = ()
     gating: GatingSpec = field(default_factory=GatingSpec)
@@ -185,7 +185,7 @@ class InferenceSpec:
         if workers < 0:
             raise SpecError("loader_workers", f"must be 0 or more, got {workers}")
 
-        micro = int(data.get("cpu_micro_batch", 1))
+        micro = int(data.get("cpu_micro_batch", 0))
         if micro < 0:
             raise SpecError("cpu_micro_batch", f"must be 0 (whole batch) or more, got {micro}")
 

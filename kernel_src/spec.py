@@ -139,7 +139,7 @@ class InferenceSpec:
     fp16: bool = True  # autocast on CUDA only
     time_budget_s: float = 3300.0  # counted from the notebook's start
     loader_workers: int = 2
-    cpu_micro_batch: int = 0  # images per forward call on CPU (0: the whole stacked batch); CUDA runs it whole
+    cpu_micro_batch: int = 0  # images per forward call on CPU (0: auto, ~256k input pixels a call); CUDA: whole
     classifiers: tuple[ModelSpec, ...] = ()
     segmenters: tuple[ModelSpec, ...] = ()
     gating: GatingSpec = field(default_factory=GatingSpec)
@@ -187,7 +187,7 @@ class InferenceSpec:
 
         micro = int(data.get("cpu_micro_batch", 0))
         if micro < 0:
-            raise SpecError("cpu_micro_batch", f"must be 0 (whole batch) or more, got {micro}")
+            raise SpecError("cpu_micro_batch", f"must be 0 (auto) or a number of images, got {micro}")
 
         classifiers = tuple(
             ModelSpec.from_dict(m, f"classifiers[{i}]", CLS_KINDS) for i, m in enumerate(data.get("classifiers", ()))

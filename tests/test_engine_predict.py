@@ -197,3 +197,12 @@ def test_cpu_micro_batches_split_the_stacked_views_and_agree_with_one_forward(
     whole = predictor(replace(spec, cpu_micro_batch=0), dest, DeviceSet((CPU,))).predict(batch)
     assert calls[1:] == [8]  # 4 images x 2 views in one forward
     np.testing.assert_allclose(split.probs, whole.probs, atol=1e-5)
+
+
+def test_cpu_call_size_auto_follows_the_pixel_budget_and_a_setting_wins() -> None:
+    from kernel_src.predict import cpu_images_per_call
+
+    assert cpu_images_per_call(0, (64, 416)) == 9  # small inputs: the whole stacked batch
+    assert cpu_images_per_call(0, (128, 800)) == 2
+    assert cpu_images_per_call(0, (256, 1600)) == 1  # never below one image
+    assert cpu_images_per_call(3, (256, 1600)) == 3

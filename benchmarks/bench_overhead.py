@@ -23,12 +23,19 @@ import numpy as np
 import torch
 
 from kernel_src.models import load_model
+from kernel_src.predict import cpu_images_per_call
 from kernel_src.spec import InferenceSpec
 from kernel_src.tta import stack_views
 
 from .bench_pipeline import run_ours
 from .report import BenchResult, Figure, Target, seconds
 from .workload import ImageSet, Models, demo_models, make_images, make_spec, model_input, save_models
+
+
+def _calls(model: torch.nn.Module, x: torch.Tensor, spec: InferenceSpec) -> torch.Tensor:
+    """model(x) in the call sizes the engine uses on CPU, so the floor is the same arithmetic."""
+    step = cpu_images_per_call(spec.cpu_micro_batch, x.shape[-2:])
+    return torch.cat([model(x[i : i + step]) for i in range(0, x.shape[0], step)])
 
 
 def forward_floor(spec: InferenceSpec, bundle: Path, images: ImageSet) -> tuple[float, int]:
@@ -52,7 +59,7 @@ def forward_floor(spec: InferenceSpec, bundle: Path, images: ImageSet) -> tuple[
                 for m, model in classifiers:
                     x = stack_views(torch.cat([model_input(b, m) for b in batch]), m.tta)
                     begin = time.perf_counter()
-                    out = model(x)
+                    out = _calls(model, x, spec)
                     total += time.perf_counter() - begin
                     probs += torch.sigmoid(out).view(len(m.tta), len(batch), -1).mean(0)
                 keep = (probs / len(classifiers) >= thresholds).any(dim=1)
@@ -63,7 +70,7 @@ def forward_floor(spec: InferenceSpec, bundle: Path, images: ImageSet) -> tuple[
             for m, model in segmenters:
                 x = stack_views(torch.cat([model_input(b, m) for b in chosen]), m.tta)
                 begin = time.perf_counter()
-                model(x)
+                _calls(model, x, spec)
                 total += time.perf_counter() - begin
     return total, gated_in
 

@@ -219,6 +219,13 @@ def _save_safetensors(entry: ModelEntry, model: nn.Module, dest: Path, notes: tu
     path = dest / entry.spec.file
     # one metadata key: safetensors writes a map's keys in no fixed order, and the bytes must not vary
     save_file(tensors, str(path), metadata={"format": "pt"})
+    return _record(entry, path, tensors, sum(p.numel() for p in model.parameters()), notes)
+
+
+def _record(
+    entry: ModelEntry, path: Path, tensors: Mapping[str, torch.Tensor], parameters: int, notes: tuple[str, ...]
+) -> WeightRecord:
+    """The manifest entry of a written weight file."""
     floats = {str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.is_floating_point()}
     return WeightRecord(
         file=entry.spec.file,
@@ -228,7 +235,7 @@ def _save_safetensors(entry: ModelEntry, model: nn.Module, dest: Path, notes: tu
         size=path.stat().st_size,
         dtype=",".join(sorted(floats)) or "none",
         tensors=len(tensors),
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=parameters,
         notes=notes,
     )
 
@@ -247,17 +254,5 @@ def _copy_torchscript(entry: ModelEntry, key: str, dest: Path, say: Step) -> Wei
     say("copying")
     path = dest / entry.spec.file
     shutil.copyfile(entry.checkpoint, path)
-    state = module.state_dict()
-    floats = {str(t.dtype).removeprefix("torch.") for t in state.values() if t.is_floating_point()}
     notes = ("fp16 is ignored for TorchScript: the file is copied as it is",) if entry.fp16 else ()
-    return WeightRecord(
-        file=entry.spec.file,
-        model=entry.spec.name,
-        kind=entry.spec.kind,
-        sha256=sha256_file(path),
-        size=path.stat().st_size,
-        dtype=",".join(sorted(floats)) or "none",
-        tensors=len(state),
-        parameters=sum(p.numel() for p in module.parameters()),
-        notes=notes,
-    )
+    return _record(entry, path, module.state_dict(), sum(p.numel() for p in module.parameters()), notes)

@@ -56,8 +56,9 @@ def main() -> None:
 @config_option
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Dataset folder (default: dataset.out).")
 @click.option("--no-index", is_flag=True, help="Resolve from target.find_links only; never reach an index.")
+@click.option("--force", is_flag=True, help="Rebuild even when the inputs are unchanged.")
 @_reports_errors
-def build(config_path: Path, out: Path | None, no_index: bool) -> None:
+def build(config_path: Path, out: Path | None, no_index: bool, force: bool) -> None:
     """Vendor the wheels the Kaggle image lacks and the model weights into one dataset folder."""
     from .dataset import build_dataset
 
@@ -66,7 +67,7 @@ def build(config_path: Path, out: Path | None, no_index: bool) -> None:
         cfg = replace(cfg, dataset=replace(cfg.dataset, out=out.resolve()))
     if no_index:
         cfg = replace(cfg, target=replace(cfg.target, no_index=True))
-    build_dataset(cfg, console=console)
+    build_dataset(cfg, console=console, force=force)
 
 
 @main.command("render-notebook")

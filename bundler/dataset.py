@@ -229,8 +229,9 @@ def _vendor(cfg: BundleConfig, staging: Path, console: Console) -> WheelPlan:
     return vendor_wheels(cfg.target, staging, cache_dir=cache_dir(cfg) / "wheels", console=console)
 
 
-def build_dataset(cfg: BundleConfig, *, console: Console) -> BuildResult:
-    """Build (or find up to date) the dataset folder `cfg.dataset.out`."""
+def build_dataset(cfg: BundleConfig, *, console: Console, force: bool = False) -> BuildResult:
+    """Build (or find up to date) the dataset folder `cfg.dataset.out`. `force` rebuilds even
+    when the inputs are unchanged (e.g. to pick up a new release of an unpinned requirement)."""
     started = time.perf_counter()
     out = cfg.dataset.out
     _check_out(out)
@@ -239,7 +240,7 @@ def build_dataset(cfg: BundleConfig, *, console: Console) -> BuildResult:
     inputs = input_fingerprint(cfg, checkpoint_sha)
     timings = {"hashing": time.perf_counter() - started}
 
-    existing = up_to_date(out, cfg, inputs)
+    existing = None if force else up_to_date(out, cfg, inputs)
     if existing is not None:
         console.print(
             f"[green]{escape(str(out))} is up to date[/]: the inputs have not changed, so nothing was "

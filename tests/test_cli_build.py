@@ -27,6 +27,13 @@ def test_build_then_noop_through_the_cli(tmp_path: Path) -> None:
     assert second.exit_code == 0, second.output
     assert "is up to date" in second.stdout
 
+    before = (out / "bundle.json").stat().st_mtime_ns
+    forced = runner.invoke(main, ["build", "--config", str(config), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "is up to date" not in forced.stdout
+    assert (out / "bundle.json").stat().st_mtime_ns != before  # rebuilt and swapped in
+    assert (out / "seg-tiny.safetensors").is_file()
+
 
 def test_out_flag_overrides_the_config(tmp_path: Path) -> None:
     config = write_bundle(tmp_path)

@@ -26,11 +26,6 @@ ENCODER = "tu-mobilenetv3_small_050"
 H, W = 64, 256
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def tiny_models() -> Models:
     cls = ModelSpec(name="cls", kind="timm", file="cls.safetensors", arch="test_resnet", input_size=(32, 128))
     unet = ModelSpec(

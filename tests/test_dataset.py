@@ -22,8 +22,6 @@ from bundler.manifest import bundle_hash
 from kernel_src.models import build_model
 from kernel_src.spec import ModelSpec
 
-torch.set_num_threads(1)
-
 BUNDLE_TOML = """
 [bundle]
 name = "tiny-bundle"

@@ -90,11 +90,6 @@ TINY = DemoSettings(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def quiet() -> Console:
     return Console(quiet=True)
 

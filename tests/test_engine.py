@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from torch import nn
 
 import kernel_src.predict as predict_module
@@ -39,14 +37,6 @@ PROFILE_KEYS = {
     "format", "device", "gpus", "torch", "started_at", "total_s", "images", "images_per_s", "stages",
     "model_load_s", "fixed_s", "per_image_s", "gating", "guard", "problems", "counts",
 }  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -26,11 +26,6 @@ from kernel_src.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def squares(n: int = 16, size: int = 32, seed: int = 0) -> SplitData:
     """A trivially learnable set: class 0 is a bright square, class 1 a dark one, on grey."""
     gen = torch.Generator().manual_seed(seed)

@@ -18,7 +18,6 @@ from bundler.weights import convert, extract_state_dict, fit_to_model
 from kernel_src.models import build_model, load_state_dict_into
 from kernel_src.spec import ModelSpec
 
-torch.set_num_threads(1)
 NUM_CLASSES = 4
 SEG_ENCODER = "tu-test_efficientnet"  # Linknet on it: ~95k parameters
 

@@ -1,7 +1,7 @@
 """Inside the notebook, before anything is imported: find the bundle, verify it, install it.
 
 STDLIB ONLY: this module runs before the vendored wheels are installed, so it may import
-nothing that is not part of Python itself (and nothing else from kernel_src).
+nothing that is not part of Python itself, and from kernel_src only `errors` (stdlib only too).
 
 - `find_bundle` looks for the dataset folder whose `bundle.json` names the bundle, under the
   input root at any depth up to 3 (`/kaggle/input/<slug>/`, `/kaggle/input/datasets/<owner>/<slug>/`).
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import BundleError
+
 MANIFEST = "bundle.json"
 MAX_DEPTH = 3
 INSTALL_MODES = ("auto", "always", "never")
@@ -44,10 +46,6 @@ FIX_UPLOAD = (
     "re-upload the bundle (`bundler build`, then `kaggle datasets version -p <dataset folder> -m MSG`) "
     "and attach its latest version to the notebook"
 )
-
-
-class BundleError(RuntimeError):
-    """The bundle or the competition data cannot be used. The message names the file and the fix."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .spec import SpecError
+from .errors import SpecError
+from .spec import DEVICES
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ class DeviceSet:
 
 def resolve_devices(setting: str, fp16: bool) -> DeviceSet:
     """`setting` is the spec's `device`: "auto" (every GPU present, else CPU), "cuda", or "cpu"."""
-    if setting not in ("auto", "cuda", "cpu"):
-        raise SpecError("device", f"{setting!r} must be one of ['auto', 'cpu', 'cuda']")
+    if setting not in DEVICES:
+        raise SpecError("device", f"{setting!r} must be one of {list(DEVICES)}")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if setting == "cuda" and gpus == 0:
         raise SpecError(

@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-PROBLEM_KINDS = ("missing", "unreadable", "converted")
 Image = npt.NDArray[np.uint8]
 
 

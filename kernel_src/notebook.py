@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .bundle import BundleError, Prepared, prepare
-from .spec import InferenceSpec, SpecError
+from .bundle import Prepared, prepare
+from .errors import BundleError, SpecError
+from .spec import InferenceSpec
 
 if TYPE_CHECKING:
     from .run import RunResult

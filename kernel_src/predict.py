@@ -21,11 +21,8 @@ Everything runs under `torch.inference_mode()`, split across the `DeviceSet`'s d
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -34,29 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .devices import DeviceSet
-from .models import ModelError, load_model
+from .errors import ModelRunError
+from .models import LoadedModel, check_output
 from .profiler import Profiler
 from .spec import InferenceSpec, ModelSpec
 from .tta import merge_views, stack_views
-
-
-class ModelRunError(RuntimeError):
-    """A model raised (or returned an output of the wrong shape) while predicting a batch."""
-
-    def __init__(self, model: str, error: BaseException | str) -> None:
-        detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        super().__init__(f"model {model!r} failed: {detail}")
-        self.model = model
-        self.detail = detail
-
-
-@dataclass
-class LoadedModel:
-    """A model of the spec with one replica per device, and the TTA views it uses now."""
-
-    spec: ModelSpec
-    replicas: tuple[nn.Module, ...]
-    views: tuple[str, ...]
 
 
 @dataclass
@@ -84,62 +63,6 @@ def cpu_images_per_call(setting: int, size: Sequence[int]) -> int:
     return max(1, CPU_PIXELS_PER_CALL // max(1, int(size[0]) * int(size[1])))
 
 
-def _check_output(model: str, kind: str, out: torch.Tensor, rows: int, num_classes: int) -> None:
-    want = "[N, classes]" if kind == "classifier" else "[N, classes, H, W]"
-    ok = (out.dim() == 2 if kind == "classifier" else out.dim() == 4) and out.shape[0] == rows
-    if not ok or out.shape[1] != num_classes:
-        raise ModelError(
-            f"model {model!r}: output shape {tuple(out.shape)} is not {want} with {num_classes} classes "
-            f"for {rows} inputs; check num_classes and the model's kind"
-        )
-
-
-def load_models(
-    spec: InferenceSpec, bundle_dir: Path, devices: DeviceSet, profiler: Profiler
-) -> tuple[list[LoadedModel], list[LoadedModel]]:
-    """Every classifier and segmenter, one replica per device, each checked with a test forward.
-
-    Raises `ModelError` naming the model and the key at fault before any image is touched.
-    Classifiers are not loaded when gating is off (nothing would use them).
-    """
-    loaded: dict[str, list[LoadedModel]] = {"classifier": [], "segmenter": []}
-    classifiers = spec.classifiers if spec.gating.mode != "off" else ()
-    for kind, specs in (("classifier", classifiers), ("segmenter", spec.segmenters)):
-        for m in specs:
-            begin = time.perf_counter()
-            replicas = []
-            for device in devices.devices:
-                model = load_model(m, bundle_dir, spec.num_classes, device)
-                if devices.channels_last:
-                    with contextlib.suppress(RuntimeError, TypeError):  # TorchScript may refuse: keep NCHW
-                        model = model.to(memory_format=torch.channels_last)
-                replicas.append(model)
-            entry = LoadedModel(m, tuple(replicas), m.tta)
-            _test_forward(entry, kind, spec, devices)
-            devices.synchronize()
-            profiler.model_loaded(m.name, time.perf_counter() - begin)
-            loaded[kind].append(entry)
-    return loaded["classifier"], loaded["segmenter"]
-
-
-@torch.inference_mode()
-def _test_forward(entry: LoadedModel, kind: str, spec: InferenceSpec, devices: DeviceSet) -> None:
-    m = entry.spec
-    h, w = m.input_size or (spec.image_height, spec.image_width)
-    x = torch.zeros(1, 3, h, w, device=devices.devices[0])
-    try:
-        with devices.autocast():
-            out = entry.replicas[0](x)
-    except Exception as e:
-        raise ModelError(
-            f"model {m.name!r}: a test forward on one {h}x{w} image failed ({type(e).__name__}: {e}); "
-            "check its input_size (smp models need multiples of 32) and its kind/arch"
-        ) from None
-    if not isinstance(out, torch.Tensor):
-        raise ModelError(f"model {m.name!r}: returns {type(out).__name__}, not a tensor; export a single-output model")
-    _check_output(m.name, kind, out, 1, spec.num_classes)
-
-
 class Predictor:
     """Runs gating and the ensemble on batches. Counters: `forward_images[name]` counts the images
     (not views) each model has been given, for profiling and tests."""
@@ -157,7 +80,7 @@ class Predictor:
         self.segmenters = list(segmenters)
         self.devices = devices
         self.profiler = profiler
-        self.gating = spec.gating.mode if self.classifiers else "off"
+        self.gating_mode = spec.gating.mode if self.classifiers else "off"
         self.forward_images: dict[str, int] = {m.spec.name: 0 for m in (*self.classifiers, *self.segmenters)}
         self._thresholds = torch.tensor(spec.gating.thresholds or (0.5,) * spec.num_classes)
 
@@ -166,7 +89,7 @@ class Predictor:
         self.classifiers = [m for m in self.classifiers if m.spec.name != name]
         self.segmenters = [m for m in self.segmenters if m.spec.name != name]
         if not self.classifiers:
-            self.gating = "off"
+            self.gating_mode = "off"
 
     def set_views(self, name: str, views: tuple[str, ...]) -> None:
         for m in self.segmenters:
@@ -207,7 +130,7 @@ class Predictor:
                     out = replica(batch)
             if not isinstance(out, torch.Tensor):
                 raise TypeError(f"returned {type(out).__name__}, not a tensor")
-            _check_output(name, kind, out, batch.shape[0], self.spec.num_classes)
+            check_output(name, kind, out, batch.shape[0], self.spec.num_classes)
         except Exception as e:
             raise ModelRunError(name, e) from e
         self.forward_images[name] += x.shape[0]
@@ -268,16 +191,16 @@ class Predictor:
         c = self.spec.num_classes
         culprits: dict[int, list[str]] = {}
         allowed = torch.ones(n, c, dtype=torch.bool)
-        if self.gating != "off":
+        if self.gating_mode != "off":
             with self.profiler.stage("preprocess"):
                 chunks = self._upload(images)
             passed = self._classify(chunks, culprits) >= self._thresholds
             del chunks
             per_image = passed.any(dim=1, keepdim=True).expand(n, c)
-            allowed = passed if self.gating == "per_class" else per_image.clone()
+            allowed = passed if self.gating_mode == "per_class" else per_image.clone()
         nonfinite = torch.zeros(n, dtype=torch.bool)
         nonfinite[list(culprits)] = True
-        gated_out = ~allowed.any(dim=1) if self.gating == "per_image" else torch.zeros(n, dtype=torch.bool)
+        gated_out = ~allowed.any(dim=1) if self.gating_mode == "per_image" else torch.zeros(n, dtype=torch.bool)
         segment = ~nonfinite & ~gated_out
         index = segment.nonzero().flatten()
         probs = torch.zeros(n, c, h, w)

@@ -47,7 +47,7 @@ class Profiler:
         self.finished_at: float | None = None
         self.model_load_s: dict[str, float] = {}
         self.gating: dict[str, Any] = {"mode": "off", "images_segmented": 0, "images_skipped": 0, "pairs_gated_out": 0}
-        self.guard: dict[str, Any] = {"budget_s": None, "steps": []}
+        self.guard_record: dict[str, Any] = {"budget_s": None, "steps": []}  # profile.json "guard"
         self.problems: dict[str, list[Any]] = {kind: [] for kind in (*IMAGE_PROBLEMS, "model_failures")}
         self.error: str | None = None
         self._stages: dict[str, list[float]] = {}  # name -> [seconds, calls]
@@ -121,7 +121,7 @@ class Profiler:
             "fixed_s": round(fixed, 4),
             "per_image_s": round((total - fixed) / images, 6) if images else 0.0,
             "gating": dict(self.gating),
-            "guard": {**self.guard, "steps": list(self.guard["steps"])},
+            "guard": {**self.guard_record, "steps": list(self.guard_record["steps"])},
             "problems": {kind: list(items) for kind, items in self.problems.items()},
             "counts": {kind: len(self.problems[kind]) for kind in IMAGE_PROBLEMS},
         }

@@ -18,15 +18,13 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-ORDERS = ("F", "C")
+from .spec import RLE_ORDERS
 
 
 def _check_order(order: str) -> Literal["F", "C"]:
-    if order == "F":
-        return "F"
-    if order == "C":
-        return "C"
-    raise ValueError(f"RLE order {order!r} must be 'F' (column-major, Severstal) or 'C' (row-major)")
+    if order not in RLE_ORDERS:
+        raise ValueError(f"RLE order {order!r} must be 'F' (column-major, Severstal) or 'C' (row-major)")
+    return "F" if order == "F" else "C"
 
 
 def encode(mask: npt.NDArray[np.generic], order: str = "F") -> str:

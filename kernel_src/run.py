@@ -4,7 +4,7 @@
 
 1. reads the sample submission found at run time (its rows, layout and column order);
 2. loads every model (timed) and checks it with a test forward: configuration problems
-   (`kernel_src.models.ModelError`, `kernel_src.spec.SpecError`) raise here, before any image;
+   (`ModelError`, `SpecError`, `BundleError` from `kernel_src.errors`) raise here, before any image;
 3. streams the images in batches of `spec.batch_size` from the background loader: gating,
    ensemble, post-processing, RLE, and rows written at once (nothing accumulates across batches);
 4. after every batch the budget guard may step down (fewer TTA views, fewer models, empty masks);
@@ -30,10 +30,12 @@ import numpy as np
 import torch
 
 from .devices import DeviceSet, resolve_devices
+from .errors import BundleError, ModelRunError
 from .guard import BudgetGuard
 from .images import ImageLoader, LoadedImage
+from .models import load_models
 from .postprocess import postprocess
-from .predict import BatchResult, ModelRunError, Predictor, load_models
+from .predict import BatchResult, Predictor
 from .profiler import Profiler
 from .rle import encode
 from .spec import InferenceSpec
@@ -147,7 +149,7 @@ class _Engine:
                 self.guard.forget(e.model)
         return None
 
-    def _masks(self, batch: Sequence[LoadedImage]) -> list[list[str]]:
+    def _rles(self, batch: Sequence[LoadedImage]) -> list[list[str]]:
         """One RLE list per image of `batch` (empty strings for images not predicted)."""
         rles = [list(self._empty) for _ in batch]
         valid = [i for i, loaded in enumerate(batch) if loaded.image is not None]
@@ -181,7 +183,7 @@ class _Engine:
             self.guard.start()
         before = self.profiler.stage_seconds()
         self._report_problems(batch)
-        rles = self._masks(batch)
+        rles = self._rles(batch)
         with self.profiler.stage("write"):
             for loaded, image_rles in zip(batch, rles, strict=True):
                 self.writer.add(loaded.image_id, image_rles)
@@ -241,7 +243,7 @@ def run(
     submission_path, profile_path = out_dir / "submission.csv", out_dir / "profile.json"
     reporter = _Reporter(progress)
     profiler = Profiler(started, torch_version=torch.__version__)
-    profiler.guard["budget_s"] = spec.time_budget_s
+    profiler.guard_record["budget_s"] = spec.time_budget_s
     guard: BudgetGuard | None = None
     try:
         with profiler.stage("setup"):
@@ -250,12 +252,12 @@ def run(
             profiler.sync = devices.synchronize
             sample = read_sample_submission(Path(sample_submission), spec.num_classes)
             if not Path(test_dir).is_dir():
-                raise FileNotFoundError(f"test_dir {test_dir} is not a folder; point test_dir at the test images")
+                raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at the test images")
         reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
         with profiler.stage("load_models"):
             classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler)
         predictor = Predictor(spec, classifiers, segmenters, devices, profiler)
-        profiler.gating["mode"] = predictor.gating
+        profiler.gating["mode"] = predictor.gating_mode
         total = len(sample.image_ids)
         guard = BudgetGuard(spec.time_budget_s, started, total, segmenters=spec.segmenters)
         prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)
@@ -273,8 +275,8 @@ def run(
     finally:
         profiler.finish()
         if guard is not None:
-            profiler.guard = guard.to_dict()
-            profiler.guard["images_left_empty"] = guard.total_images - profiler.images
+            profiler.guard_record = guard.to_dict()
+            profiler.guard_record["images_left_empty"] = guard.total_images - profiler.images
         profile_path.write_text(json.dumps(profiler.to_dict(), indent=2) + "\n", encoding="utf-8")
     reporter.info(profiler.table())
     return RunResult(submission_path, profile_path, profiler.to_dict())

@@ -13,30 +13,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip")
+from .errors import SpecError
+
+TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip")  # the flips kernel_src.tta applies
 GATING_MODES = ("off", "per_class", "per_image")
 SEG_KINDS = ("smp", "torchscript")
 CLS_KINDS = ("timm", "torchscript")
-RLE_ORDERS = ("F", "C")
-DEVICES = ("auto", "cpu", "cuda")
+RLE_ORDERS = ("F", "C")  # column-major (Severstal), row-major: kernel_src.rle
+DEVICES = ("auto", "cpu", "cuda")  # kernel_src.devices.resolve_devices
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class SpecError(ValueError):
-    """A setting is invalid. `key` is its dotted path, e.g. `segmenters[1].tta`."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
-def _per_class(key: str, value: float | Sequence[float], n: int, lo: float, hi: float | None) -> tuple[float, ...]:
-    """A scalar broadcast to every class, or one value per class, each inside [lo, hi]."""
+def _per_item(
+    key: str, value: float | Sequence[float], n: int, lo: float, hi: float | None, item: str = "class"
+) -> tuple[float, ...]:
+    """A scalar broadcast to all `n`, or one value per `item` (class or channel), each inside [lo, hi]."""
     values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]
     if len(values) != n:
-        raise SpecError(key, f"expected one value or {n} (one per class), got {len(values)}")
+        raise SpecError(key, f"expected one value or {n} (one per {item}), got {len(values)}")
     for v in values:
         if math.isnan(v) or v < lo or (hi is not None and v > hi):
             upper = f", {hi}]" if hi is not None else ", inf)"
@@ -93,8 +88,8 @@ class ModelSpec:
                 raise SpecError(f"{key}.tta", f"{view!r} is not a TTA view; choose from {list(TTA_VIEWS)}")
         if len(set(tta)) != len(tta):
             raise SpecError(f"{key}.tta", f"lists a view twice: {list(tta)}")
-        mean = _per_class(f"{key}.mean", data.get("mean", IMAGENET_MEAN), 3, 0.0, 1.0)
-        std = _per_class(f"{key}.std", data.get("std", IMAGENET_STD), 3, 1e-6, None)
+        mean = _per_item(f"{key}.mean", data.get("mean", IMAGENET_MEAN), 3, 0.0, 1.0, item="channel")
+        std = _per_item(f"{key}.std", data.get("std", IMAGENET_STD), 3, 1e-6, None, item="channel")
         weight = float(data.get("weight", 1.0))
         if not weight > 0 or math.isinf(weight):
             raise SpecError(f"{key}.weight", f"must be a positive number, got {weight}")
@@ -208,9 +203,7 @@ class InferenceSpec:
             raise SpecError("gating.mode", f"{mode!r} must be one of {list(GATING_MODES)}")
         if mode != "off" and not classifiers:
             raise SpecError("gating.mode", f"{mode!r} needs at least one classifier; add one or set mode = 'off'")
-        gating = GatingSpec(
-            mode=mode, thresholds=_per_class("gating.thresholds", g.get("thresholds", 0.5), n, 0.0, 1.0)
-        )
+        gating = GatingSpec(mode=mode, thresholds=_per_item("gating.thresholds", g.get("thresholds", 0.5), n, 0.0, 1.0))
 
         p = dict(data.get("postprocess", {}))
         unknown_p = set(p) - {"threshold", "min_component", "min_area"}
@@ -219,11 +212,11 @@ class InferenceSpec:
                 f"postprocess.{sorted(unknown_p)[0]}", "unknown setting; known: threshold, min_component, min_area"
             )
         post = PostprocessSpec(
-            threshold=_per_class("postprocess.threshold", p.get("threshold", 0.5), n, 0.0, 1.0),
+            threshold=_per_item("postprocess.threshold", p.get("threshold", 0.5), n, 0.0, 1.0),
             min_component=tuple(
-                int(v) for v in _per_class("postprocess.min_component", p.get("min_component", 0), n, 0, None)
+                int(v) for v in _per_item("postprocess.min_component", p.get("min_component", 0), n, 0, None)
             ),
-            min_area=tuple(int(v) for v in _per_class("postprocess.min_area", p.get("min_area", 0), n, 0, None)),
+            min_area=tuple(int(v) for v in _per_item("postprocess.min_area", p.get("min_area", 0), n, 0, None)),
         )
         return cls(
             num_classes=n,

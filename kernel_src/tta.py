@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-VIEWS = ("identity", "hflip", "vflip", "hvflip")
+from .spec import TTA_VIEWS
 
 # Tensor dimensions each view flips for an NCHW tensor: W is -1, H is -2.
 _FLIP_DIMS: dict[str, tuple[int, ...]] = {"identity": (), "hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
@@ -21,7 +21,7 @@ def _dims(view: str) -> tuple[int, ...]:
     try:
         return _FLIP_DIMS[view]
     except KeyError:
-        raise ValueError(f"unknown TTA view {view!r}; choose from {list(VIEWS)}") from None
+        raise ValueError(f"unknown TTA view {view!r}; choose from {list(TTA_VIEWS)}") from None
 
 
 def _check_4d(x: torch.Tensor, name: str) -> None:
@@ -45,7 +45,7 @@ def stack_views(batch: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
     """[V*N,C,H,W]: view 0's N images first, then view 1's, and so on."""
     _check_4d(batch, "stack_views")
     if not views:
-        raise ValueError(f"stack_views needs at least one view from {list(VIEWS)}")
+        raise ValueError(f"stack_views needs at least one view from {list(TTA_VIEWS)}")
     if len(views) == 1:
         return apply_view(batch, views[0])
     return torch.cat([apply_view(batch, v) for v in views], dim=0)
@@ -55,7 +55,7 @@ def merge_views(out: torch.Tensor, views: Sequence[str], n: int) -> torch.Tensor
     """[N,K,H,W]: the mean over views of each de-augmented slice of `out` [V*N,K,H,W]."""
     _check_4d(out, "merge_views")
     if not views:
-        raise ValueError(f"merge_views needs at least one view from {list(VIEWS)}")
+        raise ValueError(f"merge_views needs at least one view from {list(TTA_VIEWS)}")
     if out.shape[0] != len(views) * n:
         raise ValueError(
             f"merge_views got {out.shape[0]} outputs for {len(views)} views x {n} images; "

@@ -1,6 +1,6 @@
 """`rle_vs_naive`: the vectorised `kernel_src.rle.encode` against a per-pixel Python loop.
 
-Masks are the defect masks of the shared synthetic Severstal-like set (`bundler.synthetic`) at
+Masks are the defect masks of the shared synthetic Severstal-like set (`bundler.demo.synthetic`) at
 the full 256x1600, decoded from its labels, plus their empty class masks in the proportion the
 set has (a submission encodes every image x class pair). Both encoders must give the same string
 for every mask; the ratio is naive time / vectorised time over the same list of masks.

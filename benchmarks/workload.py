@@ -48,7 +48,7 @@ def make_images(
     out_dir: Path, n_images: int, *, height: int, width: int, seed: int, clean_fraction: float = 0.5
 ) -> ImageSet:
     """`n_images` synthetic JPEGs (half clean by default) with labels and a wide sample submission."""
-    from bundler.synthetic import make_dataset
+    from bundler.demo.synthetic import make_dataset
 
     data = make_dataset(
         out_dir,

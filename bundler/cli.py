@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from .config import DEFAULT_CONFIG, BundleConfig, load_config
-from .errors import BundlerError
+from bundler.config import DEFAULT_CONFIG, BundleConfig, load_config
+from bundler.errors import BundlerError
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=False, highlight=False)
@@ -60,7 +60,7 @@ def main() -> None:
 @_reports_errors
 def build(config_path: Path, out: Path | None, no_index: bool, force: bool) -> None:
     """Vendor the wheels the Kaggle image lacks and the model weights into one dataset folder."""
-    from .dataset import build_dataset
+    from bundler.build import build_dataset
 
     cfg = load_config(config_path)
     if out is not None:
@@ -76,7 +76,7 @@ def build(config_path: Path, out: Path | None, no_index: bool, force: bool) -> N
 @_reports_errors
 def render_notebook_cmd(config_path: Path, out: Path | None) -> None:
     """Generate the offline inference notebook and kernel-metadata.json from kernel_src."""
-    from .render import render_notebook
+    from bundler.notebook import render_notebook
 
     cfg = load_config(config_path)
     if out is not None:
@@ -109,7 +109,7 @@ def dry_run_cmd(
     out: Path | None,
 ) -> None:
     """Run the rendered notebook here, offline and timed; project it to the hidden test set."""
-    from .dryrun import dry_run
+    from bundler.dryrun import dry_run
 
     cfg = load_config(config_path)
     overrides: dict[str, Any] = {
@@ -140,7 +140,7 @@ def _with_dryrun(cfg: BundleConfig, overrides: dict[str, Any]) -> BundleConfig:
 @_reports_errors
 def demo(config_path: Path, skip_dry_run: bool) -> None:
     """Make synthetic data and small models, then build, render and dry-run the demo bundle."""
-    from .demo import run_demo
+    from bundler.demo import run_demo
 
     run_demo(config_path, console=console, dry_run=not skip_dry_run)
 

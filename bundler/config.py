@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kernel_src.spec import CLS_KINDS, SEG_KINDS, InferenceSpec, ModelSpec, SpecError
-
-from .errors import ConfigError
+from bundler.errors import ConfigError
+from kernel_src.errors import SpecError
+from kernel_src.spec import CLS_KINDS, SEG_KINDS, InferenceSpec, ModelSpec
 
 DEFAULT_CONFIG = Path("bundle.toml")
 SLUG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9-]*$")
@@ -62,7 +62,7 @@ class TargetConfig:
         "manylinux2014_x86_64",
         "linux_x86_64",
     )
-    baseline: str = "kaggle-2026-08"  # a name shipped under bundler/baselines/, or a path
+    baseline: str = "kaggle-2026-08"  # a name shipped under bundler/build/wheels/baselines/, or a path
     requirements: tuple[str, ...] = ("segmentation-models-pytorch",)
     find_links: tuple[Path, ...] = ()  # local wheelhouses searched before the index
     no_index: bool = False  # True: never reach an index (local wheelhouses only)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from packaging.tags import Tag
 
-from bundler.baseline import is_protected, load_baseline, parse_freeze, shipped_baselines
+from bundler.build.wheels.baseline import is_protected, load_baseline, parse_freeze, shipped_baselines
+from bundler.build.wheels.resolve import parse_compile_output
+from bundler.build.wheels.target import target_env
 from bundler.config import TargetConfig
 from bundler.errors import WheelsError
-from bundler.wheels_resolve import parse_compile_output
-from bundler.wheels_target import target_env
 
 
 def test_shipped_baseline_holds_the_kaggle_image_facts() -> None:

@@ -14,11 +14,11 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
+from bundler.build.dataset_folder import BuildResult, build_dataset
+from bundler.build.fingerprint import sha256_file
+from bundler.build.manifest import bundle_hash
 from bundler.config import BundleConfig, load_config
-from bundler.dataset import BuildResult, build_dataset
 from bundler.errors import BuildError, CredentialError, WeightsError
-from bundler.fingerprint import sha256_file
-from bundler.manifest import bundle_hash
 from kernel_src.models import build_model
 from kernel_src.spec import ModelSpec
 
@@ -207,7 +207,7 @@ def test_interrupted_build_leaves_the_previous_folder_intact(
     out = cfg.dataset.out
     before = snapshot(out)
 
-    from bundler import weights
+    from bundler.build import weights
 
     real = weights.convert
     calls: list[str] = []

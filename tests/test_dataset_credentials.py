@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.credentials import check_content, check_input, check_name, credential_name, find_key, scan_wheel
+from bundler.build.credentials import check_content, check_input, check_name, credential_name, find_key, scan_wheel
 from bundler.errors import CredentialError
 
 KAGGLE_JSON = b'{"username": "someone", "key": "0123456789abcdef0123456789abcdef"}'
@@ -55,7 +55,7 @@ def test_documentation_examples_and_noise_pass(text: bytes) -> None:
 
 
 def test_key_across_a_chunk_boundary_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bundler.credentials as credentials
+    import bundler.build.credentials as credentials
 
     monkeypatch.setattr(credentials, "_CHUNK", 64)
     path = tmp_path / "weights.bin"

@@ -8,9 +8,9 @@ import torch
 from rich.console import Console
 
 from bundler.config import load_config
-from bundler.demo import DemoSettings, empty_submission_score, make_demo_data, run_demo, train_demo_models
+from bundler.demo.command import DemoSettings, empty_submission_score, make_demo_data, run_demo, train_demo_models
+from bundler.demo.train import TrainSettings
 from bundler.errors import DemoError
-from bundler.train import TrainSettings
 
 TOML = """
 [bundle]

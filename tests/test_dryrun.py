@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from bundler.config import BundleConfig, load_config
-from bundler.netns import NETWORK_AVAILABLE, Isolation, probe
-from bundler.synthetic import make_dataset
+from bundler.demo.synthetic import make_dataset
+from bundler.dryrun.metric import dice_score
+from bundler.sandbox import NETWORK_AVAILABLE, Isolation, probe
 from kernel_src.bundle import sha256_file
-from kernel_src.metric import dice_score
 from kernel_src.submission import read_csv_strings
 from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, make_tiny_models
 
@@ -121,7 +121,7 @@ def write_bundle(cfg: BundleConfig) -> dict[str, Any]:
 
 def make_project(root: Path, *, budget: float | None = None, labels: bool = True) -> BundleConfig:
     """bundle.toml-equivalent config, built bundle, rendered notebook and holdout under `root`."""
-    from bundler.render import render_notebook
+    from bundler.notebook.render import render_notebook
 
     dataset = root / "build" / "dataset"
     classifiers, segmenters = make_tiny_models(dataset)
@@ -164,7 +164,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> BundleConfig:
 
 def _fresh(cfg: BundleConfig, name: str, **dryrun: Any) -> BundleConfig:
     """`cfg` writing to its own output folder, its notebook re-rendered (kernel_src may have moved on)."""
-    from bundler.render import render_notebook
+    from bundler.notebook.render import render_notebook
 
     render_notebook(cfg, console=quiet())
     return replace(cfg, dryrun=replace(cfg.dryrun, out=cfg.root / "build" / name, **dryrun))
@@ -172,7 +172,7 @@ def _fresh(cfg: BundleConfig, name: str, **dryrun: Any) -> BundleConfig:
 
 @pytest.mark.slow
 def test_within_budget_with_labels_passes_and_scores_the_written_submission(project: BundleConfig) -> None:
-    from bundler.dryrun import dry_run
+    from bundler.dryrun.command import dry_run
 
     cfg = _fresh(project, "ok")
     buf = io.StringIO()
@@ -237,7 +237,7 @@ def test_tiny_budget_via_the_cli_steps_down_writes_every_row_and_fails(project: 
 def test_failing_cell_is_reported_with_its_traceback_and_network_fallback_recorded(
     project: BundleConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bundler.dryrun as dryrun_module
+    import bundler.dryrun.command as dryrun_module
 
     monkeypatch.setattr(dryrun_module, "probe", lambda: Isolation(NETWORK_AVAILABLE, False, "no unshare (test)"))
     # a bundle whose weight file was damaged after the build: the setup cell fails, naming it

@@ -12,8 +12,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from rich.console import Console
 
-from bundler._execute import run_notebook
-from bundler.netns import NETWORK_AVAILABLE, Isolation, probe
+from bundler.dryrun._child import run_notebook
+from bundler.sandbox import NETWORK_AVAILABLE, Isolation, probe
 
 ISOLATION = probe()
 NO_ISOLATION = Isolation(NETWORK_AVAILABLE, False, "test")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bundler.config import BundleConfig
-from bundler.dryrun_inputs import check_inputs
+from bundler.dryrun.inputs import check_inputs
 from bundler.errors import DryRunError
 from tests.test_dryrun import make_project
 
@@ -22,7 +22,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> BundleConfig:
 
 @pytest.fixture
 def cfg(project: BundleConfig) -> BundleConfig:
-    from bundler.render import render_notebook
+    from bundler.notebook.render import render_notebook
     from tests.test_dryrun import quiet
 
     render_notebook(project, console=quiet())  # kernel_src may have changed since the fixture ran

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bundler.kaggle_tree import dataset_slug, make_tree, remove_tree
+from bundler.dryrun.tree import dataset_slug, make_tree, remove_tree
 
 
 def test_tree_layout_links_and_removal(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from torch import nn
 
-import kernel_src.predict as predict_module
-from bundler.synthetic import make_dataset
+import kernel_src.models as models_module
+from bundler.demo.synthetic import make_dataset
 from kernel_src.models import load_model
 from kernel_src.rle import decode
 from kernel_src.run import run
@@ -133,7 +133,7 @@ def test_per_image_gating_spends_no_segmentation_forward_on_skipped_images(
             model.register_forward_hook(lambda _m, inputs, _o: seen.append(int(inputs[0].shape[0])))
         return model
 
-    monkeypatch.setattr(predict_module, "load_model", counting_load)
+    monkeypatch.setattr(models_module, "load_model", counting_load)
     levels = {"b1.jpg": 200, "d1.jpg": 30, "d2.jpg": 40, "b2.jpg": 180, "d3.jpg": 20, "b3.jpg": 220}
     for name, level in levels.items():
         write_image(tmp_path / "test" / name, grey(level))

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundler.synthetic import make_dataset
-from kernel_src.models import ModelError
+from bundler.demo.synthetic import make_dataset
+from kernel_src.errors import BundleError, ModelError, SpecError
 from kernel_src.run import run
-from kernel_src.spec import InferenceSpec, ModelSpec, SpecError
+from kernel_src.spec import InferenceSpec, ModelSpec
 from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, make_tiny_models, make_torchscript_segmenter, tiny_spec, write_sample
 
 
@@ -95,7 +95,7 @@ def test_missing_test_folder_and_cuda_without_gpu_are_named(
 ) -> None:
     dest, _, segmenters, data = setup
     spec = tiny_spec(dest, classifiers=[], segmenters=segmenters[:1])
-    with pytest.raises(FileNotFoundError, match="test_dir"):
+    with pytest.raises(BundleError, match=r"test_dir .* is not a folder; point test_dir at the test images"):
         run(spec, bundle_dir=dest, test_dir=tmp_path / "nope", sample_submission=data / "sample_submission.csv",
             out_dir=tmp_path / "out", progress=False)  # fmt: skip
     if torch.cuda.is_available():

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernel_src.predict as predict_module
-from bundler.synthetic import make_dataset
+import kernel_src.models as models_module
+from bundler.demo.synthetic import make_dataset
 from kernel_src.devices import DeviceSet
-from kernel_src.models import load_model
-from kernel_src.predict import BatchResult, Predictor, load_models
+from kernel_src.models import load_model, load_models
+from kernel_src.predict import BatchResult, Predictor
 from kernel_src.profiler import Profiler
 from kernel_src.run import run
 from kernel_src.spec import InferenceSpec, ModelSpec
@@ -116,7 +116,7 @@ def test_two_devices_split_the_batch_and_agree_with_one(
         model.register_forward_hook(lambda _m, inputs, _o: seen.append(int(inputs[0].shape[0])))
         return model
 
-    monkeypatch.setattr(predict_module, "load_model", counting_load)
+    monkeypatch.setattr(models_module, "load_model", counting_load)
     batch = images(5, seed=1)
     two = predictor(spec, dest, DeviceSet((CPU, CPU))).predict(batch)
     assert len(per_replica) == 2  # the segmenter on 2 devices (gating off: the classifier is not loaded)
@@ -179,7 +179,7 @@ def test_cpu_micro_batches_split_the_stacked_views_and_agree_with_one_forward(
         model.register_forward_hook(lambda _m, inputs, _o: calls.append(int(inputs[0].shape[0])))
         return model
 
-    monkeypatch.setattr(predict_module, "load_model", counting_load)
+    monkeypatch.setattr(models_module, "load_model", counting_load)
     batch = images(4, seed=2)
     spec = tiny_spec(dest, classifiers=[], segmenters=[two_views], gating={"mode": "off"}, cpu_micro_batch=micro)
     split = predictor(spec, dest, DeviceSet((CPU,))).predict(batch)

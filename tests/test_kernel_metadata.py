@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from bundler.errors import MetadataError
-from bundler.kernel_metadata import kernel_metadata, title_warning, validate_metadata, write_metadata
-from bundler.render import render_notebook
+from bundler.notebook.kernel_metadata import kernel_metadata, title_warning, validate_metadata, write_metadata
+from bundler.notebook.render import render_notebook
 from tests.test_render import demo_cfg
 
 

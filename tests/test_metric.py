@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kernel_src.metric import MetricResult, dice_of_intervals, dice_score
+from bundler.dryrun.metric import MetricResult, dice_of_intervals, dice_score
 from kernel_src.rle import encode, parse
 from kernel_src.submission import SubmissionWriter, read_sample_submission
 

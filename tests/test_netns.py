@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.netns import NETWORK_AVAILABLE, isolated_argv, probe, probe_uncached
+from bundler.sandbox import NETWORK_AVAILABLE, isolated_argv, probe, probe_uncached
 
 ISOLATION = probe()
 needs_netns = pytest.mark.skipif(not ISOLATION.isolated, reason=f"no network namespace here: {ISOLATION.reason}")

@@ -12,7 +12,8 @@ import nbformat
 import pytest
 from rich.console import Console
 
-from kernel_src.bundle import BundleError, CompetitionData, Prepared
+from kernel_src.bundle import CompetitionData, Prepared
+from kernel_src.errors import BundleError
 from kernel_src.notebook import CONFIG_KEYS, check_config, setup
 from kernel_src.spec import InferenceSpec
 from tests.tiny import model_dict
@@ -135,10 +136,10 @@ def _toml_model(table: str, data: dict[str, Any], checkpoint: Path) -> str:
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny project built and rendered once: real tiny models (a timm classifier gating an smp Unet
     with flip TTA), no wheels, synthetic test images."""
+    from bundler.build.dataset_folder import build_dataset
     from bundler.config import load_config
-    from bundler.dataset import build_dataset
-    from bundler.render import render_notebook
-    from bundler.synthetic import make_dataset
+    from bundler.demo.synthetic import make_dataset
+    from bundler.notebook.render import render_notebook
     from tests.tiny import make_tiny_models
 
     root = tmp_path_factory.mktemp("project")
@@ -158,10 +159,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _execute(project: dict[str, Any], bundle_src: Path, where: Path) -> tuple[Any, Any, Path]:
-    from bundler._execute import run_notebook
-    from bundler.kaggle_tree import make_tree
-    from bundler.netns import probe
-    from bundler.render import with_parameters
+    from bundler.dryrun._child import run_notebook
+    from bundler.dryrun.tree import make_tree
+    from bundler.notebook.render import with_parameters
+    from bundler.sandbox import probe
 
     cfg, data = project["cfg"], project["data"]
     tree = make_tree(
@@ -187,8 +188,8 @@ def _execute(project: dict[str, Any], bundle_src: Path, where: Path) -> tuple[An
 
 @pytest.mark.slow
 def test_notebook_submission_is_byte_identical_to_kernel_src(project: dict[str, Any], tmp_path: Path) -> None:
-    from bundler.kaggle_tree import remove_tree
-    from bundler.render import notebook_parameters
+    from bundler.dryrun.tree import remove_tree
+    from bundler.notebook.render import notebook_parameters
     from kernel_src.run import run
 
     cfg, data = project["cfg"], project["data"]
@@ -220,7 +221,7 @@ def test_notebook_submission_is_byte_identical_to_kernel_src(project: dict[str, 
 
 @pytest.mark.slow
 def test_missing_wheel_and_weight_stop_the_notebook_in_setup(project: dict[str, Any], tmp_path: Path) -> None:
-    from bundler.kaggle_tree import remove_tree
+    from bundler.dryrun.tree import remove_tree
 
     cfg = project["cfg"]
     broken = tmp_path / "broken"

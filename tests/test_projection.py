@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bundler.errors import DryRunError
-from bundler.projection import (
+from bundler.dryrun.projection import (
     NO_CALIBRATION,
     NO_CALIBRATION_NOTE,
     factor_calibration,
     profile_calibration,
     project,
 )
+from bundler.errors import DryRunError
 
 LOCAL = {"fixed_s": 10.0, "per_image_s": 2.0, "images": 8, "total_s": 26.0}
 

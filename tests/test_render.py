@@ -20,7 +20,7 @@ from rich.console import Console
 from bundler.cli import main as cli
 from bundler.config import BundleConfig, parse_config
 from bundler.errors import RenderError
-from bundler.render import (
+from bundler.notebook.render import (
     INJECTED_TAG,
     build_notebook,
     config_source,

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bundler.report import load_mask_samples, overlay, read_rles, render_report, write_report
+from bundler.dryrun.report import load_mask_samples, overlay, read_rles, render_report, write_report
 from kernel_src import rle
 
 H, W = 32, 96

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bundler.demo.synthetic import NUM_CLASSES, make_dataset, make_image, read_labels
+from bundler.dryrun.metric import dice_score
 from bundler.errors import ConfigError
-from bundler.synthetic import NUM_CLASSES, make_dataset, make_image, read_labels
-from kernel_src.metric import dice_score
 from kernel_src.rle import decode, encode
 from kernel_src.submission import read_sample_submission
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from bundler.build.weights import read_state_dict
 from bundler.config import ModelEntry
-from bundler.errors import DemoError
-from bundler.synthetic import make_dataset, read_labels
-from bundler.train import (
+from bundler.demo.synthetic import make_dataset, read_labels
+from bundler.demo.train import (
     SplitData,
     TrainSettings,
     load_split,
@@ -19,7 +19,7 @@ from bundler.train import (
     segmentation_loss,
     train_model,
 )
-from bundler.weights import read_state_dict
+from bundler.errors import DemoError
 from kernel_src.models import build_model, load_state_dict_into
 from kernel_src.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 

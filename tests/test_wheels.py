@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bundler import wheels_fetch
+from bundler.build.wheels import fetch as wheels_fetch
+from bundler.build.wheels.vendor import WheelPlan, vendor_wheels
 from bundler.config import TargetConfig
 from bundler.errors import WheelsError
-from bundler.wheels import WheelPlan, vendor_wheels
 from tests.wheelhouse import make_sdist, make_wheel, write_baseline
 
 BASELINE = {"numpy": "2.0.2", "torch": "2.10.0+cu128", "torchvision": "0.25.0+cu128", "six": "1.17.0"}

@@ -1,7 +1,7 @@
 """Execute one notebook with nbclient in a child process, and follow it from the parent.
 
 Child side, the entry point:
-    python -m bundler._execute NOTEBOOK_IN NOTEBOOK_OUT RESULT_JSON --cwd DIR [--timeout S]
+    python -m bundler.dryrun._child NOTEBOOK_IN NOTEBOOK_OUT RESULT_JSON --cwd DIR [--timeout S]
 
 Runs in its own process so that the dry-run can put it (and the kernel it starts) in a
 network namespace. Progress goes to stdout as lines `@@bundler-event {json}`: `start`
@@ -10,7 +10,7 @@ lines). The executed notebook and RESULT_JSON are written in every case, failure
     {"status": "ok" | "cell_failed" | "kernel_died" | "timeout" | "interrupted" | "error",
      "seconds": wall time, "cell": index or null, "ename", "evalue", "traceback": text}
 
-Parent side: `run_notebook(...)` starts the child (wrapped by `bundler.netns` when the network
+Parent side: `run_notebook(...)` starts the child (wrapped by `bundler.sandbox` when the network
 is to be cut), shows progress on a rich console and returns an `Execution`.
 """
 
@@ -36,7 +36,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from rich.console import Console
 from rich.markup import escape
 
-from bundler.netns import Isolation, isolated_argv
+from bundler.sandbox import Isolation, isolated_argv
 
 EVENT_PREFIX = "@@bundler-event "
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -137,7 +137,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)  # so that `finally` writes the results and stops the kernel
-    parser = argparse.ArgumentParser(prog="python -m bundler._execute")
+    parser = argparse.ArgumentParser(prog="python -m bundler.dryrun._child")
     parser.add_argument("notebook", type=Path)
     parser.add_argument("executed", type=Path)
     parser.add_argument("result", type=Path)
@@ -171,7 +171,7 @@ class Execution:
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
-    here = str(Path(__file__).resolve().parents[1])
+    here = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -239,14 +239,14 @@ def run_notebook(
 ) -> Execution:
     """Execute `notebook` with its kernel in `cwd`; write the executed copy to `executed`.
 
-    `isolation` (from `bundler.netns.probe()`) decides whether the child and its kernel see
+    `isolation` (from `bundler.sandbox.probe()`) decides whether the child and its kernel see
     the network. A failure inside the notebook is returned, never raised.
     """
     executed.parent.mkdir(parents=True, exist_ok=True)
     result_path = executed.with_name(executed.stem + ".result.json")
     log = executed.with_name(executed.stem + ".log")
     result_path.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "bundler._execute", str(notebook), str(executed), str(result_path)]
+    argv = [sys.executable, "-m", "bundler.dryrun._child", str(notebook), str(executed), str(result_path)]
     argv += ["--cwd", str(cwd)]
     if timeout_s is not None:
         argv += ["--timeout", str(timeout_s)]

@@ -17,13 +17,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import BundleConfig
+from bundler import __version__
+from bundler.build.wheels.baseline import BASELINES_DIR
+from bundler.config import BundleConfig
 
 BUILD_FORMAT = 1  # bump when the build writes other bytes from the same inputs
 LIBRARIES = ("torch", "timm", "segmentation-models-pytorch", "safetensors")
 _BLOCK = 1 << 20
-BASELINES_DIR = Path(__file__).resolve().parent / "baselines"
 
 
 def sha256_file(path: Path, advance: Callable[[int], None] | None = None) -> str:
@@ -85,8 +85,8 @@ class HashCache:
 
 
 def baseline_file(cfg: BundleConfig) -> Path | None:
-    """The baseline's `pip freeze --all` file, resolved as `bundler.baseline.load_baseline` does:
-    a name shipped under `bundler/baselines/`, else a path."""
+    """The baseline's `pip freeze --all` file, resolved as `bundler.build.wheels.baseline.load_baseline` does:
+    a name shipped under `bundler/build/wheels/baselines/`, else a path."""
     spec = cfg.target.baseline
     shipped = BASELINES_DIR / f"{spec}.txt"
     path = shipped if shipped.is_file() and "/" not in spec else Path(spec).expanduser()

@@ -36,16 +36,16 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from . import credentials
-from .build_report import print_report
-from .config import BundleConfig, ModelEntry
-from .errors import BuildError, WeightsError
-from .fingerprint import HashCache, input_fingerprint
-from .manifest import MANIFEST, METADATA, build_manifest, dataset_metadata, up_to_date, write_json
+from bundler.build import credentials
+from bundler.build.fingerprint import HashCache, input_fingerprint
+from bundler.build.manifest import MANIFEST, METADATA, build_manifest, dataset_metadata, up_to_date, write_json
+from bundler.build.summary import print_report
+from bundler.config import BundleConfig, ModelEntry
+from bundler.errors import BuildError, WeightsError
 
 if TYPE_CHECKING:
-    from .weights import WeightRecord
-    from .wheels import WheelPlan
+    from bundler.build.weights import WeightRecord
+    from bundler.build.wheels.vendor import WheelPlan
 
 CACHE_DIR = Path("build/.cache")  # under the folder of bundle.toml
 
@@ -195,7 +195,7 @@ def _checkpoint_hashes(cfg: BundleConfig, keys: list[str], console: Console) -> 
 
 
 def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console: Console) -> list[WeightRecord]:
-    from .weights import convert
+    from bundler.build.weights import convert
 
     records = []
     with _progress(console, bytes_=True) as progress:
@@ -224,7 +224,7 @@ def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console:
 
 
 def _vendor(cfg: BundleConfig, staging: Path, console: Console) -> WheelPlan:
-    from .wheels import vendor_wheels
+    from bundler.build.wheels.vendor import vendor_wheels
 
     return vendor_wheels(cfg.target, staging, cache_dir=cache_dir(cfg) / "wheels", console=console)
 

@@ -11,11 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import BundleConfig, DatasetConfig
-from .fingerprint import sha256_text
+from bundler import __version__
+from bundler.build.fingerprint import sha256_text
+from bundler.config import BundleConfig, DatasetConfig
+from kernel_src.bundle import MANIFEST as MANIFEST  # the one definition of the file name
 
-MANIFEST = "bundle.json"
 METADATA = "dataset-metadata.json"
 FORMAT = 1
 

@@ -27,16 +27,11 @@ from typing import Any
 import nbformat
 from rich.console import Console
 
-from kernel_src.metric import dice_score
-from kernel_src.submission import SampleSubmission, read_csv_strings
-
-from ._execute import Execution, run_notebook
-from .config import BundleConfig
-from .dryrun_inputs import Inputs, check_inputs
-from .errors import DryRunError
-from .kaggle_tree import make_tree, remove_tree
-from .netns import Isolation, probe
-from .projection import (
+from bundler.config import BundleConfig
+from bundler.dryrun._child import Execution, run_notebook
+from bundler.dryrun.inputs import Inputs, check_inputs
+from bundler.dryrun.metric import dice_score
+from bundler.dryrun.projection import (
     NO_CALIBRATION,
     Calibration,
     Projection,
@@ -44,7 +39,11 @@ from .projection import (
     profile_calibration,
     project,
 )
-from .report import load_mask_samples, write_report
+from bundler.dryrun.report import load_mask_samples, write_report
+from bundler.dryrun.tree import make_tree, remove_tree
+from bundler.errors import DryRunError
+from bundler.sandbox import Isolation, probe
+from kernel_src.submission import SampleSubmission, read_csv_strings
 
 OUTPUTS = ("submission.csv", "profile.json", "summary.json", "report.html")
 SAMPLE_IMAGES = 6
@@ -73,7 +72,7 @@ def _prepare_out(out: Path, executed: Path) -> None:
 
 
 def _execute(cfg: BundleConfig, inputs: Inputs, executed: Path, isolation: Isolation, console: Console) -> Execution:
-    from .render import with_parameters
+    from bundler.notebook.render import with_parameters
 
     out = cfg.dryrun.out
     tree_root = Path(tempfile.mkdtemp(prefix=".kaggle-tree-", dir=out))  # beside the outputs: hard links work

@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from kernel_src.rle import ORDERS, parse
+from kernel_src.rle import parse
+from kernel_src.spec import RLE_ORDERS
 from kernel_src.submission import detect_layout, read_csv_strings, split_wide_key
 
 Intervals = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
@@ -119,7 +120,7 @@ def dice_score(
     for an image the submission does not list raise ValueError (the submission is incomplete);
     with `image_ids`, labels outside it are left out (scoring a chosen subset).
     """
-    if order not in ORDERS:
+    if order not in RLE_ORDERS:
         raise ValueError(f"order {order!r} must be 'F' (column-major) or 'C' (row-major)")
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")

@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bundler.errors import DemoError
 from kernel_src.rle import decode
-
-from .errors import DemoError
 
 Task = Literal["classifier", "segmenter"]
 Size = tuple[int, int]

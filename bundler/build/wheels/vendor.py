@@ -23,13 +23,13 @@ from packaging.version import Version
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .baseline import Baseline, is_protected, load_baseline
-from .config import TargetConfig
-from .rehearse import rehearse_install
-from .wheels_check import ClosureReport, check_closure, read_wheel
-from .wheels_fetch import Fetched, fetch_wheel
-from .wheels_resolve import REQUESTED, Resolved, parse_requirements, resolve
-from .wheels_target import TargetEnv, target_env
+from bundler.build.wheels.baseline import Baseline, is_protected, load_baseline
+from bundler.build.wheels.check import ClosureReport, check_closure, read_wheel
+from bundler.build.wheels.fetch import Fetched, fetch_wheel
+from bundler.build.wheels.rehearse import rehearse_install
+from bundler.build.wheels.resolve import REQUESTED, Resolved, parse_requirements, resolve
+from bundler.build.wheels.target import TargetEnv, target_env
+from bundler.config import TargetConfig
 
 
 @dataclass(frozen=True)

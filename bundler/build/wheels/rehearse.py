@@ -23,10 +23,10 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from .baseline import Baseline, is_protected
-from .errors import WheelsError
-from .netns import isolated_argv, probe
-from .wheels_target import TargetEnv
+from bundler.build.wheels.baseline import Baseline, is_protected
+from bundler.build.wheels.target import TargetEnv
+from bundler.errors import WheelsError
+from bundler.sandbox import isolated_argv, probe
 
 SKIP_ENV = "BUNDLER_SKIP_REHEARSAL"
 PYTHON_ENV = "BUNDLER_TARGET_PYTHON"

@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .errors import CredentialError
+from bundler.errors import CredentialError
 
 NAME_PATTERNS = ("kaggle.json", ".env", "*.pem", "id_rsa*", "*token*", ".netrc", "credentials*")
 # Inside a wheel, `*token*` and `*.pem` would refuse honest libraries (tokenizers, certifi's

@@ -22,8 +22,8 @@ from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from .errors import WheelsError
-from .wheels_target import TargetEnv
+from bundler.build.wheels.target import TargetEnv
+from bundler.errors import WheelsError
 
 CACHED, COPIED, DOWNLOADED, BUILT = "cached", "from target.find_links", "downloaded", "built from sdist"
 

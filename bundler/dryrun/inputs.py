@@ -20,13 +20,12 @@ from typing import Any
 import nbformat
 from nbformat import NotebookNode
 
+from bundler.config import BundleConfig
+from bundler.dryrun.tree import image_files
+from bundler.errors import DryRunError, RenderError
 from kernel_src import rle
 from kernel_src.bundle import MANIFEST, kernel_src_hash
 from kernel_src.submission import SampleSubmission, read_csv_strings, read_sample_submission
-
-from .config import BundleConfig
-from .errors import DryRunError, RenderError
-from .kaggle_tree import image_files
 
 RENDER = "run `bundler render-notebook`"
 
@@ -45,7 +44,7 @@ class Inputs:
 
 
 def _manifest(cfg: BundleConfig) -> dict[str, Any]:
-    from .render import read_manifest
+    from bundler.notebook.render import read_manifest
 
     path = cfg.dataset.out / MANIFEST
     if not path.is_file():
@@ -66,7 +65,7 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def _notebook(cfg: BundleConfig, manifest: Mapping[str, Any]) -> NotebookNode:
-    from .render import kernel_src_dir, notebook_config, notebook_parameters
+    from bundler.notebook.render import kernel_src_dir, notebook_config, notebook_parameters
 
     path = cfg.kernel.notebook
     if not path.is_file():

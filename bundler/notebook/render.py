@@ -37,12 +37,11 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from rich.console import Console
 
 import kernel_src
+from bundler import __version__
+from bundler.config import BundleConfig
+from bundler.errors import RenderError
+from bundler.notebook.kernel_metadata import read_existing, title_warning, write_metadata
 from kernel_src.bundle import MANIFEST, kernel_src_hash
-
-from . import __version__
-from .config import BundleConfig
-from .errors import RenderError
-from .kernel_metadata import read_existing, title_warning, write_metadata
 
 CONFIG_NAME = "CONFIG"
 PARAMETERS_TAG = "parameters"

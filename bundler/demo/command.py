@@ -29,13 +29,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kernel_src.metric import dice_score
+from bundler.config import BundleConfig, ModelEntry, load_config
+from bundler.demo.synthetic import make_dataset, read_labels
+from bundler.demo.train import Size, SplitData, Task, TrainSettings, load_split, save_checkpoint, train_model
+from bundler.dryrun.metric import dice_score
+from bundler.errors import DemoError
 from kernel_src.models import build_model
-
-from .config import BundleConfig, ModelEntry, load_config
-from .errors import DemoError
-from .synthetic import make_dataset, read_labels
-from .train import Size, SplitData, Task, TrainSettings, load_split, save_checkpoint, train_model
 
 DATA_DIR = "demo_data"
 MARKER = ".demo-data.json"
@@ -290,9 +289,9 @@ def run_demo(
     config_path: Path, *, console: Console, dry_run: bool = True, settings: DemoSettings | None = None
 ) -> DemoResult:
     """Everything `bundler demo` does; returns where things are and the figures it printed."""
-    from .dataset import build_dataset
-    from .dryrun import dry_run as run_dry_run
-    from .render import render_notebook
+    from bundler.build.dataset_folder import build_dataset
+    from bundler.dryrun.command import dry_run as run_dry_run
+    from bundler.notebook.render import render_notebook
 
     began = time.perf_counter()
     settings = settings or DemoSettings()

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernel_src.models import ModelError, build_model, load_state_dict_into
-
-from .config import ModelEntry
-from .errors import WeightsError
-from .fingerprint import sha256_file
+from bundler.build.fingerprint import sha256_file
+from bundler.config import ModelEntry
+from bundler.errors import WeightsError
+from kernel_src.errors import ModelError
+from kernel_src.models import build_model, load_state_dict_into
 
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
 WRAPPER_PREFIXES = ("model.", "module.", "net.", "_orig_mod.")

@@ -22,11 +22,11 @@ from packaging.tags import Tag
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
-from .baseline import Baseline, is_protected
-from .errors import WheelsError
-from .wheels_fetch import wheel_tags
-from .wheels_resolve import REQUESTED
-from .wheels_target import TargetEnv
+from bundler.build.wheels.baseline import Baseline, is_protected
+from bundler.build.wheels.fetch import wheel_tags
+from bundler.build.wheels.resolve import REQUESTED
+from bundler.build.wheels.target import TargetEnv
+from bundler.errors import WheelsError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 
-from .config import TargetConfig
-from .errors import WheelsError
+from bundler.config import TargetConfig
+from bundler.errors import WheelsError
 
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
 _LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}

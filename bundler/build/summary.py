@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .config import BundleConfig
-from .manifest import MANIFEST, METADATA
+from bundler.build.manifest import MANIFEST, METADATA
+from bundler.config import BundleConfig
 
 
 def human_size(n: int) -> str:

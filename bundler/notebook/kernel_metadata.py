@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import BundleConfig
-from .errors import MetadataError
+from bundler.config import BundleConfig
+from bundler.errors import MetadataError
 
 LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")

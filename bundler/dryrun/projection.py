@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import DryRunError
+from bundler.errors import DryRunError
 
 NO_CALIBRATION_NOTE = "none: figure is for this machine"
 

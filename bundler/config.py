@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,10 @@ from kernel_src.errors import SpecError
 from kernel_src.spec import CLS_KINDS, SEG_KINDS, InferenceSpec, ModelSpec
 
 DEFAULT_CONFIG = Path("bundle.toml")
+# The one home of these patterns (the wheels' target reads PYTHON_VERSION from here).
 SLUG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9-]*$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # bundle.name and each model's name (fullmatch)
+PYTHON_VERSION = re.compile(r"3\.\d+")  # target.python, e.g. "3.12" (fullmatch)
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,6 @@ class BundleConfig:
     inference: InferenceSpec
     dryrun: DryRunConfig
 
-    def with_budget(self, seconds: float) -> BundleConfig:
-        return replace(self, inference=replace(self.inference, time_budget_s=seconds))
-
 
 def _section(raw: Mapping[str, Any], name: str, known: set[str]) -> dict[str, Any]:
     value = raw.get(name, {})
@@ -155,7 +155,7 @@ def _models(raw: Mapping[str, Any], root: Path) -> tuple[ModelEntry, ...]:
             if "file" in data:
                 raise ConfigError(f"bundle.toml: {key}.file is set by the build; give checkpoint instead")
             name = str(data.get("name", ""))
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            if not NAME.fullmatch(name):
                 raise ConfigError(
                     f"bundle.toml: {key}.name = {name!r}: give each model a name of letters, digits, '_', '.', '-'"
                 )
@@ -199,7 +199,7 @@ def parse_config(raw: Mapping[str, Any], root: Path) -> BundleConfig:
 
     bundle = _section(raw, "bundle", {"name"})
     name = str(bundle.get("name", ""))
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+    if not NAME.fullmatch(name):
         raise ConfigError(
             f"bundle.toml: bundle.name = {name!r}: a short name of letters, digits, '_', '.', '-' is required"
         )
@@ -236,7 +236,7 @@ def parse_config(raw: Mapping[str, Any], root: Path) -> BundleConfig:
         find_links=tuple(_path(root, p) for p in tg.get("find_links", ())),
         no_index=bool(tg.get("no_index", False)),
     )
-    if not re.fullmatch(r"3\.\d+", target.python):
+    if not PYTHON_VERSION.fullmatch(target.python):
         raise ConfigError(f"bundle.toml: target.python = {target.python!r} must look like '3.12'")
 
     kn = _section(raw, "kernel", _fields(KernelConfig))

@@ -22,7 +22,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,11 +71,17 @@ def set_offline_env() -> None:
         os.environ[key] = value
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path, advance: Callable[[int], None] | None = None, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in blocks; `advance(n)` is told each block's size (a progress bar).
+
+    The one file hash of the project: the build, the notebook and the dry-run all use this one.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
+            if advance is not None:
+                advance(len(block))
     return digest.hexdigest()
 
 

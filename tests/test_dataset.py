@@ -15,10 +15,10 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from bundler.build.dataset_folder import BuildResult, build_dataset
-from bundler.build.fingerprint import sha256_file
 from bundler.build.manifest import bundle_hash
 from bundler.config import BundleConfig, load_config
 from bundler.errors import BuildError, CredentialError, WeightsError
+from kernel_src.bundle import sha256_file
 from kernel_src.models import build_model
 from kernel_src.spec import ModelSpec
 

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from bundler.build.dataset_folder import model_keys
-from bundler.build.fingerprint import sha256_file
 from bundler.build.weights import convert, extract_state_dict, fit_to_model
 from bundler.config import ModelEntry
 from bundler.errors import WeightsError
+from kernel_src.bundle import sha256_file
 from kernel_src.models import build_model, load_state_dict_into
 from kernel_src.spec import ModelSpec
 

@@ -18,23 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from bundler import __version__
-from bundler.build.wheels.baseline import BASELINES_DIR
+from bundler.build.wheels.baseline import baseline_path
 from bundler.config import BundleConfig
+from kernel_src.bundle import sha256_file
 
 BUILD_FORMAT = 1  # bump when the build writes other bytes from the same inputs
 LIBRARIES = ("torch", "timm", "segmentation-models-pytorch", "safetensors")
-_BLOCK = 1 << 20
-
-
-def sha256_file(path: Path, advance: Callable[[int], None] | None = None) -> str:
-    """Hex sha256 of a file, read in blocks; `advance(n)` is told each block's size."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-            if advance is not None:
-                advance(len(block))
-    return digest.hexdigest()
 
 
 def sha256_text(text: str) -> str:
@@ -84,15 +73,6 @@ class HashCache:
         self._dirty = False
 
 
-def baseline_file(cfg: BundleConfig) -> Path | None:
-    """The baseline's `pip freeze --all` file, resolved as `bundler.build.wheels.baseline.load_baseline` does:
-    a name shipped under `bundler/build/wheels/baselines/`, else a path."""
-    spec = cfg.target.baseline
-    shipped = BASELINES_DIR / f"{spec}.txt"
-    path = shipped if shipped.is_file() and "/" not in spec else Path(spec).expanduser()
-    return path if path.is_file() else None
-
-
 def _wheelhouse(folder: Path) -> list[list[Any]]:
     """Names, sizes and mtimes of a find_links folder: a changed wheelhouse means a new resolution."""
     if not folder.is_dir():
@@ -118,7 +98,7 @@ def _library_versions() -> dict[str, str]:
 def input_fingerprint(cfg: BundleConfig, checkpoint_sha256: list[str]) -> str:
     """sha256 of every input that shapes the dataset folder (one checkpoint hash per model, in order)."""
     target = cfg.target
-    baseline = baseline_file(cfg)
+    baseline = baseline_path(target.baseline)
     data = {
         "build_format": BUILD_FORMAT,
         "bundler": __version__,
@@ -134,7 +114,7 @@ def input_fingerprint(cfg: BundleConfig, checkpoint_sha256: list[str]) -> str:
             "python": target.python,
             "platforms": list(target.platforms),
             "baseline": target.baseline,
-            "baseline_sha256": sha256_file(baseline) if baseline else None,
+            "baseline_sha256": sha256_file(baseline) if baseline.is_file() else None,
             "requirements": list(target.requirements),
             "no_index": target.no_index,
             "find_links": [[str(p), _wheelhouse(p)] for p in target.find_links],

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from bundler.build.manifest import MANIFEST, METADATA
 from bundler.config import BundleConfig
+from bundler.display import shown_path
 
 
 def human_size(n: int) -> str:
@@ -61,11 +62,7 @@ def files_table(folder: Path, manifest: Mapping[str, Any]) -> tuple[Table, int]:
 
 
 def _shown_path(path: Path) -> str:
-    try:
-        shown = str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        shown = str(path)
-    return shlex.quote(shown)
+    return shlex.quote(shown_path(path))
 
 
 def upload_commands(cfg: BundleConfig, folder: Path, manifest: Mapping[str, Any]) -> tuple[str, str]:

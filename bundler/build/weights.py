@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bundler.build.fingerprint import sha256_file
 from bundler.config import ModelEntry
 from bundler.errors import WeightsError
+from kernel_src.bundle import sha256_file
 from kernel_src.errors import ModelError
 from kernel_src.models import build_model, load_state_dict_into
 

@@ -32,6 +32,7 @@ from rich.table import Table
 from bundler.config import BundleConfig, ModelEntry, load_config
 from bundler.demo.synthetic import make_dataset, read_labels
 from bundler.demo.train import Size, SplitData, Task, TrainSettings, load_split, save_checkpoint, train_model
+from bundler.display import shown_path
 from bundler.dryrun.metric import dice_score
 from bundler.errors import DemoError
 from kernel_src.models import build_model
@@ -333,23 +334,16 @@ def run_demo(
     return result
 
 
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
-    except ValueError:
-        return str(path)
-
-
 def print_summary(cfg: BundleConfig, result: DemoResult, console: Console) -> None:
     """The closing note: where things are, score against the all-empty baseline, time, next steps."""
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("dataset folder", _shown(result.dataset_dir))
-    table.add_row("notebook", _shown(result.notebook))
-    table.add_row("kernel metadata", _shown(result.metadata))
+    table.add_row("dataset folder", shown_path(result.dataset_dir))
+    table.add_row("notebook", shown_path(result.notebook))
+    table.add_row("kernel metadata", shown_path(result.metadata))
     if result.report is not None:
-        table.add_row("dry-run report", _shown(result.report))
+        table.add_row("dry-run report", shown_path(result.report))
     if result.score is not None:
         verdict = "[green]beats[/]" if result.score > result.empty_score else "[red]does not beat[/]"
         table.add_row(
@@ -373,8 +367,8 @@ def print_summary(cfg: BundleConfig, result: DemoResult, console: Console) -> No
     table.add_row("demo time", f"{result.seconds:,.0f} s")
     console.rule("[bold]demo done")
     console.print(table)
-    ds = _shown(result.dataset_dir)
-    kernel_dir = _shown(result.metadata.parent)
+    ds = shown_path(result.dataset_dir)
+    kernel_dir = shown_path(result.metadata.parent)
     console.print("\n[bold]Next, on a machine with your Kaggle credentials[/] (edit dataset.id and kernel.id first):")
     console.print(
         f"  kaggle datasets create -p {ds}        [dim]# first time; later: kaggle datasets version -p {ds} -m MSG[/]"

@@ -39,6 +39,7 @@ from rich.console import Console
 import kernel_src
 from bundler import __version__
 from bundler.config import BundleConfig
+from bundler.display import shown_path
 from bundler.errors import RenderError
 from bundler.notebook.kernel_metadata import read_existing, title_warning, write_metadata
 from kernel_src.bundle import MANIFEST, kernel_src_hash
@@ -353,14 +354,6 @@ def with_parameters(nb: NotebookNode, overrides: Mapping[str, Any]) -> NotebookN
     return out
 
 
-def _shown(path: Path) -> str:
-    """`path` relative to the current folder when it is inside it, else absolute."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd())) or "."
-    except ValueError:
-        return str(path)
-
-
 def render_notebook(cfg: BundleConfig, *, console: Console) -> RenderResult:
     """Write the notebook (`kernel.notebook`) and kernel-metadata.json (`kernel.metadata`)."""
     manifest = read_manifest(cfg)
@@ -369,11 +362,11 @@ def render_notebook(cfg: BundleConfig, *, console: Console) -> RenderResult:
     write_notebook(nb, cfg.kernel.notebook)
     write_metadata(cfg)
     src_hash = str(nb.metadata["bundler"]["kernel_src_hash"])
-    folder = _shown(cfg.kernel.metadata.parent)
+    folder = shown_path(cfg.kernel.metadata.parent)
     push = f"kaggle kernels push -p {folder}"
-    console.print(f"[green]notebook[/] {_shown(cfg.kernel.notebook)} ({len(nb.cells)} cells)")
+    console.print(f"[green]notebook[/] {shown_path(cfg.kernel.notebook)} ({len(nb.cells)} cells)")
     console.print(f"  bundle {cfg.name} {str(manifest['hash'])[:12]}, kernel_src {src_hash[:12]}")
-    console.print(f"[green]metadata[/] {_shown(cfg.kernel.metadata)} (kernel {cfg.kernel.id})")
+    console.print(f"[green]metadata[/] {shown_path(cfg.kernel.metadata)} (kernel {cfg.kernel.id})")
     warning = title_warning(read_existing(cfg.kernel.metadata))
     if warning:
         console.print(f"[yellow]warning:[/] {warning}")

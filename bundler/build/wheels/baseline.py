@@ -115,10 +115,19 @@ def parse_freeze(text: str, source: str) -> dict[NormalizedName, Pin]:
     return pins
 
 
+def baseline_path(spec: str) -> Path:
+    """The freeze file `target.baseline` names: a shipped baseline's file, else `spec` as a path.
+
+    The one lookup (the build's fingerprint hashes this file too); the file may not exist.
+    """
+    shipped = BASELINES_DIR / f"{spec}.txt"
+    return shipped if shipped.is_file() and "/" not in spec else Path(spec).expanduser()
+
+
 def load_baseline(spec: str) -> Baseline:
     """A shipped baseline by name (e.g. 'kaggle-2026-08'), or the path of a freeze file."""
     shipped = BASELINES_DIR / f"{spec}.txt"
-    path = shipped if shipped.is_file() and "/" not in spec else Path(spec).expanduser()
+    path = baseline_path(spec)
     name = spec if path == shipped else path.stem
     try:
         text = path.read_text(encoding="utf-8")

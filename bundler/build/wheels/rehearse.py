@@ -30,7 +30,6 @@ from bundler.sandbox import isolated_argv, probe
 
 SKIP_ENV = "BUNDLER_SKIP_REHEARSAL"
 PYTHON_ENV = "BUNDLER_TARGET_PYTHON"
-_MISSING = re.compile(r"^(\S+) (\S+) requires (.+), which is not installed\.$")
 _CONFLICT = re.compile(r"^(\S+) (\S+) has requirement (.+), but you have (\S+) (\S+)\.$")
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 
-from bundler.config import TargetConfig
+from bundler.config import PYTHON_VERSION, TargetConfig
 from bundler.errors import WheelsError
 
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
@@ -75,7 +75,7 @@ def _widen(glibc: tuple[int, int], arch: str) -> list[str]:
 
 
 def target_env(target: TargetConfig) -> TargetEnv:
-    if not re.fullmatch(r"3\.\d+", target.python):
+    if not PYTHON_VERSION.fullmatch(target.python):
         raise WheelsError(f"target.python = {target.python!r} must look like '3.12'")
     if not target.platforms:
         raise WheelsError("target.platforms is empty; list the image's, e.g. ['manylinux_2_35_x86_64']")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import time
@@ -30,6 +29,7 @@ from bundler.build.wheels.rehearse import rehearse_install
 from bundler.build.wheels.resolve import REQUESTED, Resolved, parse_requirements, resolve
 from bundler.build.wheels.target import TargetEnv, target_env
 from bundler.config import TargetConfig
+from kernel_src.bundle import sha256_file
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,6 @@ class WheelPlan:
     wheels: tuple[VendoredWheel, ...]
     from_baseline: tuple[tuple[str, str], ...]  # (name, version) of closure members the image already has
     warnings: tuple[str, ...]  # e.g. "requirement X would force torch 2.x; the image has 2.10.0"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _split(resolved: list[Resolved], baseline: Baseline) -> tuple[list[Resolved], list[str]]:
@@ -96,7 +88,7 @@ def _reason(name: str, report: ClosureReport, resolved: Resolved, baseline: Base
 
 def _copy_into(src: Path, dest: Path, sha256: str) -> None:
     target = dest / src.name
-    if target.is_file() and target.stat().st_size == src.stat().st_size and sha256_of(target) == sha256:
+    if target.is_file() and target.stat().st_size == src.stat().st_size and sha256_file(target) == sha256:
         return
     partial = dest / f".{src.name}.partial"
     shutil.copyfile(src, partial)
@@ -167,7 +159,7 @@ def vendor_wheels(target: TargetConfig, dest: Path, *, cache_dir: Path, console:
         by_key = {canonicalize_name(r.name): r for r in vendor}
         wheels: list[VendoredWheel] = []
         for info in infos:
-            digest = sha256_of(info.path)
+            digest = sha256_file(info.path)
             _copy_into(info.path, dest, digest)
             wheels.append(
                 VendoredWheel(

@@ -31,6 +31,10 @@ class WheelsError(BuildError):
     """The wheel closure cannot be resolved, downloaded, built or installed offline."""
 
 
+class ManifestError(BundlerError):
+    """A built bundle's `bundle.json` is missing, unreadable, malformed, or of another bundle."""
+
+
 class RenderError(BundlerError):
     """The notebook or kernel-metadata.json cannot be written."""
 

@@ -181,7 +181,7 @@ def test_a_module_without_final_newline_is_refused(tmp_path: Path) -> None:
 
 def test_render_requires_the_built_bundle(tmp_path: Path) -> None:
     cfg = demo_cfg(tmp_path, manifest=False)
-    with pytest.raises(RenderError, match=r"bundle\.json not found: build the bundle first with `bundler build`"):
+    with pytest.raises(RenderError, match=r"bundle\.json not found: the bundle was never built; run `bundler build`"):
         render_notebook(cfg, console=quiet())
     assert not cfg.kernel.notebook.exists()
 

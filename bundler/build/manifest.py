@@ -1,5 +1,13 @@
 """`bundle.json` (the manifest the notebook checks) and `dataset-metadata.json` (for the Kaggle CLI).
 
+The one writer and the one reader of `bundle.json` on bundler's side (the notebook's own reader
+is `kernel_src.bundle.read_manifest`, which needs only "bundle" to find the folder).
+`read_manifest(folder, bundle)` is strict and raises `ManifestError` naming the file and the fix
+(`bundler build`) unless the file is JSON of format `FORMAT` naming `bundle`, with a 64-hex
+"hash" and "wheels"/"weights" lists whose records each carry a flat "file", a 64-hex "sha256"
+and a byte "size". Render and dry-run call it; the build's no-op check calls it too and treats
+any error as "rebuild".
+
 The bundle's `hash` is the sha256 of the sorted lines `<file> <sha256>` of every wheel and weight,
 each line ended by a newline (the layout of `sha256sum` output with one space).
 """
@@ -7,6 +15,7 @@ each line ended by a newline (the layout of `sha256sum` output with one space).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,10 +23,13 @@ from typing import Any
 from bundler import __version__
 from bundler.build.fingerprint import sha256_text
 from bundler.config import BundleConfig, DatasetConfig
+from bundler.errors import ManifestError
 from kernel_src.bundle import MANIFEST as MANIFEST  # the one definition of the file name
 
 METADATA = "dataset-metadata.json"
 FORMAT = 1
+REBUILD = "rebuild it with `bundler build`"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def bundle_hash(files: Iterable[tuple[str, str]]) -> str:
@@ -66,23 +78,54 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     path.write_text(json_text(data), encoding="utf-8")
 
 
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The folder's manifest, or None when it has none or an unreadable one."""
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, Mapping):
+        return "is not an object"
+    name = record.get("file")
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+        return 'has no flat "file" name'
+    if not isinstance(record.get("sha256"), str) or not _SHA256.fullmatch(record["sha256"]):
+        return f'({name}) has no 64-hex "sha256"'
+    size = record.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f'({name}) has no byte "size"'
+    return None
+
+
+def read_manifest(folder: Path, bundle: str) -> dict[str, Any]:
+    """The manifest of the bundle folder `folder`, which must be bundle `bundle`; see the module doc."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ManifestError(f"{path} not found: the bundle was never built; run `bundler build` first")
     try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ManifestError(f"{path}: cannot be read ({e}); {REBUILD}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("hash"), str) or not _SHA256.fullmatch(data["hash"]):
+        raise ManifestError(f'{path}: not a bundler manifest (no 64-hex "hash"); {REBUILD}')
+    if data.get("format") != FORMAT:
+        raise ManifestError(
+            f"{path}: manifest format {data.get('format')!r}, this bundler reads format {FORMAT}; {REBUILD}"
+        )
+    if data.get("bundle") != bundle:
+        raise ManifestError(
+            f"{path} is bundle {data.get('bundle')!r}, but bundle.toml names {bundle!r}; "
+            "rebuild with `bundler build` after changing bundle.name"
+        )
+    for section in ("wheels", "weights"):
+        items = data.get(section)
+        if not isinstance(items, list):
+            raise ManifestError(f'{path}: "{section}" is not a list; {REBUILD}')
+        for i, record in enumerate(items):
+            problem = _record_problem(record)
+            if problem:
+                raise ManifestError(f"{path}: {section}[{i}] {problem}; {REBUILD}")
+    return data
 
 
 def manifest_files(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The wheel and weight records of a manifest."""
-    records: list[Mapping[str, Any]] = []
-    for section in ("wheels", "weights"):
-        items = manifest.get(section, [])
-        if isinstance(items, list):
-            records.extend(r for r in items if isinstance(r, Mapping))
-    return records
+    """The wheel and weight records of a manifest that `read_manifest` returned."""
+    return [*manifest["wheels"], *manifest["weights"]]
 
 
 def up_to_date(folder: Path, cfg: BundleConfig, inputs: str) -> dict[str, Any] | None:
@@ -91,8 +134,11 @@ def up_to_date(folder: Path, cfg: BundleConfig, inputs: str) -> dict[str, Any] |
     Intact: every recorded wheel and weight is there with its recorded size, the metadata file says
     what the config says, and there is nothing else in the folder (no strays, no sub-folders).
     """
-    manifest = read_manifest(folder)
-    if manifest is None or manifest.get("inputs") != inputs:
+    try:
+        manifest = read_manifest(folder, cfg.name)
+    except ManifestError:
+        return None  # none, damaged or another bundle's: rebuild
+    if manifest.get("inputs") != inputs:
         return None
     try:
         metadata = (folder / METADATA).read_text(encoding="utf-8")
@@ -102,9 +148,9 @@ def up_to_date(folder: Path, cfg: BundleConfig, inputs: str) -> dict[str, Any] |
         return None
     expected = {MANIFEST, METADATA}
     for record in manifest_files(manifest):
-        name = str(record.get("file", ""))
+        name = str(record["file"])
         path = folder / name
-        if not name or "/" in name or not path.is_file() or path.stat().st_size != record.get("size"):
+        if not path.is_file() or path.stat().st_size != record["size"]:
             return None
         expected.add(name)
     present = {p.name for p in folder.iterdir()}

@@ -22,9 +22,9 @@ from nbformat import NotebookNode
 
 from bundler.config import BundleConfig
 from bundler.dryrun.tree import image_files
-from bundler.errors import DryRunError, RenderError
+from bundler.errors import DryRunError, ManifestError, RenderError
 from kernel_src import rle
-from kernel_src.bundle import MANIFEST, kernel_src_hash
+from kernel_src.bundle import kernel_src_hash
 from kernel_src.submission import SampleSubmission, read_csv_strings, read_sample_submission
 
 RENDER = "run `bundler render-notebook`"
@@ -44,14 +44,11 @@ class Inputs:
 
 
 def _manifest(cfg: BundleConfig) -> dict[str, Any]:
-    from bundler.notebook.render import read_manifest
+    from bundler.build.manifest import read_manifest
 
-    path = cfg.dataset.out / MANIFEST
-    if not path.is_file():
-        raise DryRunError(f"{path} not found: the bundle was never built; run `bundler build` first")
     try:
-        return read_manifest(cfg)
-    except RenderError as e:
+        return read_manifest(cfg.dataset.out, cfg.name)
+    except ManifestError as e:
         raise DryRunError(str(e)) from None
 
 

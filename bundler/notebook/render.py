@@ -24,7 +24,6 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,9 +37,10 @@ from rich.console import Console
 
 import kernel_src
 from bundler import __version__
+from bundler.build.manifest import read_manifest
 from bundler.config import BundleConfig
 from bundler.display import shown_path
-from bundler.errors import RenderError
+from bundler.errors import ManifestError, RenderError
 from bundler.notebook.kernel_metadata import read_existing, title_warning, write_metadata
 from kernel_src.bundle import MANIFEST, kernel_src_hash
 
@@ -86,25 +86,12 @@ def _module_source(path: Path) -> str:
     return text
 
 
-def read_manifest(cfg: BundleConfig) -> dict[str, Any]:
-    """The built bundle's manifest; its absence means `bundler build` has not run."""
-    path = cfg.dataset.out / MANIFEST
-    if not path.is_file():
-        raise RenderError(
-            f"{path} not found: build the bundle first with `bundler build` (the notebook verifies that bundle)"
-        )
+def built_manifest(cfg: BundleConfig) -> dict[str, Any]:
+    """The built bundle's manifest (`bundler.build.manifest.read_manifest`): the notebook verifies that bundle."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise RenderError(f"{path}: cannot be read ({e}); rebuild it with `bundler build`") from None
-    if not isinstance(manifest, dict) or not manifest.get("hash"):
-        raise RenderError(f'{path}: not a bundler manifest (no "hash"); rebuild it with `bundler build`')
-    if manifest.get("bundle") != cfg.name:
-        raise RenderError(
-            f"{path} is bundle {manifest.get('bundle')!r}, but bundle.toml names {cfg.name!r}; "
-            "rebuild with `bundler build` after changing bundle.name"
-        )
-    return manifest
+        return read_manifest(cfg.dataset.out, cfg.name)
+    except ManifestError as e:
+        raise RenderError(str(e)) from None
 
 
 def _inference(cfg: BundleConfig, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,7 +343,7 @@ def with_parameters(nb: NotebookNode, overrides: Mapping[str, Any]) -> NotebookN
 
 def render_notebook(cfg: BundleConfig, *, console: Console) -> RenderResult:
     """Write the notebook (`kernel.notebook`) and kernel-metadata.json (`kernel.metadata`)."""
-    manifest = read_manifest(cfg)
+    manifest = built_manifest(cfg)
     src_dir = kernel_src_dir()
     nb = build_notebook(cfg, manifest, src_dir)
     write_notebook(nb, cfg.kernel.notebook)

@@ -1,9 +1,21 @@
 """The budget guard: after every batch, project the finish and step down before the budget breaks.
 
-Projection: `elapsed + remaining_images * per_image_cost`, where the per-image cost is the wall
-time of the last few batches (since the last step down) divided by their images. When the
-projection is over `budget_s`, steps are taken in this order until it fits, each one estimated
-from the measured per-image seconds of the segmentation model it touches:
+Projection: `elapsed + remaining_images * (classifiers + segmenters + rest)`, each part a cost
+per image: the classifiers' stage seconds, each segmentation model's stage seconds, and the rest
+of the batch's wall time (waiting for images, preprocessing, merging, post-processing, RLE,
+writing). Each part is the MEDIAN of its per-image cost over a window of the last `window` (>= 3)
+batches, so one slow batch (a garbage collection, a noisy neighbour) moves no estimate. The guard
+never acts on one batch:
+
+- the first batch is left out (warm-up: allocator, oneDNN kernels, cudnn autotuning), and so is
+  the first batch after every step (new batch shapes are autotuned again); the window restarts
+  after a step, since the batches before it ran with more views or models;
+- it decides only once the window is full; before that it takes no step, with one exception
+  that needs no estimate: a budget already spent (`elapsed >= budget_s`), where any projection
+  is over (every step is taken and the rest is left empty at once).
+
+When the projection is over `budget_s`, steps are taken in this order until it fits, each saving
+only the measured cost of the segmentation model it touches (the classifiers and the rest stay):
 
 1. `drop_tta`: one model at a time (lowest weight first), its views cut to identity alone
    (or to its first view when identity is not among them) - saves (V-1)/V of its cost;
@@ -17,6 +29,7 @@ Each step is recorded (`GuardStep`) for `profile.json`. The clock is injectable 
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +39,7 @@ from typing import Any
 from .spec import ModelSpec
 
 ACTIONS = ("drop_tta", "drop_model", "empty_rest")
+MIN_WINDOW = 3  # the fewest batches a projection is made from
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,39 @@ def _reduced(views: tuple[str, ...]) -> tuple[str, ...]:
     return ("identity",) if "identity" in views else views[:1]
 
 
+@dataclass
+class _Batch:
+    """One batch's seconds, split: classifiers, each segmentation model, and the rest of its wall time."""
+
+    images: int
+    classifier_s: float
+    model_s: dict[str, float]
+    rest_s: float
+
+
+@dataclass
+class _Cost:
+    """Seconds per image, split as `_Batch` is; `total` is what one more image costs."""
+
+    classifiers: float
+    models: dict[str, float]
+    rest: float
+
+    @property
+    def total(self) -> float:
+        return self.classifiers + sum(self.models.values()) + self.rest
+
+    @classmethod
+    def median(cls, batches: Sequence[_Batch]) -> _Cost:
+        """Each part's median per-image cost over `batches` (a model absent from a batch cost 0 there)."""
+        names = sorted({name for b in batches for name in b.model_s})
+        return cls(
+            classifiers=statistics.median(b.classifier_s / b.images for b in batches),
+            models={n: statistics.median(b.model_s.get(n, 0.0) / b.images for b in batches) for n in names},
+            rest=statistics.median(b.rest_s / b.images for b in batches),
+        )
+
+
 class BudgetGuard:
     """Watches the time budget of a run over `total_images` images (see the module docstring)."""
 
@@ -71,8 +118,10 @@ class BudgetGuard:
         *,
         segmenters: Sequence[ModelSpec] = (),
         clock: Callable[[], float] = time.time,
-        window: int = 3,
+        window: int = MIN_WINDOW,
     ) -> None:
+        if window < MIN_WINDOW:
+            raise ValueError(f"the guard's window is {window} batches; it must be at least {MIN_WINDOW}")
         self.budget_s = budget_s
         self.started_at = started_at
         self.total_images = total_images
@@ -80,7 +129,9 @@ class BudgetGuard:
         self.steps: list[GuardStep] = []
         self.empty_rest = False
         self._active = {m.name: _Active(m.name, m.weight, m.tta, i) for i, m in enumerate(segmenters)}
-        self._window: deque[tuple[int, float, dict[str, float]]] = deque(maxlen=max(1, window))
+        self._window: deque[_Batch] = deque(maxlen=window)
+        self._latest: _Batch | None = None  # the last batch, even one left out of the window
+        self._warming = True  # the next batch is a warm-up one: left out of the window
         self._last: float | None = None
 
     def views(self, name: str) -> tuple[str, ...]:
@@ -93,8 +144,11 @@ class BudgetGuard:
         return [m.name for m in sorted(self._active.values(), key=lambda m: m.order)]
 
     def forget(self, name: str) -> None:
-        """A model dropped for another reason (it failed): no longer a candidate."""
+        """A model dropped for another reason (it failed): no longer a candidate, and its measured
+        seconds leave the estimate (they will not recur)."""
         self._active.pop(name, None)
+        for batch in (*self._window, *([self._latest] if self._latest else [])):
+            batch.model_s.pop(name, None)
 
     def start(self) -> None:
         """Call as the first batch starts: its wall time is measured from here."""
@@ -109,53 +163,58 @@ class BudgetGuard:
             return "drop_model", by_priority[0]
         return None
 
-    def after_batch(self, images_done: int, batch_images: int, model_s: Mapping[str, float]) -> list[GuardStep]:
-        """Record a finished batch (`model_s`: seconds each segmentation model spent on it) and
-        return the steps taken now (already applied to `views`/`active`/`empty_rest`)."""
+    def after_batch(
+        self, images_done: int, batch_images: int, model_s: Mapping[str, float], classifier_s: float = 0.0
+    ) -> list[GuardStep]:
+        """Record a finished batch (`model_s`: seconds each segmentation model spent on it;
+        `classifier_s`: seconds all classifiers spent on it) and return the steps taken now
+        (already applied to `views`/`active`/`empty_rest`)."""
         now = self.clock()
         wall = now - (self._last if self._last is not None else now)
         self._last = now
         if batch_images > 0:
-            self._window.append((batch_images, wall, dict(model_s)))
+            rest = max(wall - classifier_s - sum(model_s.values()), 0.0)
+            self._latest = _Batch(batch_images, classifier_s, dict(model_s), rest)
+            if self._warming:
+                self._warming = False
+            else:
+                self._window.append(self._latest)
         remaining = self.total_images - images_done
-        if self.empty_rest or remaining <= 0 or not self._window:
-            return []
-        images = sum(n for n, _, _ in self._window)
-        cost = sum(w for _, w, _ in self._window) / images
-        per_model: dict[str, float] = {}
-        for _, _, seconds in self._window:
-            for name, s in seconds.items():
-                per_model[name] = per_model.get(name, 0.0) + s / images
         elapsed = now - self.started_at
+        if self.empty_rest or remaining <= 0:
+            return []
+        if len(self._window) == self._window.maxlen:
+            cost = _Cost.median(self._window)
+        elif elapsed >= self.budget_s and self._latest is not None:  # spent: no estimate needed
+            cost = _Cost.median([self._latest])
+        else:
+            return []
         taken: list[GuardStep] = []
 
-        def record(action: str, detail: str, model: str | None = None, views: tuple[str, ...] = ()) -> None:
-            projected = elapsed + remaining * cost
-            taken.append(GuardStep(images_done, elapsed, projected, action, detail, model, views))
-
-        while elapsed + remaining * cost > self.budget_s:
+        while (projected := elapsed + remaining * cost.total) > self.budget_s:
             step = self._next_step()
             if step is None:
                 break
             action, m = step
-            model_cost = min(per_model.get(m.name, 0.0), cost)
             if action == "drop_tta":
                 old = m.views
                 m.views = _reduced(old)
-                saving = model_cost * (1 - len(m.views) / len(old))
-                per_model[m.name] = model_cost - saving
-                record(action, f"{m.name}: TTA {list(old)} -> {list(m.views)}", m.name, m.views)
+                cost.models[m.name] = cost.models.get(m.name, 0.0) * len(m.views) / len(old)
+                detail = f"{m.name}: TTA {list(old)} -> {list(m.views)}"
             else:
                 del self._active[m.name]
-                saving = model_cost
-                record(action, f"{m.name} (weight {m.weight:g}) dropped; {len(self._active)} left", m.name)
-            cost = max(cost - saving, 0.0)
+                cost.models.pop(m.name, None)
+                detail = f"{m.name} (weight {m.weight:g}) dropped; {len(self._active)} left"
+            views = m.views if action == "drop_tta" else ()
+            taken.append(GuardStep(images_done, elapsed, projected, action, detail, m.name, views))
 
-        if elapsed + remaining * cost > self.budget_s and elapsed + batch_images * cost > self.budget_s:
+        if projected > self.budget_s and elapsed + batch_images * cost.total > self.budget_s:
             self.empty_rest = True
-            record("empty_rest", f"no time left: the {remaining} remaining images get empty masks")
+            detail = f"no time left: the {remaining} remaining images get empty masks"
+            taken.append(GuardStep(images_done, elapsed, projected, "empty_rest", detail))
         if taken:
             self._window.clear()
+            self._warming = True
             self.steps.extend(taken)
         return taken
 

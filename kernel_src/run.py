@@ -195,7 +195,9 @@ class _Engine:
             name: after.get(f"segmenter:{name}", 0.0) - before.get(f"segmenter:{name}", 0.0)
             for name in self.guard.active
         }
-        for step in self.guard.after_batch(self.done, len(batch), model_s):
+        # The classifiers' seconds: a part of the guard's projection that no step down saves.
+        classifier_s = sum(s - before.get(k, 0.0) for k, s in after.items() if k.startswith("classifier:"))
+        for step in self.guard.after_batch(self.done, len(batch), model_s, classifier_s):
             if step.action == "drop_tta" and step.model is not None:
                 self.predictor.set_views(step.model, step.views)
             elif step.action == "drop_model" and step.model is not None:

@@ -8,6 +8,12 @@ Layouts, told apart by the header of `sample_submission.csv` (columns in any ord
   data). The sample's ClassId and EncodedPixels values are placeholders (Kaggle lists each test
   image once with `1 1` and class 0), so only its ImageIds and column order are used.
 
+The one reader of submissions and labels files (`read_mask_rows`, `read_masks`; the dry-run's
+inputs, metric and report and the demo use it): a class is a decimal integer string in 1..C
+(`class_number`), in a wide key's `_<class>` suffix as in a long ClassId column; anything else
+is a SubmissionFormatError naming the file, the line and the value. Labels are the long
+train.csv form only.
+
 What `SubmissionWriter` writes, byte-deterministically (csv module, `\\n` line endings, empty
 strings for no defect, never NaN):
 
@@ -29,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 import pandas as pd
 
@@ -69,15 +75,28 @@ def detect_layout(columns: Sequence[str], source: str) -> str:
     raise SubmissionFormatError(f"{source}: unknown header {list(columns)}; expected {_ACCEPTED}")
 
 
-def split_wide_key(key: str, num_classes: int, source: str) -> tuple[str, int]:
-    """`abc.jpg_3` -> ("abc.jpg", 3); SubmissionFormatError unless the key ends `_<1..C>`."""
+def class_number(text: str, num_classes: int) -> int | None:
+    """The one ClassId rule: a decimal integer string ("1", "2", ...) in 1..num_classes; else None.
+
+    "1.0", " 1", "0", "+1", "" and any class above `num_classes` are refused, in a wide key's
+    `_<class>` suffix as in a long file's ClassId column.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if 1 <= value <= num_classes else None
+
+
+def _split_wide_key(key: str, num_classes: int, where: str) -> tuple[str, int]:
+    """`abc.jpg_3` -> ("abc.jpg", 3); SubmissionFormatError naming `where` unless the key ends `_<1..C>`."""
     image_id, sep, suffix = key.rpartition("_")
-    if not sep or not image_id or not suffix.isdigit() or not 1 <= int(suffix) <= num_classes:
+    class_id = class_number(suffix, num_classes) if sep and image_id else None
+    if class_id is None:
         raise SubmissionFormatError(
-            f"{source}: ImageId_ClassId key {key!r} does not end with _<class> for a class in 1..{num_classes}; "
-            f"expected keys like 'abc.jpg_1' in the wide layout ({_ACCEPTED})"
+            f"{where}: ImageId_ClassId key {key!r} does not end with _<class> for a class in 1..{num_classes}; "
+            f"write keys like 'abc.jpg_1' with a plain class number (not '_1.0'), and check num_classes"
         )
-    return image_id, int(suffix)
+    return image_id, class_id
 
 
 def read_csv_strings(path: Path) -> pd.DataFrame:
@@ -85,22 +104,96 @@ def read_csv_strings(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
 
 
+def _read_frame(path: Path) -> pd.DataFrame:
+    try:
+        return read_csv_strings(path)
+    except pd.errors.EmptyDataError:
+        raise SubmissionFormatError(f"{path}: the file is empty (no header); expected {_ACCEPTED}") from None
+
+
+class MaskRow(NamedTuple):
+    """One row of a submission or labels file: its `line` in the CSV (the header is line 1)."""
+
+    line: int
+    image_id: str
+    class_id: int
+    rle: str
+
+
+def mask_rows(frame: pd.DataFrame, source: str, num_classes: int, *, labels: bool = False) -> list[MaskRow]:
+    """Every row of a submission (wide or long) or, with `labels`, of a long train.csv-form labels
+    frame, as MaskRows in file order. Cells must be strings (see `read_csv_strings`); row i of the
+    frame is line i + 2 of its CSV. Each ClassId follows `class_number`; a bad one, an empty
+    ImageId or a labels file in another layout is a SubmissionFormatError naming `source`, the
+    line and the value."""
+    columns = [str(c) for c in frame.columns]
+    if labels and sorted(c.strip() for c in columns) != sorted(LONG_COLUMNS):
+        raise SubmissionFormatError(
+            f"{source}: header {columns}; labels must be in the long train.csv form ImageId,ClassId,EncodedPixels"
+        )
+    layout = detect_layout(columns, source)
+    frame = frame.rename(columns=lambda c: str(c).strip())
+    rows: list[MaskRow] = []
+    if layout == "wide":
+        for line, (key, rle) in enumerate(zip(frame["ImageId_ClassId"], frame["EncodedPixels"], strict=True), 2):
+            image_id, class_id = _split_wide_key(str(key), num_classes, f"{source} line {line}")
+            rows.append(MaskRow(line, image_id, class_id, str(rle)))
+        return rows
+    for line, (image_id, value, rle) in enumerate(
+        zip(frame["ImageId"], frame["ClassId"], frame["EncodedPixels"], strict=True), 2
+    ):
+        if not str(image_id):
+            raise SubmissionFormatError(f"{source} line {line}: the ImageId is empty; give the image's file name")
+        number = class_number(str(value), num_classes)
+        if number is None:
+            raise SubmissionFormatError(
+                f"{source} line {line}: image {image_id!r} has ClassId {value!r}; expected an integer in "
+                f"1..{num_classes} written as plain digits ('3', not '3.0'); fix the file or num_classes"
+            )
+        rows.append(MaskRow(line, str(image_id), number, str(rle)))
+    return rows
+
+
+def read_mask_rows(path: Path, num_classes: int, *, labels: bool = False) -> list[MaskRow]:
+    """`mask_rows` of the CSV at `path`."""
+    return mask_rows(_read_frame(path), str(path), num_classes, labels=labels)
+
+
+def masks_by_image(rows: Sequence[MaskRow], num_classes: int, source: str) -> dict[str, list[str]]:
+    """{image id: one RLE per class, "" for none}, images in first-appearance order. Two non-empty
+    RLEs for one image x class are a SubmissionFormatError (which one is meant is unknowable)."""
+    masks: dict[str, list[str]] = {}
+    for row in rows:
+        rles = masks.setdefault(row.image_id, [""] * num_classes)
+        if not row.rle.strip():
+            continue
+        if rles[row.class_id - 1].strip():
+            raise SubmissionFormatError(
+                f"{source} line {row.line}: image {row.image_id!r} class {row.class_id} has two non-empty rows; "
+                "give one"
+            )
+        rles[row.class_id - 1] = row.rle
+    return masks
+
+
+def read_masks(path: Path, num_classes: int, *, labels: bool = False) -> dict[str, list[str]]:
+    """`masks_by_image` of the submission (or, with `labels`, the labels file) at `path`."""
+    return masks_by_image(read_mask_rows(path, num_classes, labels=labels), num_classes, str(path))
+
+
 def read_sample_submission(path: Path, num_classes: int) -> SampleSubmission:
     """Read `path`, detect its layout from the header, and list its images."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     source = str(path)
-    try:
-        frame = read_csv_strings(path)
-    except pd.errors.EmptyDataError:
-        raise SubmissionFormatError(f"{source}: the file is empty (no header); expected {_ACCEPTED}") from None
+    frame = _read_frame(path)
     columns = tuple(str(c) for c in frame.columns)
     layout = detect_layout(columns, source)
     frame.columns = pd.Index([c.strip() for c in columns])
     if layout == "wide":
         seen: dict[str, set[int]] = {}
-        for key in frame["ImageId_ClassId"].tolist():
-            image_id, class_id = split_wide_key(str(key), num_classes, source)
+        for line, key in enumerate(frame["ImageId_ClassId"].tolist(), 2):
+            image_id, class_id = _split_wide_key(str(key), num_classes, f"{source} line {line}")
             classes = seen.setdefault(image_id, set())
             if class_id in classes:
                 raise SubmissionFormatError(f"{source}: key {key!r} is listed twice; each image x class once")

@@ -123,6 +123,9 @@ def test_labels_in_the_wrong_form_or_with_bad_rles(cfg: BundleConfig, tmp_path: 
     broken.write_text(f"ImageId,ClassId,EncodedPixels\n{first_image},2,1 99999999\n")
     with pytest.raises(DryRunError, match=r"line 2.*past the mask"):
         check_inputs(_dryrun(cfg, labels=broken))
+    broken.write_text(f"ImageId,ClassId,EncodedPixels\n{first_image},1.0,1 9\n")
+    with pytest.raises(DryRunError, match=r"^labels .*broken\.csv line 2: image .* has ClassId '1\.0'; expected"):
+        check_inputs(_dryrun(cfg, labels=broken))
 
 
 def test_missing_labels_file_and_bad_calibration_profile(cfg: BundleConfig, tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from bundler.dryrun.report import load_mask_samples, overlay, read_rles, render_report, write_report
+from bundler.dryrun.report import load_mask_samples, overlay, render_report, write_report
 from kernel_src import rle
+from kernel_src.submission import read_masks
 
 H, W = 32, 96
 
@@ -61,12 +62,12 @@ def holdout(tmp_path: Path) -> tuple[Path, Path, Path]:
     return images, sub, labels
 
 
-def test_read_rles_reads_the_wide_submission(holdout: tuple[Path, Path, Path]) -> None:
+def test_the_report_reads_the_wide_submission_and_the_labels(holdout: tuple[Path, Path, Path]) -> None:
     _, sub, labels = holdout
-    rles = read_rles(sub, 4)
+    rles = read_masks(sub, 4)
     assert sorted(rles) == ["a.jpg", "b.jpg", "c.jpg"]
     assert rles["b.jpg"][1] and not rles["b.jpg"][0]
-    assert read_rles(labels, 4)["c.jpg"][2]
+    assert read_masks(labels, 4, labels=True)["c.jpg"][2]
 
 
 def test_samples_put_defects_first_and_carry_truth(holdout: tuple[Path, Path, Path]) -> None:

@@ -10,7 +10,11 @@ from kernel_src.submission import (
     SampleSubmission,
     SubmissionFormatError,
     SubmissionWriter,
+    class_number,
+    mask_rows,
     read_csv_strings,
+    read_mask_rows,
+    read_masks,
     read_sample_submission,
 )
 
@@ -63,11 +67,64 @@ def test_unknown_header_names_file_header_and_layouts(tmp_path: Path) -> None:
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("key", ["a.jpg_5", "a.jpg_0", "a.jpg", "a.jpg_x", "_1"])
+@pytest.mark.parametrize("key", ["a.jpg_5", "a.jpg_0", "a.jpg", "a.jpg_x", "_1", "a.jpg_1.0", "a.jpg_"])
 def test_bad_wide_key(tmp_path: Path, key: str) -> None:
     path = write(tmp_path / "s.csv", f"ImageId_ClassId,EncodedPixels\n{key},\n")
     with pytest.raises(SubmissionFormatError, match=r"does not end with _<class> for a class in 1\.\.4"):
         read_sample_submission(path, 4)
+
+
+BAD_CLASS_IDS = ["1.0", "0", "5", "x", "", " 1", "+1", "\u0661"]  # the last: ARABIC-INDIC DIGIT ONE
+
+
+@pytest.mark.parametrize("value", BAD_CLASS_IDS)
+def test_class_number_is_plain_digits_in_range(value: str) -> None:
+    assert class_number(value, 4) is None
+    assert [class_number(v, 4) for v in ("1", "4", "04")] == [1, 4, 4]
+
+
+@pytest.mark.parametrize("labels", [False, True])
+@pytest.mark.parametrize("value", BAD_CLASS_IDS)
+def test_bad_long_class_id_names_file_line_and_value(tmp_path: Path, value: str, labels: bool) -> None:
+    path = write(tmp_path / "labels.csv", f'ImageId,ClassId,EncodedPixels\na.jpg,1,1 2\nb.jpg,"{value}",3 4\n')
+    with pytest.raises(SubmissionFormatError) as info:
+        read_mask_rows(path, 4, labels=labels)
+    message = str(info.value)
+    assert f"{path} line 3: image 'b.jpg' has ClassId {value!r}" in message
+    assert "expected an integer in 1..4 written as plain digits" in message
+
+
+def test_bad_wide_key_in_a_submission_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "sub.csv", "ImageId_ClassId,EncodedPixels\na.jpg_1,\na.jpg_1.0,1 2\n")
+    with pytest.raises(SubmissionFormatError, match=r"sub\.csv line 3: ImageId_ClassId key 'a\.jpg_1\.0' does not end"):
+        read_masks(path, 4)
+
+
+def test_rows_of_both_layouts_and_masks_per_image(tmp_path: Path) -> None:
+    wide = write(tmp_path / "wide.csv", "ImageId_ClassId,EncodedPixels\nb.jpg_2,1 2\nb.jpg_1,\na.jpg_2,\n")
+    assert read_mask_rows(wide, 2) == [(2, "b.jpg", 2, "1 2"), (3, "b.jpg", 1, ""), (4, "a.jpg", 2, "")]
+    assert read_masks(wide, 2) == {"b.jpg": ["", "1 2"], "a.jpg": ["", ""]}
+    long = write(tmp_path / "long.csv", "ImageId,EncodedPixels,ClassId\na.jpg,5 1,2\na.jpg,,2\n")
+    assert read_masks(long, 2) == {"a.jpg": ["", "5 1"]}  # an empty row beside a mask adds nothing
+
+
+def test_labels_are_long_only_and_one_mask_per_pair(tmp_path: Path) -> None:
+    wide = write(tmp_path / "wide.csv", "ImageId_ClassId,EncodedPixels\na.jpg_1,\n")
+    with pytest.raises(SubmissionFormatError, match=r"labels must be in the long train\.csv form"):
+        read_masks(wide, 4, labels=True)
+    twice = write(tmp_path / "twice.csv", "ImageId,ClassId,EncodedPixels\na.jpg,1,1 1\na.jpg,1,3 1\n")
+    with pytest.raises(SubmissionFormatError, match=r"twice\.csv line 3: image 'a\.jpg' class 1 has two non-empty"):
+        read_masks(twice, 4, labels=True)
+    empty_id = write(tmp_path / "noid.csv", "ImageId,ClassId,EncodedPixels\n,1,1 1\n")
+    with pytest.raises(SubmissionFormatError, match=r"noid\.csv line 2: the ImageId is empty"):
+        read_masks(empty_id, 4, labels=True)
+    with pytest.raises(SubmissionFormatError, match="empty"):
+        read_masks(write(tmp_path / "e.csv", ""), 4, labels=True)
+
+
+def test_mask_rows_of_a_frame_number_lines_as_its_csv_would(tmp_path: Path) -> None:
+    frame = read_csv_strings(write(tmp_path / "l.csv", "ImageId,ClassId,EncodedPixels\na.jpg,3,1 1\n"))
+    assert mask_rows(frame, "frame", 4) == [(2, "a.jpg", 3, "1 1")]
 
 
 def test_wide_sample_missing_a_class_or_listing_one_twice(tmp_path: Path) -> None:

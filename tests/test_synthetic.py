@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bundler.demo.synthetic import NUM_CLASSES, make_dataset, make_image, read_labels
+from bundler.demo.synthetic import NUM_CLASSES, make_dataset, make_image
 from bundler.dryrun.metric import dice_score
 from bundler.errors import ConfigError
 from kernel_src.rle import decode, encode
-from kernel_src.submission import read_sample_submission
+from kernel_src.submission import read_masks, read_sample_submission
 
 H, W = 64, 400  # a quarter of Severstal's size keeps the tests fast
 
@@ -86,7 +86,7 @@ def test_defect_classes_look_different() -> None:
 
 def test_labels_match_the_written_jpegs(tmp_path: Path) -> None:
     s = make_dataset(tmp_path, 8, seed=7, height=H, width=W, clean_fraction=0.0)
-    labels = read_labels(s.labels_csv)
+    labels = read_masks(s.labels_csv, NUM_CLASSES, labels=True)
     assert set(labels) == set(s.image_ids)
     for image_id, rles in labels.items():
         masks = s.masks(image_id)

@@ -9,7 +9,7 @@ from torch import nn
 
 from bundler.build.weights import read_state_dict
 from bundler.config import ModelEntry
-from bundler.demo.synthetic import make_dataset, read_labels
+from bundler.demo.synthetic import make_dataset
 from bundler.demo.train import (
     SplitData,
     TrainSettings,
@@ -22,6 +22,7 @@ from bundler.demo.train import (
 from bundler.errors import DemoError
 from kernel_src.models import build_model, load_state_dict_into
 from kernel_src.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from kernel_src.submission import read_masks
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -132,7 +133,7 @@ def test_segmentation_loss_prefers_the_truth() -> None:
 
 def test_load_split_resizes_like_the_kernel(tmp_path: Path) -> None:
     syn = make_dataset(tmp_path / "s", 3, seed=3, height=64, width=96, clean_fraction=0.0)
-    labels = read_labels(syn.labels_csv)
+    labels = read_masks(syn.labels_csv, 4, labels=True)
     split = load_split(syn.images_dir, labels, syn.image_ids, [(64, 96), (32, 48)], num_classes=4)
     full, small = split[(64, 96)], split[(32, 48)]
     assert full.images.shape == (3, 3, 64, 96) and small.images.shape == (3, 3, 32, 48)

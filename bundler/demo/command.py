@@ -30,12 +30,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from bundler.config import BundleConfig, ModelEntry, load_config
-from bundler.demo.synthetic import make_dataset, read_labels
+from bundler.demo.synthetic import make_dataset
 from bundler.demo.train import Size, SplitData, Task, TrainSettings, load_split, save_checkpoint, train_model
 from bundler.display import shown_path
 from bundler.dryrun.metric import dice_score
 from bundler.errors import DemoError
 from kernel_src.models import build_model
+from kernel_src.submission import read_masks
 
 DATA_DIR = "demo_data"
 MARKER = ".demo-data.json"
@@ -236,7 +237,7 @@ def train_demo_models(
         return [], reused
 
     sizes = sorted({_size_of(cfg, e) for e, _, _ in todo})
-    labels = read_labels(data.train_labels, cfg.inference.num_classes)
+    labels = read_masks(data.train_labels, cfg.inference.num_classes, labels=True)
     with _progress(console) as progress:
         task = progress.add_task("loading train images", total=None, info=f"{len(data.train_ids)} images")
         split = load_split(data.train_images, labels, data.train_ids, sizes, num_classes=cfg.inference.num_classes)

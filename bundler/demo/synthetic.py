@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from bundler.errors import ConfigError
 from kernel_src import rle
+from kernel_src.submission import read_masks
 
 NUM_CLASSES = 4
 LAYOUTS = ("wide", "long")
@@ -66,23 +67,11 @@ class SyntheticSet:
     def masks(self, image_id: str) -> Mask:
         """The true masks [num_classes, height, width] (uint8 0/1) of one image, from labels.csv."""
         if not self._labels:
-            self._labels.update(read_labels(self.labels_csv, self.num_classes))
+            self._labels.update(read_masks(self.labels_csv, self.num_classes, labels=True))
         if image_id not in self.image_ids:
             raise KeyError(f"{image_id!r} is not an image of the synthetic set at {self.root}")
         rles = self._labels.get(image_id, [""] * self.num_classes)
         return np.stack([rle.decode(r, (self.height, self.width), "F") for r in rles])
-
-
-def read_labels(labels_csv: Path, num_classes: int = NUM_CLASSES) -> dict[str, list[str]]:
-    """{image id: one RLE per class ("" for none)} from a long `ImageId,ClassId,EncodedPixels` file."""
-    result: dict[str, list[str]] = {}
-    with labels_csv.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            class_id = int(row["ClassId"])
-            if not 1 <= class_id <= num_classes:
-                raise ConfigError(f"{labels_csv}: ClassId {class_id} is outside 1..{num_classes}")
-            result.setdefault(row["ImageId"], [""] * num_classes)[class_id - 1] = row["EncodedPixels"]
-    return result
 
 
 def _check_args(n_images: int, height: int, width: int, clean_fraction: float, layout: str, prefix: str) -> None:

@@ -25,7 +25,13 @@ from bundler.dryrun.tree import image_files
 from bundler.errors import DryRunError, ManifestError, RenderError
 from kernel_src import rle
 from kernel_src.bundle import kernel_src_hash
-from kernel_src.submission import SampleSubmission, read_csv_strings, read_sample_submission
+from kernel_src.submission import (
+    SampleSubmission,
+    SubmissionFormatError,
+    masks_by_image,
+    read_mask_rows,
+    read_sample_submission,
+)
 
 RENDER = "run `bundler render-notebook`"
 
@@ -141,33 +147,26 @@ def _labels(cfg: BundleConfig, sample: SampleSubmission, images: tuple[str, ...]
         return None
     if not path.is_file():
         raise DryRunError(f"labels file {path} does not exist: fix --labels or dryrun.labels (or leave it out)")
-    frame = read_csv_strings(path)
-    columns = sorted(str(c).strip() for c in frame.columns)
-    if columns != ["ClassId", "EncodedPixels", "ImageId"]:
-        raise DryRunError(
-            f"labels {path}: header {list(frame.columns)}; "
-            "labels must be in train.csv form ImageId,ClassId,EncodedPixels"
-        )
-    frame = frame.rename(columns=lambda c: str(c).strip())
+    n = cfg.inference.num_classes
+    try:
+        rows = read_mask_rows(path, n, labels=True)
+        masks_by_image(rows, n, str(path))  # one mask per image x class
+    except SubmissionFormatError as e:
+        raise DryRunError(f"labels {e}") from None
     known = set(sample.image_ids) & set(images)
-    outside = sorted({str(i) for i in frame["ImageId"]} - known)
+    outside = sorted({row.image_id for row in rows} - known)
     if outside:
         raise DryRunError(
             f"labels {path} name {len(outside)} image(s) not in the test set (e.g. {outside[:3]}): "
             "give the labels of exactly these test images"
         )
     size = cfg.inference.image_height * cfg.inference.image_width
-    n = cfg.inference.num_classes
-    for line, (image_id, class_id, value) in enumerate(
-        zip(frame["ImageId"], frame["ClassId"], frame["EncodedPixels"], strict=True), start=2
-    ):
-        if not (str(class_id).isdigit() and 1 <= int(class_id) <= n):
-            raise DryRunError(f"labels {path} line {line}: ClassId {class_id!r} is not in 1..{n}")
+    for row in rows:
         try:
-            rle.parse(str(value), size)
+            rle.parse(row.rle, size)
         except ValueError as e:
             raise DryRunError(
-                f"labels {path} line {line} ({image_id}, class {class_id}): {e}; labels must be RLEs of "
+                f"labels {path} line {row.line} ({row.image_id}, class {row.class_id}): {e}; labels must be RLEs of "
                 f"{cfg.inference.image_height}x{cfg.inference.image_width} masks"
             ) from None
     return path

@@ -17,7 +17,7 @@ import pandas as pd
 
 from kernel_src.rle import parse
 from kernel_src.spec import RLE_ORDERS
-from kernel_src.submission import detect_layout, read_csv_strings, split_wide_key
+from kernel_src.submission import mask_rows, masks_by_image, read_mask_rows
 
 Intervals = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
 
@@ -31,51 +31,19 @@ class MetricResult:
     pairs: int
 
 
-def _frame(data: Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    if isinstance(data, pd.DataFrame):
-        frame = data.astype(str).where(data.notna(), "")
-        return frame, "DataFrame"
-    return read_csv_strings(Path(data)), str(data)
+def _source(data: Path | pd.DataFrame) -> str:
+    return "DataFrame" if isinstance(data, pd.DataFrame) else str(data)
 
 
-def _class_id(value: str, num_classes: int, source: str, image_id: str) -> int:
-    text = str(value).strip()
-    if text.endswith(".0"):
-        text = text[:-2]
-    if not text.isdigit() or not 1 <= int(text) <= num_classes:
-        raise ValueError(f"{source}: image {image_id!r} has ClassId {value!r}; expected an integer in 1..{num_classes}")
-    return int(text)
-
-
-def _pairs(
-    frame: pd.DataFrame, source: str, num_classes: int, wide_ok: bool
-) -> tuple[dict[tuple[str, int], str], list[str]]:
+def _pairs(data: Path | pd.DataFrame, num_classes: int, labels: bool) -> tuple[dict[tuple[str, int], str], list[str]]:
     """{(image, class): rle} for non-empty RLEs, and every image in first-appearance order."""
-    layout = detect_layout([str(c) for c in frame.columns], source)
-    frame = frame.rename(columns=lambda c: str(c).strip())
-    if layout == "wide" and not wide_ok:
-        raise ValueError(f"{source}: labels must be in the long train.csv form ImageId,ClassId,EncodedPixels")
-    found: dict[tuple[str, int], str] = {}
-    images: dict[str, None] = {}
-    if layout == "wide":
-        keys = frame["ImageId_ClassId"].tolist()
-        rows = [
-            (*split_wide_key(str(k), num_classes, source), str(r))
-            for k, r in zip(keys, frame["EncodedPixels"], strict=True)
-        ]
+    if isinstance(data, pd.DataFrame):
+        rows = mask_rows(data.astype(str).where(data.notna(), ""), _source(data), num_classes, labels=labels)
     else:
-        rows = [
-            (str(i), _class_id(str(c), num_classes, source, str(i)), str(r))
-            for i, c, r in zip(frame["ImageId"], frame["ClassId"], frame["EncodedPixels"], strict=True)
-        ]
-    for image_id, class_id, rle in rows:
-        images[image_id] = None
-        if not rle.strip():
-            continue
-        if (image_id, class_id) in found:
-            raise ValueError(f"{source}: image {image_id!r} class {class_id} has two non-empty rows; give one")
-        found[(image_id, class_id)] = rle
-    return found, list(images)
+        rows = read_mask_rows(Path(data), num_classes, labels=labels)
+    masks = masks_by_image(rows, num_classes, _source(data))
+    found = {(image, c): rle for image, rles in masks.items() for c, rle in enumerate(rles, 1) if rle.strip()}
+    return found, list(masks)
 
 
 def _covered_before(
@@ -125,10 +93,9 @@ def dice_score(
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     size = int(shape[0]) * int(shape[1])
-    sub_frame, sub_source = _frame(submission)
-    lab_frame, lab_source = _frame(labels)
-    predicted, sub_images = _pairs(sub_frame, sub_source, num_classes, wide_ok=True)
-    truth, _ = _pairs(lab_frame, lab_source, num_classes, wide_ok=False)
+    sub_source, lab_source = _source(submission), _source(labels)
+    predicted, sub_images = _pairs(submission, num_classes, labels=False)
+    truth, _ = _pairs(labels, num_classes, labels=True)
 
     scored = list(dict.fromkeys(image_ids)) if image_ids is not None else sub_images
     if not scored:

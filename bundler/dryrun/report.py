@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from kernel_src import rle
-from kernel_src.submission import detect_layout, read_csv_strings, split_wide_key
+from kernel_src.submission import read_masks
 
 CLASS_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180))
 Mask = npt.NDArray[np.uint8]
@@ -40,25 +40,6 @@ class MaskSample:
 
 
 # --- reading masks ------------------------------------------------------------------------
-
-
-def read_rles(csv_path: Path, num_classes: int) -> dict[str, list[str]]:
-    """{image: one RLE per class} from a submission (wide or long) or a long labels file."""
-    frame = read_csv_strings(csv_path)
-    source = str(csv_path)
-    frame = frame.rename(columns=lambda c: str(c).strip())
-    layout = detect_layout([str(c) for c in frame.columns], source)
-    result: dict[str, list[str]] = {}
-    if layout == "wide":
-        for key, value in zip(frame["ImageId_ClassId"], frame["EncodedPixels"], strict=True):
-            image_id, class_id = split_wide_key(str(key), num_classes, source)
-            result.setdefault(image_id, [""] * num_classes)[class_id - 1] = str(value)
-    else:
-        for image_id, class_id, value in zip(frame["ImageId"], frame["ClassId"], frame["EncodedPixels"], strict=True):
-            row = result.setdefault(str(image_id), [""] * num_classes)
-            if str(class_id).isdigit() and 1 <= int(class_id) <= num_classes:
-                row[int(class_id) - 1] = str(value)
-    return result
 
 
 def _masks(rles: Sequence[str], shape: tuple[int, int], order: str) -> Mask:
@@ -76,8 +57,8 @@ def load_mask_samples(
     limit: int = 6,
 ) -> list[MaskSample]:
     """Up to `limit` images, those with a predicted or true defect first, in name order."""
-    predicted = read_rles(submission, num_classes)
-    truth = read_rles(labels, num_classes) if labels is not None else None
+    predicted = read_masks(submission, num_classes)
+    truth = read_masks(labels, num_classes, labels=True) if labels is not None else None
     empty = [""] * num_classes
 
     def has_defect(image_id: str) -> bool:

@@ -64,7 +64,7 @@ def ensemble_spec(
             "image_width": width,
             "batch_size": 8,
             "device": device,
-            "fp16": fp16,
+            "precision": "fp16" if fp16 else "fp32",
             "time_budget_s": 1e9,
             "loader_workers": 4,
             "classifiers": [plain(m) for m in classifiers],
@@ -111,7 +111,7 @@ def bench_cuda(
         base = ensemble_spec(classifiers, segmenters, height=height, width=width, device=device, fp16=False)
         per_image: dict[tuple[str, int], float] = {}
         for precision, fp16, visible in configs:
-            spec = replace(base, fp16=fp16)
+            spec = replace(base, precision="fp16" if fp16 else "fp32")
             env = {"CUDA_VISIBLE_DEVICES": visible} if device == "cuda" else {}
             used = len(visible.split(",")) if device == "cuda" else 0
             report = measure(spec, bundle, images, root / f"out-{precision}-{used}", torch.get_num_threads(), env)

@@ -34,7 +34,7 @@ from .workload import ImageSet, Models, demo_models, make_images, make_spec, mod
 
 def _calls(model: torch.nn.Module, x: torch.Tensor, spec: InferenceSpec) -> torch.Tensor:
     """model(x) in the call sizes the engine uses on CPU, so the floor is the same arithmetic."""
-    step = cpu_images_per_call(spec.cpu_micro_batch, x.shape[-2:])
+    step = cpu_images_per_call(spec.images_per_call, x.shape[-2:])
     return torch.cat([model(x[i : i + step]) for i in range(0, x.shape[0], step)])
 
 

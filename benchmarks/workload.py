@@ -258,7 +258,7 @@ def make_spec(
             "rle_order": "F",
             "batch_size": batch_size,
             "device": "cpu",
-            "fp16": False,
+            "precision": "fp32",
             "time_budget_s": 1e9,
             "loader_workers": workers,
             "classifiers": [_model_dict(m) for m in models.classifiers] if gating != "off" else [],

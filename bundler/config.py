@@ -14,7 +14,7 @@ from typing import Any
 
 from bundler.errors import ConfigError
 from kernel_src.errors import SpecError
-from kernel_src.spec import CLS_KINDS, SEG_KINDS, InferenceSpec, ModelSpec
+from kernel_src.spec import CLS_KINDS, RENAMED_SETTINGS, SEG_KINDS, InferenceSpec, ModelSpec
 
 DEFAULT_CONFIG = Path("bundle.toml")
 # The one home of these patterns (the wheels' target reads PYTHON_VERSION from here).
@@ -252,7 +252,9 @@ def parse_config(raw: Mapping[str, Any], root: Path) -> BundleConfig:
         raise ConfigError(f"bundle.toml: kernel.title = {kernel.title!r} must be at least 5 characters (Kaggle's rule)")
 
     models = _models(raw, root)
-    inf = dict(_section(raw, "inference", set(InferenceSpec.__dataclass_fields__) - {"classifiers", "segmenters"}))
+    # renamed keys pass through so InferenceSpec.from_dict can name what replaces them
+    inference_keys = set(InferenceSpec.__dataclass_fields__) - {"classifiers", "segmenters"} | set(RENAMED_SETTINGS)
+    inf = dict(_section(raw, "inference", inference_keys))
     inf.setdefault("time_budget_s", competition.time_limit_s - 300.0)
     inf["classifiers"] = [m.spec.__dict__ for m in models if m.role == "classifier"]
     inf["segmenters"] = [m.spec.__dict__ for m in models if m.role == "segmenter"]

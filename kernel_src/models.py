@@ -160,6 +160,8 @@ def _test_forward(entry: LoadedModel, kind: str, spec: InferenceSpec, devices: D
     m = entry.spec
     h, w = m.input_size or (spec.image_height, spec.image_width)
     x = torch.zeros(1, 3, h, w, device=devices.devices[0])
+    if devices.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     try:
         with devices.autocast():
             out = entry.replicas[0](x)

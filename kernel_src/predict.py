@@ -83,6 +83,7 @@ class Predictor:
         self.gating_mode = spec.gating.mode if self.classifiers else "off"
         self.forward_images: dict[str, int] = {m.spec.name: 0 for m in (*self.classifiers, *self.segmenters)}
         self._thresholds = torch.tensor(spec.gating.thresholds or (0.5,) * spec.num_classes)
+        self._pin = devices.pin_memory  # False once pinning has failed (no CUDA): plain copies from then on
 
     def drop(self, name: str) -> None:
         """Stop using a model (it failed, or the budget guard dropped it)."""
@@ -96,13 +97,26 @@ class Predictor:
             if m.spec.name == name:
                 m.views = views
 
+    def _pinned(self, host: torch.Tensor) -> torch.Tensor:
+        """`host` in pinned memory; unchanged (and pinning off for the run, noted once in
+        profile.json's devices.pin_memory_fallback) where torch cannot pin, e.g. without CUDA."""
+        try:
+            return host.pin_memory()
+        except RuntimeError as e:
+            self._pin = False
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.profiler.devices["pin_memory_fallback"] = f"plain copies: pinning failed ({reason})"
+            return host
+
     def _upload(self, images: npt.NDArray[np.uint8]) -> list[torch.Tensor]:
-        """Float [n,3,H,W] in [0,1] per device chunk (channels_last on CUDA, no copy of NHWC)."""
+        """Float [n,3,H,W] in [0,1] per device chunk (a channels_last view of the NHWC upload when
+        the device set uses channels_last, else contiguous NCHW); pinned + non_blocking when set."""
         chunks = []
         for i, start, stop in self.devices.split(len(images)):
-            t = torch.from_numpy(np.ascontiguousarray(images[start:stop])).to(
-                self.devices.devices[i], non_blocking=True
-            )
+            host = torch.from_numpy(np.ascontiguousarray(images[start:stop]))
+            if self._pin:
+                host = self._pinned(host)
+            t = host.to(self.devices.devices[i], non_blocking=self._pin)
             x = t.permute(0, 3, 1, 2).float().div_(255.0)
             chunks.append(x if self.devices.channels_last else x.contiguous())
         return chunks
@@ -121,7 +135,7 @@ class Predictor:
         batch = stack_views(x, lm.views)
         try:
             with self.devices.autocast():
-                step = 0 if self.devices.cuda else cpu_images_per_call(self.spec.cpu_micro_batch, batch.shape[-2:])
+                step = 0 if self.devices.cuda else cpu_images_per_call(self.spec.images_per_call, batch.shape[-2:])
                 if 0 < step < batch.shape[0]:
                     # On CPU a big stacked batch is slower per image than calls that stay in cache
                     # (measured in benchmarks/); eval-mode models give the same numbers either way.

@@ -46,6 +46,7 @@ class Profiler:
         self.first_batch_at: float | None = None
         self.finished_at: float | None = None
         self.model_load_s: dict[str, float] = {}
+        self.devices: dict[str, Any] = {}  # profile.json "devices": DeviceSet.to_dict() (+ pin_memory_fallback)
         self.gating: dict[str, Any] = {"mode": "off", "images_segmented": 0, "images_skipped": 0, "pairs_gated_out": 0}
         self.guard_record: dict[str, Any] = {"budget_s": None, "steps": []}  # profile.json "guard"
         self.problems: dict[str, list[Any]] = {kind: [] for kind in (*IMAGE_PROBLEMS, "model_failures")}
@@ -118,6 +119,7 @@ class Profiler:
                 name: {"seconds": round(entry[0], 4), "calls": int(entry[1])} for name, entry in self._stages.items()
             },
             "model_load_s": {name: round(s, 4) for name, s in self.model_load_s.items()},
+            "devices": dict(self.devices),
             "fixed_s": round(fixed, 4),
             "per_image_s": round((total - fixed) / images, 6) if images else 0.0,
             "gating": dict(self.gating),

@@ -237,8 +237,13 @@ def run(
     out_dir: Path,
     started_at: float | None = None,
     progress: bool = True,
+    devices: DeviceSet | None = None,
 ) -> RunResult:
-    """Write `out_dir/submission.csv` and `out_dir/profile.json` for the images in `test_dir`."""
+    """Write `out_dir/submission.csv` and `out_dir/profile.json` for the images in `test_dir`.
+
+    `devices` None: `resolve_devices` from the spec's device, memory_format and precision; a
+    given DeviceSet (e.g. two CPU replicas in channels_last with bf16 autocast) runs every
+    CUDA-only branch through the real pipeline on CPU."""
     started = time.time() if started_at is None else started_at
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -249,8 +254,10 @@ def run(
     guard: BudgetGuard | None = None
     try:
         with profiler.stage("setup"):
-            devices = resolve_devices(spec.device, spec.fp16)
+            if devices is None:
+                devices = resolve_devices(spec.device, memory_format=spec.memory_format, precision=spec.precision)
             profiler.device, profiler.gpus = _describe(devices)
+            profiler.devices = devices.to_dict()
             profiler.sync = devices.synchronize
             sample = read_sample_submission(Path(sample_submission), spec.num_classes)
             if not Path(test_dir).is_dir():

@@ -21,6 +21,12 @@ SEG_KINDS = ("smp", "torchscript")
 CLS_KINDS = ("timm", "torchscript")
 RLE_ORDERS = ("F", "C")  # column-major (Severstal), row-major: kernel_src.rle
 DEVICES = ("auto", "cpu", "cuda")  # kernel_src.devices.resolve_devices
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # "auto": channels_last on CUDA, contiguous on CPU
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # "auto": fp16 autocast on CUDA, fp32 on CPU
+RENAMED_SETTINGS = {  # old key -> what replaces it (from_dict names the new key)
+    "fp16": "precision = 'fp16' (or 'auto', 'fp32', 'bf16')",
+    "cpu_micro_batch": "images_per_call (0: measured at model load, N: fixed, CPU and CUDA alike)",
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -131,10 +137,11 @@ class InferenceSpec:
     rle_order: str = "F"
     batch_size: int = 4
     device: str = "auto"
-    fp16: bool = True  # autocast on CUDA only
+    memory_format: str = "auto"  # MEMORY_FORMATS; kernel_src.devices.resolve_devices
+    precision: str = "auto"  # PRECISIONS: autocast dtype (fp16, bf16) or none (fp32)
     time_budget_s: float = 3300.0  # counted from the notebook's start
     loader_workers: int = 2
-    cpu_micro_batch: int = 0  # images per forward call on CPU (0: auto, ~256k input pixels a call); CUDA: whole
+    images_per_call: int = 0  # images per forward call (0: measured at model load; N: fixed), CPU and CUDA
     classifiers: tuple[ModelSpec, ...] = ()
     segmenters: tuple[ModelSpec, ...] = ()
     gating: GatingSpec = field(default_factory=GatingSpec)
@@ -155,6 +162,9 @@ class InferenceSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InferenceSpec:
         known = set(cls.__dataclass_fields__)
+        for old, new in RENAMED_SETTINGS.items():
+            if old in data:
+                raise SpecError(old, f"is no longer a setting; use {new}")
         unknown = set(data) - known
         if unknown:
             raise SpecError(sorted(unknown)[0], f"unknown setting; known: {sorted(known)}")
@@ -180,9 +190,15 @@ class InferenceSpec:
         if workers < 0:
             raise SpecError("loader_workers", f"must be 0 or more, got {workers}")
 
-        micro = int(data.get("cpu_micro_batch", 0))
-        if micro < 0:
-            raise SpecError("cpu_micro_batch", f"must be 0 (auto) or a number of images, got {micro}")
+        memory_format = str(data.get("memory_format", "auto"))
+        if memory_format not in MEMORY_FORMATS:
+            raise SpecError("memory_format", f"{memory_format!r} must be one of {list(MEMORY_FORMATS)}")
+        precision = str(data.get("precision", "auto"))
+        if precision not in PRECISIONS:
+            raise SpecError("precision", f"{precision!r} must be one of {list(PRECISIONS)}")
+        per_call = int(data.get("images_per_call", 0))
+        if per_call < 0:
+            raise SpecError("images_per_call", f"must be 0 (measured at load) or a number of images, got {per_call}")
 
         classifiers = tuple(
             ModelSpec.from_dict(m, f"classifiers[{i}]", CLS_KINDS) for i, m in enumerate(data.get("classifiers", ()))
@@ -225,10 +241,11 @@ class InferenceSpec:
             rle_order=order,
             batch_size=batch,
             device=device,
-            fp16=bool(data.get("fp16", True)),
+            memory_format=memory_format,
+            precision=precision,
             time_budget_s=budget,
             loader_workers=workers,
-            cpu_micro_batch=micro,
+            images_per_call=per_call,
             classifiers=classifiers,
             segmenters=segmenters,
             gating=gating,

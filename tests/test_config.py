@@ -46,6 +46,11 @@ def test_demo_config_loads_and_round_trips_through_json() -> None:
         (lambda r: r["inference"].update(colour="red"), "inference.colour"),
         (lambda r: r.pop("classifiers"), "inference.gating.mode"),
         (lambda r: r["segmenters"][1].update(name="unet-resnet18"), "used twice"),
+        (lambda r: r["inference"].update(memory_format="nhwc"), "inference.memory_format: 'nhwc' must be one of"),
+        (lambda r: r["inference"].update(precision="int8"), "inference.precision: 'int8' must be one of"),
+        (lambda r: r["inference"].update(images_per_call=-1), "inference.images_per_call"),
+        (lambda r: r["inference"].update(fp16=True), "inference.fp16: is no longer a setting; use precision"),
+        (lambda r: r["inference"].update(cpu_micro_batch=2), "inference.cpu_micro_batch: .* use images_per_call"),
     ],
 )
 def test_every_bad_value_names_its_key(edit: Any, expected: str) -> None:
@@ -53,6 +58,16 @@ def test_every_bad_value_names_its_key(edit: Any, expected: str) -> None:
     edit(raw)
     with pytest.raises(ConfigError, match=r"bundle\.toml: .*" + expected.replace("[", r"\[").replace("]", r"\]")):
         parse_config(raw, ROOT)
+
+
+def test_inference_device_settings_are_read() -> None:
+    raw = raw_demo()
+    raw["inference"].update(memory_format="channels_last", precision="bf16", images_per_call=3)
+    spec = parse_config(raw, ROOT).inference
+    assert (spec.memory_format, spec.precision, spec.images_per_call) == ("channels_last", "bf16", 3)
+    assert InferenceSpec.from_dict(spec.to_dict()) == spec
+    default = parse_config(raw_demo(), ROOT).inference
+    assert (default.memory_format, default.precision, default.images_per_call) == ("auto", "auto", 0)
 
 
 def test_missing_file_says_how_to_fix(tmp_path: Path) -> None:

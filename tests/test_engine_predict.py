@@ -105,7 +105,7 @@ def test_two_devices_split_the_batch_and_agree_with_one(
 ) -> None:
     dest, classifiers, segmenters = bundle
     spec = tiny_spec(
-        dest, classifiers=classifiers[:1], segmenters=segmenters[:1], gating={"mode": "off"}, cpu_micro_batch=0
+        dest, classifiers=classifiers[:1], segmenters=segmenters[:1], gating={"mode": "off"}, images_per_call=0
     )
     per_replica: list[list[int]] = []
 
@@ -181,11 +181,11 @@ def test_cpu_micro_batches_split_the_stacked_views_and_agree_with_one_forward(
 
     monkeypatch.setattr(models_module, "load_model", counting_load)
     batch = images(4, seed=2)
-    spec = tiny_spec(dest, classifiers=[], segmenters=[two_views], gating={"mode": "off"}, cpu_micro_batch=micro)
+    spec = tiny_spec(dest, classifiers=[], segmenters=[two_views], gating={"mode": "off"}, images_per_call=micro)
     split = predictor(spec, dest, DeviceSet((CPU,))).predict(batch)
     assert calls[1:] == [micro] * (8 // micro) + ([8 % micro] if 8 % micro else [])  # after the test forward
     calls.clear()
-    whole = predictor(replace(spec, cpu_micro_batch=0), dest, DeviceSet((CPU,))).predict(batch)
+    whole = predictor(replace(spec, images_per_call=0), dest, DeviceSet((CPU,))).predict(batch)
     assert calls[1:] == [8]  # 4 images x 2 views in one forward
     np.testing.assert_allclose(split.probs, whole.probs, atol=1e-5)
 

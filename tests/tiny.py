@@ -254,7 +254,7 @@ def tiny_spec(dest: Path, **overrides: Any) -> InferenceSpec:
         "rle_order": "F",
         "batch_size": 4,
         "device": "cpu",
-        "fp16": False,
+        "precision": "fp32",
         "time_budget_s": 3600.0,
         "loader_workers": 1,
         "classifiers": classifiers,

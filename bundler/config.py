@@ -68,6 +68,7 @@ class TargetConfig:
     baseline: str = "kaggle-2026-08"  # a name shipped under bundler/build/wheels/baselines/, or a path
     requirements: tuple[str, ...] = ("segmentation-models-pytorch",)
     find_links: tuple[Path, ...] = ()  # local wheelhouses searched before the index
+    wheelhouse: Path = Path("wheels")  # the local wheelhouse: cached downloads, and wheels you drop there
     no_index: bool = False  # True: never reach an index (local wheelhouses only)
 
 
@@ -234,6 +235,7 @@ def parse_config(raw: Mapping[str, Any], root: Path) -> BundleConfig:
         baseline=_baseline(root, str(tg.get("baseline", defaults.baseline))),
         requirements=tuple(str(r) for r in tg.get("requirements", defaults.requirements)),
         find_links=tuple(_path(root, p) for p in tg.get("find_links", ())),
+        wheelhouse=_path(root, tg.get("wheelhouse", "wheels")),
         no_index=bool(tg.get("no_index", False)),
     )
     if not PYTHON_VERSION.fullmatch(target.python):

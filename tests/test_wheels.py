@@ -36,7 +36,7 @@ def _target(tmp_path: Path, requirements: tuple[str, ...], house: Path) -> Targe
 
 def _vendor(tmp_path: Path, target: TargetConfig, dest: str = "dest") -> tuple[WheelPlan, str]:
     console = Console(record=True, width=200)
-    plan = vendor_wheels(target, tmp_path / dest, cache_dir=tmp_path / "cache", console=console)
+    plan = vendor_wheels(target, tmp_path / dest, wheelhouse=tmp_path / "cache", console=console)
     return plan, console.export_text()
 
 

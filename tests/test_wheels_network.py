@@ -16,7 +16,7 @@ from bundler.config import TargetConfig
 @pytest.mark.slow
 def test_smp_for_the_kaggle_image(tmp_path: Path) -> None:
     target = TargetConfig(requirements=("segmentation-models-pytorch==0.6.0",))
-    plan = vendor_wheels(target, tmp_path / "dest", cache_dir=tmp_path / "cache", console=Console())
+    plan = vendor_wheels(target, tmp_path / "dest", wheelhouse=tmp_path / "cache", console=Console())
     baseline = load_baseline(target.baseline)
     assert [(w.name, w.version) for w in plan.wheels] == [("segmentation-models-pytorch", "0.6.0")]
     assert plan.wheels[0].file.endswith("-py3-none-any.whl")

@@ -83,6 +83,6 @@ def test_vendor_wheels_reports_the_rehearsal(tmp_path: Path) -> None:
         no_index=True,
     )
     console = Console(record=True, width=200)
-    plan = vendor_wheels(target, tmp_path / "dest", cache_dir=tmp_path / "cache", console=console)
+    plan = vendor_wheels(target, tmp_path / "dest", wheelhouse=tmp_path / "cache", console=console)
     assert plan.warnings == ()
     assert "offline install rehearsed: 2 wheel(s)" in console.export_text()

@@ -226,7 +226,9 @@ def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console:
 def _vendor(cfg: BundleConfig, staging: Path, console: Console) -> WheelPlan:
     from bundler.build.wheels.vendor import vendor_wheels
 
-    return vendor_wheels(cfg.target, staging, cache_dir=cache_dir(cfg) / "wheels", console=console)
+    return vendor_wheels(
+        cfg.target, staging, wheelhouse=cfg.target.wheelhouse, uv_cache=cache_dir(cfg) / "uv", console=console
+    )
 
 
 def build_dataset(cfg: BundleConfig, *, console: Console, force: bool = False) -> BuildResult:

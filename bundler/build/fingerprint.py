@@ -1,6 +1,7 @@
 """Content hashes, and the fingerprint of everything a build's output depends on.
 
-`bundler build` stores the fingerprint in `bundle.json` ("inputs"); when it has not changed and
+`bundler build` stores the fingerprint in `bundle.json` ("inputs"); it covers the wheels dropped in
+the local wheelhouse (not the wheels the build caches there). When it has not changed and
 the folder's files still have their recorded sizes, the build downloads, converts and writes
 nothing. Checkpoint hashes are cached by (path, size, mtime_ns) in `build/.cache/`, so a no-op
 build does not re-read large files.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler import __version__
+from bundler.build.wheels import wheelhouse
 from bundler.build.wheels.baseline import baseline_path
 from bundler.config import BundleConfig
 from kernel_src.bundle import sha256_file
@@ -118,6 +120,7 @@ def input_fingerprint(cfg: BundleConfig, checkpoint_sha256: list[str]) -> str:
             "requirements": list(target.requirements),
             "no_index": target.no_index,
             "find_links": [[str(p), _wheelhouse(p)] for p in target.find_links],
+            "wheelhouse": [str(target.wheelhouse), wheelhouse.fingerprint_rows(target.wheelhouse)],
         },
         "num_classes": cfg.inference.num_classes,
         "models": [

@@ -1,7 +1,8 @@
-"""Get one wheel for the target into the cache: reuse, download a binary wheel, or build a pure sdist.
+"""Get one wheel for the target into the local wheelhouse: reuse, download a binary wheel, or build a pure sdist.
 
-The cache is a flat folder of wheels (`cache_dir/*.whl`); a wheel found there for the right
-name, version and tags is used as is, so a second build downloads and builds nothing.
+The wheelhouse (`target.wheelhouse`, see `bundler.build.wheels.wheelhouse`) is a flat folder of
+wheels; a wheel found there for the right name, version and tags (cached or dropped by the user)
+is used as is, so a second build downloads and builds nothing.
 Downloads go through pip (`pip download --no-deps --only-binary=:all:` with the target's
 Python, ABI and every platform level), which honours the user's pip configuration and
 verifies the index's hashes. A package with no wheel for the target is built from its sdist
@@ -12,7 +13,6 @@ so it also works offline); a build that is not pure Python (`*-none-any`) is ref
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 
 from bundler.build.wheels.target import TargetEnv
+from bundler.build.wheels.wheelhouse import store
 from bundler.errors import WheelsError
 
 CACHED, COPIED, DOWNLOADED, BUILT = "cached", "from target.find_links", "downloaded", "built from sdist"
@@ -30,7 +31,7 @@ CACHED, COPIED, DOWNLOADED, BUILT = "cached", "from target.find_links", "downloa
 
 @dataclass(frozen=True)
 class Fetched:
-    path: Path  # in the cache
+    path: Path  # in the wheelhouse
     how: str  # CACHED | COPIED | DOWNLOADED | BUILT
 
 
@@ -41,11 +42,11 @@ def wheel_tags(path: Path) -> frozenset[Tag]:
         raise WheelsError(f"{path}: not a valid wheel file name ({e}); remove it") from None
 
 
-def find_cached(cache_dir: Path, name: str, version: str, env: TargetEnv) -> Path | None:
-    """The best wheel in `cache_dir` (or a find-links folder) for name==version on the target, if any."""
+def find_cached(folder: Path, name: str, version: str, env: TargetEnv) -> Path | None:
+    """The best wheel in `folder` (the wheelhouse or a find-links folder) for name==version on the target."""
     key, wanted = canonicalize_name(name), Version(version)
     best: tuple[int, Path] | None = None
-    for path in cache_dir.glob("*.whl"):
+    for path in folder.glob("*.whl"):
         try:
             wname, wversion, _, tags = parse_wheel_filename(path.name)
         except InvalidWheelFilename:
@@ -78,15 +79,6 @@ def _index_args(find_links: tuple[Path, ...], no_index: bool) -> list[str]:
     return args
 
 
-def _store(built: Path, cache_dir: Path) -> Path:
-    """Move a finished wheel into the cache atomically (a crash leaves no partial file)."""
-    final = cache_dir / built.name
-    partial = cache_dir / f".{built.name}.partial"
-    shutil.copyfile(built, partial)
-    partial.replace(final)
-    return final
-
-
 def _only_wheel(folder: Path, what: str) -> Path:
     wheels = sorted(folder.glob("*.whl"))
     if len(wheels) != 1:
@@ -113,17 +105,17 @@ def fetch_wheel(
     *,
     find_links: tuple[Path, ...],
     no_index: bool,
-    cache_dir: Path,
+    wheelhouse: Path,
     work: Path,
 ) -> Fetched:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cached = find_cached(cache_dir, name, version, env)
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    cached = find_cached(wheelhouse, name, version, env)
     if cached:
         return Fetched(cached, CACHED)
     for folder in find_links:  # a wheel in a local wheelhouse needs no pip
         local = find_cached(folder, name, version, env)
         if local:
-            return Fetched(_store(local, cache_dir), COPIED)
+            return Fetched(store(local, wheelhouse), COPIED)
     spec = f"{name}=={version}"
     index = _index_args(find_links, no_index)
     key = canonicalize_name(name)
@@ -134,7 +126,7 @@ def fetch_wheel(
             wheel = _only_wheel(work / f"dl-{key}", spec)
             if env.rank(wheel_tags(wheel)) is None:
                 raise WheelsError(f"pip downloaded {wheel.name} for {spec}, which does not fit {env.describe}")
-            return Fetched(_store(wheel, cache_dir), DOWNLOADED)
+            return Fetched(store(wheel, wheelhouse), DOWNLOADED)
         binary_error = _tail(done, 1) or "pip download failed"
     built = _build_sdist(spec, index, work / f"build-{key}")
     fix = (
@@ -155,4 +147,4 @@ def fetch_wheel(
         )
     if env.rank(tags) is None:
         raise WheelsError(f"{spec}: its sdist built {wheel.name}, which {env.describe} cannot install; Fix: {fix}")
-    return Fetched(_store(wheel, cache_dir), BUILT)
+    return Fetched(store(wheel, wheelhouse), BUILT)

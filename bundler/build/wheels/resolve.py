@@ -149,12 +149,17 @@ def resolve(
     no_index: bool,
     cache_dir: Path,
     work: Path,
+    constraints: tuple[str, ...] = (),
 ) -> list[Resolved]:
-    """The closure of `requirements` on the target, baseline packages at the image's versions."""
+    """The closure of `requirements` on the target, baseline packages at the image's versions.
+
+    `constraints` (`name==version`, the local wheelhouse's dropped wheels) bind a package only
+    when the closure has it; `cache_dir` holds uv's own cache."""
     for folder in find_links:
         if not folder.is_dir():
             raise WheelsError(f"target.find_links: {folder} is not a folder; create it or remove the entry")
     _write_inputs(requirements, baseline, work)
+    (work / "constraints.txt").write_text("".join(f"{c}\n" for c in constraints), encoding="utf-8")
     argv = [
         *uv_command(),
         "--config-file",
@@ -166,6 +171,8 @@ def resolve(
         str(work / "resolved.txt"),
         "--override",
         str(work / "overrides.txt"),
+        "--constraint",
+        str(work / "constraints.txt"),
         "--find-links",
         str(work / "baseline-stubs"),
         *(arg for folder in find_links for arg in ("--find-links", str(folder))),
@@ -179,7 +186,7 @@ def resolve(
         "--no-build-isolation",
         "--no-python-downloads",
         "--cache-dir",
-        str(cache_dir / ".uv"),
+        str(cache_dir),
         "--annotation-style",
         "split",
         "--no-header",
@@ -193,7 +200,8 @@ def resolve(
         raise WheelsError(
             f"cannot resolve target.requirements ({', '.join(map(str, requirements))}) for {env.describe} "
             f"with the baseline {baseline.name} from {where}:\n{tail}\n"
-            "Fix: relax or pin the requirement named above, or add its wheels to target.find_links"
+            "Fix: relax or pin the requirement named above, or add its wheels to target.find_links "
+            "(a wheel dropped in the local wheelhouse pins its package to its version: remove one that conflicts)"
         )
     resolved = parse_compile_output((work / "resolved.txt").read_text(encoding="utf-8"))
     keys = {canonicalize_name(r.name) for r in resolved}

@@ -1,12 +1,14 @@
 """`vendor_wheels`: every wheel the Kaggle image lacks for `target.requirements`, proven installable.
 
 1. resolve the whole closure for the target with uv, the image's baseline preferred
-   (`wheels_resolve`); what the image has at the resolved version is not vendored, and
-   torch/torchvision/triton/CUDA packages never are;
-2. get each remaining wheel into the cache: reuse, download, or build a pure sdist
-   (`wheels_fetch`), with a progress bar; copy it into `dest` (flat);
+   (`resolve`), the local wheelhouse a find-links folder whose dropped wheels pin their
+   packages (`wheelhouse`: a dropped wheel is shipped only when the closure has its package);
+   what the image has at the resolved version is not vendored, and torch/torchvision/triton/
+   CUDA packages never are;
+2. get each remaining wheel into the wheelhouse: reuse, download, or build a pure sdist
+   (`fetch`), with a progress bar; copy it into `dest` (flat);
 3. prove the offline install: tags and Requires-Dist against the target and the baseline
-   (`wheels_check`), then a rehearsal on a real interpreter of the target version (`rehearse`).
+   (`check`), then a rehearsal on a real interpreter of the target version (`rehearse`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from bundler.build.wheels.fetch import Fetched, fetch_wheel
 from bundler.build.wheels.rehearse import rehearse_install
 from bundler.build.wheels.resolve import REQUESTED, Resolved, parse_requirements, resolve
 from bundler.build.wheels.target import TargetEnv, target_env
+from bundler.build.wheels.wheelhouse import ORIGIN, check_misfits, prepare, scan
 from bundler.config import TargetConfig
 from kernel_src.bundle import sha256_file
 
@@ -72,7 +75,7 @@ def _who(via: str) -> str:
     return "target.requirements" if via == REQUESTED else via
 
 
-def _reason(name: str, report: ClosureReport, resolved: Resolved, baseline: Baseline) -> str:
+def _reason(name: str, report: ClosureReport, resolved: Resolved, baseline: Baseline, local: bool) -> str:
     asked = report.required_by.get(canonicalize_name(name)) or list(resolved.via)
     parts = []
     if REQUESTED in asked:
@@ -83,6 +86,8 @@ def _reason(name: str, report: ClosureReport, resolved: Resolved, baseline: Base
     pin = baseline.get(name)
     if pin is not None:
         parts.append(f"the image's {pin.version} does not fit")
+    if local:
+        parts.append(ORIGIN)
     return "; ".join(parts) or "in the resolved closure"
 
 
@@ -96,7 +101,13 @@ def _copy_into(src: Path, dest: Path, sha256: str) -> None:
 
 
 def _fetch_all(
-    vendor: list[Resolved], target: TargetConfig, env: TargetEnv, cache_dir: Path, work: Path, console: Console
+    vendor: list[Resolved],
+    target: TargetConfig,
+    env: TargetEnv,
+    wheelhouse: Path,
+    dropped: set[str],
+    work: Path,
+    console: Console,
 ) -> list[Fetched]:
     fetched: list[Fetched] = []
     columns = (
@@ -116,9 +127,11 @@ def _fetch_all(
                 env,
                 find_links=target.find_links,
                 no_index=target.no_index,
-                cache_dir=cache_dir,
+                wheelhouse=wheelhouse,
                 work=work,
             )
+            if got.path.name in dropped:
+                got = Fetched(got.path, ORIGIN)
             size_mb = got.path.stat().st_size / 1e6
             console.print(f"  {got.path.name} [dim]({got.how}, {size_mb:.2f} MB)[/]")
             fetched.append(got)
@@ -126,15 +139,21 @@ def _fetch_all(
     return fetched
 
 
-def vendor_wheels(target: TargetConfig, dest: Path, *, cache_dir: Path, console: Console) -> WheelPlan:
-    """Write every wheel of the plan into `dest` (flat), reusing `cache_dir`; see the module doc."""
+def vendor_wheels(
+    target: TargetConfig, dest: Path, *, wheelhouse: Path, console: Console, uv_cache: Path | None = None
+) -> WheelPlan:
+    """Write every wheel of the plan into `dest` (flat), reusing and filling the local `wheelhouse`
+    (`target.wheelhouse` in a build); `uv_cache` (default `<wheelhouse>/.uv`) is uv's own cache.
+    See the module doc."""
     env = target_env(target)
     baseline = load_baseline(target.baseline)
     requirements = parse_requirements(target.requirements)
     if not requirements:
         return WheelPlan((), (), ())
+    prepare(wheelhouse)
+    dropped = scan(wheelhouse, env)
+    check_misfits(dropped, (canonicalize_name(r.name) for r in requirements), env)
     dest.mkdir(parents=True, exist_ok=True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bundler-wheels-") as tmp:
         work = Path(tmp)
@@ -143,17 +162,26 @@ def vendor_wheels(target: TargetConfig, dest: Path, *, cache_dir: Path, console:
                 requirements,
                 baseline,
                 env,
-                find_links=target.find_links,
+                find_links=(wheelhouse, *target.find_links),
                 no_index=target.no_index,
-                cache_dir=cache_dir,
+                cache_dir=uv_cache or wheelhouse / ".uv",
                 work=work,
+                constraints=tuple(dropped.constraints()),
             )
+        closure = {canonicalize_name(r.name) for r in resolved}
+        check_misfits(dropped, closure, env)
         vendor, warnings = _split(resolved, baseline)
+        warnings += [
+            f"{path.name} in the local wheelhouse is not shipped: no requirement needs {key}; "
+            "name it in target.requirements to ship it"
+            for key, (_, path) in sorted(dropped.fitting.items())
+            if key not in closure
+        ]
         console.print(
             f"wheels: {len(resolved)} package(s) in the closure for {env.describe}, "
             f"{len(vendor)} to vendor, the rest already in the image ({baseline.name})"
         )
-        fetched = _fetch_all(vendor, target, env, cache_dir, work, console)
+        fetched = _fetch_all(vendor, target, env, wheelhouse, dropped.files(), work, console)
         infos = [read_wheel(f.path) for f in fetched]
         report = check_closure(requirements, infos, baseline, env)
         by_key = {canonicalize_name(r.name): r for r in vendor}
@@ -168,7 +196,7 @@ def vendor_wheels(target: TargetConfig, dest: Path, *, cache_dir: Path, console:
                     version=str(info.version),
                     sha256=digest,
                     size=info.path.stat().st_size,
-                    reason=_reason(info.name, report, by_key[info.key], baseline),
+                    reason=_reason(info.name, report, by_key[info.key], baseline, info.path.name in dropped.files()),
                 )
             )
         warnings += report.warnings

@@ -7,13 +7,19 @@ For a batch of uint8 RGB images `[N, H, W, 3]` (all at the spec's image size):
 - Classifiers (any number): each model's TTA views are stacked into one forward pass; the
   sigmoid probabilities are averaged over views, then over classifiers with their weights.
 - Gating: `off`; `per_class` (a class whose probability is below its threshold gets an empty
-  mask); `per_image` (an image where no class reaches its threshold is not segmented at all:
-  no segmentation forward pass sees it).
+  mask); `per_image` (an image where some class reaches its threshold keeps every class). In
+  both modes an image none of whose classes passes is not segmented at all: no segmentation
+  forward pass sees it (`images_skipped`).
 - Segmentation: each model's views are stacked into ONE forward batch, the sigmoid
   probabilities are de-augmented and averaged (`tta.merge_views`), resized back to the image
   size, and averaged over models with their weights.
-- NaN or Inf in any model's output for an image: that image is flagged (`nonfinite`) and gets
-  empty masks; the other images of the batch are unaffected.
+- NaN in a model's output for an image (any view, any pixel) leaves that model out for that
+  image only: the other models' weights are renormalised for it (`nan_segmenters`,
+  `nan_classifiers`). Only when every segmenter gave NaN does the image get empty masks
+  (`nonfinite`); when every classifier did, it is segmented ungated (`ungated`). +/-Inf logits
+  (an fp16 overflow) are saturated probabilities, 1 or 0, not failures.
+- Outputs may come in any memory layout (smp answers channels_last input with a channels_last
+  output): nothing here `view`s a model output flat.
 - A model that raises is reported as `ModelRunError(name)` so the caller can drop it and retry.
 
 Everything runs under `torch.inference_mode()`, split across the `DeviceSet`'s devices.
@@ -40,15 +46,19 @@ from .tta import merge_views, stack_views
 
 @dataclass
 class BatchResult:
-    """Predictions for one batch. `probs` are zeros for images that were not segmented."""
+    """Predictions for one batch. `probs` are zeros for images that were not segmented, and for
+    images where every segmentation model gave NaN (`nonfinite`)."""
 
     probs: npt.NDArray[np.float32]  # [N, C, H, W]
     allowed: npt.NDArray[np.bool_]  # [N, C]: False where gating empties the class
-    nonfinite: npt.NDArray[np.bool_]  # [N]: a model produced NaN/Inf for this image
+    nonfinite: npt.NDArray[np.bool_]  # [N]: every segmentation model gave NaN for it -> empty masks
     segmented: npt.NDArray[np.bool_]  # [N]: the image went through the segmentation models
+    ungated: npt.NDArray[np.bool_]  # [N]: every classifier gave NaN for it -> segmented ungated
     pairs_gated_out: int = 0
-    images_skipped: int = 0  # per-image gating let no class of the image through
-    culprits: dict[int, list[str]] = field(default_factory=dict)  # image index -> models with NaN/Inf
+    images_skipped: int = 0  # gating let no class of the image through: no segmentation forward
+    # image index -> the segmenters / classifiers whose output for it held NaN (dropped for it)
+    nan_segmenters: dict[int, list[str]] = field(default_factory=dict)
+    nan_classifiers: dict[int, list[str]] = field(default_factory=dict)
 
 
 CPU_PIXELS_PER_CALL = 1 << 18  # the "auto" CPU call size: about 256k input pixels
@@ -150,86 +160,123 @@ class Predictor:
         self.forward_images[name] += x.shape[0]
         return out.float()
 
-    def _classify(self, chunks: list[torch.Tensor], culprits: dict[int, list[str]]) -> torch.Tensor:
-        """Weighted mean classifier probabilities [N, C] on the CPU; notes images with NaN/Inf."""
-        total = torch.zeros(sum(c.shape[0] for c in chunks), self.spec.num_classes)
+    def _classify(self, chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[int, list[str]]]:
+        """(probabilities [N, C], ungated [N], nan) on the CPU. Each image's probabilities are the
+        weighted mean over the classifiers whose output for it holds no NaN (weights renormalised
+        per image); `ungated` marks images every classifier gave NaN for (probabilities 0 there);
+        `nan` maps an image index to the classifiers dropped for it."""
+        n = sum(c.shape[0] for c in chunks)
+        total = torch.zeros(n, self.spec.num_classes)
+        covered = torch.zeros(n)  # summed weight of the classifiers usable for each image
         weights = sum(m.spec.weight for m in self.classifiers)
+        nan: dict[int, list[str]] = {}
         for lm in self.classifiers:
             parts = []
             with self.profiler.stage(f"classifier:{lm.spec.name}"):
-                for (i, _, _), x in zip(self.devices.split(total.shape[0]), chunks, strict=True):
-                    n = x.shape[0]
+                for (i, _, _), x in zip(self.devices.split(n), chunks, strict=True):
                     out = self._forward(lm, lm.replicas[i], self._prepare(x, lm.spec), "classifier")
-                    views = out.view(len(lm.views), n, -1)
-                    finite = torch.isfinite(views).all(dim=2).all(dim=0)
-                    probs = torch.sigmoid(torch.nan_to_num(views, nan=0.0, posinf=0.0, neginf=0.0)).mean(dim=0)
-                    parts.append((probs, finite))
-                probs_all = torch.cat([p.cpu() for p, _ in parts])
-                finite_all = torch.cat([f.cpu() for _, f in parts])
-            for j in (~finite_all).nonzero().flatten().tolist():
-                culprits.setdefault(j, []).append(lm.spec.name)
-            total += probs_all * (lm.spec.weight / weights)
-        return total
+                    bad = _nan_images(out, len(lm.views), x.shape[0])
+                    # reshape, not view: a model may hand back any memory layout. sigmoid(+-inf)
+                    # is 1 or 0 (saturated, e.g. an fp16 overflow), only NaN drops the model.
+                    views = torch.sigmoid(out.reshape(len(lm.views), x.shape[0], -1))
+                    parts.append((views.mean(dim=0).masked_fill(bad[:, None], 0.0), bad))
+                probs = torch.cat([p.cpu() for p, _ in parts])
+                bad_all = torch.cat([b.cpu() for _, b in parts])
+            total += probs * (lm.spec.weight / weights)
+            covered += (~bad_all).float() * lm.spec.weight
+            for j in bad_all.nonzero().flatten().tolist():
+                nan.setdefault(j, []).append(lm.spec.name)
+        ungated = covered <= 0
+        _renormalise(total, covered, weights, nan)
+        return total, ungated, nan
 
-    def _segment(self, images: npt.NDArray[np.uint8], culprits: dict[int, list[str]]) -> torch.Tensor:
-        """Weighted mean segmentation probabilities [n, C, H, W] (CPU) for `images`; notes NaN/Inf."""
+    def _segment(self, images: npt.NDArray[np.uint8]) -> tuple[torch.Tensor, torch.Tensor, dict[int, list[str]]]:
+        """(probabilities [n, C, H, W], failed [n], nan) on the CPU for `images`. Each image's
+        probabilities are the weighted mean over the segmenters whose output for it holds no NaN
+        (weights renormalised per image); `failed` marks images every segmenter gave NaN for
+        (probabilities 0 there); `nan` maps an image index to the segmenters dropped for it."""
         n, h, w = images.shape[0], images.shape[1], images.shape[2]
         with self.profiler.stage("preprocess"):
             chunks = self._upload(images)
         split = self.devices.split(n)
         acc = [torch.zeros(x.shape[0], self.spec.num_classes, h, w, device=x.device) for x in chunks]
+        covered = torch.zeros(n)  # summed weight of the segmenters usable for each image
         weights = sum(m.spec.weight for m in self.segmenters)
+        nan: dict[int, list[str]] = {}
         for lm in self.segmenters:
             outs = []
             with self.profiler.stage(f"segmenter:{lm.spec.name}"):
                 for (i, _, _), x in zip(split, chunks, strict=True):
                     outs.append(self._forward(lm, lm.replicas[i], self._prepare(x, lm.spec), "segmenter"))
             with self.profiler.stage("tta_merge"):
-                for (_, start, _), out, a in zip(split, outs, acc, strict=True):
-                    k = out.shape[0] // len(lm.views)
-                    finite = torch.isfinite(out.view(len(lm.views), k, -1)).all(dim=2).all(dim=0)
-                    for j in (~finite).nonzero().flatten().tolist():
-                        culprits.setdefault(start + j, []).append(lm.spec.name)
-                    probs = merge_views(torch.sigmoid(torch.nan_to_num(out)), lm.views, k)
+                for (_, start, stop), out, a in zip(split, outs, acc, strict=True):
+                    k = stop - start
+                    bad = _nan_images(out, len(lm.views), k)
+                    probs = merge_views(torch.sigmoid(out), lm.views, k)
                     if tuple(probs.shape[-2:]) != (h, w):
                         probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-                    a.add_(probs, alpha=lm.spec.weight / weights)
-        return torch.cat([a.cpu() for a in acc]) if acc else torch.zeros(0, self.spec.num_classes, h, w)
+                    a.add_(probs.masked_fill(bad[:, None, None, None], 0.0), alpha=lm.spec.weight / weights)
+                    bad_cpu = bad.cpu()
+                    covered[start:stop] += (~bad_cpu).float() * lm.spec.weight
+                    for j in bad_cpu.nonzero().flatten().tolist():
+                        nan.setdefault(start + j, []).append(lm.spec.name)
+        total = torch.cat([a.cpu() for a in acc]) if acc else torch.zeros(0, self.spec.num_classes, h, w)
+        failed = covered <= 0
+        _renormalise(total, covered, weights, nan)
+        return total, failed, nan
 
     @torch.inference_mode()
     def predict(self, images: npt.NDArray[np.uint8]) -> BatchResult:
-        """Gate and segment `images` [N, H, W, 3] uint8 RGB."""
+        """Gate and segment `images` [N, H, W, 3] uint8 RGB. An image no class of which passes the
+        gate (either mode) gets no segmentation forward; an image every classifier gave NaN for is
+        segmented ungated."""
         if not self.segmenters:
             raise ModelRunError("<ensemble>", "no segmentation model is left")
         n, h, w = images.shape[0], images.shape[1], images.shape[2]
         c = self.spec.num_classes
-        culprits: dict[int, list[str]] = {}
         allowed = torch.ones(n, c, dtype=torch.bool)
+        ungated = torch.zeros(n, dtype=torch.bool)
+        nan_classifiers: dict[int, list[str]] = {}
         if self.gating_mode != "off":
             with self.profiler.stage("preprocess"):
                 chunks = self._upload(images)
-            passed = self._classify(chunks, culprits) >= self._thresholds
+            gate, ungated, nan_classifiers = self._classify(chunks)
             del chunks
+            passed = (gate >= self._thresholds) | ungated[:, None]
             per_image = passed.any(dim=1, keepdim=True).expand(n, c)
             allowed = passed if self.gating_mode == "per_class" else per_image.clone()
-        nonfinite = torch.zeros(n, dtype=torch.bool)
-        nonfinite[list(culprits)] = True
-        gated_out = ~allowed.any(dim=1) if self.gating_mode == "per_image" else torch.zeros(n, dtype=torch.bool)
-        segment = ~nonfinite & ~gated_out
-        index = segment.nonzero().flatten()
+        skipped = ~allowed.any(dim=1)
+        index = (~skipped).nonzero().flatten()
         probs = torch.zeros(n, c, h, w)
+        nonfinite = torch.zeros(n, dtype=torch.bool)
+        nan_segmenters: dict[int, list[str]] = {}
         if len(index):
-            seg_culprits: dict[int, list[str]] = {}
-            probs[index] = self._segment(images[index.numpy()], seg_culprits)
-            for j, names in seg_culprits.items():
-                culprits.setdefault(int(index[j]), []).extend(names)
-                nonfinite[index[j]] = True
+            subset = images if len(index) == n else images[index.numpy()]
+            seg_probs, failed, nan = self._segment(subset)
+            probs[index], nonfinite[index] = seg_probs, failed
+            nan_segmenters = {int(index[j]): names for j, names in nan.items()}
         return BatchResult(
             probs=probs.numpy(),
             allowed=allowed.numpy(),
             nonfinite=nonfinite.numpy(),
-            segmented=segment.numpy(),
+            segmented=(~skipped).numpy(),
+            ungated=ungated.numpy(),
             pairs_gated_out=int((~allowed).sum()),
-            images_skipped=int(gated_out.sum()),
-            culprits=culprits,
+            images_skipped=int(skipped.sum()),
+            nan_segmenters=nan_segmenters,
+            nan_classifiers=nan_classifiers,
         )
+
+
+def _nan_images(out: torch.Tensor, views: int, n: int) -> torch.Tensor:
+    """[n] bool on `out`'s device: the images for which any view's output [views*n, ...] holds NaN.
+    `reshape`, not `view`: a channels_last output cannot be viewed flat."""
+    return torch.isnan(out).reshape(views, n, -1).any(dim=2).any(dim=0)
+
+
+def _renormalise(total: torch.Tensor, covered: torch.Tensor, weights: float, nan: dict[int, list[str]]) -> None:
+    """Rescale, in place, the images of `total` (accumulated with weight/`weights`) that some model
+    was dropped for, so their usable models' weights sum to one. Images no model covered stay 0."""
+    for j in nan:
+        if covered[j] > 0:
+            total[j] *= weights / float(covered[j])

@@ -49,6 +49,13 @@ class Profiler:
         self.devices: dict[str, Any] = {}  # profile.json "devices": DeviceSet.to_dict() (+ pin_memory_fallback)
         self.gating: dict[str, Any] = {"mode": "off", "images_segmented": 0, "images_skipped": 0, "pairs_gated_out": 0}
         self.guard_record: dict[str, Any] = {"budget_s": None, "steps": []}  # profile.json "guard"
+        # profile.json "nonfinite_outputs": NaN model outputs dropped per image (see kernel_src/run.py)
+        self.nonfinite_outputs: dict[str, Any] = {
+            "models": {},
+            "segmenter_dropped": 0,
+            "classifier_dropped": 0,
+            "ungated": 0,
+        }
         self.problems: dict[str, list[Any]] = {kind: [] for kind in (*IMAGE_PROBLEMS, "model_failures")}
         self.error: str | None = None
         self._stages: dict[str, list[float]] = {}  # name -> [seconds, calls]
@@ -123,6 +130,7 @@ class Profiler:
             "fixed_s": round(fixed, 4),
             "per_image_s": round((total - fixed) / images, 6) if images else 0.0,
             "gating": dict(self.gating),
+            "nonfinite_outputs": {**self.nonfinite_outputs, "models": dict(self.nonfinite_outputs["models"])},
             "guard": {**self.guard_record, "steps": list(self.guard_record["steps"])},
             "problems": {kind: list(items) for kind, items in self.problems.items()},
             "counts": {kind: len(self.problems[kind]) for kind in IMAGE_PROBLEMS},

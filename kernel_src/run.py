@@ -10,10 +10,18 @@
 4. after every batch the budget guard may step down (fewer TTA views, fewer models, empty masks);
 5. always writes every row of `submission.csv`, and `profile.json` even when it raises.
 
-Bad images (missing, unreadable, NaN/Inf model output) get empty masks and a warning naming them;
-converted ones (single-channel, other size) are predicted. A model that raises mid-run is dropped
-(recorded in `problems.model_failures`) and the batch is predicted again without it; with no
-segmentation model left, every remaining image gets empty masks.
+Bad images (missing, unreadable) get empty masks and a warning naming them; converted ones
+(single-channel, other size) are predicted. NaN in a model's output for an image leaves that model
+out for that image only (the other models' weights renormalised for it); +/-Inf logits (an fp16
+overflow) are saturated probabilities (sigmoid gives 1 or 0), not failures. profile.json counts:
+- `problems.nonfinite`: images that got empty masks because every segmentation model gave NaN;
+- `nonfinite_outputs.models`: {model: images whose output from that model held NaN};
+- `nonfinite_outputs.segmenter_dropped` / `classifier_dropped`: images predicted / gated without
+  one or more models that gave NaN for them (the others covered them);
+- `nonfinite_outputs.ungated`: images every classifier gave NaN for, segmented without gating.
+
+A model that raises mid-run is dropped (recorded in `problems.model_failures`) and the batch is
+predicted again without it; with no segmentation model left, every remaining image gets empty masks.
 """
 
 from __future__ import annotations
@@ -149,6 +157,27 @@ class _Engine:
                 self.guard.forget(e.model)
         return None
 
+    def _report_nonfinite(self, image_ids: Sequence[str], result: BatchResult) -> None:
+        """Count (profile.json `nonfinite_outputs`, `problems.nonfinite`) and warn about every model
+        output with NaN; `image_ids` are the ids of the batch's predicted images, in order."""
+        record = self.profiler.nonfinite_outputs
+        for nan, kind in ((result.nan_classifiers, "classifier"), (result.nan_segmenters, "segmenter")):
+            for j, names in sorted(nan.items()):
+                for name in names:
+                    record["models"][name] = record["models"].get(name, 0) + 1
+                image_id, models = image_ids[j], ", ".join(names)
+                if kind == "segmenter" and result.nonfinite[j]:
+                    self.profiler.problem("nonfinite", image_id)
+                    self.reporter.warn("nonfinite", f"{image_id}: NaN in the output of {models} -> empty masks")
+                elif kind == "classifier" and result.ungated[j]:
+                    record["ungated"] += 1
+                    self.reporter.warn("nonfinite_output", f"{image_id}: NaN in the output of {models} -> not gated")
+                else:
+                    record[f"{kind}_dropped"] += 1
+                    self.reporter.warn(
+                        "nonfinite_output", f"{image_id}: NaN in the output of {models} -> left out for this image"
+                    )
+
     def _rles(self, batch: Sequence[LoadedImage]) -> list[list[str]]:
         """One RLE list per image of `batch` (empty strings for images not predicted)."""
         rles = [list(self._empty) for _ in batch]
@@ -163,10 +192,7 @@ class _Engine:
         gating["images_segmented"] += int(result.segmented.sum())
         gating["images_skipped"] += result.images_skipped
         gating["pairs_gated_out"] += result.pairs_gated_out
-        for j, names in sorted(result.culprits.items()):
-            image_id = batch[valid[j]].image_id
-            self.profiler.problem("nonfinite", image_id)
-            self.reporter.warn("nonfinite", f"{image_id}: NaN/Inf in the output of {', '.join(names)} -> empty masks")
+        self._report_nonfinite([batch[i].image_id for i in valid], result)
         keep = [j for j in range(len(valid)) if result.segmented[j] and not result.nonfinite[j]]
         with self.profiler.stage("postprocess"):
             masks = {

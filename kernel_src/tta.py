@@ -3,6 +3,8 @@
 Every view is its own inverse (a flip), so `invert_view` applies the same flip again. Views of
 one batch are stacked view-major into a single batch (`stack_views`) so a model sees all of them
 in one forward pass; `merge_views` undoes each view on the model output and averages them.
+Outputs may come in any memory layout (smp answers a channels_last input with a channels_last
+output): only slicing, `torch.flip` and addition touch them here, never a flat `view`.
 """
 
 from __future__ import annotations

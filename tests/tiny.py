@@ -12,6 +12,9 @@ does. Everything is seeded: the same `seed` gives the same files.
 - `make_nan_segmenter(dest)`: a scripted segmenter that outputs NaN for images brighter than
   0.9 on average and a fixed logit elsewhere.
 - `make_failing_segmenter(dest)`: a scripted segmenter that raises on batches with such an image.
+- `make_nan_classifier(dest)`: a scripted classifier with logit `value` for every class, NaN for
+  images brighter than 0.9; `make_inf_segmenter(dest)`: logits +inf for images brighter than 0.5,
+  -inf for the others (an fp16 overflow's saturated logits).
 - `tiny_spec(dest, **overrides)`: a complete `InferenceSpec` (64x256 images, CPU) around them.
 - `write_image`, `write_sample`: hand-made test images and sample submissions.
 """
@@ -292,3 +295,56 @@ def write_sample(path: Path, image_ids: list[str], *, layout: str = "wide", num_
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# --- Non-finite outputs (issue 11, item 4): a classifier with NaN, a segmenter with +/-Inf logits ---
+
+
+class _NanClassifier(nn.Module):
+    """Logit `value` for every class; NaN for images whose mean pixel is above 0.9."""
+
+    def __init__(self, num_classes: int, value: float) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.full((x.shape[0], self.num_classes), self.value, dtype=x.dtype, device=x.device)
+        out[x.mean(dim=(1, 2, 3)) > 0.9] = float("nan")
+        return out
+
+
+class _InfSegmenter(nn.Module):
+    """Logit +inf everywhere for images whose mean pixel is above 0.5, -inf for the others."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.full((x.shape[0], self.num_classes, x.shape[2], x.shape[3]), -float("inf"), dtype=x.dtype)
+        out[x.mean(dim=(1, 2, 3)) > 0.5] = float("inf")
+        return out
+
+
+def _scripted(dest: Path, name: str, model: nn.Module, **spec: Any) -> ModelSpec:
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    model_spec = ModelSpec(
+        name=name, kind="torchscript", file=f"{name}.pt", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), **spec
+    )
+    torch.jit.script(model).save(str(dest / model_spec.file))  # type: ignore[no-untyped-call]
+    return model_spec
+
+
+def make_nan_classifier(
+    dest: Path, *, name: str = "cls-nan", num_classes: int = 4, value: float = -20.0, weight: float = 1.0
+) -> ModelSpec:
+    """A scripted classifier: logit `value` for every class, NaN for images with mean pixel > 0.9."""
+    return _scripted(dest, name, _NanClassifier(num_classes, value), input_size=(16, 64), weight=weight)
+
+
+def make_inf_segmenter(dest: Path, *, name: str = "seg-inf", num_classes: int = 4, weight: float = 1.0) -> ModelSpec:
+    """A scripted segmenter: logit +inf for images with mean pixel > 0.5, -inf for the others (the
+    saturated logits an fp16 overflow gives)."""
+    return _scripted(dest, name, _InfSegmenter(num_classes), input_size=(32, 128), weight=weight)

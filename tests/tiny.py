@@ -17,10 +17,14 @@ does. Everything is seeded: the same `seed` gives the same files.
   -inf for the others (an fp16 overflow's saturated logits).
 - `tiny_spec(dest, **overrides)`: a complete `InferenceSpec` (64x256 images, CPU) around them.
 - `write_image`, `write_sample`: hand-made test images and sample submissions.
+- `matrix_images`, `make_matrix_models`: the device matrix's graded 32x128 images, and three
+  smp segmenters plus a timm classifier rescaled on them, with gating thresholds chosen for them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -348,3 +352,138 @@ def make_inf_segmenter(dest: Path, *, name: str = "seg-inf", num_classes: int = 
     """A scripted segmenter: logit +inf for images with mean pixel > 0.5, -inf for the others (the
     saturated logits an fp16 overflow gives)."""
     return _scripted(dest, name, _InfSegmenter(num_classes), input_size=(32, 128), weight=weight)
+
+
+# --- The device matrix (tests/test_device_matrix.py) -----------------------------------------
+# Three smp architectures (smp's own resnet18 encoder and timm-universal MobileNetV3) and a timm
+# classifier on small graded-brightness images. Random seeded weights give logits near zero, so
+# masks would be coin flips at 0.5 and gating would hinge on the third decimal; the maker
+# rescales each model's last layer on the matrix images so masks cover set fractions of the
+# pixels, and places the gating thresholds in wide gaps between the classifier's probabilities.
+
+MATRIX_HEIGHT = 32
+MATRIX_WIDTH = 128
+MATRIX_LOGIT_STD = 3.0  # segmenter logits' spread on the matrix images after rescaling
+MATRIX_LOGIT_MEAN = (1.5, 0.5, 0.0, -1.0)  # per class (cycled): masks over ~69%, 57%, 50%, 37% of pixels
+MATRIX_CLASSIFIER_LOGIT_STD = 2.0
+
+
+def matrix_images(n: int = 7, *, seed: int = 0) -> npt.NDArray[np.uint8]:
+    """`n` RGB images [n, 32, 128, 3]: a brightness ramp from dark (30) to bright (230) over the
+    set, each image with three random coloured blocks and pixel noise (seeded)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, MATRIX_HEIGHT, MATRIX_WIDTH, 3), np.uint8)
+    for i in range(n):
+        image = np.full((MATRIX_HEIGHT, MATRIX_WIDTH, 3), 30.0 + 200.0 * i / max(n - 1, 1), np.float32)
+        for _ in range(3):
+            y, x = int(rng.integers(0, MATRIX_HEIGHT - 8)), int(rng.integers(0, MATRIX_WIDTH - 24))
+            image[y : y + 12, x : x + 32] = rng.uniform(0.0, 255.0, size=3)
+        image += rng.normal(0.0, 10.0, image.shape).astype(np.float32)
+        out[i] = np.clip(image, 0.0, 255.0).astype(np.uint8)
+    return out
+
+
+@dataclass(frozen=True)
+class MatrixModels:
+    """What `make_matrix_models` saved, and the gating it chose for the images it was given."""
+
+    classifier: ModelSpec
+    segmenters: tuple[ModelSpec, ...]
+    thresholds: tuple[float, ...]  # gating threshold per class
+    margin: float  # the smallest distance of a classifier probability (fp32) from its threshold
+    classifier_probs: npt.NDArray[np.float32]  # [n, C] fp32 probabilities the thresholds came from
+
+
+def _matrix_inputs(images: npt.NDArray[np.uint8], spec: ModelSpec) -> torch.Tensor:
+    """The engine's preprocessing (kernel_src/predict.py): x / 255, bilinear resize, (x - mean) / std."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    if spec.input_size is not None and tuple(x.shape[-2:]) != spec.input_size:
+        x = nn.functional.interpolate(x, size=spec.input_size, mode="bilinear", align_corners=False)
+    return (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+
+
+def _rescale_last_layer(layer: nn.Module, logits: torch.Tensor, std: float, means: Sequence[float]) -> None:
+    """Make the logits (per class: dim 1) have spread `std` and mean `means[c]`: an affine change
+    of the last layer (what comes after it, e.g. smp's bilinear upsampling, keeps affine maps)."""
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)) or layer.bias is None:
+        raise TypeError(f"expected a Conv2d or Linear last layer with a bias, got {layer}")
+    dims = [d for d in range(logits.dim()) if d != 1]
+    mean, spread = logits.mean(dim=dims), logits.std(dim=dims).clamp_min(1e-12)
+    scale = std / spread
+    target = torch.tensor([means[c % len(means)] for c in range(logits.shape[1])])
+    with torch.no_grad():
+        layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
+        layer.bias.copy_((layer.bias - mean) * scale + target)
+
+
+def _gating_thresholds(probs: npt.NDArray[np.float32]) -> tuple[tuple[float, ...], float]:
+    """Per-class thresholds for `probs` [n, C] under which one image passes no class while every
+    class passes on some image, each threshold in the widest gap between the probabilities above
+    that image's; the image is the one giving the widest smallest margin. (thresholds, margin)."""
+    best: tuple[tuple[float, ...], float] | None = None
+    for empty in range(probs.shape[0]):
+        thresholds, margins = [], []
+        for c in range(probs.shape[1]):
+            floor = float(probs[empty, c])
+            cuts = np.concatenate([[floor], np.sort(probs[probs[:, c] > floor, c])])
+            if len(cuts) < 2:  # this image is the class's most probable: it cannot be the empty one
+                break
+            k = int(np.argmax(np.diff(cuts)))
+            thresholds.append(float(cuts[k] + cuts[k + 1]) / 2)
+            margins.append(float(cuts[k + 1] - cuts[k]) / 2)
+        else:
+            if best is None or min(margins) > best[1]:
+                best = (tuple(thresholds), min(margins))
+    if best is None:
+        raise ValueError("no image can be left out by every class: use more images")
+    return best
+
+
+def make_matrix_models(
+    dest: Path, images: npt.NDArray[np.uint8], *, num_classes: int = 4, seed: int = 0
+) -> MatrixModels:
+    """Save a timm classifier (mobilenetv3_small_050, identity view) and three smp segmenters in
+    `dest`: Unet on smp's resnet18 at the image size; FPN on tu-mobilenetv3_small_050 at half the
+    image width (inputs and probabilities are resized); DeepLabV3Plus on tu-mobilenetv3_small_050
+    at the image size. Weights are seeded and random, each last layer rescaled on `images` (see
+    the block comment above); the gating thresholds are chosen for `images` (`_gating_thresholds`)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    h, w = int(images.shape[1]), int(images.shape[2])
+    classifier = ModelSpec(name="cls-mnv3", kind="timm", file="cls-mnv3.safetensors", arch="mobilenetv3_small_050")
+    segmenters = (
+        ModelSpec(name="unet-r18", kind="smp", file="unet-r18.safetensors", arch="Unet", encoder="resnet18"),
+        ModelSpec(
+            name="fpn-mnv3",
+            kind="smp",
+            file="fpn-mnv3.safetensors",
+            arch="FPN",
+            encoder=ENCODER,
+            input_size=(h, w // 2),
+            weight=0.7,
+        ),
+        ModelSpec(
+            name="dlv3p-mnv3",
+            kind="smp",
+            file="dlv3p-mnv3.safetensors",
+            arch="DeepLabV3Plus",
+            encoder=ENCODER,
+            weight=0.5,
+        ),
+    )
+    probs = np.zeros((len(images), num_classes), np.float32)
+    for i, spec in enumerate((classifier, *segmenters)):
+        torch.manual_seed(seed + i)
+        model = build_model(spec, num_classes).eval()
+        with torch.no_grad():
+            logits = model(_matrix_inputs(images, spec))
+            if spec is classifier:
+                head = model.get_classifier()  # type: ignore[operator]
+                _rescale_last_layer(head, logits, MATRIX_CLASSIFIER_LOGIT_STD, (0.0,))
+                probs = torch.sigmoid(model(_matrix_inputs(images, spec))).numpy()
+            else:
+                convs = [m for m in model.segmentation_head.modules() if isinstance(m, nn.Conv2d)]  # type: ignore[union-attr]
+                _rescale_last_layer(convs[-1], logits, MATRIX_LOGIT_STD, MATRIX_LOGIT_MEAN)
+        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(dest / spec.file))
+    thresholds, margin = _gating_thresholds(probs)
+    return MatrixModels(classifier, segmenters, thresholds, margin, probs)

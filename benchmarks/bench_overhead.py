@@ -17,13 +17,13 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
 from kernel_src.models import load_model
-from kernel_src.predict import cpu_images_per_call
 from kernel_src.spec import InferenceSpec
 from kernel_src.tta import stack_views
 
@@ -32,14 +32,24 @@ from .report import BenchResult, Figure, Target, seconds
 from .workload import ImageSet, Models, demo_models, make_images, make_spec, model_input, save_models
 
 
-def _calls(model: torch.nn.Module, x: torch.Tensor, spec: InferenceSpec) -> torch.Tensor:
-    """model(x) in the call sizes the engine uses on CPU, so the floor is the same arithmetic."""
-    step = cpu_images_per_call(spec.images_per_call, x.shape[-2:])
+def _calls(model: torch.nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:
+    """model(x) in calls of `step` images (0: one call), so the floor is the engine's arithmetic."""
+    step = step if step > 0 else x.shape[0]
     return torch.cat([model(x[i : i + step]) for i in range(0, x.shape[0], step)])
 
 
-def forward_floor(spec: InferenceSpec, bundle: Path, images: ImageSet) -> tuple[float, int]:
-    """Seconds spent in the forward passes the pipeline must make, and how many images were gated in."""
+def engine_call_sizes(profile: dict[str, Any]) -> dict[str, int]:
+    """The call size each model ended the run with (profile.json `call_sizes`: the measured
+    choice, or the last out-of-memory reduction)."""
+    return {
+        name: int((entry.get("reduced_by_oom") or [entry["chosen"]])[-1])
+        for name, entry in profile.get("call_sizes", {}).items()
+    }
+
+
+def forward_floor(spec: InferenceSpec, bundle: Path, images: ImageSet, call_sizes: dict[str, int]) -> tuple[float, int]:
+    """Seconds spent in the forward passes the pipeline must make, and how many images were gated
+    in; each model called with the call size the engine chose (`call_sizes`, 0 or absent: one call)."""
     device = torch.device("cpu")
     classifiers = [(m, load_model(m, bundle, spec.num_classes, device)) for m in spec.classifiers]
     segmenters = [(m, load_model(m, bundle, spec.num_classes, device)) for m in spec.segmenters]
@@ -59,7 +69,7 @@ def forward_floor(spec: InferenceSpec, bundle: Path, images: ImageSet) -> tuple[
                 for m, model in classifiers:
                     x = stack_views(torch.cat([model_input(b, m) for b in batch]), m.tta)
                     begin = time.perf_counter()
-                    out = _calls(model, x, spec)
+                    out = _calls(model, x, call_sizes.get(m.name, 0))
                     total += time.perf_counter() - begin
                     probs += torch.sigmoid(out).view(len(m.tta), len(batch), -1).mean(0)
                 keep = (probs / len(classifiers) >= thresholds).any(dim=1)
@@ -70,7 +80,7 @@ def forward_floor(spec: InferenceSpec, bundle: Path, images: ImageSet) -> tuple[
             for m, model in segmenters:
                 x = stack_views(torch.cat([model_input(b, m) for b in chosen]), m.tta)
                 begin = time.perf_counter()
-                _calls(model, x, spec)
+                _calls(model, x, call_sizes.get(m.name, 0))
                 total += time.perf_counter() - begin
     return total, gated_in
 
@@ -86,7 +96,7 @@ def bench_overhead(
         fitted = save_models(models or demo_models(None, None), root / "bundle", images)
         spec = make_spec(fitted, height=height, width=width, gating="per_image")
         wall, profile = run_ours(spec, root / "bundle", images, root / "ours")
-        floor, gated_in = forward_floor(spec, root / "bundle", images)
+        floor, gated_in = forward_floor(spec, root / "bundle", images, engine_call_sizes(profile))
     segmented = int(profile.get("gating", {}).get("images_segmented", -1))
     if segmented != gated_in:
         raise AssertionError(f"overhead_vs_forward: the pipeline segmented {segmented} images, the floor {gated_in}")

@@ -3,6 +3,16 @@
 `load_models` loads every model of an `InferenceSpec` (one replica per device) and checks each
 with a test forward, so configuration problems raise `ModelError` before any image is read.
 
+Call sizes: the engine calls each model with at most `LoadedModel.images_per_call` images (TTA
+views count as images). `images_per_call = N` in the spec fixes it; `0` measures it at load, as
+cudnn's benchmark mode does for kernels: on the first replica, call sizes 1, 2, 4, ... up to the
+largest call a batch makes (the batch's share of one device x the model's views) are timed
+with zero inputs (on CUDA after one warm-up call per size; on CPU the test forward warmed up),
+best of `CALL_SIZE_TIMINGS` each; growing stops at a size slower per image than the best so
+far, at one that runs out of memory, or once measuring has taken `CALL_SIZE_BUDGET` times the
+estimated time of one call of the largest size. The fastest per image wins; the choice and the
+seconds per call are recorded in profile.json `call_sizes`.
+
 Nothing here reaches the network: smp encoders are built with `encoder_weights=None` and timm
 models with `pretrained=False`; weights come from the bundle (safetensors for smp and timm,
 TorchScript files for `kind = "torchscript"`).
@@ -12,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -118,13 +129,36 @@ def load_model(spec: ModelSpec, bundle_dir: Path, num_classes: int, device: torc
     return model.to(device).eval()
 
 
+CALL_SIZE_TIMINGS = 2  # timed calls per measured size; the fastest counts
+CALL_SIZE_BUDGET = 2.0  # measuring stops once it took this many (estimated) calls of the largest size
+
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = (
+    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+    MemoryError,
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError, a MemoryError, or a RuntimeError saying "out of memory"."""
+    return isinstance(error, OUT_OF_MEMORY) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
+def free_memory(devices: DeviceSet) -> None:
+    """Hand cached CUDA blocks back after an out-of-memory error (nothing to do on CPU)."""
+    if devices.cuda:
+        torch.cuda.empty_cache()
+
+
 @dataclass
 class LoadedModel:
-    """A model of the spec with one replica per device, and the TTA views it uses now."""
+    """A model of the spec with one replica per device, the TTA views it uses now, and the most
+    images (views included) one forward call gets (0: the whole stacked batch in one call)."""
 
     spec: ModelSpec
     replicas: tuple[nn.Module, ...]
     views: tuple[str, ...]
+    images_per_call: int = 0
+    measured_s: dict[int, float] = field(default_factory=dict)  # call size -> best seconds per call
 
 
 def load_models(
@@ -150,18 +184,94 @@ def load_models(
             entry = LoadedModel(m, tuple(replicas), m.tta)
             _test_forward(entry, kind, spec, devices)
             devices.synchronize()
+            largest = -(-spec.batch_size // devices.replicas) * len(m.tta)
+            if spec.images_per_call > 0:
+                entry.images_per_call = spec.images_per_call
+            else:
+                entry.images_per_call, entry.measured_s = measure_call_size(entry, spec, devices, largest)
+            profiler.call_sizes[m.name] = {
+                "chosen": entry.images_per_call,
+                "measured_s": {str(n): round(s, 6) for n, s in entry.measured_s.items()},
+                "reduced_by_oom": [],
+            }
             profiler.model_loaded(m.name, time.perf_counter() - begin)
             loaded[kind].append(entry)
     return loaded["classifier"], loaded["segmenter"]
+
+
+def call_sizes(largest: int) -> list[int]:
+    """1, 2, 4, ... below `largest`, then `largest` itself."""
+    sizes = [1]
+    while sizes[-1] * 2 < largest:
+        sizes.append(sizes[-1] * 2)
+    return [*sizes, largest] if largest > 1 else sizes
+
+
+def _zeros(entry: LoadedModel, spec: InferenceSpec, devices: DeviceSet, n: int) -> torch.Tensor:
+    h, w = entry.spec.input_size or (spec.image_height, spec.image_width)
+    x = torch.zeros(n, 3, h, w, device=devices.devices[0])
+    return x.contiguous(memory_format=torch.channels_last) if devices.channels_last else x
+
+
+@torch.inference_mode()
+def measure_call_size(
+    entry: LoadedModel,
+    spec: InferenceSpec,
+    devices: DeviceSet,
+    largest: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[int, dict[int, float]]:
+    """(the call size fastest per image, {size: best seconds per call}) as the module docstring
+    says; (1, {}) when the largest call is one image (nothing to choose)."""
+    if largest <= 1:
+        return 1, {}
+    model = entry.replicas[0]
+    measured: dict[int, float] = {}
+    begin = clock()
+    budget = float("inf")
+    for n in call_sizes(largest):
+        x = _zeros(entry, spec, devices, n)
+        try:
+            with devices.autocast():
+                if devices.cuda:
+                    model(x)  # warm-up: allocator growth and kernel choice for this shape
+                timings = []
+                for _ in range(CALL_SIZE_TIMINGS):
+                    devices.synchronize()
+                    start = clock()
+                    model(x)
+                    devices.synchronize()
+                    timings.append(clock() - start)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise ModelError(
+                    f"model {entry.spec.name!r}: a forward of {n} images failed while measuring call sizes "
+                    f"({type(e).__name__}: {e}); set images_per_call in [inference] to skip measuring"
+                ) from None
+            oom = True
+        else:
+            oom = False
+        if oom:  # outside the except block, so the failed call's tensors are released first
+            del x
+            free_memory(devices)
+            break
+        measured[n] = min(timings)
+        per_image = {size: s / size for size, s in measured.items()}
+        if n == 1:
+            budget = CALL_SIZE_BUDGET * measured[1] * largest
+        if per_image[n] > min(per_image.values()) or clock() - begin > budget:
+            break
+    if not measured:  # the test forward fitted one image, so this is an OOM at one image under load
+        return 1, {}
+    per_image = {size: s / size for size, s in measured.items()}
+    return min(per_image, key=lambda size: (per_image[size], size)), measured
 
 
 @torch.inference_mode()
 def _test_forward(entry: LoadedModel, kind: str, spec: InferenceSpec, devices: DeviceSet) -> None:
     m = entry.spec
     h, w = m.input_size or (spec.image_height, spec.image_width)
-    x = torch.zeros(1, 3, h, w, device=devices.devices[0])
-    if devices.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = _zeros(entry, spec, devices, 1)
     try:
         with devices.autocast():
             out = entry.replicas[0](x)

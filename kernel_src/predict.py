@@ -38,7 +38,7 @@ from torch import nn
 
 from .devices import DeviceSet
 from .errors import ModelRunError
-from .models import LoadedModel, check_output
+from .models import LoadedModel, check_output, free_memory, is_out_of_memory
 from .profiler import Profiler
 from .spec import InferenceSpec, ModelSpec
 from .tta import merge_views, stack_views
@@ -59,18 +59,6 @@ class BatchResult:
     # image index -> the segmenters / classifiers whose output for it held NaN (dropped for it)
     nan_segmenters: dict[int, list[str]] = field(default_factory=dict)
     nan_classifiers: dict[int, list[str]] = field(default_factory=dict)
-
-
-CPU_PIXELS_PER_CALL = 1 << 18  # the "auto" CPU call size: about 256k input pixels
-
-
-def cpu_images_per_call(setting: int, size: Sequence[int]) -> int:
-    """Images per forward call on CPU: `setting` when positive, else as many as fit the pixel
-    budget (at least one). On 2 cores, 8 images of 64x416 ran fastest in one call, while at
-    128x800 one image per call beat a call of 8 by 30-45% per image."""
-    if setting > 0:
-        return setting
-    return max(1, CPU_PIXELS_PER_CALL // max(1, int(size[0]) * int(size[1])))
 
 
 class Predictor:
@@ -140,23 +128,38 @@ class Predictor:
         return x.contiguous(memory_format=torch.channels_last) if self.devices.channels_last else x
 
     def _forward(self, lm: LoadedModel, replica: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
-        """Raw output for the stacked views of `x`, as float32; ModelRunError when it raises."""
+        """Raw output for the stacked views of `x`, as float32, in calls of at most
+        `lm.images_per_call` images (eval-mode models give the same numbers either way).
+
+        Out of memory is not a model failure: the same images are tried again with half the call
+        size (after emptying the CUDA cache), down to one image; the smaller size is kept for the
+        rest of the run and recorded in profile.json `call_sizes[name]["reduced_by_oom"]`. Any
+        other error, or out of memory at one image, raises ModelRunError."""
         name = lm.spec.name
         batch = stack_views(x, lm.views)
-        try:
-            with self.devices.autocast():
-                step = 0 if self.devices.cuda else cpu_images_per_call(self.spec.images_per_call, batch.shape[-2:])
-                if 0 < step < batch.shape[0]:
-                    # On CPU a big stacked batch is slower per image than calls that stay in cache
-                    # (measured in benchmarks/); eval-mode models give the same numbers either way.
-                    out = torch.cat([replica(batch[i : i + step]) for i in range(0, batch.shape[0], step)])
-                else:
-                    out = replica(batch)
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"returned {type(out).__name__}, not a tensor")
-            check_output(name, kind, out, batch.shape[0], self.spec.num_classes)
-        except Exception as e:
-            raise ModelRunError(name, e) from e
+        total = batch.shape[0]
+        while True:
+            step = lm.images_per_call if 0 < lm.images_per_call < total else total
+            try:
+                with self.devices.autocast():
+                    if step < total:
+                        out = torch.cat([replica(batch[i : i + step]) for i in range(0, total, step)])
+                    else:
+                        out = replica(batch)
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(f"returned {type(out).__name__}, not a tensor")
+                check_output(name, kind, out, total, self.spec.num_classes)
+            except Exception as e:
+                if step == 1 or not is_out_of_memory(e):
+                    raise ModelRunError(name, e) from e
+            else:
+                break
+            # out of memory above one image: retried outside the except block, so the failed
+            # call's tensors (held by the traceback) are released before the cache is emptied
+            free_memory(self.devices)
+            lm.images_per_call = step // 2
+            record = self.profiler.call_sizes.setdefault(name, {"chosen": step, "measured_s": {}, "reduced_by_oom": []})
+            record["reduced_by_oom"].append(lm.images_per_call)
         self.forward_images[name] += x.shape[0]
         return out.float()
 

@@ -47,6 +47,8 @@ class Profiler:
         self.finished_at: float | None = None
         self.model_load_s: dict[str, float] = {}
         self.devices: dict[str, Any] = {}  # profile.json "devices": DeviceSet.to_dict() (+ pin_memory_fallback)
+        # profile.json "call_sizes": {model: {"chosen": n, "measured_s": {"1": s, ...}, "reduced_by_oom": [n, ...]}}
+        self.call_sizes: dict[str, dict[str, Any]] = {}
         self.gating: dict[str, Any] = {"mode": "off", "images_segmented": 0, "images_skipped": 0, "pairs_gated_out": 0}
         self.guard_record: dict[str, Any] = {"budget_s": None, "steps": []}  # profile.json "guard"
         # profile.json "nonfinite_outputs": NaN model outputs dropped per image (see kernel_src/run.py)
@@ -127,6 +129,14 @@ class Profiler:
             },
             "model_load_s": {name: round(s, 4) for name, s in self.model_load_s.items()},
             "devices": dict(self.devices),
+            "call_sizes": {
+                name: {
+                    **entry,
+                    "measured_s": dict(entry["measured_s"]),
+                    "reduced_by_oom": list(entry["reduced_by_oom"]),
+                }
+                for name, entry in self.call_sizes.items()
+            },
             "fixed_s": round(fixed, 4),
             "per_image_s": round((total - fixed) / images, 6) if images else 0.0,
             "gating": dict(self.gating),

@@ -1,7 +1,10 @@
-"""`python -m benchmarks [--quick] [--only NAME ...] [--threads N]`.
+"""`python -m benchmarks [--quick] [--only NAME ...] [--threads N]` and `python -m benchmarks --gpu-check`.
 
 Prints one table per benchmark, then, as the last lines, the `key=value` figures. A benchmark
 that fails prints its error and the others still run; the exit status is then 1.
+
+`--gpu-check` runs instead what waits for a GPU (the `gpu`-marked tests and the CUDA benchmark,
+`benchmarks/gpu_check.py`); without CUDA it says so and exits 2.
 """
 
 from __future__ import annotations
@@ -56,18 +59,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes on 2 CPU cores")
     parser.add_argument("--only", action="append", choices=NAMES, metavar="NAME", help=f"run only NAME: {NAMES}")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help="on a GPU machine: the gpu-marked tests and the CUDA benchmark, within 8 minutes (exit 2 without CUDA)",
+    )
     args = parser.parse_args(argv)
+    if args.gpu_check and (args.quick or args.only):
+        parser.error("--gpu-check runs on its own: drop --quick and --only")
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console(highlight=False)
     now = datetime.datetime.now(datetime.UTC)
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else "none"
+    mode = "gpu-check" if args.gpu_check else "quick" if args.quick else "full"
     console.print(
-        f"bundler benchmarks ({'quick' if args.quick else 'full'}) - {now:%Y-%m-%d %H:%M} UTC; "
+        f"bundler benchmarks ({mode}) - {now:%Y-%m-%d %H:%M} UTC; "
         f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"CUDA: {cuda}; python {platform.python_version()}; load average {_load()}",
         soft_wrap=True,
     )
+    if args.gpu_check:
+        from .gpu_check import gpu_check
+
+        return gpu_check(console)
     benches = _benchmarks()
     results: list[BenchResult] = []
     failed: list[str] = []

@@ -7,11 +7,14 @@ per-pixel Python-loop RLE; every row kept in a list and written with pandas at t
 
 It computes the same arithmetic as the shipped engine (same preprocessing, the same view merge
 and model weighting, the same thresholds), so its submission must be identical; only the way
-the work is organised differs. That is what `pipeline_vs_naive` measures.
+the work is organised differs. That is what `pipeline_vs_naive` measures. On a GPU (`device`,
+and `autocast_dtype` for fp16 autocast as the engine runs it) the models and each image move to
+the device the way public kernels did (`.cuda()`, batch 1, default memory format).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,8 +95,8 @@ class _Clock:
 def _prepare(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     if spec.input_size is not None and tuple(x.shape[-2:]) != spec.input_size:
         x = F.interpolate(x, size=spec.input_size, mode="bilinear", align_corners=False)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -110,15 +113,34 @@ def _image_ids(sample_submission: Path) -> list[str]:
 
 
 def run_naive(
-    spec: InferenceSpec, *, bundle_dir: Path, test_dir: Path, sample_submission: Path, out_path: Path
+    spec: InferenceSpec,
+    *,
+    bundle_dir: Path,
+    test_dir: Path,
+    sample_submission: Path,
+    out_path: Path,
+    device: str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
 ) -> NaiveResult:
-    """Predict every image of the sample submission the public-kernel way; write `out_path`."""
+    """Predict every image of the sample submission the public-kernel way on `device` (fp32, or
+    autocast to `autocast_dtype`); write `out_path`."""
     started = time.perf_counter()
     clock = _Clock()
-    device = torch.device("cpu")
+    target = torch.device(device)
+
+    def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        autocast = (
+            torch.autocast(device_type=target.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            out: torch.Tensor = model(x)
+        return out.float()
+
     with clock.stage("load_models"):
-        classifiers = [(m, load_model(m, bundle_dir, spec.num_classes, device)) for m in spec.classifiers]
-        segmenters = [(m, load_model(m, bundle_dir, spec.num_classes, device)) for m in spec.segmenters]
+        classifiers = [(m, load_model(m, bundle_dir, spec.num_classes, target)) for m in spec.classifiers]
+        segmenters = [(m, load_model(m, bundle_dir, spec.num_classes, target)) for m in spec.segmenters]
     gate = spec.gating.mode if classifiers else "off"
     post = spec.postprocess
     result = NaiveResult(submission_path=out_path, seconds=0.0)
@@ -130,25 +152,25 @@ def run_naive(
                 if bgr is None:
                     raise FileNotFoundError(f"naive pipeline: {Path(test_dir) / image_id} cannot be read")
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div(255.0).contiguous()
+                x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div(255.0).contiguous().to(target)
             allowed = [True] * spec.num_classes
             if gate != "off":
                 with clock.stage("classifier"):
-                    total = torch.zeros(1, spec.num_classes)
+                    total = torch.zeros(1, spec.num_classes, device=target)
                     weights = sum(m.weight for m, _ in classifiers)
                     for m, model in classifiers:
                         xm = _prepare(x, m)
-                        views = [torch.sigmoid(model(_flip(xm, v))) for v in m.tta]
+                        views = [torch.sigmoid(forward(model, _flip(xm, v))) for v in m.tta]
                         total += torch.stack(views).mean(dim=0) * (m.weight / weights)
-                    passed = (total[0] >= torch.tensor(spec.gating.thresholds)).tolist()
+                    passed = (total[0].cpu() >= torch.tensor(spec.gating.thresholds)).tolist()
                 allowed = passed if gate == "per_class" else [any(passed)] * spec.num_classes
                 result.images_gated_out += not any(allowed)
             with clock.stage("segmentation"):
-                probability = torch.zeros(1, spec.num_classes, spec.image_height, spec.image_width)
+                probability = torch.zeros(1, spec.num_classes, spec.image_height, spec.image_width, device=target)
                 weights = sum(m.weight for m, _ in segmenters)
                 for m, model in segmenters:
                     xm = _prepare(x, m)
-                    outs = [_flip(torch.sigmoid(model(_flip(xm, v))), v) for v in m.tta]
+                    outs = [_flip(torch.sigmoid(forward(model, _flip(xm, v))), v) for v in m.tta]
                     probs = outs[0]
                     if len(outs) > 1:
                         probs = probs.clone()
@@ -160,7 +182,7 @@ def run_naive(
                             probs, size=(spec.image_height, spec.image_width), mode="bilinear", align_corners=False
                         )
                     probability.add_(probs, alpha=m.weight / weights)
-                maps = probability[0].numpy()
+                maps = probability[0].cpu().numpy()
             for c in range(spec.num_classes):
                 with clock.stage("postprocess"):
                     mask, components = naive_postprocess(

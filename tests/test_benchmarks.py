@@ -4,6 +4,8 @@ the figures are only checked to exist and be positive."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from benchmarks.bench_pipeline import bench_pipeline
 from benchmarks.bench_rebuild import bench_rebuild
 from benchmarks.bench_rle import bench_rle
 from benchmarks.bench_rss import bench_rss
+from benchmarks.gpu_check import run_tests
 from benchmarks.naive import naive_postprocess, naive_rle
 from benchmarks.report import BenchResult
 from benchmarks.workload import Models
@@ -120,7 +123,14 @@ def test_cuda_section_code_path_on_cpu() -> None:
     seg = [ModelSpec(name="s", kind="smp", file="s.safetensors", arch="Unet", encoder=ENCODER)]
     result = bench_cuda(quick=True, n=2, height=H, width=W, device="cpu", models=(cls, seg))
     figures = _figures(result)
-    assert {"cpu_fp32_images_per_s", "cpu_fp32_projected_min"} <= set(figures)
+    assert set(figures) == {
+        "cpu_fp32_images_per_s",
+        "cpu_fp32_projected_min",
+        "cpu_naive_fp32_projected_min",
+        "cpu_pipeline_vs_naive",
+    }
+    rows = {label: value for label, value, _ in result.rows}
+    assert rows["submissions, ours vs naive"].endswith("of 8 rows differ")  # 2 images x 4 classes
 
 
 def test_main_prints_figures_last(capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,3 +139,53 @@ def test_main_prints_figures_last(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[-1].startswith("rle_vs_naive=")
     assert float(lines[-1].split("=")[1]) > 0
     assert lines[-2] == "cuda_ensemble=skipped" or lines[-2].startswith("cuda_")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: --gpu-check would really run (minutes)")
+def test_gpu_check_without_a_gpu_says_so_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--gpu-check"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == "gpu_check=no_gpu"
+    assert "no CUDA device here" in captured.err and "nothing was checked" in captured.err
+
+
+GPU_TESTS_FILE = """
+import time
+
+import pytest
+
+
+@pytest.mark.gpu
+def test_records(record_property):
+    record_property("gpu_peak_mib", 12.5)
+
+
+@pytest.mark.gpu
+def test_fails():
+    assert 1 == 2
+
+
+@pytest.mark.gpu
+def test_skips():
+    pytest.skip("needs two CUDA devices")
+
+
+@pytest.mark.slow
+def test_hangs():
+    time.sleep(120)
+
+
+def test_unmarked():
+    pass
+"""
+
+
+@pytest.mark.slow
+def test_gpu_checks_child_pytest_counts_properties_and_timeout(tmp_path: Path) -> None:
+    (tmp_path / "test_fake_gpu.py").write_text(GPU_TESTS_FILE, encoding="utf-8")
+    run = run_tests(["test_fake_gpu.py"], marker="gpu", timeout_s=120, cwd=tmp_path)
+    assert (run.tests, run.passed, run.failed, run.skipped) == (3, 1, 1, 1)
+    assert run.properties == {"gpu_peak_mib": "12.5"}
+    assert run.returncode == 1 and not run.ok
+    stopped = run_tests(["test_fake_gpu.py"], marker="slow", timeout_s=5, cwd=tmp_path)
+    assert not stopped.ok and "ran past 5 s" in stopped.problem

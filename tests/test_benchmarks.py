@@ -82,10 +82,16 @@ def test_naive_postprocess_matches_engine() -> None:
 def test_pipeline_vs_naive_writes_identical_submissions() -> None:
     # bench_pipeline raises when a single row differs; the tiny models gate half the images.
     result = bench_pipeline(quick=True, n=4, height=H, width=W, models=tiny_models(), warmup=False)
-    assert set(_figures(result)) == {"pipeline_vs_naive_gated", "pipeline_vs_naive_ungated"}
+    assert set(_figures(result)) == {
+        "pipeline_vs_naive_gated",
+        "pipeline_vs_naive_per_class",
+        "pipeline_vs_naive_ungated",
+    }
     labels = {label: (value, note) for label, value, note in result.rows}
-    assert labels["gating per_image: submissions"][0] == "identical"
+    for mode in ("per_image", "per_class", "off"):
+        assert labels[f"gating {mode}: submissions"][0] == "identical"
     assert "segmented 2/4 images" in labels["gating per_image: ours"][1]
+    assert "segmented 2/4 images" in labels["gating per_class: ours"][1]  # no class passes the clean half
     assert "segmented 4/4 images" in labels["gating off: ours"][1]
 
 

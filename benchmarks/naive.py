@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from kernel_src.models import load_model
 from kernel_src.spec import InferenceSpec, ModelSpec
+from kernel_src.submission import read_sample_submission
 
 
 def naive_rle(mask: npt.NDArray[np.generic], order: str = "F") -> str:
@@ -105,11 +106,11 @@ def _flip(x: torch.Tensor, view: str) -> torch.Tensor:
     return torch.flip(x, dims) if dims else x
 
 
-def _image_ids(sample_submission: Path) -> list[str]:
-    sample = pd.read_csv(sample_submission)
-    if "ImageId_ClassId" not in sample.columns:
+def _image_ids(sample_submission: Path, num_classes: int) -> tuple[str, ...]:
+    sample = read_sample_submission(sample_submission, num_classes)
+    if sample.layout != "wide":
         raise ValueError(f"{sample_submission}: the naive pipeline writes the wide ImageId_ClassId layout only")
-    return list(dict.fromkeys(key.rsplit("_", 1)[0] for key in sample["ImageId_ClassId"]))
+    return sample.image_ids
 
 
 def run_naive(
@@ -146,7 +147,7 @@ def run_naive(
     result = NaiveResult(submission_path=out_path, seconds=0.0)
     rows: list[tuple[str, str]] = []
     with torch.no_grad():
-        for image_id in _image_ids(sample_submission):
+        for image_id in _image_ids(sample_submission, spec.num_classes):
             with clock.stage("decode"):
                 bgr = cv2.imread(str(Path(test_dir) / image_id), cv2.IMREAD_COLOR)
                 if bgr is None:

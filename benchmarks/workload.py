@@ -22,35 +22,28 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from bundler.demo.synthetic import SyntheticSet, make_dataset
 from kernel_src.models import build_model
 from kernel_src.spec import InferenceSpec, ModelSpec
+from kernel_src.submission import read_masks
 
 MIN_MARGIN = 0.5  # smallest |logit| the fitted classifier may give on the benchmark images
 SEG_POSITIVE = 0.03  # fraction of pixels a segmenter's shifted output puts above logit 0
 
 
-@dataclass(frozen=True)
-class ImageSet:
-    root: Path
-    images_dir: Path
-    labels_csv: Path
-    sample_submission: Path
-    image_ids: tuple[str, ...]
+ImageSet = SyntheticSet  # the benchmarks' name for the demo's synthetic set (one class, not a copy)
 
 
 def make_images(
     out_dir: Path, n_images: int, *, height: int, width: int, seed: int, clean_fraction: float = 0.5
-) -> ImageSet:
+) -> SyntheticSet:
     """`n_images` synthetic JPEGs (half clean by default) with labels and a wide sample submission."""
-    from bundler.demo.synthetic import make_dataset
-
-    data = make_dataset(
+    return make_dataset(
         out_dir,
         n_images,
         seed=seed,
@@ -60,23 +53,14 @@ def make_images(
         layout="wide",
         image_dir_name="test_images",
     )
-    return ImageSet(
-        root=Path(data.root),
-        images_dir=Path(data.images_dir),
-        labels_csv=Path(data.labels_csv),
-        sample_submission=Path(data.sample_submission),
-        image_ids=tuple(data.image_ids),
-    )
 
 
-def defect_labels(images: ImageSet, num_classes: int) -> npt.NDArray[np.bool_]:
+def defect_labels(images: SyntheticSet, num_classes: int) -> npt.NDArray[np.bool_]:
     """[images, classes]: True where the labels give the image that class of defect."""
-    labels = pd.read_csv(images.labels_csv, dtype=str, keep_default_na=False)
-    index = {image_id: i for i, image_id in enumerate(images.image_ids)}
+    masks = read_masks(images.labels_csv, num_classes, labels=True)
     present = np.zeros((len(images.image_ids), num_classes), dtype=np.bool_)
-    for row in labels.itertuples():
-        if str(row.EncodedPixels).strip() and str(row.ImageId) in index:
-            present[index[str(row.ImageId)], int(str(row.ClassId)) - 1] = True
+    for i, image_id in enumerate(images.image_ids):
+        present[i] = [bool(rle.strip()) for rle in masks.get(image_id, [""] * num_classes)]
     return present
 
 
@@ -93,7 +77,7 @@ def model_input(image_bgr: npt.NDArray[np.uint8], spec: ModelSpec) -> torch.Tens
     return (x - mean) / std
 
 
-def _read(images: ImageSet, image_id: str) -> npt.NDArray[np.uint8]:
+def _read(images: SyntheticSet, image_id: str) -> npt.NDArray[np.uint8]:
     image = cv2.imread(str(images.images_dir / image_id), cv2.IMREAD_COLOR)
     if image is None:
         raise FileNotFoundError(f"benchmark image {images.images_dir / image_id} cannot be read")
@@ -112,7 +96,7 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     return head
 
 
-def fit_classifier(model: nn.Module, spec: ModelSpec, images: ImageSet, present: npt.NDArray[np.bool_]) -> float:
+def fit_classifier(model: nn.Module, spec: ModelSpec, images: SyntheticSet, present: npt.NDArray[np.bool_]) -> float:
     """Fit the Linear head so each class logit is +6 where `present`, -6 elsewhere; the margin."""
     head = _last_linear(model)
     features: list[torch.Tensor] = []
@@ -149,7 +133,7 @@ def _seg_head_bias(model: nn.Module) -> torch.Tensor:
     return convs[-1].bias
 
 
-def shift_segmenter(model: nn.Module, spec: ModelSpec, images: ImageSet, sample: int = 2) -> None:
+def shift_segmenter(model: nn.Module, spec: ModelSpec, images: SyntheticSet, sample: int = 2) -> None:
     """Shift the output bias so about SEG_POSITIVE of the pixels of a few images are positive."""
     outputs = []
     with torch.inference_mode():
@@ -200,7 +184,9 @@ def demo_models(input_size: tuple[int, int] | None, cls_input: tuple[int, int] |
     return Models(classifiers=(cls,), segmenters=(unet, fpn), margin=float("inf"))
 
 
-def save_models(models: Models, bundle_dir: Path, images: ImageSet, *, num_classes: int = 4, seed: int = 0) -> Models:
+def save_models(
+    models: Models, bundle_dir: Path, images: SyntheticSet, *, num_classes: int = 4, seed: int = 0
+) -> Models:
     """Random-weight models fitted to `images` as described above, saved into `bundle_dir`."""
     bundle_dir.mkdir(parents=True, exist_ok=True)
     present = defect_labels(images, num_classes)

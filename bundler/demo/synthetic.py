@@ -37,10 +37,9 @@ import numpy.typing as npt
 
 from bundler.errors import ConfigError
 from kernel_src import rle
-from kernel_src.submission import read_masks
+from kernel_src.submission import LAYOUTS, read_masks
 
 NUM_CLASSES = 4
-LAYOUTS = ("wide", "long")
 CLASS_WEIGHTS = (0.22, 0.18, 0.38, 0.22)  # class 3 most common, as in Severstal
 JPEG_QUALITY = 95
 _REF_HEIGHT, _REF_WIDTH = 256, 1600  # defect sizes are given at Severstal's size and scaled

@@ -1,11 +1,11 @@
 """`bundler dry-run`: the rendered notebook, run here offline and timed, projected and scored.
 
-1. Check every input (`dryrun_inputs`), before anything runs.
-2. Lay out a Kaggle-like tree in a temporary folder (`kaggle_tree`): the built bundle under
+1. Check every input (`inputs`), before anything runs.
+2. Lay out a Kaggle-like tree in a temporary folder (`tree`): the built bundle under
    `input/<dataset-slug>/`, the test images and the sample submission under
    `input/<competition-slug>/`, and `working/`, with `input/` read-only.
 3. Execute the RENDERED notebook with nbclient from `working/`, in a child process with no
-   network (`netns`; when that cannot be had it runs anyway, says so, and records it). Injected
+   network (`bundler.sandbox`; when that cannot be had it runs anyway, says so, and records it). Injected
    parameters point CONFIG at the tree, set `install_wheels: "auto"` and the time budget.
 4. Write to `dryrun.out`: submission.csv, profile.json, the executed notebook, summary.json and
    report.html, in every case (a failure is reported after its outputs are saved).

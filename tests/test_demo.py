@@ -5,81 +5,53 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
 
 from bundler.config import load_config
 from bundler.demo.command import DemoSettings, empty_submission_score, make_demo_data, run_demo, train_demo_models
 from bundler.demo.train import TrainSettings
 from bundler.errors import DemoError
+from tests.projects import quiet, tiny_inference, tiny_project, write_project
 
-TOML = """
-[bundle]
-name = "tiny-demo"
-
-[competition]
-slug = "tiny-comp"
-hidden_test_images = 20
-
-[dataset]
-id = "tester/tiny-demo-dataset"
-title = "tiny demo bundle for tests"
-
-[target]
-requirements = []
-no_index = true
-
-[kernel]
-id = "tester/tiny-demo-notebook"
-title = "Tiny demo notebook"
-
-[inference]
-num_classes = 4
-image_height = 64
-image_width = 256
-batch_size = 4
-device = "cpu"
-fp16 = false
-loader_workers = 1
-time_budget_s = 600
-
-[inference.gating]
-mode = "per_class"
-thresholds = 0.5
-
-[inference.postprocess]
-threshold = 0.5
-min_component = 4
-min_area = 8
-
-[[classifiers]]
-name = "cls-mnv3"
-kind = "timm"
-arch = "mobilenetv3_small_050"
-checkpoint = "models/cls-mnv3.pth"
-input_size = [32, 128]
-
-[[segmenters]]
-name = "unet-mnv3"
-kind = "smp"
-arch = "Unet"
-encoder = "tu-mobilenetv3_small_050"
-checkpoint = "models/unet-mnv3.pth"
-input_size = [32, 128]
-tta = ["identity", "hflip"]
-
-[[segmenters]]
-name = "fpn-mnv3"
-kind = "smp"
-arch = "FPN"
-encoder = "tu-mobilenetv3_small_050"
-checkpoint = "models/fpn-mnv3.pth"
-input_size = [64, 256]
-
-[dryrun]
-test_dir = "demo_data/holdout/test_images"
-sample_submission = "demo_data/holdout/sample_submission.csv"
-labels = "demo_data/holdout/labels.csv"
-"""
+DEMO_PROJECT = tiny_project(
+    bundle={"name": "tiny-demo"},
+    competition={"slug": "tiny-comp", "hidden_test_images": 20},
+    dataset={"id": "tester/tiny-demo-dataset", "title": "tiny demo bundle for tests"},
+    kernel={"id": "tester/tiny-demo-notebook", "title": "Tiny demo notebook"},
+    inference=tiny_inference(postprocess={"threshold": 0.5, "min_component": 4, "min_area": 8}),
+    classifiers=[
+        {
+            "name": "cls-mnv3",
+            "kind": "timm",
+            "arch": "mobilenetv3_small_050",
+            "checkpoint": "models/cls-mnv3.pth",
+            "input_size": [32, 128],
+        }
+    ],
+    segmenters=[
+        {
+            "name": "unet-mnv3",
+            "kind": "smp",
+            "arch": "Unet",
+            "encoder": "tu-mobilenetv3_small_050",
+            "checkpoint": "models/unet-mnv3.pth",
+            "input_size": [32, 128],
+            "tta": ["identity", "hflip"],
+        },
+        {
+            "name": "fpn-mnv3",
+            "kind": "smp",
+            "arch": "FPN",
+            "encoder": "tu-mobilenetv3_small_050",
+            "checkpoint": "models/fpn-mnv3.pth",
+            "input_size": [64, 256],
+        },
+    ],
+    dryrun={
+        "test_dir": "demo_data/holdout/test_images",
+        "sample_submission": "demo_data/holdout/sample_submission.csv",
+        "labels": "demo_data/holdout/labels.csv",
+    },
+)
 
 TINY = DemoSettings(
     n_train=6,
@@ -90,17 +62,8 @@ TINY = DemoSettings(
 )
 
 
-def quiet() -> Console:
-    return Console(quiet=True)
-
-
-def project(tmp_path: Path, text: str = TOML) -> Path:
-    (tmp_path / "bundle.toml").write_text(text)
-    return tmp_path / "bundle.toml"
-
-
 def test_demo_data_is_made_once_and_reused(tmp_path: Path) -> None:
-    cfg = load_config(project(tmp_path))
+    cfg = load_config(write_project(tmp_path, DEMO_PROJECT))
     first = make_demo_data(cfg, TINY, quiet())
     assert first.regenerated
     assert len(first.train_ids) == 6 and len(first.holdout_ids) == 4
@@ -119,20 +82,21 @@ def test_demo_data_is_made_once_and_reused(tmp_path: Path) -> None:
 
 
 def test_demo_refuses_dryrun_paths_it_does_not_write(tmp_path: Path) -> None:
-    cfg = load_config(project(tmp_path, TOML.replace("demo_data/holdout/labels.csv", "elsewhere/labels.csv")))
+    elsewhere = {**DEMO_PROJECT, "dryrun": {**DEMO_PROJECT["dryrun"], "labels": "elsewhere/labels.csv"}}
+    cfg = load_config(write_project(tmp_path, elsewhere))
     with pytest.raises(DemoError, match=r"dryrun\.labels.*demo_data/holdout/labels\.csv"):
         make_demo_data(cfg, TINY, quiet())
 
 
 def test_empty_submission_scores_the_share_of_empty_pairs(tmp_path: Path) -> None:
-    cfg = load_config(project(tmp_path))
+    cfg = load_config(write_project(tmp_path, DEMO_PROJECT))
     data = make_demo_data(cfg, DemoSettings(n_train=2, n_holdout=6, n_test=1), quiet())
     labelled = {line.split(",")[0] + line.split(",")[1] for line in data.holdout_labels.read_text().splitlines()[1:]}
     assert empty_submission_score(cfg, data) == pytest.approx(1.0 - len(labelled) / (6 * 4))
 
 
 def test_models_are_trained_once_then_reused(tmp_path: Path) -> None:
-    cfg = load_config(project(tmp_path))
+    cfg = load_config(write_project(tmp_path, DEMO_PROJECT))
     data = make_demo_data(cfg, TINY, quiet())
     trained, reused = train_demo_models(cfg, data, TINY, quiet())
     assert trained == ["cls-mnv3", "unet-mnv3", "fpn-mnv3"] and reused == []
@@ -153,7 +117,7 @@ def test_models_are_trained_once_then_reused(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_run_demo_end_to_end_then_reuses_everything(tmp_path: Path) -> None:
-    config = project(tmp_path)
+    config = write_project(tmp_path, DEMO_PROJECT)
     result = run_demo(config, console=quiet(), settings=TINY)
     assert result.trained == ("cls-mnv3", "unet-mnv3", "fpn-mnv3")
     assert (result.dataset_dir / "bundle.json").is_file()

@@ -3,7 +3,6 @@ a small synthetic holdout, executed by a real kernel with no network."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -15,139 +14,12 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from bundler.config import BundleConfig, load_config
-from bundler.demo.synthetic import make_dataset
+from bundler.config import BundleConfig
 from bundler.dryrun.metric import dice_score
 from bundler.sandbox import NETWORK_AVAILABLE, Isolation, probe
-from kernel_src.bundle import sha256_file
 from kernel_src.submission import read_csv_strings
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, make_tiny_models
-
-N_IMAGES = 6
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=160)
-
-
-HIDDEN = 50
-TOML = """
-[bundle]
-name = "tiny-bundle"
-
-[competition]
-hidden_test_images = {n}
-
-[dataset]
-id = "tester/tiny-bundle"
-title = "tiny test bundle"
-
-[target]
-requirements = []
-
-[kernel]
-id = "tester/tiny-kernel"
-title = "Tiny kernel"
-notebook = "build/inference.ipynb"
-metadata = "build/kernel-metadata.json"
-
-[inference]
-num_classes = 4
-image_height = {h}
-image_width = {w}
-batch_size = 2
-device = "cpu"
-fp16 = false
-loader_workers = 1
-
-[inference.gating]
-mode = "per_class"
-thresholds = [0.5, 0.5, 0.5, 0.5]
-
-[inference.postprocess]
-threshold = [0.5, 0.5, 0.5, 0.5]
-min_component = [0, 0, 0, 0]
-min_area = [0, 0, 0, 0]
-
-[[classifiers]]
-name = "{cls.name}"
-kind = "{cls.kind}"
-arch = "{cls.arch}"
-input_size = {cls_size}
-checkpoint = "unused.pth"
-
-[[segmenters]]
-name = "{seg.name}"
-kind = "{seg.kind}"
-arch = "{seg.arch}"
-encoder = "{seg.encoder}"
-input_size = {seg_size}
-tta = ["identity", "hflip"]
-checkpoint = "unused.pth"
-
-[dryrun]
-test_dir = "holdout/test_images"
-sample_submission = "holdout/sample_submission.csv"
-out = "build/dryrun"
-{dryrun_extra}
-"""
-
-
-def write_bundle(cfg: BundleConfig) -> dict[str, Any]:
-    """A built bundle as `bundler build` leaves it (weights only: the venv has every library)."""
-    out = cfg.dataset.out
-    weights = [
-        {
-            "file": m.spec.file,
-            "model": m.spec.name,
-            "kind": m.spec.kind,
-            "sha256": sha256_file(out / m.spec.file),
-            "size": (out / m.spec.file).stat().st_size,
-        }
-        for m in cfg.models
-    ]
-    lines = sorted(f"{w['file']} {w['sha256']}" for w in weights)
-    manifest = {
-        "format": 1,
-        "bundle": cfg.name,
-        "hash": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
-        "created_by": "tests",
-        "wheels": [],
-        "weights": weights,
-    }
-    (out / "bundle.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
-
-
-def make_project(root: Path, *, budget: float | None = None, labels: bool = True) -> BundleConfig:
-    """bundle.toml-equivalent config, built bundle, rendered notebook and holdout under `root`."""
-    from bundler.notebook.render import render_notebook
-
-    dataset = root / "build" / "dataset"
-    classifiers, segmenters = make_tiny_models(dataset)
-    keep = {classifiers[0].file, segmenters[0].file}
-    for path in dataset.iterdir():
-        if path.name not in keep:
-            path.unlink()
-    make_dataset(root / "holdout", N_IMAGES, seed=3, height=IMAGE_HEIGHT, width=IMAGE_WIDTH)
-    cls, seg = classifiers[0], segmenters[0]
-    extra = ['labels = "holdout/labels.csv"'] if labels else []
-    extra += [f"time_budget_s = {budget}"] if budget is not None else []
-    toml = TOML.format(
-        cls=cls,
-        cls_size=list(cls.input_size or (IMAGE_HEIGHT, IMAGE_WIDTH)),
-        seg=seg,
-        seg_size=list(seg.input_size or (IMAGE_HEIGHT, IMAGE_WIDTH)),
-        h=IMAGE_HEIGHT,
-        w=IMAGE_WIDTH,
-        n=HIDDEN,
-        dryrun_extra="\n".join(extra),
-    )
-    (root / "bundle.toml").write_text(toml)
-    cfg = load_config(root / "bundle.toml")
-    write_bundle(cfg)
-    render_notebook(cfg, console=quiet())
-    return cfg
+from tests.projects import DRYRUN_HIDDEN, DRYRUN_IMAGES, make_dryrun_project, quiet
+from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH
 
 
 @pytest.fixture(autouse=True)
@@ -159,7 +31,7 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> BundleConfig:
-    return make_project(tmp_path_factory.mktemp("dryrun"))
+    return make_dryrun_project(tmp_path_factory.mktemp("dryrun"))
 
 
 def _fresh(cfg: BundleConfig, name: str, **dryrun: Any) -> BundleConfig:
@@ -184,7 +56,7 @@ def test_within_budget_with_labels_passes_and_scores_the_written_submission(proj
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] is True
-    assert summary["images"] == N_IMAGES
+    assert summary["images"] == DRYRUN_IMAGES
     assert summary["seconds"] > 0
     assert summary["within_budget"] is True
     assert summary["budget_seconds"] == project.inference.time_budget_s
@@ -205,7 +77,7 @@ def test_within_budget_with_labels_passes_and_scores_the_written_submission(proj
     assert summary["per_class_score"] == list(expected.per_class)
     profile = json.loads((out / "profile.json").read_text())
     fixed, per = profile["fixed_s"], profile["per_image_s"]
-    assert summary["projected_seconds"] == pytest.approx(fixed + per * HIDDEN)
+    assert summary["projected_seconds"] == pytest.approx(fixed + per * DRYRUN_HIDDEN)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
     assert "PASS" in html
@@ -229,7 +101,7 @@ def test_tiny_budget_via_the_cli_steps_down_writes_every_row_and_fails(project: 
     assert summary["guard_steps"], "the in-notebook guard should have stepped down"
     assert all(step["action"] in ("drop_tta", "drop_model", "empty_rest") for step in summary["guard_steps"])
     rows = read_csv_strings(out / "submission.csv")
-    assert len(rows) == N_IMAGES * 4
+    assert len(rows) == DRYRUN_IMAGES * 4
     assert "over budget" in (out / "report.html").read_text()
 
 

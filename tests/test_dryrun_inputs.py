@@ -12,18 +12,17 @@ import pytest
 from bundler.config import BundleConfig
 from bundler.dryrun.inputs import check_inputs
 from bundler.errors import DryRunError
-from tests.test_dryrun import make_project
+from tests.projects import make_dryrun_project, quiet
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> BundleConfig:
-    return make_project(tmp_path_factory.mktemp("inputs"))
+    return make_dryrun_project(tmp_path_factory.mktemp("inputs"))
 
 
 @pytest.fixture
 def cfg(project: BundleConfig) -> BundleConfig:
     from bundler.notebook.render import render_notebook
-    from tests.test_dryrun import quiet
 
     render_notebook(project, console=quiet())  # kernel_src may have changed since the fixture ran
     return project

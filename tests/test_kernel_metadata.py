@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
 from bundler.errors import MetadataError
 from bundler.notebook.kernel_metadata import kernel_metadata, title_warning, validate_metadata, write_metadata
 from bundler.notebook.render import render_notebook
-from tests.test_render import demo_cfg
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=200)
+from tests.projects import demo_cfg, quiet
 
 
 def test_written_fields(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -10,13 +9,12 @@ from typing import Any
 
 import nbformat
 import pytest
-from rich.console import Console
 
 from kernel_src.bundle import CompetitionData, Prepared
 from kernel_src.errors import BundleError
 from kernel_src.notebook import CONFIG_KEYS, check_config, setup
 from kernel_src.spec import InferenceSpec
-from tests.tiny import model_dict
+from tests.projects import model_table, quiet, tiny_project, write_project
 
 SPEC = InferenceSpec.from_dict(
     {
@@ -28,10 +26,6 @@ SPEC = InferenceSpec.from_dict(
         ],
     }
 )
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=200)
 
 
 def config_for(spec: InferenceSpec, **changes: Any) -> dict[str, Any]:
@@ -84,53 +78,6 @@ def test_setup_refuses_a_model_the_manifest_does_not_list(tmp_path: Path) -> Non
 
 # --- end to end: build a tiny bundle, render, execute the notebook in a Kaggle-like tree ---
 
-TOML = """
-[bundle]
-name = "tiny-bundle"
-
-[competition]
-slug = "tiny-comp"
-
-[dataset]
-id = "tester/tiny-bundle-dataset"
-title = "tiny bundle for tests"
-
-[target]
-requirements = []
-no_index = true
-
-[kernel]
-id = "tester/tiny-notebook"
-title = "Tiny notebook"
-
-[inference]
-num_classes = 4
-image_height = 64
-image_width = 256
-batch_size = 4
-device = "cpu"
-fp16 = false
-loader_workers = 1
-time_budget_s = 600
-
-[inference.gating]
-mode = "per_class"
-thresholds = 0.5
-
-[inference.postprocess]
-threshold = 0.5
-min_component = 0
-min_area = 0
-"""
-
-
-def _toml_model(table: str, data: dict[str, Any], checkpoint: Path) -> str:
-    lines = [f"[[{table}]]", f'checkpoint = "{checkpoint}"']
-    for key in ("name", "kind", "arch", "encoder", "input_size", "tta", "weight"):
-        if key in data:
-            lines.append(f"{key} = {json.dumps(data[key])}")
-    return "\n".join(lines) + "\n"
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
@@ -145,13 +92,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("project")
     classifiers, segmenters = make_tiny_models(root / "models")
     classifiers, segmenters = classifiers[1:], segmenters[:1]  # one of each keeps the kernel quick on 2 cores
-    text = TOML + "".join(
-        _toml_model(table, model_dict(m), root / "models" / m.file)
-        for table, models in (("classifiers", classifiers), ("segmenters", segmenters))
-        for m in models
+    toml = tiny_project(
+        classifiers=[model_table(m, root / "models" / m.file) for m in classifiers],
+        segmenters=[model_table(m, root / "models" / m.file) for m in segmenters],
     )
-    (root / "bundle.toml").write_text(text)
-    cfg = load_config(root / "bundle.toml")
+    cfg = load_config(write_project(root, toml))
     build_dataset(cfg, console=quiet())
     result = render_notebook(cfg, console=quiet())
     data = make_dataset(root / "data", 6, height=64, width=256, seed=3)

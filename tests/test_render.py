@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +13,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from IPython.core.inputtransformer2 import TransformerManager
-from rich.console import Console
 
 from bundler.cli import main as cli
-from bundler.config import BundleConfig, parse_config
 from bundler.errors import RenderError
 from bundler.notebook.render import (
     INJECTED_TAG,
@@ -35,40 +31,7 @@ from bundler.notebook.render import (
     with_parameters,
 )
 from kernel_src.bundle import kernel_src_hash
-
-ROOT = Path(__file__).resolve().parent.parent
-BUNDLE_HASH = "ab" * 32
-
-
-def demo_cfg(root: Path, manifest: bool = True) -> BundleConfig:
-    """The demo bundle.toml resolved against `root`, with a built-bundle manifest when asked."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "bundle.toml").write_text((ROOT / "bundle.toml").read_text())
-    cfg = parse_config(tomllib.loads((ROOT / "bundle.toml").read_text()), root)
-    if manifest:
-        write_manifest(cfg)
-    return cfg
-
-
-def write_manifest(cfg: BundleConfig, **changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "format": 1,
-        "bundle": cfg.name,
-        "hash": BUNDLE_HASH,
-        "wheels": [],
-        "weights": [
-            {"file": m.spec.file, "model": m.spec.name, "sha256": f"{i:064x}", "size": 10}
-            for i, m in enumerate(cfg.models)
-        ],
-    }
-    data.update(changes)
-    cfg.dataset.out.mkdir(parents=True, exist_ok=True)
-    (cfg.dataset.out / "bundle.json").write_text(json.dumps(data))
-    return data
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=200)
+from tests.projects import FAKE_BUNDLE_HASH, demo_cfg, quiet, write_fake_manifest
 
 
 def test_render_twice_gives_the_same_bytes(tmp_path: Path) -> None:
@@ -118,7 +81,7 @@ def test_header_names_bundle_and_kernel_src_hashes(tmp_path: Path) -> None:
     header = nb.cells[0]
     assert header.cell_type == "markdown"
     src_hash = kernel_src_hash(kernel_src_dir())
-    assert BUNDLE_HASH in header.source
+    assert FAKE_BUNDLE_HASH in header.source
     assert src_hash in header.source
     assert "severstal-demo" in header.source
     assert "bundler render-notebook" in header.source
@@ -188,11 +151,11 @@ def test_render_requires_the_built_bundle(tmp_path: Path) -> None:
 
 def test_render_refuses_a_manifest_without_a_models_weights(tmp_path: Path) -> None:
     cfg = demo_cfg(tmp_path, manifest=False)
-    data = write_manifest(cfg)
-    write_manifest(cfg, weights=data["weights"][:-1])
+    data = write_fake_manifest(cfg)
+    write_fake_manifest(cfg, weights=data["weights"][:-1])
     with pytest.raises(RenderError, match=r"no weight file fpn-mobilenet\.safetensors for model 'fpn-mobilenet'"):
         render_notebook(cfg, console=quiet())
-    write_manifest(cfg, bundle="another")
+    write_fake_manifest(cfg, bundle="another")
     with pytest.raises(RenderError, match=r"bundle 'another', but bundle\.toml names 'severstal-demo'"):
         render_notebook(cfg, console=quiet())
 
@@ -201,7 +164,7 @@ def test_config_carries_the_spec_with_manifest_hashes(tmp_path: Path) -> None:
     cfg = demo_cfg(tmp_path)
     manifest = json.loads((cfg.dataset.out / "bundle.json").read_text())
     config = notebook_config(cfg, manifest)
-    assert config["bundle_hash"] == BUNDLE_HASH
+    assert config["bundle_hash"] == FAKE_BUNDLE_HASH
     assert config["bundle_name"] == "severstal-demo"
     assert [m["sha256"] for m in config["inference"]["segmenters"]] == [f"{1:064x}", f"{2:064x}"]
     nb = build_notebook(cfg, manifest)

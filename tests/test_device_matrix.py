@@ -20,16 +20,19 @@ Seven 32x128 PNG images (lossless, so the engine sees the pixels the maker saw) 
 3: batches of 3, 3 and 1, a batch of 3 split 2 + 1 over two replicas; 4 images per forward call,
 so 3 images x 4 views go through in calls of 4.
 
-Tolerances (`PROB_TOLERANCE`: largest and mean absolute difference of a probability):
-- fp32: 1e-5 / 1e-6. channels_last and a split batch change the order of float sums only;
-  measured differences are below 3e-7.
-- fp16 autocast: 0.05 / 2e-3. fp16 keeps an 11-bit significand (rounding error 2^-11 per
-  operation); through ~20 layers single models' probabilities moved up to 0.02, 6e-4 on average.
-- bf16 autocast: 0.25 / 1e-2. bf16 keeps 8 bits (2^-8, eight times coarser than fp16); single
-  models moved up to 0.15 at the odd pixel whose logit is near zero, 5e-3 on average.
+Tolerances (`PROB_TOLERANCE`: largest and mean absolute difference of a probability), with
+the largest measured (every configuration of the tta4 off, tta4 per_class, tta1 per_image rows):
+- fp32: 2e-5 / 1e-6 (measured 5.4e-6 / 2.4e-7). channels_last and a split batch only reorder
+  float sums, but the rescaled last layers multiply that noise by up to a few hundred (the
+  random DeepLabV3Plus's output is nearly constant before rescaling).
+- fp16 autocast: 0.02 / 1e-3 (measured 4.9e-3 / 2.7e-4). fp16 keeps an 11-bit significand:
+  about 5e-4 relative error per rounding, through ~20 layers, at logits spread over +-6.
+- bf16 autocast: 0.1 / 5e-3 (measured 0.041 / 2.0e-3). bf16 keeps 8 bits, eight times coarser
+  than fp16; the largest differences sit at pixels whose probability is near 0.5.
 Masks: the mean Dice over every image x class pair (Severstal's metric; a pair empty in both is
-1) is at least 0.99 for every configuration, and the gating decisions are identical (the
-thresholds' margin is far above any precision's error on the classifier).
+1) is at least 0.99 for every configuration (measured: 1.0 for fp32, 0.9992 fp16, 0.9953
+bf16), and the gating decisions are identical (the thresholds' margin, 0.10, is far above any
+precision's error on the classifier).
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ VIEWS: dict[int, tuple[str, ...]] = {1: ("identity",), 4: TTA_VIEWS}
 GATING = ("off", "per_image", "per_class")
 PLAIN = ("contiguous", "fp32", 1)  # the reference every other configuration is compared with
 
-PROB_TOLERANCE = {"fp32": (1e-5, 1e-6), "fp16": (0.05, 2e-3), "bf16": (0.25, 1e-2)}  # (max, mean) |dp|
+PROB_TOLERANCE = {"fp32": (2e-5, 1e-6), "fp16": (0.02, 1e-3), "bf16": (0.1, 5e-3)}  # (max, mean) |dp|
 DICE_MIN = 0.99
 MIN_GATING_MARGIN = 0.02  # a classifier probability's least distance from its threshold (fp32)
 

@@ -144,6 +144,7 @@ def test_per_image_gating_spends_no_segmentation_forward_on_skipped_images(
         segmenters=[bundle["segmenters"][0]],
         gating={"mode": "per_image", "thresholds": 0.5},
         postprocess={"threshold": 0.0},
+        images_per_call=8,  # fixed: no call-size measurement forwards at load
     )
     result = go(spec, bundle, tmp_path / "test", sample, tmp_path / "out", progress=False)
     assert sum(seen) == 1 + 3 * 2  # the load-time test forward, then 3 bright images x 2 TTA views

@@ -106,7 +106,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _execute(project: dict[str, Any], bundle_src: Path, where: Path) -> tuple[Any, Any, Path]:
     from bundler.dryrun._child import run_notebook
     from bundler.dryrun.tree import make_tree
-    from bundler.notebook.render import with_parameters
+    from bundler.notebook.parameters import with_parameters
     from bundler.sandbox import probe
 
     cfg, data = project["cfg"], project["data"]
@@ -134,7 +134,7 @@ def _execute(project: dict[str, Any], bundle_src: Path, where: Path) -> tuple[An
 @pytest.mark.slow
 def test_notebook_submission_is_byte_identical_to_kernel_src(project: dict[str, Any], tmp_path: Path) -> None:
     from bundler.dryrun.tree import remove_tree
-    from bundler.notebook.render import notebook_parameters
+    from bundler.notebook.parameters import notebook_parameters
     from kernel_src.run import run
 
     cfg, data = project["cfg"], project["data"]

@@ -16,19 +16,21 @@ from IPython.core.inputtransformer2 import TransformerManager
 
 from bundler.cli import main as cli
 from bundler.errors import RenderError
-from bundler.notebook.render import (
+from bundler.notebook.parameters import (
     INJECTED_TAG,
-    build_notebook,
     config_source,
-    kernel_src_dir,
-    kernel_src_files,
     literal,
-    notebook_bytes,
     notebook_config,
     notebook_parameters,
     parse_assignment,
-    render_notebook,
     with_parameters,
+)
+from bundler.notebook.render import (
+    build_notebook,
+    kernel_src_dir,
+    kernel_src_files,
+    notebook_bytes,
+    render_notebook,
 )
 from kernel_src.bundle import kernel_src_hash
 from tests.projects import FAKE_BUNDLE_HASH, demo_cfg, quiet, write_fake_manifest

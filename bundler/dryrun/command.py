@@ -72,7 +72,7 @@ def _prepare_out(out: Path, executed: Path) -> None:
 
 
 def _execute(cfg: BundleConfig, inputs: Inputs, executed: Path, isolation: Isolation, console: Console) -> Execution:
-    from bundler.notebook.render import with_parameters
+    from bundler.notebook.parameters import with_parameters
 
     out = cfg.dryrun.out
     tree_root = Path(tempfile.mkdtemp(prefix=".kaggle-tree-", dir=out))  # beside the outputs: hard links work

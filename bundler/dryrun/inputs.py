@@ -68,7 +68,8 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def _notebook(cfg: BundleConfig, manifest: Mapping[str, Any]) -> NotebookNode:
-    from bundler.notebook.render import kernel_src_dir, notebook_config, notebook_parameters
+    from bundler.notebook.parameters import notebook_config, notebook_parameters
+    from bundler.notebook.render import kernel_src_dir
 
     path = cfg.kernel.notebook
     if not path.is_file():

@@ -12,7 +12,9 @@ under tmp_path. (tests/tiny.py makes the tiny models, tests/wheelhouse.py the wh
 - `make_dryrun_project(root)`: a built bundle, a rendered notebook and a labelled holdout;
 - `demo_cfg(root)` / `write_fake_manifest(cfg)`: the repository's demo bundle.toml resolved
   against `root`, with a manifest of made-up hashes (rendering reads no weights);
-- `quiet()`: a console that prints nowhere.
+- `quiet()`: a console that prints nowhere; `captured()`: one whose output a test reads back;
+- `write_bundle(root)` / `save_checkpoints(root)` / `build(cfg)` / `snapshot` / `leftovers`: the build
+  tests' project (a timm classifier and an smp segmenter as training checkpoints) and its checks.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
+from bundler.build.dataset_folder import BuildResult, build_dataset
 from bundler.config import BundleConfig, load_config, parse_config
 from kernel_src.bundle import sha256_file
+from kernel_src.models import build_model
 from kernel_src.spec import ModelSpec
 from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, make_tiny_models, model_dict
 
@@ -214,3 +219,93 @@ def write_fake_manifest(cfg: BundleConfig, **changes: Any) -> dict[str, Any]:
     cfg.dataset.out.mkdir(parents=True, exist_ok=True)
     (cfg.dataset.out / "bundle.json").write_text(json.dumps(data))
     return data
+
+
+# --- the build tests' project: a timm classifier and an smp segmenter as training checkpoints ---
+
+BUILD_TOML = """
+[bundle]
+name = "tiny-bundle"
+
+[dataset]
+id = "someone/tiny-bundle-data"
+title = "tiny bundle for tests"
+out = "out/dataset"
+
+[target]
+{target}
+
+[kernel]
+id = "someone/tiny-kernel"
+title = "tiny kernel"
+
+[inference]
+num_classes = 4
+
+[inference.gating]
+mode = "per_image"
+
+[[classifiers]]
+name = "cls-tiny"
+kind = "timm"
+arch = "test_resnet"
+checkpoint = "models/cls.pth"
+fp16 = {fp16}
+
+[[segmenters]]
+name = "seg-tiny"
+kind = "smp"
+arch = "Linknet"
+encoder = "tu-test_efficientnet"
+checkpoint = "{seg_checkpoint}"
+"""
+
+
+def save_checkpoints(root: Path, num_classes: int = 4) -> None:
+    """A timm classifier as a training checkpoint, an smp segmenter with Lightning prefixes."""
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    cls = build_model(ModelSpec(name="c", kind="timm", file="c", arch="test_resnet"), num_classes)
+    opt = torch.optim.SGD(cls.parameters(), lr=0.1, momentum=0.9)
+    cls(torch.rand(2, 3, 32, 32)).mean().backward()
+    opt.step()
+    torch.save({"model": cls.state_dict(), "optimizer": opt.state_dict(), "epoch": 7}, models / "cls.pth")
+    seg = build_model(
+        ModelSpec(name="s", kind="smp", file="s", arch="Linknet", encoder="tu-test_efficientnet"), num_classes
+    )
+    state = {f"model.{k}": v for k, v in seg.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 2, "global_step": 40}, models / "seg.ckpt")
+
+
+def write_bundle(
+    root: Path, *, fp16: bool = False, seg_checkpoint: str = "models/seg.ckpt", target: str = "requirements = []"
+) -> Path:
+    """bundle.toml and its checkpoints under `root`; returns the config path."""
+    if not (root / "models" / "cls.pth").exists():
+        save_checkpoints(root)
+    path = root / "bundle.toml"
+    path.write_text(
+        BUILD_TOML.format(fp16=str(fp16).lower(), seg_checkpoint=seg_checkpoint, target=target), encoding="utf-8"
+    )
+    return path
+
+
+def captured() -> tuple[Console, io.StringIO]:
+    """A console whose output the test reads back."""
+    buf = io.StringIO()
+    return Console(file=buf, width=200, highlight=False), buf
+
+
+def build(cfg: BundleConfig) -> tuple[BuildResult, str]:
+    console, buf = captured()
+    result = build_dataset(cfg, console=console)
+    return result, buf.getvalue()
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name != out.name)

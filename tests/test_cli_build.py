@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from bundler.cli import main
-from tests.test_dataset import write_bundle
+from tests.projects import write_bundle
 
 
 def test_build_then_noop_through_the_cli(tmp_path: Path) -> None:

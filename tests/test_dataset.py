@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import replace
@@ -11,102 +10,13 @@ from typing import Any
 
 import pytest
 import torch
-from rich.console import Console
 from safetensors.torch import load_file
 
-from bundler.build.dataset_folder import BuildResult, build_dataset
 from bundler.build.manifest import bundle_hash
-from bundler.config import BundleConfig, load_config
+from bundler.config import load_config
 from bundler.errors import BuildError, CredentialError, WeightsError
 from kernel_src.bundle import sha256_file
-from kernel_src.models import build_model
-from kernel_src.spec import ModelSpec
-
-BUNDLE_TOML = """
-[bundle]
-name = "tiny-bundle"
-
-[dataset]
-id = "someone/tiny-bundle-data"
-title = "tiny bundle for tests"
-out = "out/dataset"
-
-[target]
-{target}
-
-[kernel]
-id = "someone/tiny-kernel"
-title = "tiny kernel"
-
-[inference]
-num_classes = 4
-
-[inference.gating]
-mode = "per_image"
-
-[[classifiers]]
-name = "cls-tiny"
-kind = "timm"
-arch = "test_resnet"
-checkpoint = "models/cls.pth"
-fp16 = {fp16}
-
-[[segmenters]]
-name = "seg-tiny"
-kind = "smp"
-arch = "Linknet"
-encoder = "tu-test_efficientnet"
-checkpoint = "{seg_checkpoint}"
-"""
-
-
-def save_checkpoints(root: Path, num_classes: int = 4) -> None:
-    """A timm classifier as a training checkpoint, an smp segmenter with Lightning prefixes."""
-    models = root / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    cls = build_model(ModelSpec(name="c", kind="timm", file="c", arch="test_resnet"), num_classes)
-    opt = torch.optim.SGD(cls.parameters(), lr=0.1, momentum=0.9)
-    cls(torch.rand(2, 3, 32, 32)).mean().backward()
-    opt.step()
-    torch.save({"model": cls.state_dict(), "optimizer": opt.state_dict(), "epoch": 7}, models / "cls.pth")
-    seg = build_model(
-        ModelSpec(name="s", kind="smp", file="s", arch="Linknet", encoder="tu-test_efficientnet"), num_classes
-    )
-    state = {f"model.{k}": v for k, v in seg.state_dict().items()}
-    torch.save({"state_dict": state, "epoch": 2, "global_step": 40}, models / "seg.ckpt")
-
-
-def write_bundle(
-    root: Path, *, fp16: bool = False, seg_checkpoint: str = "models/seg.ckpt", target: str = "requirements = []"
-) -> Path:
-    """bundle.toml and its checkpoints under `root`; returns the config path."""
-    if not (root / "models" / "cls.pth").exists():
-        save_checkpoints(root)
-    path = root / "bundle.toml"
-    path.write_text(
-        BUNDLE_TOML.format(fp16=str(fp16).lower(), seg_checkpoint=seg_checkpoint, target=target), encoding="utf-8"
-    )
-    return path
-
-
-def quiet() -> tuple[Console, io.StringIO]:
-    buf = io.StringIO()
-    return Console(file=buf, width=200, highlight=False), buf
-
-
-def build(cfg: BundleConfig) -> tuple[BuildResult, str]:
-    console, buf = quiet()
-    result = build_dataset(cfg, console=console)
-    return result, buf.getvalue()
-
-
-def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
-
-
-def leftovers(out: Path) -> list[str]:
-    return sorted(p.name for p in out.parent.iterdir() if p.name != out.name)
+from tests.projects import build, leftovers, save_checkpoints, snapshot, write_bundle
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from bundler.build.wheels import fetch as wheels_fetch
 from bundler.build.wheels.rehearse import SKIP_ENV, find_target_python
 from bundler.config import load_config
 from bundler.errors import CredentialError, WheelsError
-from tests.test_dataset import build, leftovers, quiet, snapshot, write_bundle
+from tests.projects import build, captured, leftovers, snapshot, write_bundle
 from tests.wheelhouse import make_wheel
 
 TARGET = """requirements = ["tinyapp==1.0"]
@@ -126,7 +126,7 @@ def test_a_cached_download_is_reused_from_the_wheelhouse(tmp_path: Path, monkeyp
         raise AssertionError(f"pip was called again: {args}")
 
     monkeypatch.setattr(wheels_fetch, "_pip", no_pip)
-    console, buf = quiet()
+    console, buf = captured()
     forced = build_dataset(cfg, console=console, force=True)
     assert [w["file"] for w in forced.manifest["wheels"]] == sorted(cached)
     assert buf.getvalue().count("(cached,") == 2

@@ -49,7 +49,12 @@ class Profiler:
         self.devices: dict[str, Any] = {}  # profile.json "devices": DeviceSet.to_dict() (+ pin_memory_fallback)
         # profile.json "call_sizes": {model: {"chosen": n, "measured_s": {"1": s, ...}, "reduced_by_oom": [n, ...]}}
         self.call_sizes: dict[str, dict[str, Any]] = {}
-        self.gating: dict[str, Any] = {"mode": "off", "images_segmented": 0, "images_skipped": 0, "pairs_gated_out": 0}
+        self.gating_record: dict[str, Any] = {
+            "mode": "off",
+            "images_segmented": 0,
+            "images_skipped": 0,
+            "pairs_gated_out": 0,
+        }
         self.guard_record: dict[str, Any] = {"budget_s": None, "steps": []}  # profile.json "guard"
         # profile.json "nonfinite_outputs": NaN model outputs dropped per image (see kernel_src/run.py)
         self.nonfinite_outputs: dict[str, Any] = {
@@ -139,7 +144,7 @@ class Profiler:
             },
             "fixed_s": round(fixed, 4),
             "per_image_s": round((total - fixed) / images, 6) if images else 0.0,
-            "gating": dict(self.gating),
+            "gating": dict(self.gating_record),
             "nonfinite_outputs": {**self.nonfinite_outputs, "models": dict(self.nonfinite_outputs["models"])},
             "guard": {**self.guard_record, "steps": list(self.guard_record["steps"])},
             "problems": {kind: list(items) for kind, items in self.problems.items()},

@@ -188,7 +188,7 @@ class _Engine:
         result = self._predict(images)
         if result is None:
             return rles
-        gating = self.profiler.gating
+        gating = self.profiler.gating_record
         gating["images_segmented"] += int(result.segmented.sum())
         gating["images_skipped"] += result.images_skipped
         gating["pairs_gated_out"] += result.pairs_gated_out
@@ -292,7 +292,7 @@ def run(
         with profiler.stage("load_models"):
             classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler)
         predictor = Predictor(spec, classifiers, segmenters, devices, profiler)
-        profiler.gating["mode"] = predictor.gating_mode
+        profiler.gating_record["mode"] = predictor.gating_mode
         total = len(sample.image_ids)
         guard = BudgetGuard(spec.time_budget_s, started, total, segmenters=spec.segmenters)
         prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)

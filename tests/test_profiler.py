@@ -67,7 +67,7 @@ def test_profile_document_shape_and_derived_figures() -> None:
     p.images = 10
     p.problem("unreadable", "a.jpg")
     p.problem("model_failures", {"model": "unet", "after_images": 4, "error": "x"})
-    p.gating.update(mode="per_image", images_segmented=6, images_skipped=4, pairs_gated_out=16)
+    p.gating_record.update(mode="per_image", images_segmented=6, images_skipped=4, pairs_gated_out=16)
     p.guard_record = {"budget_s": 50.0, "steps": [{"after_images": 4, "elapsed_s": 1.0, "projected_s": 60.0,
                                              "action": "drop_tta", "detail": "unet"}]}  # fmt: skip
     clock.now = 108.0

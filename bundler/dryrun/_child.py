@@ -5,7 +5,7 @@ Child side, the entry point:
 
 Runs in its own process so that the dry-run can put it (and the kernel it starts) in a
 network namespace. Progress goes to stdout as lines `@@bundler-event {json}`: `start`
-(cells), `cell_start` / `cell_complete` (index, elapsed) and `stream` (the kernel's printed
+(cells), `cell_start` / `cell_executed` (index, elapsed) and `stream` (the kernel's printed
 lines). The executed notebook and RESULT_JSON are written in every case, failure included:
     {"status": "ok" | "cell_failed" | "kernel_died" | "timeout" | "interrupted" | "error",
      "seconds": wall time, "cell": index or null, "ename", "evalue", "traceback": text}
@@ -89,7 +89,7 @@ def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float 
         # nbclient calls on_cell_complete as soon as the request is sent; on_cell_executed
         # comes with the reply, when the cell has really finished.
         t = time.monotonic()
-        emit("cell_complete", cell=cell_index, seconds=round(t - cell_started.get(cell_index, t), 3))
+        emit("cell_executed", cell=cell_index, seconds=round(t - cell_started.get(cell_index, t), 3))
 
     client = _StreamingClient(
         nb,
@@ -204,7 +204,7 @@ def _follow(proc: subprocess.Popen[str], log: Path, console: Console, deadline: 
                     pos = order.index(ev["cell"]) + 1 if ev["cell"] in order else ev["cell"]
                     state["cell"] = f"cell {ev['cell']} ({pos}/{len(order)} code cells): {ev.get('first_line', '')}"
                     state["line"] = ""
-                elif kind == "cell_complete":
+                elif kind == "cell_executed":
                     console.print(f"  cell {ev['cell']} done in {ev['seconds']:.1f} s", highlight=False)
                 elif kind == "stream":
                     state["line"] = str(ev.get("text", ""))

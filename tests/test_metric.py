@@ -123,7 +123,8 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match=r"ClassId '7'; expected an integer in 1\.\.4"):
         dice_score(wide_frame(PERFECT), labels_frame([("a.jpg", 7, "1 1")]), num_classes=4, shape=SHAPE)
     with pytest.raises(ValueError, match=r"DataFrame line 2: image 'a\.jpg' has ClassId '1\.0'"):
-        dice_score(wide_frame(PERFECT), pd.DataFrame([("a.jpg", 1.0, "1 1")], columns=LABELS.columns), num_classes=4, shape=SHAPE)
+        float_ids = pd.DataFrame([("a.jpg", 1.0, "1 1")], columns=LABELS.columns)
+        dice_score(wide_frame(PERFECT), float_ids, num_classes=4, shape=SHAPE)
     with pytest.raises(ValueError, match="two non-empty rows"):
         dice_score(wide_frame(PERFECT), labels_frame([("a.jpg", 1, "1 1")] * 2), num_classes=4, shape=SHAPE)
     with pytest.raises(ValueError, match="no images to score"):

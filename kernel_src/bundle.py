@@ -20,6 +20,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +31,8 @@ from typing import Any
 from .errors import BundleError
 
 MANIFEST = "bundle.json"
+MANIFEST_FORMAT = 1  # bundle.json's "format"; bundler writes it, the notebook and bundler read it
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_DEPTH = 3
 INSTALL_MODES = ("auto", "always", "never")
 OFFLINE_ENV = {
@@ -96,6 +99,42 @@ def kernel_src_hash(folder: Path) -> str:
     return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
 
 
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, Mapping):
+        return "is not an object"
+    name = record.get("file")
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+        return 'has no flat "file" name'
+    if not isinstance(record.get("sha256"), str) or not _SHA256.fullmatch(record["sha256"]):
+        return f'({name}) has no 64-hex "sha256"'
+    size = record.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f'({name}) has no byte "size"'
+    return None
+
+
+def manifest_problem(data: Any) -> str | None:
+    """What keeps `data` from being a bundle manifest (None: it is one). The one contract of
+    bundle.json, kept by the notebook (`read_manifest`) and by bundler (`bundler.build.manifest`):
+    format `MANIFEST_FORMAT`, a "bundle" name, a 64-hex "hash", and "wheels"/"weights" lists of
+    records with a flat "file" name, a 64-hex "sha256" and a byte "size"."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("bundle"), str) or not data["bundle"]:
+        return 'not a bundler manifest (no "bundle" name)'
+    if data.get("format") != MANIFEST_FORMAT:
+        return f"manifest format {data.get('format')!r}; this code reads format {MANIFEST_FORMAT}"
+    if not isinstance(data.get("hash"), str) or not _SHA256.fullmatch(data["hash"]):
+        return 'no 64-hex "hash"'
+    for section in ("wheels", "weights"):
+        items = data.get(section)
+        if not isinstance(items, list):
+            return f'"{section}" is not a list'
+        for i, record in enumerate(items):
+            problem = _record_problem(record)
+            if problem:
+                return f"{section}[{i}] {problem}"
+    return None
+
+
 def read_manifest(bundle_dir: Path) -> dict[str, Any]:
     path = Path(bundle_dir) / MANIFEST
     try:
@@ -104,9 +143,10 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: no bundle manifest here; point CONFIG['bundle_dir'] at the bundle folder") from None
     except (OSError, ValueError) as e:
         raise BundleError(f"{path}: the manifest cannot be read ({e}); {FIX_UPLOAD}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("bundle"), str):
-        raise BundleError(f'{path}: not a bundler manifest (no "bundle" name); {FIX_UPLOAD}')
-    return data
+    problem = manifest_problem(data)
+    if problem:
+        raise BundleError(f"{path}: {problem}; {FIX_UPLOAD}")
+    return dict(data)
 
 
 def _folders(root: Path, depth: int) -> Iterable[Path]:
@@ -147,7 +187,8 @@ def find_bundle(input_root: Path, bundle_name: str, override: Path | None = None
             continue
         try:
             manifest = read_manifest(folder)
-        except BundleError:
+        except BundleError as e:  # not a usable bundle: said in the message when nothing is found
+            others.append(f"{folder} (unusable: {str(e).split(': ', 1)[-1].split(';')[0]})")
             continue
         if manifest["bundle"] == bundle_name:
             found.append((folder, manifest))
@@ -170,16 +211,7 @@ def find_bundle(input_root: Path, bundle_name: str, override: Path | None = None
 
 
 def _entries(manifest: Mapping[str, Any], bundle_dir: Path) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = []
-    for group in ("wheels", "weights"):
-        items = manifest.get(group, [])
-        if not isinstance(items, list):
-            raise BundleError(f'{bundle_dir / MANIFEST}: "{group}" is not a list; {FIX_UPLOAD}')
-        for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("file"), str) or "/" in item["file"]:
-                raise BundleError(f'{bundle_dir / MANIFEST}: a {group} entry has no valid "file"; {FIX_UPLOAD}')
-            entries.append({"group": group, **item})
-    return entries
+    return [{"group": group, **item} for group in ("wheels", "weights") for item in manifest.get(group, [])]
 
 
 def verify_bundle(
@@ -191,6 +223,9 @@ def verify_bundle(
     """
     bundle_dir = Path(bundle_dir)
     data = dict(manifest) if manifest is not None else read_manifest(bundle_dir)
+    problem = manifest_problem(data)
+    if problem:
+        raise BundleError(f"{bundle_dir / MANIFEST}: {problem}; {FIX_UPLOAD}")
     listed = {e["file"] for e in _entries(data, bundle_dir)}
     problems = [
         f"weight file {f} that the notebook's models need is not in its manifest" for f in required if f not in listed

@@ -49,7 +49,7 @@ def make_bundle(folder: Path, name: str = "demo", files: dict[str, bytes] | None
         ],
         "weights": [{"file": f, "sha256": sha(d), "size": len(d)} for f, d in files.items() if not f.endswith(".whl")],
     }
-    manifest = {"format": 1, "bundle": name, "hash": "h-" + name, **entries, **extra}
+    manifest = {"format": 1, "bundle": name, "hash": sha(name.encode()), **entries, **extra}
     (folder / "bundle.json").write_text(json.dumps(manifest))
     return folder
 
@@ -77,8 +77,9 @@ def test_find_bundle_prefers_the_rendered_hash_when_attached_twice(tmp_path: Pat
     make_bundle(tmp_path / "input" / "a")
     b = make_bundle(tmp_path / "input" / "b")
     data = json.loads((b / "bundle.json").read_text())
-    (b / "bundle.json").write_text(json.dumps({**data, "hash": "newer"}))
-    assert find_bundle(tmp_path / "input", "demo", bundle_hash="newer") == b
+    newer = sha(b"newer")
+    (b / "bundle.json").write_text(json.dumps({**data, "hash": newer}))
+    assert find_bundle(tmp_path / "input", "demo", bundle_hash=newer) == b
     assert find_bundle(tmp_path / "input", "demo") == tmp_path / "input" / "a"
 
 
@@ -94,6 +95,14 @@ def test_find_bundle_not_found_names_what_it_saw_and_the_fix(tmp_path: Path) -> 
     assert "CONFIG['bundle_dir']" in message
     with pytest.raises(BundleError, match="does not exist"):
         find_bundle(tmp_path / "nowhere", "demo")
+
+
+def test_find_bundle_names_a_manifest_that_breaks_the_contract(tmp_path: Path) -> None:
+    folder = make_bundle(tmp_path / "input" / "demo-slug")
+    data = json.loads((folder / "bundle.json").read_text())
+    (folder / "bundle.json").write_text(json.dumps({**data, "format": 0}))
+    with pytest.raises(BundleError, match=r"demo-slug \(unusable: manifest format 0\)"):
+        find_bundle(tmp_path / "input", "demo")
 
 
 def test_find_bundle_override(tmp_path: Path) -> None:
@@ -136,9 +145,20 @@ def test_verify_bundle_refuses_a_broken_manifest(tmp_path: Path) -> None:
     (folder / "bundle.json").write_text("{")
     with pytest.raises(BundleError, match=r"bundle\.json: the manifest cannot be read"):
         verify_bundle(folder)
-    (folder / "bundle.json").write_text(json.dumps({"bundle": "demo", "weights": [{"file": "../escape"}]}))
-    with pytest.raises(BundleError, match='no valid "file"'):
+    make_bundle(folder)
+    data = json.loads((folder / "bundle.json").read_text())
+    data["weights"][0]["file"] = "../escape"
+    (folder / "bundle.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r'weights\[0\] has no flat "file" name; re-upload the bundle'):
         verify_bundle(folder)
+    for broken, problem in (
+        ({"format": 2}, "manifest format 2"),
+        ({"hash": "h-demo"}, 'no 64-hex "hash"'),
+        ({"wheels": {}}, '"wheels" is not a list'),
+    ):
+        (folder / "bundle.json").write_text(json.dumps({**data, "weights": [], **broken}))
+        with pytest.raises(BundleError, match=problem):
+            verify_bundle(folder)
 
 
 def test_install_wheels_auto_skips_what_is_installed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

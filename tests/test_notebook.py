@@ -10,7 +10,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from kernel_src.bundle import CompetitionData, Prepared
+from kernel_src.bundle import CompetitionData, Prepared, sha256_file
 from kernel_src.errors import BundleError
 from kernel_src.notebook import CONFIG_KEYS, check_config, setup
 from kernel_src.spec import InferenceSpec
@@ -54,10 +54,14 @@ def test_setup_refuses_a_model_the_manifest_does_not_list(tmp_path: Path) -> Non
     for name in ("cls.safetensors", "unet.safetensors", "fpn.pt"):
         (tmp_path / "bundle" / name).write_bytes(b"weights of " + name.encode())
     weights = [
-        {"file": m.file, "sha256": "", "size": (tmp_path / "bundle" / m.file).stat().st_size}
+        {
+            "file": m.file,
+            "sha256": sha256_file(tmp_path / "bundle" / m.file),
+            "size": (tmp_path / "bundle" / m.file).stat().st_size,
+        }
         for m in (*spec.classifiers, *spec.segmenters)
     ]
-    manifest = {"format": 1, "bundle": "tiny", "hash": "h", "wheels": [], "weights": weights[:-1]}
+    manifest = {"format": 1, "bundle": "tiny", "hash": "ab" * 32, "wheels": [], "weights": weights[:-1]}
     (tmp_path / "bundle" / "bundle.json").write_text(json.dumps(manifest))
     comp = tmp_path / "input" / "comp"
     (comp / "test_images").mkdir(parents=True)

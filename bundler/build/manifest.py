@@ -1,12 +1,11 @@
 """`bundle.json` (the manifest the notebook checks) and `dataset-metadata.json` (for the Kaggle CLI).
 
-The one writer and the one reader of `bundle.json` on bundler's side (the notebook's own reader
-is `kernel_src.bundle.read_manifest`, which needs only "bundle" to find the folder).
-`read_manifest(folder, bundle)` is strict and raises `ManifestError` naming the file and the fix
-(`bundler build`) unless the file is JSON of format `FORMAT` naming `bundle`, with a 64-hex
-"hash" and "wheels"/"weights" lists whose records each carry a flat "file", a 64-hex "sha256"
-and a byte "size". Render and dry-run call it; the build's no-op check calls it too and treats
-any error as "rebuild".
+The one writer and the one reader of `bundle.json` on bundler's side. The contract itself (format
+`MANIFEST_FORMAT`, a "bundle" name, a 64-hex "hash", "wheels"/"weights" lists whose records each
+carry a flat "file", a 64-hex "sha256" and a byte "size") is `kernel_src.bundle.manifest_problem`,
+which the notebook's own reader keeps too. `read_manifest(folder, bundle)` raises `ManifestError`
+naming the file and the fix (`bundler build`) when the file breaks it or names another bundle.
+Render and dry-run call it; the build's no-op check calls it too and treats any error as "rebuild".
 
 The bundle's `hash` is the sha256 of the sorted lines `<file> <sha256>` of every wheel and weight,
 each line ended by a newline (the layout of `sha256sum` output with one space).
@@ -15,7 +14,6 @@ each line ended by a newline (the layout of `sha256sum` output with one space).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,11 +23,10 @@ from bundler.build.fingerprint import sha256_text
 from bundler.config import BundleConfig, DatasetConfig
 from bundler.errors import ManifestError
 from kernel_src.bundle import MANIFEST as MANIFEST  # the one definition of the file name
+from kernel_src.bundle import MANIFEST_FORMAT, manifest_problem
 
 METADATA = "dataset-metadata.json"
-FORMAT = 1
 REBUILD = "rebuild it with `bundler build`"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def bundle_hash(files: Iterable[tuple[str, str]]) -> str:
@@ -57,7 +54,7 @@ def build_manifest(
     """The manifest of a bundle folder; `wheels` and `weights` are its file records."""
     files = [(str(w["file"]), str(w["sha256"])) for w in (*wheels, *weights)]
     return {
-        "format": FORMAT,
+        "format": MANIFEST_FORMAT,
         "bundle": cfg.name,
         "hash": bundle_hash(files),
         "created_by": f"bundler {__version__}",
@@ -78,20 +75,6 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     path.write_text(json_text(data), encoding="utf-8")
 
 
-def _record_problem(record: Any) -> str | None:
-    if not isinstance(record, Mapping):
-        return "is not an object"
-    name = record.get("file")
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
-        return 'has no flat "file" name'
-    if not isinstance(record.get("sha256"), str) or not _SHA256.fullmatch(record["sha256"]):
-        return f'({name}) has no 64-hex "sha256"'
-    size = record.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return f'({name}) has no byte "size"'
-    return None
-
-
 def read_manifest(folder: Path, bundle: str) -> dict[str, Any]:
     """The manifest of the bundle folder `folder`, which must be bundle `bundle`; see the module doc."""
     path = Path(folder) / MANIFEST
@@ -101,26 +84,15 @@ def read_manifest(folder: Path, bundle: str) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ManifestError(f"{path}: cannot be read ({e}); {REBUILD}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("hash"), str) or not _SHA256.fullmatch(data["hash"]):
-        raise ManifestError(f'{path}: not a bundler manifest (no 64-hex "hash"); {REBUILD}')
-    if data.get("format") != FORMAT:
+    problem = manifest_problem(data)
+    if problem:
+        raise ManifestError(f"{path}: {problem}; {REBUILD}")
+    if data["bundle"] != bundle:
         raise ManifestError(
-            f"{path}: manifest format {data.get('format')!r}, this bundler reads format {FORMAT}; {REBUILD}"
-        )
-    if data.get("bundle") != bundle:
-        raise ManifestError(
-            f"{path} is bundle {data.get('bundle')!r}, but bundle.toml names {bundle!r}; "
+            f"{path} is bundle {data['bundle']!r}, but bundle.toml names {bundle!r}; "
             "rebuild with `bundler build` after changing bundle.name"
         )
-    for section in ("wheels", "weights"):
-        items = data.get(section)
-        if not isinstance(items, list):
-            raise ManifestError(f'{path}: "{section}" is not a list; {REBUILD}')
-        for i, record in enumerate(items):
-            problem = _record_problem(record)
-            if problem:
-                raise ManifestError(f"{path}: {section}[{i}] {problem}; {REBUILD}")
-    return data
+    return dict(data)
 
 
 def manifest_files(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -23,13 +23,14 @@ import cv2
 import numpy as np
 import torch
 
+from bundler.demo.synthetic import SyntheticSet
 from kernel_src.models import load_model
 from kernel_src.spec import InferenceSpec
 from kernel_src.tta import stack_views
 
 from .bench_pipeline import run_ours
 from .report import BenchResult, Figure, Target, seconds
-from .workload import ImageSet, Models, demo_models, make_images, make_spec, model_input, save_models
+from .workload import Models, demo_models, make_images, make_spec, model_input, save_models
 
 
 def _calls(model: torch.nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:
@@ -47,7 +48,9 @@ def engine_call_sizes(profile: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def forward_floor(spec: InferenceSpec, bundle: Path, images: ImageSet, call_sizes: dict[str, int]) -> tuple[float, int]:
+def forward_floor(
+    spec: InferenceSpec, bundle: Path, images: SyntheticSet, call_sizes: dict[str, int]
+) -> tuple[float, int]:
     """Seconds spent in the forward passes the pipeline must make, and how many images were gated
     in; each model called with the call size the engine chose (`call_sizes`, 0 or absent: one call)."""
     device = torch.device("cpu")

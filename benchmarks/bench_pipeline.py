@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bundler.demo.synthetic import SyntheticSet
 from kernel_src.spec import InferenceSpec
 
 from .naive import NaiveResult, run_naive
 from .report import BenchResult, Figure, Target, seconds
-from .workload import ImageSet, Models, demo_models, half_size, make_images, make_spec, save_models
+from .workload import Models, demo_models, half_size, make_images, make_spec, save_models
 
 GATING_MODES = ("per_image", "per_class", "off")
 TARGETS = {
@@ -50,7 +51,7 @@ def compare_submissions(ours: Path, naive: Path) -> tuple[int, int, bool]:
     return len(rows_a), differ, ours.read_bytes() == naive.read_bytes()
 
 
-def run_ours(spec: InferenceSpec, bundle: Path, images: ImageSet, out: Path) -> tuple[float, dict[str, Any]]:
+def run_ours(spec: InferenceSpec, bundle: Path, images: SyntheticSet, out: Path) -> tuple[float, dict[str, Any]]:
     """Wall seconds of one `kernel_src.run.run` (model loading included) and its profile."""
     from kernel_src.run import run
 
@@ -68,7 +69,7 @@ def run_ours(spec: InferenceSpec, bundle: Path, images: ImageSet, out: Path) -> 
     return time.perf_counter() - begin, result.profile
 
 
-def _naive(spec: InferenceSpec, bundle: Path, images: ImageSet, out: Path) -> NaiveResult:
+def _naive(spec: InferenceSpec, bundle: Path, images: SyntheticSet, out: Path) -> NaiveResult:
     out.mkdir(parents=True, exist_ok=True)
     return run_naive(
         spec,
@@ -80,7 +81,7 @@ def _naive(spec: InferenceSpec, bundle: Path, images: ImageSet, out: Path) -> Na
 
 
 def compare_once(
-    spec: InferenceSpec, bundle: Path, images: ImageSet, out: Path
+    spec: InferenceSpec, bundle: Path, images: SyntheticSet, out: Path
 ) -> tuple[float, dict[str, Any], NaiveResult, tuple[int, int, bool]]:
     """Ours then naive on the same inputs; raises when their submissions differ."""
     ours_s, profile = run_ours(spec, bundle, images, out / "ours")

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kernel_src.rle import decode, encode
+from kernel_src.submission import read_masks
 
 from .naive import naive_rle
 from .report import BenchResult, Figure, Target, seconds
@@ -27,16 +28,12 @@ Mask = npt.NDArray[np.uint8]
 
 def defect_masks(n_images: int, *, height: int, width: int, seed: int) -> list[Mask]:
     """Every image x class mask (4 classes) of a synthetic set of `n_images`, empty ones included."""
-    import pandas as pd
-
     with tempfile.TemporaryDirectory(prefix="bench-rle-") as tmp:
         data = make_images(Path(tmp), n_images, height=height, width=width, seed=seed, clean_fraction=0.25)
-        labels = pd.read_csv(data.labels_csv, dtype=str, keep_default_na=False)
-    rles = {(str(r.ImageId), int(str(r.ClassId))): str(r.EncodedPixels) for r in labels.itertuples()}
+        labelled = read_masks(data.labels_csv, 4, labels=True)
     masks: list[Mask] = []
     for image_id in data.image_ids:
-        for class_id in range(1, 5):
-            rle = rles.get((image_id, class_id), "")
+        for rle in labelled.get(image_id, [""] * 4):
             masks.append(decode(rle, (height, width), "F") if rle else np.zeros((height, width), np.uint8))
     return masks
 

@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
+from bundler.demo.synthetic import SyntheticSet
 from kernel_src.spec import InferenceSpec
 
 from .report import BenchResult, Figure, Target
-from .workload import ImageSet, Models, demo_models, half_size, make_images, make_spec, save_models
+from .workload import Models, demo_models, half_size, make_images, make_spec, save_models
 
 
 def _child(argv: list[str]) -> None:
@@ -68,7 +69,7 @@ def _child(argv: list[str]) -> None:
 def measure(
     spec: InferenceSpec,
     bundle: Path,
-    images: ImageSet,
+    images: SyntheticSet,
     out: Path,
     threads: int = 0,
     env: dict[str, str] | None = None,

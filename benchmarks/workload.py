@@ -36,9 +36,6 @@ MIN_MARGIN = 0.5  # smallest |logit| the fitted classifier may give on the bench
 SEG_POSITIVE = 0.03  # fraction of pixels a segmenter's shifted output puts above logit 0
 
 
-ImageSet = SyntheticSet  # the benchmarks' name for the demo's synthetic set (one class, not a copy)
-
-
 def make_images(
     out_dir: Path, n_images: int, *, height: int, width: int, seed: int, clean_fraction: float = 0.5
 ) -> SyntheticSet:

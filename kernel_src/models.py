@@ -7,8 +7,8 @@ Call sizes: the engine calls each model with at most `LoadedModel.images_per_cal
 views count as images). `images_per_call = N` in the spec fixes it; `0` measures it at load, as
 cudnn's benchmark mode does for kernels: on the first replica, call sizes 1, 2, 4, ... up to the
 largest call a batch makes (the batch's share of one device x the model's views) are timed
-with zero inputs (on CUDA after one warm-up call per size; on CPU the test forward warmed up),
-best of `CALL_SIZE_TIMINGS` each; growing stops at a size slower per image than the best so
+with zero inputs, best of `CALL_SIZE_TIMINGS` each (the first call of a shape is the warm-up on
+every device kind); growing stops at a size slower per image than the best so
 far, at one that runs out of memory, or once measuring has taken `CALL_SIZE_BUDGET` times the
 estimated time of one call of the largest size. The fastest per image wins; the choice and the
 seconds per call are recorded in profile.json `call_sizes`.
@@ -233,8 +233,8 @@ def measure_call_size(
         x = _zeros(entry, spec, devices, n)
         try:
             with devices.autocast():
-                if devices.cuda:
-                    model(x)  # warm-up: allocator growth and kernel choice for this shape
+                # best of several: the first call of a new shape also pays for allocator growth and
+                # kernel choice (cudnn autotune, oneDNN primitives), so the minimum is the warm figure
                 timings = []
                 for _ in range(CALL_SIZE_TIMINGS):
                     devices.synchronize()

@@ -25,7 +25,7 @@ from kernel_src.predict import Predictor
 from kernel_src.profiler import Profiler
 from kernel_src.run import run
 from kernel_src.spec import InferenceSpec, ModelSpec
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, make_tiny_models, tiny_spec
+from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, make_tiny_models, tiny_spec
 
 CPU = torch.device("cpu")
 DEVICES = DeviceSet((CPU,))
@@ -136,20 +136,13 @@ def test_a_fixed_images_per_call_skips_measuring(
     bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest, _, segmenters = bundle
-    calls: list[int] = []
-
-    def counting_load(m: ModelSpec, *args: Any) -> nn.Module:
-        model = load_model(m, *args)
-        model.register_forward_hook(lambda _m, inputs, _o: calls.append(int(inputs[0].shape[0])))
-        return model
-
-    monkeypatch.setattr(models_module, "load_model", counting_load)
+    calls = ForwardCalls(monkeypatch).replicas
     spec = tiny_spec(dest, classifiers=[], segmenters=segmenters[:1], gating={"mode": "off"}, images_per_call=3)
     p = predictor(spec, dest)
-    assert calls == [1]  # the test forward only
+    assert calls == [[1]]  # the test forward only
     assert p.profiler.call_sizes["unet-mnv3"] == {"chosen": 3, "measured_s": {}, "reduced_by_oom": []}
     p.predict(images(4))
-    assert calls[1:] == [3, 3, 2]  # 4 images x 2 views
+    assert calls[0][1:] == [3, 3, 2]  # 4 images x 2 views
 
 
 def test_results_are_the_same_whatever_the_call_size(bundle: tuple[Path, list[ModelSpec], list[ModelSpec]]) -> None:

@@ -10,17 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from torch import nn
 
-import kernel_src.models as models_module
 from bundler.demo.synthetic import make_dataset
-from kernel_src.models import load_model
 from kernel_src.rle import decode
 from kernel_src.run import run
-from kernel_src.spec import ModelSpec
 from tests.tiny import (
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
+    ForwardCalls,
     make_brightness_classifier,
     make_failing_segmenter,
     make_nan_segmenter,
@@ -125,15 +122,7 @@ def test_long_layout_torchscript_row_major(bundle: dict[str, Any], tmp_path: Pat
 def test_per_image_gating_spends_no_segmentation_forward_on_skipped_images(
     bundle: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[int] = []
-
-    def counting_load(spec: ModelSpec, *args: Any) -> nn.Module:
-        model = load_model(spec, *args)
-        if spec.name == "unet-mnv3":
-            model.register_forward_hook(lambda _m, inputs, _o: seen.append(int(inputs[0].shape[0])))
-        return model
-
-    monkeypatch.setattr(models_module, "load_model", counting_load)
+    unet = ForwardCalls(monkeypatch, "unet-mnv3").replicas
     levels = {"b1.jpg": 200, "d1.jpg": 30, "d2.jpg": 40, "b2.jpg": 180, "d3.jpg": 20, "b3.jpg": 220}
     for name, level in levels.items():
         write_image(tmp_path / "test" / name, grey(level))
@@ -147,6 +136,7 @@ def test_per_image_gating_spends_no_segmentation_forward_on_skipped_images(
         images_per_call=8,  # fixed: no call-size measurement forwards at load
     )
     result = go(spec, bundle, tmp_path / "test", sample, tmp_path / "out", progress=False)
+    (seen,) = unet
     assert sum(seen) == 1 + 3 * 2  # the load-time test forward, then 3 bright images x 2 TTA views
     masks = wide_masks(result.submission_path)
     for name in levels:

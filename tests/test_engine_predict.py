@@ -7,15 +7,12 @@ import tracemalloc
 import weakref
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-import kernel_src.models as models_module
 from bundler.demo.synthetic import make_dataset
 from kernel_src.devices import DeviceSet
 from kernel_src.models import load_model, load_models
@@ -23,7 +20,7 @@ from kernel_src.predict import BatchResult, Predictor
 from kernel_src.profiler import Profiler
 from kernel_src.run import run
 from kernel_src.spec import InferenceSpec, ModelSpec
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, make_tiny_models, make_torchscript_segmenter, tiny_spec
+from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, make_tiny_models, make_torchscript_segmenter, tiny_spec
 
 H, W = IMAGE_HEIGHT, IMAGE_WIDTH
 CPU = torch.device("cpu")
@@ -107,16 +104,7 @@ def test_two_devices_split_the_batch_and_agree_with_one(
     spec = tiny_spec(  # images_per_call 6: the 3 x 2 views of the larger chunk in one call, nothing measured
         dest, classifiers=classifiers[:1], segmenters=segmenters[:1], gating={"mode": "off"}, images_per_call=6
     )
-    per_replica: list[list[int]] = []
-
-    def counting_load(m: ModelSpec, *args: Any) -> nn.Module:
-        model = load_model(m, *args)
-        seen: list[int] = []
-        per_replica.append(seen)
-        model.register_forward_hook(lambda _m, inputs, _o: seen.append(int(inputs[0].shape[0])))
-        return model
-
-    monkeypatch.setattr(models_module, "load_model", counting_load)
+    per_replica = ForwardCalls(monkeypatch).replicas
     batch = images(5, seed=1)
     two = predictor(spec, dest, DeviceSet((CPU, CPU))).predict(batch)
     assert len(per_replica) == 2  # the segmenter on 2 devices (gating off: the classifier is not loaded)
@@ -172,19 +160,11 @@ def test_cpu_micro_batches_split_the_stacked_views_and_agree_with_one_forward(
 ) -> None:
     dest, _, segmenters = bundle
     two_views = replace(segmenters[0], tta=("identity", "hflip"))
-    calls: list[int] = []
-
-    def counting_load(m: ModelSpec, *args: Any) -> nn.Module:
-        model = load_model(m, *args)
-        model.register_forward_hook(lambda _m, inputs, _o: calls.append(int(inputs[0].shape[0])))
-        return model
-
-    monkeypatch.setattr(models_module, "load_model", counting_load)
+    calls = ForwardCalls(monkeypatch).replicas
     batch = images(4, seed=2)
     spec = tiny_spec(dest, classifiers=[], segmenters=[two_views], gating={"mode": "off"}, images_per_call=micro)
     split = predictor(spec, dest, DeviceSet((CPU,))).predict(batch)
-    assert calls[1:] == [micro] * (8 // micro) + ([8 % micro] if 8 % micro else [])  # after the test forward
-    calls.clear()
+    assert calls[0][1:] == [micro] * (8 // micro) + ([8 % micro] if 8 % micro else [])  # after the test forward
     whole = predictor(replace(spec, images_per_call=8), dest, DeviceSet((CPU,))).predict(batch)
-    assert calls[1:] == [8]  # 4 images x 2 views in one forward
+    assert calls[1][1:] == [8]  # 4 images x 2 views in one forward
     np.testing.assert_allclose(split.probs, whole.probs, atol=1e-5)

@@ -17,6 +17,7 @@ does. Everything is seeded: the same `seed` gives the same files.
   -inf for the others (an fp16 overflow's saturated logits).
 - `tiny_spec(dest, **overrides)`: a complete `InferenceSpec` (64x256 images, CPU) around them.
 - `write_image`, `write_sample`: hand-made test images and sample submissions.
+- `ForwardCalls(monkeypatch)`: the batch size of every forward call of the replicas loaded from then on.
 - `matrix_images`, `make_matrix_models`: the device matrix's graded 32x128 images, and three
   smp segmenters plus a timm classifier rescaled on them, with gating thresholds chosen for them.
 """
@@ -487,3 +488,28 @@ def make_matrix_models(
         save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(dest / spec.file))
     thresholds, margin = _gating_thresholds(probs)
     return MatrixModels(classifier, segmenters, thresholds, margin, probs)
+
+
+# --- counting forward calls ---
+
+
+class ForwardCalls:
+    """From now on, every model replica `kernel_src.models.load_model` loads (only model `name`'s,
+    when given) records the batch size of each of its forward calls: `replicas[i]` is the i-th
+    replica loaded, in load order (the load-time test forward and call-size measuring included)."""
+
+    def __init__(self, monkeypatch: Any, name: str | None = None) -> None:
+        import kernel_src.models as models_module
+
+        self.replicas: list[list[int]] = []
+        load = models_module.load_model
+
+        def counting_load(spec: ModelSpec, *args: Any) -> nn.Module:
+            model = load(spec, *args)
+            if name is None or spec.name == name:
+                seen: list[int] = []
+                self.replicas.append(seen)
+                model.register_forward_hook(lambda _m, inputs, _o: seen.append(int(inputs[0].shape[0])))
+            return model
+
+        monkeypatch.setattr(models_module, "load_model", counting_load)

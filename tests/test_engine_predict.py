@@ -155,7 +155,7 @@ def test_streaming_keeps_no_probability_map_across_batches(
 
 
 @pytest.mark.parametrize("micro", [1, 3])
-def test_cpu_micro_batches_split_the_stacked_views_and_agree_with_one_forward(
+def test_call_sizes_split_the_stacked_views_and_agree_with_one_forward(
     bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch, micro: int
 ) -> None:
     dest, _, segmenters = bundle

@@ -49,3 +49,7 @@ class DryRunError(BundlerError):
 
 class DemoError(BundlerError):
     """The demo could not complete."""
+
+
+class RemoteError(BundlerError):
+    """A Kaggle call failed or timed out, Kaggle reported a failure, or credentials are missing."""

@@ -10,11 +10,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
+from bundler.display import shown_path
 from bundler.errors import ConfigError
 from kernel_src.errors import SpecError
-from kernel_src.spec import CLS_KINDS, RENAMED_SETTINGS, SEG_KINDS, InferenceSpec, ModelSpec
+from kernel_src.spec import CLS_KINDS, PREPROCESS_SUFFIX, RENAMED_SETTINGS, SEG_KINDS, InferenceSpec, ModelSpec
 
 DEFAULT_CONFIG = Path("bundle.toml")
 # The one home of these patterns (the wheels' target reads PYTHON_VERSION from here).
@@ -31,6 +32,8 @@ class ModelEntry:
     checkpoint: Path  # the user's file: state dict, training checkpoint or TorchScript
     fp16: bool  # store the weights as float16 in the bundle
     spec: ModelSpec  # `spec.file` is its file inside the (flat) bundle folder: <name>.<ext>
+    checkpoint_key: str = ""  # the checkpoint's key whose tensors ship (e.g. "model_ema"); "": found by the build
+    preprocess: Path | None = None  # the user's albumentations pipeline file (A.save), translated by the build
 
 
 @dataclass(frozen=True)
@@ -106,14 +109,63 @@ class BundleConfig:
     dryrun: DryRunConfig
 
 
+_Scalar = TypeVar("_Scalar", int, float, bool, str)
+_WANTED: dict[type, str] = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_FOUND = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"), (list, "an array"))
+
+
+def _found(value: Any) -> str:
+    """What a TOML value is, in the words of the TOML spec (a boolean is not reported as an integer)."""
+    for type_, words in _FOUND:
+        if isinstance(value, type_):
+            return words
+    return "a table" if isinstance(value, Mapping) else f"a {type(value).__name__}"
+
+
+def _wrong_type(key: str, value: Any, wanted: str) -> ConfigError:
+    shown = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ConfigError(f"{key} = {shown} must be {wanted} (found {_found(value)})")
+
+
+@overload
+def _get(section: str, table: Mapping[str, Any], key: str, type_: type[_Scalar], default: _Scalar) -> _Scalar: ...
+@overload
+def _get(section: str, table: Mapping[str, Any], key: str, type_: type[_Scalar], default: None) -> _Scalar | None: ...
+def _get(section: str, table: Mapping[str, Any], key: str, type_: type[_Scalar], default: Any) -> Any:
+    """`table[key]` if present, else `default`; a value of another type is refused naming `section.key`.
+
+    Integers refuse floats and booleans (TOML's `true` is no count); numbers (`float`) take integers
+    too; booleans refuse the strings "true"/"false"; strings refuse everything else (paths are strings).
+    """
+    if key not in table:
+        return default
+    value = table[key]
+    if type_ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, type_) or (type_ is not bool and isinstance(value, bool)):
+        raise _wrong_type(f"{section}.{key}", value, _WANTED[type_])
+    return value
+
+
+def _get_strings(section: str, table: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """An array of strings (`requirements = ["pkg==1.0"]`); a bare string is refused, not read per character."""
+    if key not in table:
+        return default
+    value = table[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _wrong_type(f"{section}.{key}", value, 'an array of strings, e.g. ["a", "b"]')
+    return tuple(value)
+
+
 def _section(raw: Mapping[str, Any], name: str, known: set[str]) -> dict[str, Any]:
     value = raw.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"bundle.toml: [{name}] must be a table")
+        raise ConfigError(f"[{name}] must be a table (found {_found(value)})")
     unknown = set(value) - known
     if unknown:
         key = sorted(unknown)[0]
-        raise ConfigError(f"bundle.toml: unknown key {name}.{key}; known keys: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown key {name}.{key}; known keys: {', '.join(sorted(known))}")
     return value
 
 
@@ -121,8 +173,8 @@ def _fields(cls: type) -> set[str]:
     return set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
 
 
-def _path(root: Path, value: Any) -> Path:
-    p = Path(str(value)).expanduser()
+def _path(root: Path, value: str) -> Path:
+    p = Path(value).expanduser()
     return p if p.is_absolute() else root / p
 
 
@@ -133,10 +185,10 @@ def _baseline(root: Path, value: str) -> str:
     return value
 
 
-def _id(key: str, value: Any, what: str) -> str:
-    text = str(value or "")
+def _id(section: str, table: Mapping[str, Any], what: str) -> str:
+    key, text = f"{section}.id", _get(section, table, "id", str, "")
     if not SLUG_ID.match(text):
-        raise ConfigError(f"bundle.toml: {key} = {text!r} must be 'owner/slug', the {what} on Kaggle")
+        raise ConfigError(f"{key} = {text!r} must be 'owner/slug', the {what} on Kaggle")
     return text
 
 
@@ -145,28 +197,50 @@ def _models(raw: Mapping[str, Any], root: Path) -> tuple[ModelEntry, ...]:
     for role, table, kinds in (("classifier", "classifiers", CLS_KINDS), ("segmenter", "segmenters", SEG_KINDS)):
         items = raw.get(table, [])
         if not isinstance(items, list):
-            raise ConfigError(f"bundle.toml: {table} must be an array of tables ([[{table}]])")
+            raise ConfigError(f"{table} must be an array of tables ([[{table}]])")
         for i, item in enumerate(items):
             key = f"{table}[{i}]"
+            if not isinstance(item, dict):
+                raise ConfigError(f"{key} must be a table ([[{table}]]) (found {_found(item)})")
             data = dict(item)
-            checkpoint = data.pop("checkpoint", None)
+            checkpoint = _get(key, data, "checkpoint", str, "")
             if not checkpoint:
-                raise ConfigError(f"bundle.toml: {key}.checkpoint is required: the path of the trained weights")
-            fp16 = bool(data.pop("fp16", False))
+                raise ConfigError(f"{key}.checkpoint is required: the path of the trained weights")
+            fp16 = _get(key, data, "fp16", bool, False)
+            del data["checkpoint"]
+            data.pop("fp16", None)
+            checkpoint_key = _get(key, data, "checkpoint_key", str, "")
+            preprocess = _get(key, data, "preprocess", str, "")
+            data.pop("checkpoint_key", None)
+            data.pop("preprocess", None)
+            if preprocess:  # the pipeline decides size and normalisation: two sources would disagree
+                for clash in ("mean", "std", "input_size"):
+                    if clash in data:
+                        raise ConfigError(
+                            f"{key}.{clash} is set by {key}.preprocess (the albumentations pipeline); remove one"
+                        )
+                data["preprocess"] = f"{_get(key, data, 'name', str, '')}{PREPROCESS_SUFFIX}"
             if "file" in data:
-                raise ConfigError(f"bundle.toml: {key}.file is set by the build; give checkpoint instead")
-            name = str(data.get("name", ""))
+                raise ConfigError(f"{key}.file is set by the build; give checkpoint instead")
+            name = _get(key, data, "name", str, "")
             if not NAME.fullmatch(name):
-                raise ConfigError(
-                    f"bundle.toml: {key}.name = {name!r}: give each model a name of letters, digits, '_', '.', '-'"
-                )
+                raise ConfigError(f"{key}.name = {name!r}: give each model a name of letters, digits, '_', '.', '-'")
             ext = "pt" if data.get("kind") == "torchscript" else "safetensors"
             data["file"] = f"{name}.{ext}"
             try:
                 spec = ModelSpec.from_dict(data, key, kinds)
             except SpecError as e:
-                raise ConfigError(f"bundle.toml: {e.key}: {e.message}") from None
-            entries.append(ModelEntry(role=role, checkpoint=_path(root, checkpoint), fp16=fp16, spec=spec))
+                raise ConfigError(f"{e.key}: {e.message}") from None
+            entries.append(
+                ModelEntry(
+                    role=role,
+                    checkpoint=_path(root, checkpoint),
+                    fp16=fp16,
+                    spec=spec,
+                    checkpoint_key=checkpoint_key,
+                    preprocess=_path(root, preprocess) if preprocess else None,
+                )
+            )
     return tuple(entries)
 
 
@@ -179,10 +253,19 @@ def load_config(path: Path = DEFAULT_CONFIG) -> BundleConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    return parse_config(raw, path.resolve().parent)
+    return parse_config(raw, path.resolve().parent, shown_path(path))
 
 
-def parse_config(raw: Mapping[str, Any], root: Path) -> BundleConfig:
+def parse_config(raw: Mapping[str, Any], root: Path, source: str = DEFAULT_CONFIG.name) -> BundleConfig:
+    """Validate `raw` (bundle.toml's data); every error is one line starting with `source`, the file read."""
+    try:
+        return _parse(raw, root)
+    except ConfigError as e:
+        # messages are written without the file; one written with the default name is renamed, not doubled
+        raise ConfigError(f"{source}: {str(e).removeprefix(DEFAULT_CONFIG.name + ': ')}") from None
+
+
+def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
     top_known = {
         "bundle",
         "competition",
@@ -196,62 +279,65 @@ def parse_config(raw: Mapping[str, Any], root: Path) -> BundleConfig:
     }
     unknown = set(raw) - top_known
     if unknown:
-        raise ConfigError(f"bundle.toml: unknown section [{sorted(unknown)[0]}]; known: {', '.join(sorted(top_known))}")
+        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(sorted(top_known))}")
 
     bundle = _section(raw, "bundle", {"name"})
-    name = str(bundle.get("name", ""))
+    name = _get("bundle", bundle, "name", str, "")
     if not NAME.fullmatch(name):
-        raise ConfigError(
-            f"bundle.toml: bundle.name = {name!r}: a short name of letters, digits, '_', '.', '-' is required"
-        )
+        raise ConfigError(f"bundle.name = {name!r}: a short name of letters, digits, '_', '.', '-' is required")
 
     comp_raw = _section(raw, "competition", _fields(CompetitionConfig))
-    competition = CompetitionConfig(**comp_raw)
+    d_comp = CompetitionConfig
+    competition = CompetitionConfig(
+        slug=_get("competition", comp_raw, "slug", str, d_comp.slug),
+        sample_submission=_get("competition", comp_raw, "sample_submission", str, d_comp.sample_submission),
+        test_images=_get("competition", comp_raw, "test_images", str, d_comp.test_images),
+        hidden_test_images=_get("competition", comp_raw, "hidden_test_images", int, d_comp.hidden_test_images),
+        time_limit_s=_get("competition", comp_raw, "time_limit_s", float, d_comp.time_limit_s),
+    )
     if competition.hidden_test_images < 1:
-        raise ConfigError("bundle.toml: competition.hidden_test_images must be a positive count of images")
+        raise ConfigError("competition.hidden_test_images must be a positive count of images")
     if competition.time_limit_s <= 0:
-        raise ConfigError("bundle.toml: competition.time_limit_s must be positive seconds")
+        raise ConfigError("competition.time_limit_s must be positive seconds")
 
     ds = _section(raw, "dataset", _fields(DatasetConfig))
     dataset = DatasetConfig(
-        id=_id("dataset.id", ds.get("id"), "dataset that carries the wheels and weights"),
-        title=str(ds.get("title", "")),
-        license=str(ds.get("license", "CC0-1.0")),
-        private=bool(ds.get("private", True)),
-        out=_path(root, ds.get("out", "build/dataset")),
+        id=_id("dataset", ds, "dataset that carries the wheels and weights"),
+        title=_get("dataset", ds, "title", str, ""),
+        license=_get("dataset", ds, "license", str, "CC0-1.0"),
+        private=_get("dataset", ds, "private", bool, True),
+        out=_path(root, _get("dataset", ds, "out", str, "build/dataset")),
     )
     if not 6 <= len(dataset.title) <= 50:
-        raise ConfigError(f"bundle.toml: dataset.title = {dataset.title!r} must be 6 to 50 characters (Kaggle's rule)")
+        raise ConfigError(f"dataset.title = {dataset.title!r} must be 6 to 50 characters (Kaggle's rule)")
     if not 6 <= len(dataset.id.split("/")[1]) <= 50:
-        raise ConfigError(
-            f"bundle.toml: dataset.id slug {dataset.id.split('/')[1]!r} must be 6 to 50 characters (Kaggle's rule)"
-        )
+        raise ConfigError(f"dataset.id slug {dataset.id.split('/')[1]!r} must be 6 to 50 characters (Kaggle's rule)")
 
     tg = _section(raw, "target", _fields(TargetConfig))
     defaults = TargetConfig()
     target = TargetConfig(
-        python=str(tg.get("python", defaults.python)),
-        platforms=tuple(str(p) for p in tg.get("platforms", defaults.platforms)),
-        baseline=_baseline(root, str(tg.get("baseline", defaults.baseline))),
-        requirements=tuple(str(r) for r in tg.get("requirements", defaults.requirements)),
-        find_links=tuple(_path(root, p) for p in tg.get("find_links", ())),
-        wheelhouse=_path(root, tg.get("wheelhouse", "wheels")),
-        no_index=bool(tg.get("no_index", False)),
+        python=_get("target", tg, "python", str, defaults.python),
+        platforms=_get_strings("target", tg, "platforms", defaults.platforms),
+        baseline=_baseline(root, _get("target", tg, "baseline", str, defaults.baseline)),
+        requirements=_get_strings("target", tg, "requirements", defaults.requirements),
+        find_links=tuple(_path(root, p) for p in _get_strings("target", tg, "find_links", ())),
+        wheelhouse=_path(root, _get("target", tg, "wheelhouse", str, "wheels")),
+        no_index=_get("target", tg, "no_index", bool, False),
     )
     if not PYTHON_VERSION.fullmatch(target.python):
-        raise ConfigError(f"bundle.toml: target.python = {target.python!r} must look like '3.12'")
+        raise ConfigError(f"target.python = {target.python!r} must look like '3.12'")
 
     kn = _section(raw, "kernel", _fields(KernelConfig))
     kernel = KernelConfig(
-        id=_id("kernel.id", kn.get("id"), "notebook"),
-        title=str(kn.get("title", "")),
-        notebook=_path(root, kn.get("notebook", "build/inference.ipynb")),
-        metadata=_path(root, kn.get("metadata", "kernel-metadata.json")),
-        enable_gpu=bool(kn.get("enable_gpu", True)),
-        machine_shape=str(kn.get("machine_shape", "NvidiaTeslaT4")),
+        id=_id("kernel", kn, "notebook"),
+        title=_get("kernel", kn, "title", str, ""),
+        notebook=_path(root, _get("kernel", kn, "notebook", str, "build/inference.ipynb")),
+        metadata=_path(root, _get("kernel", kn, "metadata", str, "kernel-metadata.json")),
+        enable_gpu=_get("kernel", kn, "enable_gpu", bool, True),
+        machine_shape=_get("kernel", kn, "machine_shape", str, "NvidiaTeslaT4"),
     )
     if len(kernel.title) < 5:
-        raise ConfigError(f"bundle.toml: kernel.title = {kernel.title!r} must be at least 5 characters (Kaggle's rule)")
+        raise ConfigError(f"kernel.title = {kernel.title!r} must be at least 5 characters (Kaggle's rule)")
 
     models = _models(raw, root)
     # renamed keys pass through so InferenceSpec.from_dict can name what replaces them
@@ -264,20 +350,22 @@ def parse_config(raw: Mapping[str, Any], root: Path) -> BundleConfig:
         inference = InferenceSpec.from_dict(inf)
     except SpecError as e:
         prefix = "" if e.key.startswith(("classifiers", "segmenters")) else "inference."
-        raise ConfigError(f"bundle.toml: {prefix}{e.key}: {e.message}") from None
+        raise ConfigError(f"{prefix}{e.key}: {e.message}") from None
 
     dr = _section(raw, "dryrun", _fields(DryRunConfig))
     opt = {
-        k: _path(root, dr[k]) for k in ("test_dir", "sample_submission", "labels", "calibration_profile") if dr.get(k)
+        k: _path(root, v)
+        for k in ("test_dir", "sample_submission", "labels", "calibration_profile")
+        if (v := _get("dryrun", dr, k, str, ""))
     }
     dryrun = DryRunConfig(
-        out=_path(root, dr.get("out", "build/dryrun")),
-        time_budget_s=float(dr["time_budget_s"]) if "time_budget_s" in dr else None,
-        calibration=float(dr["calibration"]) if "calibration" in dr else None,
+        out=_path(root, _get("dryrun", dr, "out", str, "build/dryrun")),
+        time_budget_s=_get("dryrun", dr, "time_budget_s", float, None),
+        calibration=_get("dryrun", dr, "calibration", float, None),
         **opt,
     )
     if dryrun.calibration is not None and dryrun.calibration <= 0:
-        raise ConfigError("bundle.toml: dryrun.calibration must be a positive factor (Kaggle seconds per local second)")
+        raise ConfigError("dryrun.calibration must be a positive factor (Kaggle seconds per local second)")
 
     return BundleConfig(
         root=root,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,51 @@ def test_baseline_path_is_resolved_against_the_config_folder_but_a_name_stays_a_
     assert parse_config(raw, tmp_path).target.baseline == str(tmp_path / "kaggle-baseline.txt")
     raw["target"]["baseline"] = "kaggle-2026-08"
     assert parse_config(raw, tmp_path).target.baseline == "kaggle-2026-08"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("competition", "hidden_test_images", "5506", "hidden_test_images = '5506' must be an integer"),
+        ("competition", "hidden_test_images", 5506.0, "hidden_test_images = 5506.0 must be an integer (found a float)"),
+        ("competition", "hidden_test_images", True, "hidden_test_images = true must be an integer (found a boolean)"),
+        ("competition", "time_limit_s", "3600", "time_limit_s = '3600' must be a number (found a string)"),
+        ("kernel", "enable_gpu", "false", "enable_gpu = 'false' must be true or false (found a string)"),
+        ("target", "requirements", "pkg==1.0", "requirements = 'pkg==1.0' must be an array of strings"),
+        ("target", "platforms", ["linux_x86_64", 3], "platforms = ['linux_x86_64', 3] must be an array of strings"),
+        ("dryrun", "calibration", "fast", "calibration = 'fast' must be a number (found a string)"),
+        ("dryrun", "labels", 7, "labels = 7 must be a string (found an integer)"),
+        ("dataset", "out", ["a"], "out = ['a'] must be a string (found an array)"),
+        ("dataset", "id", 12, "id = 12 must be a string (found an integer)"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_key_type_wanted_and_found(
+    section: str, key: str, value: Any, expected: str
+) -> None:
+    raw = raw_demo()
+    raw.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError, match=rf"^bundle\.toml: {section}\." + re.escape(expected)):
+        parse_config(raw, ROOT)
+
+
+def test_numbers_take_integers_and_a_model_entry_must_be_a_table() -> None:
+    raw = raw_demo()
+    raw["competition"]["time_limit_s"] = 3600
+    assert parse_config(raw, ROOT).competition.time_limit_s == 3600.0
+    raw["segmenters"][0] = "unet"
+    with pytest.raises(ConfigError, match=r"^bundle\.toml: segmenters\[0\] must be a table"):
+        parse_config(raw, ROOT)
+    raw = raw_demo()
+    raw["segmenters"][0]["fp16"] = "yes"
+    with pytest.raises(ConfigError, match=r"segmenters\[0\]\.fp16 = 'yes' must be true or false"):
+        parse_config(raw, ROOT)
+
+
+def test_errors_name_the_file_actually_read(tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text((ROOT / "bundle.toml").read_text().replace("[dryrun]", '[dryrun]\ncalibration = "fast"', 1))
+    with pytest.raises(ConfigError, match=r"other\.toml: dryrun\.calibration") as e:
+        load_config(other)
+    assert "bundle.toml" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^custom\.toml: unknown section \[extra\]"):
+        parse_config({**raw_demo(), "extra": {}}, ROOT, "custom.toml")

@@ -11,11 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import SpecError
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip")  # the flips kernel_src.tta applies
+SCALE_VIEW = "scale:"  # "scale:0.75": the image resized by 0.75 (kernel_src.tta), the output resized back
+SCALE_RANGE = (0.25, 4.0)  # the scale factors a scale view may take
+TTA_MERGES = ("mean", "gmean", "max", "logit_mean")  # how a model's views are merged (kernel_src.tta.merge)
+CHANNEL_ORDERS = ("rgb", "bgr")  # the channel order a model was trained on ("bgr": cv2.imread's)
+PREPROCESS_SUFFIX = ".preprocess.json"  # <model name> + this: the translated pipeline in the bundle
 GATING_MODES = ("off", "per_class", "per_image")
 SEG_KINDS = ("smp", "torchscript")
 CLS_KINDS = ("timm", "torchscript")
@@ -31,11 +36,73 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+_T = TypeVar("_T", int, float, bool, str)
+_WANTED: dict[type, str] = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _found(value: Any) -> str:
+    """What a JSON/TOML value is (a boolean is not reported as an integer)."""
+    for type_, words in ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string")):
+        if isinstance(value, type_):
+            return words
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return "a table" if isinstance(value, Mapping) else ("null" if value is None else f"a {type(value).__name__}")
+
+
+def _wrong(key: str, value: Any, wanted: str) -> SpecError:
+    shown = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return SpecError(key, f"{shown} must be {wanted} (found {_found(value)})")
+
+
+def typed(key: str, value: Any, type_: type[_T]) -> _T:
+    """`value` if it is a `type_`, else a SpecError naming `key`, the type wanted and what was found.
+
+    Integers refuse floats and booleans; numbers (`float`) take integers; booleans refuse the
+    strings "true"/"false"; strings refuse numbers: nothing is converted behind the user's back.
+    """
+    if type_ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, type_) or (type_ is not bool and isinstance(value, bool)):
+        raise _wrong(key, value, _WANTED[type_])
+    return value
+
+
+def _table(key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _wrong(key, value, "a table")
+    return value
+
+
+def _array(key: str, value: Any) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise _wrong(key, value, "an array")
+    return list(value)
+
+
 def _per_item(
-    key: str, value: float | Sequence[float], n: int, lo: float, hi: float | None, item: str = "class"
+    key: str,
+    value: float | Sequence[float],
+    n: int,
+    lo: float,
+    hi: float | None,
+    item: str = "class",
+    type_: type[int] | type[float] = float,
 ) -> tuple[float, ...]:
     """A scalar broadcast to all `n`, or one value per `item` (class or channel), each inside [lo, hi]."""
-    values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]
+    wanted = "an integer or an array of {n} integers" if type_ is int else "a number or an array of {n} numbers"
+    wanted = wanted.format(n=n)
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or (
+            type_ is int and not all(isinstance(v, int) for v in value)
+        ):
+            raise _wrong(key, value, wanted)
+        values = [float(v) for v in value]
+    else:
+        values = [float(typed(key, value, type_))] * n if isinstance(value, (int, float)) else []
+        if not values:
+            raise _wrong(key, value, wanted)
     if len(values) != n:
         raise SpecError(key, f"expected one value or {n} (one per {item}), got {len(values)}")
     for v in values:
@@ -48,9 +115,31 @@ def _per_item(
 def _size(key: str, value: Sequence[int] | None) -> tuple[int, int] | None:
     if value is None:
         return None
-    if len(value) != 2 or any(int(v) <= 0 for v in value):
+    value = _array(key, value)
+    if len(value) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in value):
         raise SpecError(key, f"expected [height, width] with positive integers, got {list(value)}")
     return (int(value[0]), int(value[1]))
+
+
+def view_scale(view: str) -> float | None:
+    """The factor of a scale view ("scale:0.75" -> 0.75); None for a flip or an unknown name."""
+    if not view.startswith(SCALE_VIEW):
+        return None
+    try:
+        factor = float(view[len(SCALE_VIEW) :])
+    except ValueError:
+        return None
+    return factor if SCALE_RANGE[0] <= factor <= SCALE_RANGE[1] else None
+
+
+def view_problem(view: str) -> str | None:
+    """Why `view` is not a TTA view (None: it is one): a flip of TTA_VIEWS or "scale:<factor>"."""
+    if view in TTA_VIEWS or view_scale(view) is not None:
+        return None
+    if view.startswith(SCALE_VIEW):
+        lo, hi = SCALE_RANGE
+        return f"{view!r}: a scale view is 'scale:<factor>' with a factor in [{lo}, {hi}], e.g. 'scale:0.75'"
+    return f"{view!r} is not a TTA view; choose from {list(TTA_VIEWS)} or 'scale:<factor>' (e.g. 'scale:1.25')"
 
 
 @dataclass(frozen=True)
@@ -68,9 +157,13 @@ class ModelSpec:
     tta: tuple[str, ...] = ("identity",)
     weight: float = 1.0
     sha256: str = ""  # filled in by the build; checked by the notebook when present
+    channels: str = "rgb"  # CHANNEL_ORDERS: the order the model was trained on
+    tta_merge: str = "mean"  # TTA_MERGES: mean of probabilities, geometric mean, max, mean of logits
+    preprocess: str = ""  # the bundle's <name>.preprocess.json (kernel_src.preprocess); "": input_size/mean/std
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], key: str, kinds: Sequence[str]) -> ModelSpec:
+        data = _table(key, data)
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise SpecError(
@@ -79,38 +172,51 @@ class ModelSpec:
         for required in ("name", "kind", "file"):
             if not data.get(required):
                 raise SpecError(f"{key}.{required}", "is required")
-        kind = str(data["kind"])
+        kind = typed(f"{key}.kind", data["kind"], str)
         if kind not in kinds:
             raise SpecError(f"{key}.kind", f"{kind!r} is not one of {list(kinds)}")
         if kind != "torchscript" and not data.get("arch"):
             raise SpecError(f"{key}.arch", f"is required for kind {kind!r}")
         if kind == "smp" and not data.get("encoder"):
             raise SpecError(f"{key}.encoder", "is required for kind 'smp' (e.g. 'resnet34')")
-        tta = tuple(str(v) for v in data.get("tta", ("identity",)))
+        tta = tuple(typed(f"{key}.tta", v, str) for v in _array(f"{key}.tta", data.get("tta", ("identity",))))
         if not tta:
             raise SpecError(f"{key}.tta", f"needs at least one view from {list(TTA_VIEWS)}")
         for view in tta:
-            if view not in TTA_VIEWS:
-                raise SpecError(f"{key}.tta", f"{view!r} is not a TTA view; choose from {list(TTA_VIEWS)}")
+            problem = view_problem(view)
+            if problem:
+                raise SpecError(f"{key}.tta", problem)
         if len(set(tta)) != len(tta):
             raise SpecError(f"{key}.tta", f"lists a view twice: {list(tta)}")
+        channels = typed(f"{key}.channels", data.get("channels", "rgb"), str)
+        if channels not in CHANNEL_ORDERS:
+            raise SpecError(f"{key}.channels", f"{channels!r} must be one of {list(CHANNEL_ORDERS)}")
+        merge = typed(f"{key}.tta_merge", data.get("tta_merge", "mean"), str)
+        if merge not in TTA_MERGES:
+            raise SpecError(f"{key}.tta_merge", f"{merge!r} must be one of {list(TTA_MERGES)}")
+        preprocess = typed(f"{key}.preprocess", data.get("preprocess", ""), str)
+        if preprocess and ("/" in preprocess or "\\" in preprocess or not preprocess.endswith(PREPROCESS_SUFFIX)):
+            raise SpecError(f"{key}.preprocess", f"{preprocess!r} must be a file name ending in {PREPROCESS_SUFFIX}")
         mean = _per_item(f"{key}.mean", data.get("mean", IMAGENET_MEAN), 3, 0.0, 1.0, item="channel")
         std = _per_item(f"{key}.std", data.get("std", IMAGENET_STD), 3, 1e-6, None, item="channel")
-        weight = float(data.get("weight", 1.0))
+        weight = typed(f"{key}.weight", data.get("weight", 1.0), float)
         if not weight > 0 or math.isinf(weight):
             raise SpecError(f"{key}.weight", f"must be a positive number, got {weight}")
         return cls(
-            name=str(data["name"]),
+            name=typed(f"{key}.name", data["name"], str),
             kind=kind,
-            file=str(data["file"]),
-            arch=str(data.get("arch", "")),
-            encoder=str(data.get("encoder", "")),
+            file=typed(f"{key}.file", data["file"], str),
+            arch=typed(f"{key}.arch", data.get("arch", ""), str),
+            encoder=typed(f"{key}.encoder", data.get("encoder", ""), str),
             input_size=_size(f"{key}.input_size", data.get("input_size")),
             mean=(mean[0], mean[1], mean[2]),
             std=(std[0], std[1], std[2]),
             tta=tta,
             weight=weight,
-            sha256=str(data.get("sha256", "")),
+            sha256=typed(f"{key}.sha256", data.get("sha256", ""), str),
+            channels=channels,
+            tta_merge=merge,
+            preprocess=preprocess,
         )
 
 
@@ -125,6 +231,7 @@ class PostprocessSpec:
     threshold: tuple[float, ...] = ()  # pixel probability threshold per class
     min_component: tuple[int, ...] = ()  # connected components smaller than this are removed
     min_area: tuple[int, ...] = ()  # a mask whose remaining area is below this becomes empty
+    one_class_per_pixel: bool = False  # where classes overlap, the highest probability keeps the pixel
 
 
 @dataclass(frozen=True)
@@ -168,43 +275,46 @@ class InferenceSpec:
         unknown = set(data) - known
         if unknown:
             raise SpecError(sorted(unknown)[0], f"unknown setting; known: {sorted(known)}")
-        n = int(data.get("num_classes", 4))
+        n = typed("num_classes", data.get("num_classes", 4), int)
         if n < 1:
             raise SpecError("num_classes", f"must be at least 1, got {n}")
-        height, width = int(data.get("image_height", 256)), int(data.get("image_width", 1600))
+        height = typed("image_height", data.get("image_height", 256), int)
+        width = typed("image_width", data.get("image_width", 1600), int)
         if height < 1 or width < 1:
             raise SpecError("image_height", f"image size must be positive, got {height}x{width}")
-        order = str(data.get("rle_order", "F"))
+        order = typed("rle_order", data.get("rle_order", "F"), str)
         if order not in RLE_ORDERS:
             raise SpecError("rle_order", f"{order!r} must be 'F' (column-major, Severstal) or 'C' (row-major)")
-        device = str(data.get("device", "auto"))
+        device = typed("device", data.get("device", "auto"), str)
         if device not in DEVICES:
             raise SpecError("device", f"{device!r} must be one of {list(DEVICES)}")
-        batch = int(data.get("batch_size", 4))
+        batch = typed("batch_size", data.get("batch_size", 4), int)
         if batch < 1:
             raise SpecError("batch_size", f"must be at least 1, got {batch}")
-        budget = float(data.get("time_budget_s", 3300.0))
+        budget = typed("time_budget_s", data.get("time_budget_s", 3300.0), float)
         if not budget > 0:
             raise SpecError("time_budget_s", f"must be positive seconds, got {budget}")
-        workers = int(data.get("loader_workers", 2))
+        workers = typed("loader_workers", data.get("loader_workers", 2), int)
         if workers < 0:
             raise SpecError("loader_workers", f"must be 0 or more, got {workers}")
 
-        memory_format = str(data.get("memory_format", "auto"))
+        memory_format = typed("memory_format", data.get("memory_format", "auto"), str)
         if memory_format not in MEMORY_FORMATS:
             raise SpecError("memory_format", f"{memory_format!r} must be one of {list(MEMORY_FORMATS)}")
-        precision = str(data.get("precision", "auto"))
+        precision = typed("precision", data.get("precision", "auto"), str)
         if precision not in PRECISIONS:
             raise SpecError("precision", f"{precision!r} must be one of {list(PRECISIONS)}")
-        per_call = int(data.get("images_per_call", 0))
+        per_call = typed("images_per_call", data.get("images_per_call", 0), int)
         if per_call < 0:
             raise SpecError("images_per_call", f"must be 0 (measured at load) or a number of images, got {per_call}")
 
         classifiers = tuple(
-            ModelSpec.from_dict(m, f"classifiers[{i}]", CLS_KINDS) for i, m in enumerate(data.get("classifiers", ()))
+            ModelSpec.from_dict(m, f"classifiers[{i}]", CLS_KINDS)
+            for i, m in enumerate(_array("classifiers", data.get("classifiers", ())))
         )
         segmenters = tuple(
-            ModelSpec.from_dict(m, f"segmenters[{i}]", SEG_KINDS) for i, m in enumerate(data.get("segmenters", ()))
+            ModelSpec.from_dict(m, f"segmenters[{i}]", SEG_KINDS)
+            for i, m in enumerate(_array("segmenters", data.get("segmenters", ())))
         )
         names = [m.name for m in (*classifiers, *segmenters)]
         for name in names:
@@ -213,26 +323,31 @@ class InferenceSpec:
         if not segmenters:
             raise SpecError("segmenters", "at least one segmentation model is required")
 
-        g = dict(data.get("gating", {}))
-        mode = str(g.get("mode", "per_class" if classifiers else "off"))
+        g = _table("gating", data.get("gating", {}))
+        mode = typed("gating.mode", g.get("mode", "per_class" if classifiers else "off"), str)
         if mode not in GATING_MODES:
             raise SpecError("gating.mode", f"{mode!r} must be one of {list(GATING_MODES)}")
         if mode != "off" and not classifiers:
             raise SpecError("gating.mode", f"{mode!r} needs at least one classifier; add one or set mode = 'off'")
         gating = GatingSpec(mode=mode, thresholds=_per_item("gating.thresholds", g.get("thresholds", 0.5), n, 0.0, 1.0))
 
-        p = dict(data.get("postprocess", {}))
-        unknown_p = set(p) - {"threshold", "min_component", "min_area"}
+        p = _table("postprocess", data.get("postprocess", {}))
+        unknown_p = set(p) - {"threshold", "min_component", "min_area", "one_class_per_pixel"}
         if unknown_p:
             raise SpecError(
-                f"postprocess.{sorted(unknown_p)[0]}", "unknown setting; known: threshold, min_component, min_area"
+                f"postprocess.{sorted(unknown_p)[0]}",
+                "unknown setting; known: threshold, min_component, min_area, one_class_per_pixel",
             )
+        exclusive = typed("postprocess.one_class_per_pixel", p.get("one_class_per_pixel", False), bool)
         post = PostprocessSpec(
             threshold=_per_item("postprocess.threshold", p.get("threshold", 0.5), n, 0.0, 1.0),
             min_component=tuple(
-                int(v) for v in _per_item("postprocess.min_component", p.get("min_component", 0), n, 0, None)
+                int(v) for v in _per_item("postprocess.min_component", p.get("min_component", 0), n, 0, None, type_=int)
             ),
-            min_area=tuple(int(v) for v in _per_item("postprocess.min_area", p.get("min_area", 0), n, 0, None)),
+            min_area=tuple(
+                int(v) for v in _per_item("postprocess.min_area", p.get("min_area", 0), n, 0, None, type_=int)
+            ),
+            one_class_per_pixel=exclusive,
         )
         return cls(
             num_classes=n,

@@ -30,6 +30,7 @@ def test_written_fields(tmp_path: Path) -> None:
         "machine_shape": "NvidiaTeslaT4",
         "dataset_sources": ["your-kaggle-name/bundler-severstal-demo"],
         "competition_sources": ["severstal-steel-defect-detection"],
+        "docker_image_pinning_type": "original",
     }
     assert validate_metadata(meta, cfg.kernel.metadata.parent) == []
 
@@ -117,9 +118,9 @@ def good(folder: Path) -> dict[str, Any]:
         ({"model_sources": ["owner/model"]}, "model_sources"),
         ({"model_sources": ["owner/model/pytorch/default/latest"]}, "model_sources"),
         ({"competition_sources": [3]}, "competition_sources"),
-        ({"enable_internet": "false"}, "enable_internet"),
+        ({"enable_internet": "no"}, "enable_internet"),
         ({"is_private": 1}, "is_private"),
-        ({"enable_gpu": "true"}, "enable_gpu"),
+        ({"enable_gpu": "yes"}, "enable_gpu"),
         ({"docker_image_pinning_type": "pinned"}, "docker_image_pinning_type"),
     ],
 )
@@ -155,3 +156,25 @@ def test_title_warning_mirrors_the_cli(tmp_path: Path) -> None:
     meta = kernel_metadata(cfg)
     assert title_warning(meta) == ""
     assert "does not resolve" in title_warning({**meta, "title": "Something else"})
+
+
+@pytest.mark.parametrize("value", ["true", "false", "True", "FALSE"])
+def test_string_booleans_are_accepted_as_the_cli_does(tmp_path: Path, value: str) -> None:
+    meta = {**good(tmp_path), "is_private": value, "enable_gpu": value}
+    assert validate_metadata(meta, tmp_path) == []
+
+
+def test_push_pins_our_dataset_and_a_rerender_keeps_the_pin(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    render_notebook(cfg, console=quiet())
+    meta = json.loads(cfg.kernel.metadata.read_text())
+    meta["dataset_sources"] = [*meta["dataset_sources"], "someone/extra-weights/2"]
+    cfg.kernel.metadata.write_text(json.dumps(meta))
+    write_metadata(cfg, dataset_version=7)
+    pinned = json.loads(cfg.kernel.metadata.read_text())
+    assert pinned["dataset_sources"] == ["your-kaggle-name/bundler-severstal-demo/7", "someone/extra-weights/2"]
+    assert pinned["docker_image_pinning_type"] == "original"
+    render_notebook(cfg, console=quiet())
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == pinned["dataset_sources"]
+    write_metadata(cfg, dataset_version=8)
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"][0].endswith("/bundler-severstal-demo/8")

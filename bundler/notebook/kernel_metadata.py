@@ -5,9 +5,13 @@
 extra `dataset_sources` / `competition_sources` are merged after bundler's own. `is_private`
 is written as true unless the file already says otherwise. `enable_internet` is always written
 as false: the CLI defaults it to true, and a code competition refuses a notebook with internet.
+`docker_image_pinning_type` is "original" unless the file says otherwise: the notebook keeps running
+on the image it first ran on, the one the baseline describes. `bundler push` pins bundler's dataset
+to the version it waited for (`owner/slug/N`); a re-render keeps that pin.
 
 `validate_metadata` applies the checks the Kaggle CLI makes before it sends anything
-(kaggle-api `kernels_push`), so a push never fails on the metadata.
+(kaggle-api `kernels_push`), so a push never fails on the metadata; like the CLI's `get_bool`, it
+takes the strings "true"/"false" for booleans (what `kaggle kernels init` writes).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")
 PINNING_TYPES = ("original", "latest")
 BOOLEAN_FIELDS = ("is_private", "enable_gpu", "enable_tpu", "enable_internet")
+BOOLEAN_STRINGS = ("true", "false")
 
 
 def _code_file(cfg: BundleConfig) -> str:
@@ -51,8 +56,30 @@ def read_existing(path: Path) -> dict[str, Any]:
     return data
 
 
-def kernel_metadata(cfg: BundleConfig, existing: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The metadata for `cfg`: bundler's fields first (in a fixed order), then the user's others."""
+def _our_dataset(cfg: BundleConfig, sources: Any, version: int | None) -> str:
+    """`owner/slug/N` when `version` is given or the file already pins our dataset, else `owner/slug`."""
+    if version is not None:
+        return f"{cfg.dataset.id}/{version}"
+    for source in sources if isinstance(sources, list) else []:
+        if isinstance(source, str) and re.fullmatch(re.escape(cfg.dataset.id) + r"/\d+", source):
+            return source
+    return cfg.dataset.id
+
+
+def _other_sources(cfg: BundleConfig, sources: Any) -> list[str]:
+    """The user's own dataset sources: every entry but our dataset, pinned or not."""
+    ours = re.compile(re.escape(cfg.dataset.id) + r"(/\d+)?")
+    return [s for s in sources if not (isinstance(s, str) and ours.fullmatch(s))] if isinstance(sources, list) else []
+
+
+def kernel_metadata(
+    cfg: BundleConfig, existing: Mapping[str, Any] | None = None, *, dataset_version: int | None = None
+) -> dict[str, Any]:
+    """The metadata for `cfg`: bundler's fields first (in a fixed order), then the user's others.
+
+    Our dataset is pinned as `owner/slug/N` when `dataset_version` is given (what `bundler push`
+    does once version N is ready); a pin already in the file is kept by a re-render.
+    """
     old = dict(existing or {})
     managed: dict[str, Any] = {
         "id": cfg.kernel.id,
@@ -64,8 +91,13 @@ def kernel_metadata(cfg: BundleConfig, existing: Mapping[str, Any] | None = None
         "enable_gpu": cfg.kernel.enable_gpu,
         "enable_internet": False,
         "machine_shape": cfg.kernel.machine_shape,
-        "dataset_sources": _union([cfg.dataset.id], old.get("dataset_sources")),
+        "dataset_sources": _union(
+            [_our_dataset(cfg, old.get("dataset_sources"), dataset_version)],
+            _other_sources(cfg, old.get("dataset_sources")),
+        ),
         "competition_sources": _union([cfg.competition.slug], old.get("competition_sources")),
+        # the image the notebook was first run on (and the baseline describes) stays its image
+        "docker_image_pinning_type": old.get("docker_image_pinning_type", "original"),
     }
     return {**managed, **{k: v for k, v in old.items() if k not in managed}}
 
@@ -128,8 +160,12 @@ def validate_metadata(meta: Mapping[str, Any], folder: Path) -> list[str]:
     )
     _check_sources(meta, "competition_sources", r"\S+", "a competition slug", problems)
     for field in BOOLEAN_FIELDS:
-        if field in meta and not isinstance(meta[field], bool):
-            problems.append(f"{field} = {meta[field]!r} must be a JSON boolean (true or false, no quotes)")
+        # the CLI's get_bool also takes "true"/"false" strings (any case), which `kaggle kernels init` writes
+        value = meta.get(field)
+        if field in meta and not (
+            isinstance(value, bool) or (isinstance(value, str) and value.lower() in BOOLEAN_STRINGS)
+        ):
+            problems.append(f'{field} = {meta[field]!r} must be true or false (a JSON boolean, or "true"/"false")')
     pinning = meta.get("docker_image_pinning_type")
     if pinning is not None and pinning not in PINNING_TYPES:
         problems.append(f"docker_image_pinning_type {pinning!r} must be one of {list(PINNING_TYPES)}")
@@ -153,10 +189,13 @@ def title_warning(meta: Mapping[str, Any]) -> str:
     return ""
 
 
-def write_metadata(cfg: BundleConfig) -> Path:
-    """Write or update kernel-metadata.json at `kernel.metadata`; validated before it is written."""
+def write_metadata(cfg: BundleConfig, *, dataset_version: int | None = None) -> Path:
+    """Write or update kernel-metadata.json at `kernel.metadata`; validated before it is written.
+
+    `dataset_version`: pin our dataset's `dataset_sources` entry to that version (`bundler push`).
+    """
     path = cfg.kernel.metadata
-    meta = kernel_metadata(cfg, read_existing(path))
+    meta = kernel_metadata(cfg, read_existing(path), dataset_version=dataset_version)
     path.parent.mkdir(parents=True, exist_ok=True)
     check_metadata(meta, path)
     text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"

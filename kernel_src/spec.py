@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from .errors import SpecError
+from .layout import SubmissionSpec
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip")  # the flips kernel_src.tta applies
 SCALE_VIEW = "scale:"  # "scale:0.75": the image resized by 0.75 (kernel_src.tta), the output resized back
@@ -253,6 +254,15 @@ class InferenceSpec:
     segmenters: tuple[ModelSpec, ...] = ()
     gating: GatingSpec = field(default_factory=GatingSpec)
     postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    # Geometry (issue 16): "fixed" resizes every image to image_height x image_width; "own" predicts
+    # each at its own size (batched by size). encode_size: None = masks encoded at the predicted
+    # size, (h, w) = probabilities resized to it first (e.g. Clouds' 350x525).
+    image_sizes: str = "fixed"
+    encode_size: tuple[int, int] | None = None
+    bit_depth: int = 8  # the test files' declared depth: 8 or 16 (other depths are converted, with a warning)
+    pixel_max: float | str = "depth"  # the value shown as 255: "depth" (2**bit_depth - 1), "image" (its max), N
+    image_channels: int = 3  # 3, or 1 (single-channel files repeated to 3 channels, as declared)
+    submission: SubmissionSpec = field(default_factory=SubmissionSpec)  # kernel_src.layout
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (lists, not tuples), the inverse of `from_dict`."""
@@ -349,6 +359,8 @@ class InferenceSpec:
             ),
             one_class_per_pixel=exclusive,
         )
+        geometry = _geometry(data)
+        submission = SubmissionSpec.from_dict(_table("submission", data.get("submission", {})), n)
         return cls(
             num_classes=n,
             image_height=height,
@@ -365,4 +377,46 @@ class InferenceSpec:
             segmenters=segmenters,
             gating=gating,
             postprocess=post,
+            submission=submission,
+            **geometry,
         )
+
+
+IMAGE_SIZES = ("fixed", "own")
+BIT_DEPTHS = (8, 16)
+
+
+def _geometry(data: Mapping[str, Any]) -> dict[str, Any]:
+    """image_sizes, encode_size, bit_depth, pixel_max, image_channels, validated."""
+    sizes = typed("image_sizes", data.get("image_sizes", "fixed"), str)
+    if sizes not in IMAGE_SIZES:
+        raise SpecError("image_sizes", f"{sizes!r} must be 'fixed' (resized to image_height x image_width) or 'own'")
+    raw = data.get("encode_size")
+    encode: tuple[int, int] | None = None
+    if raw is not None and raw != "image":
+        if not isinstance(raw, (list, tuple)) or len(raw) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw
+        ):
+            raise _wrong("encode_size", raw, "'image' or [height, width] with positive integers")
+        encode = (int(raw[0]), int(raw[1]))
+    depth = typed("bit_depth", data.get("bit_depth", 8), int)
+    if depth not in BIT_DEPTHS:
+        raise SpecError("bit_depth", f"{depth} must be 8 or 16 (the depth the test images are stored in)")
+    pixel_max: float | str = data.get("pixel_max", "depth")
+    if isinstance(pixel_max, str):
+        if pixel_max not in ("depth", "image"):
+            raise SpecError("pixel_max", f"{pixel_max!r} must be 'depth', 'image' or a positive number")
+    else:
+        pixel_max = typed("pixel_max", pixel_max, float)
+        if not pixel_max > 0 or math.isinf(pixel_max):
+            raise SpecError("pixel_max", f"must be a positive number (the value shown as 255), got {pixel_max}")
+    channels = typed("image_channels", data.get("image_channels", 3), int)
+    if channels not in (1, 3):
+        raise SpecError("image_channels", f"{channels} must be 3, or 1 for single-channel (grey) files")
+    return {
+        "image_sizes": sizes,
+        "encode_size": encode,
+        "bit_depth": depth,
+        "pixel_max": pixel_max,
+        "image_channels": channels,
+    }

@@ -25,7 +25,7 @@ from bundler.config import BundleConfig
 from kernel_src.bundle import sha256_file
 
 BUILD_FORMAT = 1  # bump when the build writes other bytes from the same inputs
-LIBRARIES = ("torch", "timm", "segmentation-models-pytorch", "safetensors")
+LIBRARIES = ("torch", "timm", "segmentation-models-pytorch", "safetensors", "albumentations")
 
 
 def sha256_text(text: str) -> str:
@@ -124,7 +124,14 @@ def input_fingerprint(cfg: BundleConfig, checkpoint_sha256: list[str]) -> str:
         },
         "num_classes": cfg.inference.num_classes,
         "models": [
-            {"role": m.role, "fp16": m.fp16, "spec": asdict(m.spec), "checkpoint_sha256": sha}
+            {
+                "role": m.role,
+                "fp16": m.fp16,
+                "spec": asdict(m.spec),
+                "checkpoint_sha256": sha,
+                "checkpoint_key": m.checkpoint_key,
+                "preprocess_sha256": sha256_file(m.preprocess) if m.preprocess and m.preprocess.is_file() else None,
+            }
             for m, sha in zip(cfg.models, checkpoint_sha256, strict=True)
         ],
     }

@@ -33,6 +33,20 @@ from kernel_src.errors import ModelError
 from kernel_src.models import build_model, load_state_dict_into
 
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
+# where training code keeps averaged weights beside the model (timm's ModelEmaV2 scripts, SWA, ...):
+# never taken unless `checkpoint_key` names one, but always named when left behind
+AVERAGED_KEYS = (
+    "ema",
+    "model_ema",
+    "state_dict_ema",
+    "ema_state_dict",
+    "ema_shadow",
+    "shadow",
+    "swa",
+    "swa_model",
+    "swa_state_dict",
+    "averaged_model",
+)
 WRAPPER_PREFIXES = ("model.", "module.", "net.", "_orig_mod.")
 _MAX_PREFIX_DEPTH = 3
 
@@ -77,13 +91,14 @@ def convert(entry: ModelEntry, key: str, num_classes: int, dest: Path, step: Ste
     if entry.spec.kind == "torchscript":
         return _copy_torchscript(entry, key, dest, say)
     say("reading")
-    state = read_state_dict(entry.checkpoint, entry.spec.name, key)
+    state, taken = read_checkpoint(entry.checkpoint, entry.spec.name, key, entry.checkpoint_key)
     say("loading into " + (f"{entry.spec.arch}/{entry.spec.encoder}" if entry.spec.encoder else entry.spec.arch))
     try:
         model = build_model(entry.spec, num_classes)
     except ModelError as e:
         raise WeightsError(f"bundle.toml {key}: {e}") from None
     fitted, notes = fit_to_model(state, model.state_dict())
+    notes = (*taken, *notes)
     try:
         load_state_dict_into(model, fitted, entry.spec.name)
     except ModelError as e:
@@ -94,6 +109,14 @@ def convert(entry: ModelEntry, key: str, num_classes: int, dest: Path, step: Ste
 
 def read_state_dict(path: Path, name: str, key: str) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, unwrapped from a training checkpoint when needed."""
+    return read_checkpoint(path, name, key)[0]
+
+
+def read_checkpoint(
+    path: Path, name: str, key: str, checkpoint_key: str = ""
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """(the tensors to ship, notes on which were taken and which candidates were left): see
+    `select_state_dict`. `key` is the model's bundle.toml key, named in errors."""
     if _is_torchscript(path):
         raise WeightsError(
             f'model {name!r}: {path} is a TorchScript file; set kind = "torchscript" in bundle.toml {key}'
@@ -102,8 +125,13 @@ def read_state_dict(path: Path, name: str, key: str) -> dict[str, torch.Tensor]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        if checkpoint_key:
+            raise WeightsError(
+                f"model {name!r}: {path} is a safetensors file, which holds one set of tensors; "
+                f"remove bundle.toml {key}.checkpoint_key"
+            )
         try:
-            return dict(load_file(str(path)))
+            return dict(load_file(str(path))), ()
         except (SafetensorError, OSError) as e:
             raise WeightsError(f"model {name!r}: {path} is not a readable safetensors file ({e})") from None
     try:
@@ -112,7 +140,7 @@ def read_state_dict(path: Path, name: str, key: str) -> dict[str, torch.Tensor]:
         raise WeightsError(_unpickling_message(str(e), name, path)) from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise WeightsError(f"model {name!r}: {path} is not a PyTorch checkpoint ({e})") from None
-    return extract_state_dict(obj, name, path)
+    return select_state_dict(obj, name, path, checkpoint_key, key)
 
 
 def _unpickling_message(error: str, name: str, path: Path) -> str:
@@ -127,6 +155,65 @@ def _unpickling_message(error: str, name: str, path: Path) -> str:
     detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", error, re.S)
     reason = " ".join((detail.group(1) if detail else error.splitlines()[0] if error else "").split())
     return f"model {name!r}: {path} is not a PyTorch checkpoint (unpickling failed: {reason})"
+
+
+def _tensor_keys(obj: Mapping[Any, Any]) -> list[str]:
+    """Top-level keys of a checkpoint whose value holds tensors (a state dict, or a container of one)."""
+    keys = []
+    for k, v in obj.items():
+        if isinstance(v, Mapping) and (
+            any(isinstance(t, torch.Tensor) for t in v.values())
+            or any(isinstance(v.get(c), Mapping) for c in CONTAINER_KEYS)
+        ):
+            keys.append(str(k))
+    return keys
+
+
+def _described(keys: list[str]) -> str:
+    return ", ".join(f"{k!r}" + (" (averaged weights)" if k in AVERAGED_KEYS else "") for k in keys)
+
+
+def select_state_dict(
+    obj: Any, name: str, path: Path, checkpoint_key: str = "", key: str = ""
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """The tensors to ship from a loaded checkpoint, and notes saying which were taken.
+
+    `checkpoint_key` given: the tensors under that top-level key (itself a state dict or a training
+    checkpoint holding one); a key that is absent or holds no tensors is refused, listing the keys
+    that do. Not given: `extract_state_dict`'s choice; when the checkpoint also holds other tensor
+    sets (EMA or SWA weights beside `model`), a note names the key taken and the candidates left.
+    """
+    where = f"bundle.toml {key}.checkpoint_key" if key else "checkpoint_key"
+    if checkpoint_key:
+        if not isinstance(obj, Mapping):
+            raise WeightsError(
+                f"model {name!r}: {path} holds a {type(obj).__name__}, which has no keys; remove {where}"
+            )
+        candidates = _tensor_keys(obj)
+        inner = obj.get(checkpoint_key)
+        if checkpoint_key not in candidates or not isinstance(inner, Mapping):
+            found = _described(candidates) if candidates else "none"
+            state = "is not in it" if checkpoint_key not in obj else "holds no tensors"
+            raise WeightsError(
+                f"model {name!r}: {where} = {checkpoint_key!r} {state} ({path}); keys holding tensors: {found}"
+            )
+        state_dict = extract_state_dict(inner, name, path)
+        left = [k for k in candidates if k != checkpoint_key]
+        note = f"took the {len(state_dict)} tensors under {checkpoint_key!r} (checkpoint_key)"
+        return state_dict, (note + (f"; left {_described(left)}" if left else ""),)
+    state_dict = extract_state_dict(obj, name, path)
+    if not isinstance(obj, Mapping):
+        return state_dict, ()
+    candidates = _tensor_keys(obj)
+    taken = next((c for c in CONTAINER_KEYS if c in candidates and isinstance(obj.get(c), Mapping)), None)
+    left = [k for k in candidates if k != taken]
+    if taken is None or not left:
+        return state_dict, ()
+    averaged = next((k for k in left if k in AVERAGED_KEYS), left[0])
+    return state_dict, (
+        f"took the {len(state_dict)} tensors under {taken!r}; left {_described(left)}: "
+        f"set {where} = {averaged!r} to ship those instead",
+    )
 
 
 def extract_state_dict(obj: Any, name: str, path: Path) -> dict[str, torch.Tensor]:
@@ -146,9 +233,11 @@ def extract_state_dict(obj: Any, name: str, path: Path) -> dict[str, torch.Tenso
     if tensors and len(tensors) == len(obj):
         return tensors
     keys = ", ".join(repr(str(k)) for k in list(obj)[:8])
+    candidates = _tensor_keys(obj)
+    hint = f"; keys holding tensors: {_described(candidates)}: name one as checkpoint_key" if candidates else ""
     raise WeightsError(
         f"model {name!r}: {path} has no state dict (top-level keys: {keys}); expected a state dict or a "
-        f"training checkpoint with one under {' / '.join(repr(c) for c in CONTAINER_KEYS)}"
+        f"training checkpoint with one under {' / '.join(repr(c) for c in CONTAINER_KEYS)}{hint}"
     )
 
 

@@ -7,20 +7,89 @@ engine: `setup`, `load_models`, `decode` (worker-thread seconds, overlapped with
 `wait_images` (the engine blocked on the loader), `preprocess`, `classifier:<name>`,
 `segmenter:<name>`, `tta_merge`, `postprocess`, `rle`, `write`.
 
-`to_dict()` returns the `profile.json` document described in docs/ARCHITECTURE.md. This module
-needs only the standard library.
+`to_dict()` returns the `profile.json` document described in docs/ARCHITECTURE.md. The per-image
+cost counts only the images actually predicted (`images_predicted`: neither missing nor
+unreadable), so a run over a folder that lacks most listed images is not mistaken for a fast one.
+`resources` holds what Kaggle's limits are about: the peak resident memory of this process
+(`resource.getrusage`, else `/proc/self/status` VmHWM), the peak GPU memory per CUDA device
+(`torch.cuda.max_memory_allocated`; explicitly null when the run was not on CUDA) and the bytes
+under the working folder when profile.json is written. This module imports only the standard
+library; torch is read from `sys.modules` when the run already imported it.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+import stat
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 PROFILE_FORMAT = 1
 IMAGE_PROBLEMS = ("unreadable", "missing", "nonfinite", "converted")
+NOT_PREDICTED = ("unreadable", "missing")  # image problems that leave an image without any forward
+EXAMPLES_PER_KIND = 5  # profile.json "problem_examples": the first few problems of each kind, with what happened
+
+
+def peak_rss_bytes() -> int | None:
+    """The peak resident memory of this process in bytes (None where the platform does not say)."""
+    try:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if kib > 0:
+            return int(kib) * (1 if sys.platform == "darwin" else 1024)  # macOS counts bytes, Linux KiB
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii", errors="replace").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def children_peak_rss_bytes() -> int | None:
+    """The largest peak resident memory of this process's finished children (pip), in bytes."""
+    try:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    except (ImportError, OSError, ValueError):
+        return None
+    return int(kib) * (1 if sys.platform == "darwin" else 1024) if kib > 0 else None
+
+
+def gpu_peak_bytes(device_kind: str) -> dict[str, int] | None:
+    """`{"cuda:0": bytes, ...}`: torch's peak allocated memory per CUDA device; None off CUDA."""
+    torch = sys.modules.get("torch")
+    if device_kind != "cuda" or torch is None:
+        return None
+    try:
+        if not torch.cuda.is_available():
+            return None
+        return {f"cuda:{i}": int(torch.cuda.max_memory_allocated(i)) for i in range(torch.cuda.device_count())}
+    except Exception:  # a broken CUDA state must not cost the profile
+        return None
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files under `folder` (links not followed); 0 when it is absent."""
+    total = 0
+    for parent, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                st = (Path(parent) / name).lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
 
 
 class Profiler:
@@ -64,7 +133,9 @@ class Profiler:
             "ungated": 0,
         }
         self.problems: dict[str, list[Any]] = {kind: [] for kind in (*IMAGE_PROBLEMS, "model_failures")}
+        self.problem_examples: dict[str, list[str]] = {kind: [] for kind in IMAGE_PROBLEMS}
         self.error: str | None = None
+        self.working_dir: Path | None = None  # the folder whose bytes profile.json reports (the run's out_dir)
         self._stages: dict[str, list[float]] = {}  # name -> [seconds, calls]
 
     @contextmanager
@@ -102,11 +173,15 @@ class Profiler:
         if self.first_batch_at is None:
             self.first_batch_at = self.clock()
 
-    def problem(self, kind: str, item: Any) -> None:
-        """Record an image problem (`kind` in IMAGE_PROBLEMS, item the image id) or a model failure."""
+    def problem(self, kind: str, item: Any, detail: str | None = None) -> None:
+        """Record an image problem (`kind` in IMAGE_PROBLEMS, item the image id, `detail` what happened
+        to it) or a model failure."""
         if kind not in self.problems:
             raise ValueError(f"unknown problem kind {kind!r}; known: {sorted(self.problems)}")
         self.problems[kind].append(item)
+        examples = self.problem_examples.get(kind)
+        if examples is not None and len(examples) < EXAMPLES_PER_KIND:
+            examples.append(detail or str(item))
 
     def finish(self) -> None:
         """Mark the end of the run (the submission is written)."""
@@ -119,6 +194,8 @@ class Profiler:
         fixed = (self.first_batch_at if self.first_batch_at is not None else end) - self.started_at
         fixed = min(max(fixed, 0.0), total)
         images = self.images
+        skipped = sum(len(self.problems[kind]) for kind in NOT_PREDICTED)
+        predicted = max(images - skipped, 0)
         profile: dict[str, Any] = {
             "format": PROFILE_FORMAT,
             "device": self.device,
@@ -128,6 +205,7 @@ class Profiler:
             "started_at": self.started_at,
             "total_s": round(total, 4),
             "images": images,
+            "images_predicted": predicted,
             "images_per_s": round(images / total, 4) if total > 0 else 0.0,
             "stages": {
                 name: {"seconds": round(entry[0], 4), "calls": int(entry[1])} for name, entry in self._stages.items()
@@ -143,24 +221,36 @@ class Profiler:
                 for name, entry in self.call_sizes.items()
             },
             "fixed_s": round(fixed, 4),
-            "per_image_s": round((total - fixed) / images, 6) if images else 0.0,
+            "per_image_s": round((total - fixed) / predicted, 6) if predicted else 0.0,
             "gating": dict(self.gating_record),
             "nonfinite_outputs": {**self.nonfinite_outputs, "models": dict(self.nonfinite_outputs["models"])},
             "guard": {**self.guard_record, "steps": list(self.guard_record["steps"])},
             "problems": {kind: list(items) for kind, items in self.problems.items()},
             "counts": {kind: len(self.problems[kind]) for kind in IMAGE_PROBLEMS},
+            "problem_examples": {kind: list(items) for kind, items in self.problem_examples.items()},
+            "resources": self.resources(),
         }
         if self.error is not None:
             profile["error"] = self.error
         return profile
+
+    def resources(self) -> dict[str, Any]:
+        """profile.json's "resources": peak memory of this process and per GPU, bytes written."""
+        return {
+            "peak_rss_bytes": peak_rss_bytes(),
+            "children_peak_rss_bytes": children_peak_rss_bytes(),
+            "gpu_peak_bytes": gpu_peak_bytes(str(self.devices.get("kind", self.device))),
+            "working_bytes": None if self.working_dir is None else folder_bytes(self.working_dir),
+        }
 
     def table(self) -> str:
         """A plain-text summary: the run, then stages by time spent."""
         p = self.to_dict()
         lines = [
             f"device {p['device']} (gpus {p['gpus']}), torch {p['torch']}",
-            f"images {p['images']}  total {p['total_s']:.1f} s  fixed {p['fixed_s']:.1f} s  "
-            f"per image {p['per_image_s'] * 1000:.1f} ms  ({p['images_per_s']:.2f} images/s)",
+            f"images {p['images']} ({p['images_predicted']} predicted)  total {p['total_s']:.1f} s  "
+            f"fixed {p['fixed_s']:.1f} s  per predicted image {p['per_image_s'] * 1000:.1f} ms  "
+            f"({p['images_per_s']:.2f} images/s)",
         ]
         stages = sorted(p["stages"].items(), key=lambda kv: -kv[1]["seconds"])
         width = max([len("stage"), *(len(name) for name, _ in stages)])
@@ -177,9 +267,20 @@ class Profiler:
         )
         counts = ", ".join(f"{k} {v}" for k, v in p["counts"].items())
         lines.append(f"problems: {counts}, model failures {len(p['problems']['model_failures'])}")
+        r = p["resources"]
+        gpu = r["gpu_peak_bytes"]
+        lines.append(
+            f"peak memory {_gb(r['peak_rss_bytes'])} (this process), GPU "
+            + (", ".join(f"{d} {_gb(b)}" for d, b in gpu.items()) if gpu else "not used")
+            + f", working folder {_gb(r['working_bytes'])}"
+        )
         for step in p["guard"]["steps"]:
             lines.append(
                 f"guard after {step['after_images']} images ({step['elapsed_s']:.0f} s, projected "
                 f"{step['projected_s']:.0f} s of {p['guard']['budget_s']:.0f} s): {step['action']} {step['detail']}"
             )
         return "\n".join(lines)
+
+
+def _gb(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / 1e9:.2f} GB"

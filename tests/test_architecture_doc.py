@@ -91,7 +91,8 @@ def real_profile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_profile_example_has_the_keys_a_run_writes(real_profile: dict[str, Any]) -> None:
     doc = _json_block("call_sizes")
     assert list(doc) == list(real_profile)
-    for section in ("devices", "gating", "nonfinite_outputs", "guard", "problems", "counts"):
+    nested = ("devices", "gating", "nonfinite_outputs", "guard", "problems", "counts", "problem_examples", "resources")
+    for section in nested:
         assert _shape(doc[section], 1) == _shape(real_profile[section], 1), section
     one_doc = next(iter(doc["call_sizes"].values()))
     one_real = next(iter(real_profile["call_sizes"].values()))

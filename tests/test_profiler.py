@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from kernel_src.profiler import Profiler
+from kernel_src.profiler import Profiler, folder_bytes
 
 PROFILE_KEYS = {
     "format",
@@ -14,6 +15,7 @@ PROFILE_KEYS = {
     "started_at",
     "total_s",
     "images",
+    "images_predicted",
     "images_per_s",
     "stages",
     "model_load_s",
@@ -23,6 +25,7 @@ PROFILE_KEYS = {
     "guard",
     "problems",
     "counts",
+    "resources",
 }
 
 
@@ -65,7 +68,7 @@ def test_profile_document_shape_and_derived_figures() -> None:
     clock.now = 105.0
     p.mark_first_batch()  # only the first call counts
     p.images = 10
-    p.problem("unreadable", "a.jpg")
+    p.problem("unreadable", "a.jpg", "a.jpg: zero-byte file")
     p.problem("model_failures", {"model": "unet", "after_images": 4, "error": "x"})
     p.gating_record.update(mode="per_image", images_segmented=6, images_skipped=4, pairs_gated_out=16)
     p.guard_record = {"budget_s": 50.0, "steps": [{"after_images": 4, "elapsed_s": 1.0, "projected_s": 60.0,
@@ -76,10 +79,14 @@ def test_profile_document_shape_and_derived_figures() -> None:
     assert set(doc) >= PROFILE_KEYS
     assert doc["format"] == 1 and doc["device"] == "cpu" and doc["torch"] == "2.x"
     assert doc["total_s"] == pytest.approx(8.0) and doc["fixed_s"] == pytest.approx(3.0)
-    assert doc["per_image_s"] == pytest.approx(0.5) and doc["images_per_s"] == pytest.approx(1.25)
+    assert doc["images_predicted"] == 9  # the unreadable image had no forward
+    assert doc["per_image_s"] == pytest.approx(5.0 / 9) and doc["images_per_s"] == pytest.approx(1.25)
     assert doc["model_load_s"] == {"unet": 0.25}
     assert doc["counts"] == {"unreadable": 1, "missing": 0, "nonfinite": 0, "converted": 0}
     assert doc["problems"]["model_failures"][0]["model"] == "unet"
+    assert doc["problems"]["unreadable"] == ["a.jpg"]
+    assert doc["problem_examples"] == {"unreadable": ["a.jpg: zero-byte file"], "missing": [], "nonfinite": [],
+                                       "converted": []}  # fmt: skip
     assert doc["gating"]["images_skipped"] == 4
     json.dumps(doc)  # JSON-able as is
     table = p.table()
@@ -99,3 +106,45 @@ def test_no_images_no_division_by_zero() -> None:
     doc = p.to_dict()
     assert doc["images"] == 0 and doc["per_image_s"] == 0.0 and doc["images_per_s"] == 0.0
     assert doc["fixed_s"] == doc["total_s"] == 0.0
+
+
+def test_per_image_cost_counts_only_predicted_images() -> None:
+    """2,000 listed, 10 present: the cost of the 10 is the per-image figure, not a 200th of it."""
+    clock = Clock()
+    p = Profiler(100.0, clock=clock)
+    clock.now = 101.0
+    p.mark_first_batch()
+    p.images = 2000
+    for i in range(1990):
+        p.problem("missing", f"{i}.jpg")
+    clock.now = 106.0
+    p.finish()
+    doc = p.to_dict()
+    assert doc["images_predicted"] == 10
+    assert doc["per_image_s"] == pytest.approx(0.5)
+
+
+def test_nothing_predicted_has_no_per_image_cost() -> None:
+    p = Profiler(100.0, clock=Clock())
+    p.images = 3
+    for name in ("a.jpg", "b.jpg"):
+        p.problem("missing", name)
+    p.problem("unreadable", "c.jpg")
+    doc = p.to_dict()
+    assert doc["images_predicted"] == 0 and doc["per_image_s"] == 0.0
+
+
+def test_resources_on_cpu_say_no_gpu_explicitly(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "submission.csv").write_bytes(b"x" * 1000)
+    (tmp_path / "sub" / "cache.bin").write_bytes(b"y" * 24)
+    (tmp_path / "link").symlink_to(tmp_path / "submission.csv")  # not counted twice
+    p = Profiler(0.0, device="cpu")
+    p.devices = {"kind": "cpu"}
+    p.working_dir = tmp_path
+    resources = p.to_dict()["resources"]
+    assert resources["gpu_peak_bytes"] is None and "gpu_peak_bytes" in resources
+    assert resources["working_bytes"] == 1024 == folder_bytes(tmp_path)
+    assert resources["peak_rss_bytes"] > 10_000_000  # this interpreter with torch loaded: tens of MB at least
+    assert "GPU not used" in p.table() and "working folder 0.00 GB" in p.table()
+    assert Profiler(0.0).to_dict()["resources"]["working_bytes"] is None  # no folder given: unknown, not 0

@@ -9,6 +9,7 @@ import pytest
 
 from bundler.config import load_config, parse_config
 from bundler.errors import ConfigError
+from kernel_src.errors import SpecError
 from kernel_src.spec import InferenceSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,3 +131,31 @@ def test_errors_name_the_file_actually_read(tmp_path: Path) -> None:
     assert "bundle.toml" not in str(e.value)
     with pytest.raises(ConfigError, match=r"^custom\.toml: unknown section \[extra\]"):
         parse_config({**raw_demo(), "extra": {}}, ROOT, "custom.toml")
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda r: r["inference"].update(batch_size="four"), "inference.batch_size: 'four' must be an integer"),
+        (lambda r: r["inference"].update(num_classes=4.7), "inference.num_classes: 4.7 must be an integer (found"),
+        (lambda r: r["inference"].update(precision=16), "inference.precision: 16 must be a string (found an integer)"),
+        (lambda r: r["inference"]["postprocess"].update(threshold="0.5"), "inference.postprocess.threshold: '0.5'"),
+        (lambda r: r["inference"]["postprocess"].update(min_area=2.5), "inference.postprocess.min_area: 2.5 must"),
+        (lambda r: r["inference"].update(gating="on"), "inference.gating: 'on' must be a table (found a string)"),
+        (lambda r: r["segmenters"][0].update(tta="hflip"), "segmenters[0].tta: 'hflip' must be an array"),
+        (lambda r: r["segmenters"][0].update(input_size=["64", 400]), "segmenters[0].input_size: expected [height"),
+        (lambda r: r["segmenters"][0].update(weight="2"), "segmenters[0].weight: '2' must be a number"),
+    ],
+)
+def test_inference_settings_of_the_wrong_type_name_their_key(edit: Any, expected: str) -> None:
+    raw = raw_demo()
+    edit(raw)
+    with pytest.raises(ConfigError, match="^bundle\\.toml: " + re.escape(expected)):
+        parse_config(raw, ROOT)
+
+
+def test_the_notebook_side_refuses_a_threshold_given_as_text() -> None:
+    data = load_config(ROOT / "bundle.toml").inference.to_dict()
+    data["postprocess"]["threshold"] = "0.5"
+    with pytest.raises(SpecError, match=r"postprocess\.threshold: '0\.5' must be a number or an array of 4 numbers"):
+        InferenceSpec.from_dict(data)

@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 
 from bundler.config import DEFAULT_CONFIG, BundleConfig, load_config
+from bundler.display import labelled
 from bundler.errors import BundlerError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,7 +31,7 @@ def _reports_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except BundlerError as e:
-            err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            err_console.print(labelled("error:", str(e)), soft_wrap=True)
             sys.exit(e.exit_code)
 
     return wrapper  # type: ignore[return-value]
@@ -126,7 +127,7 @@ def dry_run_cmd(
     )
     result = dry_run(cfg, console=console)
     if not result.ok:
-        err_console.print(f"[bold red]dry-run failed:[/] {result.reason}", soft_wrap=True)
+        err_console.print(labelled("dry-run failed:", result.reason), soft_wrap=True)
         sys.exit(1)
 
 

@@ -1,13 +1,25 @@
-"""How bundler shows a path to the user: relative to the current folder when it is inside it.
+"""How bundler shows a path and a message to the user.
 
-The one helper every stage's console output uses, so the commands it prints (`kaggle datasets
-version -p ...`, `kaggle kernels push -p ...`) read the same everywhere and can be pasted as
-they are from the folder the user ran bundler in.
+`shown_path`: relative to the current folder when it is inside it. The one helper every stage's
+console output uses, so the commands it prints (`kaggle datasets version -p ...`, `kaggle kernels
+push -p ...`) read the same everywhere and can be pasted as they are from the folder the user ran
+bundler in.
+
+`labelled`: a styled label ("error:") before a message printed exactly as written. Messages quote
+the user's input (`[[segmenters]]`, `[extra]`, `models/[bold]unet.pth`), which rich would otherwise
+read as markup and eat or restyle.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from rich.text import Text
+
+
+def labelled(label: str, message: str, style: str = "bold red") -> Text:
+    """`label` in `style`, a space, then `message` as literal text (no markup, no emoji codes)."""
+    return Text.assemble((label, style), " ", message)
 
 
 def shown_path(path: Path) -> str:

@@ -49,7 +49,7 @@ def test_bad_config_exits_2_with_one_message(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["build", "--config", str(config)])
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: bundle.toml: dataset.title")
+    assert len(lines) == 1 and lines[0].startswith(f"error: {config}: dataset.title")
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
 
@@ -59,3 +59,22 @@ def test_missing_checkpoint_exits_1_naming_the_key(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["build", "--config", str(config)])
     assert result.exit_code == 1
     assert "segmenters[0].checkpoint" in result.stderr and "Traceback" not in result.output
+
+
+def test_messages_print_square_brackets_as_written_and_name_the_config_read(tmp_path: Path) -> None:
+    config = write_bundle(tmp_path)
+    other = tmp_path / "other.toml"
+    other.write_text(config.read_text() + "\n[extra]\nx = 1\n")
+    result = CliRunner().invoke(main, ["build", "--config", str(other)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {other}: unknown section [extra]; known: bundle, classifiers, ")
+
+    other.write_text(config.read_text().replace("[[segmenters]]", "[segmenters]", 1))
+    result = CliRunner().invoke(main, ["build", "--config", str(other)])
+    assert result.exit_code == 2, result.output
+    assert "segmenters must be an array of tables ([[segmenters]])" in result.stderr
+
+    config = write_bundle(tmp_path, seg_checkpoint="models/[bold]unet.pth")
+    result = CliRunner().invoke(main, ["build", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert "models/[bold]unet.pth" in result.stderr and "Traceback" not in result.output

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, overload
 from bundler.display import shown_path
 from bundler.errors import ConfigError
 from kernel_src.errors import SpecError
+from kernel_src.layout import SubmissionSpec
 from kernel_src.spec import CLS_KINDS, PREPROCESS_SUFFIX, RENAMED_SETTINGS, SEG_KINDS, InferenceSpec, ModelSpec
 
 DEFAULT_CONFIG = Path("bundle.toml")
@@ -22,6 +23,7 @@ DEFAULT_CONFIG = Path("bundle.toml")
 SLUG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9-]*$")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # bundle.name and each model's name (fullmatch)
 PYTHON_VERSION = re.compile(r"3\.\d+")  # target.python, e.g. "3.12" (fullmatch)
+DRYRUN_RUNTIMES = ("image", "local")  # dryrun.runtime, `bundler dry-run --runtime`
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,17 @@ class DryRunConfig:
     time_budget_s: float | None = None  # None: the inference budget
     calibration: float | None = None  # seconds on Kaggle per second here (e.g. 0.1 on a T4)
     calibration_profile: Path | None = None  # a profile.json from a real Kaggle run
+    runtime: str | None = None  # "image" (a twin of the Kaggle image) | "local"; None: image where one can be made
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """The target machine's limits the dry-run holds a run to (GB = 10^9 bytes; the low end of what
+    Kaggle reports: a run over any of them is "Notebook Exceeded Allowed Compute", a zero)."""
+
+    ram_gb: float = 29.0  # RAM of the notebook's machine (Kaggle reports 29-32 GB)
+    gpu_memory_gb: float = 15.0  # usable memory of EACH GPU (a T4 has 16 GB, about 15 usable)
+    working_disk_gb: float = 20.0  # what /kaggle/working keeps
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,7 @@ class BundleConfig:
     models: tuple[ModelEntry, ...]
     inference: InferenceSpec
     dryrun: DryRunConfig
+    machine: MachineConfig = MachineConfig()
 
 
 _Scalar = TypeVar("_Scalar", int, float, bool, str)
@@ -276,6 +290,8 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
         "classifiers",
         "segmenters",
         "dryrun",
+        "submission",
+        "machine",
     }
     unknown = set(raw) - top_known
     if unknown:
@@ -341,15 +357,25 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
 
     models = _models(raw, root)
     # renamed keys pass through so InferenceSpec.from_dict can name what replaces them
-    inference_keys = set(InferenceSpec.__dataclass_fields__) - {"classifiers", "segmenters"} | set(RENAMED_SETTINGS)
-    inf = dict(_section(raw, "inference", inference_keys))
+    inference_keys = set(InferenceSpec.__dataclass_fields__) - {"classifiers", "segmenters", "submission"}
+    inf = dict(_section(raw, "inference", inference_keys | set(RENAMED_SETTINGS)))
+    # [submission] (kernel_src.layout): the file's shape; its rle_order is inference.rle_order
+    sub = dict(_section(raw, "submission", set(SubmissionSpec.__dataclass_fields__) | {"rle_order"}))
+    if "rle_order" in sub:
+        order = sub.pop("rle_order")
+        if "rle_order" in inf and inf["rle_order"] != order:
+            raise ConfigError(
+                f"submission.rle_order = {order!r} and inference.rle_order = {inf['rle_order']!r} disagree; keep one"
+            )
+        inf["rle_order"] = order
+    inf["submission"] = sub
     inf.setdefault("time_budget_s", competition.time_limit_s - 300.0)
     inf["classifiers"] = [m.spec.__dict__ for m in models if m.role == "classifier"]
     inf["segmenters"] = [m.spec.__dict__ for m in models if m.role == "segmenter"]
     try:
         inference = InferenceSpec.from_dict(inf)
     except SpecError as e:
-        prefix = "" if e.key.startswith(("classifiers", "segmenters")) else "inference."
+        prefix = "" if e.key.startswith(("classifiers", "segmenters", "submission")) else "inference."
         raise ConfigError(f"{prefix}{e.key}: {e.message}") from None
 
     dr = _section(raw, "dryrun", _fields(DryRunConfig))
@@ -362,10 +388,22 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
         out=_path(root, _get("dryrun", dr, "out", str, "build/dryrun")),
         time_budget_s=_get("dryrun", dr, "time_budget_s", float, None),
         calibration=_get("dryrun", dr, "calibration", float, None),
+        runtime=_get("dryrun", dr, "runtime", str, None),
         **opt,
     )
+    if dryrun.runtime is not None and dryrun.runtime not in DRYRUN_RUNTIMES:
+        raise ConfigError(
+            f"dryrun.runtime = {dryrun.runtime!r} must be one of {', '.join(DRYRUN_RUNTIMES)} "
+            "(image: a twin of the Kaggle image; local: this Python, quick)"
+        )
     if dryrun.calibration is not None and dryrun.calibration <= 0:
         raise ConfigError("dryrun.calibration must be a positive factor (Kaggle seconds per local second)")
+
+    mc = _section(raw, "machine", _fields(MachineConfig))
+    machine = MachineConfig(**{k: _get("machine", mc, k, float, getattr(MachineConfig, k)) for k in mc})
+    for key in _fields(MachineConfig):
+        if not getattr(machine, key) > 0:
+            raise ConfigError(f"machine.{key} = {getattr(machine, key)!r} must be a positive number of GB")
 
     return BundleConfig(
         root=root,
@@ -377,4 +415,5 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
         models=models,
         inference=inference,
         dryrun=dryrun,
+        machine=machine,
     )

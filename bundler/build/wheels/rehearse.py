@@ -7,7 +7,7 @@ with no network (`unshare -n`, where it can be had), then `pip check` for what `
 skipped. A failure is raised with pip's message condensed.
 
 Set BUNDLER_SKIP_REHEARSAL=1 to skip it, BUNDLER_TARGET_PYTHON=/path/to/python3.12 to choose
-the interpreter (otherwise `python3.12` on PATH, then pyenv's versions are tried).
+the interpreter (otherwise `python3.12` on PATH, then pyenv's, then uv's pythons are tried).
 """
 
 from __future__ import annotations
@@ -15,21 +15,19 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.version import InvalidVersion, Version
-
+from bundler.build.wheels import interpreter
 from bundler.build.wheels.baseline import Baseline, is_protected
 from bundler.build.wheels.target import TargetEnv
 from bundler.errors import WheelsError
 from bundler.sandbox import isolated_argv, probe
 
 SKIP_ENV = "BUNDLER_SKIP_REHEARSAL"
-PYTHON_ENV = "BUNDLER_TARGET_PYTHON"
+PYTHON_ENV = interpreter.PYTHON_ENV
 _CONFLICT = re.compile(r"^(\S+) (\S+) has requirement (.+), but you have (\S+) (\S+)\.$")
 
 
@@ -39,48 +37,14 @@ class Rehearsal:
     detail: str  # what was proved, or why it did not run
 
 
-def _version_of(python: str) -> str | None:
-    try:
-        done = subprocess.run(
-            [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _pyenv_candidates(version: str) -> list[str]:
-    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    found: list[tuple[Version, str]] = []
-    for exe in root.glob(f"versions/{version}.*/bin/python{version}"):
-        try:
-            found.append((Version(exe.parent.parent.name), str(exe)))
-        except InvalidVersion:
-            continue
-    return [exe for _, exe in sorted(found, reverse=True)]
-
-
 def find_target_python(version: str) -> tuple[str, str] | None:
-    """(interpreter, its full version) for Python `version`, or None when there is none here."""
-    chosen = os.environ.get(PYTHON_ENV)
-    if chosen:
-        full = _version_of(chosen)
-        if full is None or not full.startswith(version + "."):
-            raise WheelsError(
-                f"{PYTHON_ENV}={chosen} is not a working Python {version} interpreter; "
-                f"point it at one, or unset it (or set {SKIP_ENV}=1 to skip the rehearsal)"
-            )
-        return chosen, full
-    candidates = [c for c in (shutil.which(f"python{version}"),) if c] + _pyenv_candidates(version)
-    for candidate in candidates:
-        full = _version_of(candidate)
-        if full is not None and full.startswith(version + "."):
-            return candidate, full
-    return None
+    """(interpreter, its full version) for Python `version`, or None when there is none here
+    (`bundler.build.wheels.interpreter` looks in BUNDLER_TARGET_PYTHON, PATH, pyenv and uv)."""
+    try:
+        found = interpreter.find_target_python(version)
+    except interpreter.TargetPythonError as e:
+        raise WheelsError(f"{e} (or set {SKIP_ENV}=1 to skip the rehearsal)") from None
+    return None if found is None else (found.path, found.version)
 
 
 def _install_stubs(baseline: Baseline, site: Path) -> None:
@@ -125,8 +89,7 @@ def rehearse_install(
     if found is None:
         return Rehearsal(
             False,
-            f"skipped: no Python {env.python} here (install one, e.g. `pyenv install {env.python}`, "
-            f"or set {PYTHON_ENV})",
+            f"skipped: no Python {env.python} here ({interpreter.how_to_get(env.python)})",
         )
     python, full = found
     venv = work / "rehearsal-venv"

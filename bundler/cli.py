@@ -146,5 +146,77 @@ def demo(config_path: Path, skip_dry_run: bool) -> None:
     run_demo(config_path, console=console, dry_run=not skip_dry_run)
 
 
+poll_option = click.option(
+    "--poll",
+    "poll_s",
+    type=float,
+    default=None,
+    help="Seconds between status polls (default: BUNDLER_POLL_S or 10-30).",
+)
+timeout_option = click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds to wait at most.")
+
+
+@main.command("push")
+@config_option
+@click.option("--wait", is_flag=True, help="Follow the run to its end and download its outputs.")
+@click.option("--no-run", is_flag=True, help="Save the notebook version without running it.")
+@poll_option
+@timeout_option
+@_reports_errors
+def push_cmd(config_path: Path, wait: bool, no_run: bool, poll_s: float | None, timeout_s: float | None) -> None:
+    """Upload the bundle as a dataset version, wait until it is ready, pin it, push the notebook."""
+    from bundler.remote import push
+
+    push(load_config(config_path), console=console, wait=wait, no_run=no_run, poll_s=poll_s, timeout_s=timeout_s)
+
+
+@main.command("status")
+@config_option
+@click.option("--version", "version", type=int, default=None, help="Notebook version (default: the last pushed).")
+@click.option("--wait", is_flag=True, help="Poll until the run ends.")
+@poll_option
+@timeout_option
+@_reports_errors
+def status_cmd(
+    config_path: Path, version: int | None, wait: bool, poll_s: float | None, timeout_s: float | None
+) -> None:
+    """A pushed notebook's run: its state; when it ended, its outputs in build/kaggle/v<N>/."""
+    from bundler.remote import kernel_status
+
+    kernel_status(
+        load_config(config_path), console=console, version=version, wait=wait, poll_s=poll_s, timeout_s=timeout_s
+    )
+
+
+@main.command("submit")
+@config_option
+@click.option("--version", "version", type=int, default=None, help="Notebook version (default: the last pushed).")
+@click.option("-m", "--message", default=None, help="Submission description (default: the version and bundle hash).")
+@click.option("--wait", is_flag=True, help="Wait for the score and print it.")
+@poll_option
+@timeout_option
+@_reports_errors
+def submit_cmd(
+    config_path: Path,
+    version: int | None,
+    message: str | None,
+    wait: bool,
+    poll_s: float | None,
+    timeout_s: float | None,
+) -> None:
+    """Submit a notebook version's submission.csv to the code competition."""
+    from bundler.remote import submit
+
+    submit(
+        load_config(config_path),
+        console=console,
+        version=version,
+        message=message,
+        wait=wait,
+        poll_s=poll_s,
+        timeout_s=timeout_s,
+    )
+
+
 if __name__ == "__main__":
     main()

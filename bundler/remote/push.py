@@ -1,0 +1,213 @@
+"""`bundler push [--wait] [--no-run]`: the built bundle and its notebook onto Kaggle, in the safe order.
+
+1. The dataset (`dataset.out`, flat): created the first time, else a new version whose message
+   is the bundle hash and `git describe` when the project is a git repository. Skipped when
+   the bundle hash equals the last one pushed (`build/kaggle/state.json`).
+2. Waits until that version is ready (its processing states shown as progress; FAILED is an
+   error; a timeout says how to resume): a notebook pushed earlier would mount the previous one.
+3. Pins that version in kernel-metadata.json's `dataset_sources` (`owner/slug/N`), re-rendering
+   the notebook first when it is stale (another bundle, bundle.toml or kernel_src).
+4. Pushes the notebook: internet off, the image pinned ("original"), `--no-run` saves without
+   running. A response listing invalid dataset, competition, kernel or model sources is an
+   error (the Kaggle CLI only prints a line and goes on).
+5. With `--wait`, follows the run as `bundler status --wait` does and downloads its outputs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from bundler.build.manifest import read_manifest
+from bundler.config import BundleConfig
+from bundler.display import shown_path
+from bundler.errors import RemoteError
+from bundler.notebook.kernel_metadata import check_metadata, read_existing, write_metadata
+from bundler.remote.client import Kaggle, connect, poll_interval
+from bundler.remote.kernel import StatusResult, kernel_status
+from bundler.remote.state import RemoteState, load_state
+from bundler.remote.wait import wait_for
+
+DATASET_READY = "ready"
+DATASET_FAILED = "failed"
+DEFAULT_POLL_S = 10.0
+DEFAULT_DATASET_TIMEOUT_S = 3600.0
+
+
+@dataclass(frozen=True)
+class PushResult:
+    bundle_hash: str
+    dataset_version: int
+    uploaded: bool  # False: the bundle was unchanged since the last push
+    kernel_version: int | None
+    url: str
+    run: StatusResult | None  # with --wait: the finished run
+
+
+def git_describe(cfg: BundleConfig) -> str:
+    """`git describe --always --dirty` of the project, '' outside a repository."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=cfg.root,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def version_message(cfg: BundleConfig, bundle_hash: str) -> str:
+    describe = git_describe(cfg)
+    return f"bundle {bundle_hash[:12]}" + (f" ({describe})" if describe else "")
+
+
+def _wait_ready(cfg: BundleConfig, kaggle: Kaggle, interval: float, timeout_s: float, console: Console) -> None:
+    ref = cfg.dataset.id
+
+    def poll() -> str:
+        return kaggle.dataset_status(ref) or "not found"
+
+    status, _ = wait_for(
+        poll,
+        lambda s: s in (DATASET_READY, DATASET_FAILED, "deleted", "not found"),
+        what=f"dataset {ref}",
+        interval=interval,
+        timeout_s=timeout_s,
+        resume="run `bundler push` again to go on waiting (nothing is uploaded twice)",
+        console=console,
+    )
+    if status != DATASET_READY:
+        raise RemoteError(
+            f"dataset {ref}: the new version's processing ended {status.upper()} on Kaggle; "
+            "see the dataset's page, then `bundler build --force` and `bundler push` again"
+        )
+
+
+def push_dataset(
+    cfg: BundleConfig, kaggle: Kaggle, state: RemoteState, *, interval: float, timeout_s: float, console: Console
+) -> tuple[str, int, bool]:
+    """(bundle hash, ready dataset version, uploaded?) after steps 1 and 2."""
+    manifest = read_manifest(cfg.dataset.out, cfg.name)
+    bundle_hash = str(manifest["hash"])
+    ref = cfg.dataset.id
+    recorded = state.dataset
+    if recorded.get("hash") == bundle_hash and recorded.get("id") == ref and isinstance(recorded.get("version"), int):
+        console.print(f"dataset {ref}: bundle {bundle_hash[:12]} unchanged since v{recorded['version']}; not uploaded")
+        return bundle_hash, int(recorded["version"]), False
+    uploaded = False
+    if recorded.get("hash") == bundle_hash and recorded.get("id") == ref:
+        console.print(f"dataset {ref}: bundle {bundle_hash[:12]} already uploaded; waiting for it to be ready")
+    else:
+        current = kaggle.dataset_status(ref)
+        if current not in (None, DATASET_READY, DATASET_FAILED, "deleted"):
+            console.print(f"dataset {ref}: an earlier version is still {current}; Kaggle refuses a second upload")
+            _wait_ready(cfg, kaggle, interval, timeout_s, console)
+        folder = shown_path(cfg.dataset.out)
+        with console.status(f"uploading {folder} to {ref}"):
+            if current is None:
+                console.print(
+                    f"dataset {ref}: creating it from {folder} ({'private' if cfg.dataset.private else 'public'})"
+                )
+                kaggle.create_dataset(cfg.dataset.out, public=not cfg.dataset.private)
+            else:
+                message = version_message(cfg, bundle_hash)
+                console.print(f"dataset {ref}: new version from {folder}: {message}")
+                kaggle.version_dataset(cfg.dataset.out, message)
+        uploaded = True
+        state.dataset = {"id": ref, "hash": bundle_hash, "version": None, "uploaded_at": _now()}
+        state.save()
+    _wait_ready(cfg, kaggle, interval, timeout_s, console)
+    version = kaggle.dataset_version_number(ref)
+    state.dataset.update(version=version, ready_at=_now())
+    state.save()
+    console.print(f"[green]dataset[/] {ref} v{version} ready")
+    return bundle_hash, version, uploaded
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _fresh_notebook(cfg: BundleConfig, console: Console) -> None:
+    """Re-render when the notebook on disk is not the one this bundle, bundle.toml and kernel_src make."""
+    from bundler.notebook.render import build_notebook, built_manifest, notebook_bytes, render_notebook
+
+    path = cfg.kernel.notebook
+    expected = notebook_bytes(build_notebook(cfg, built_manifest(cfg)))
+    if path.is_file() and path.read_bytes() == expected:
+        return
+    console.print(f"notebook {shown_path(path)} is {'stale' if path.is_file() else 'missing'}: rendering it")
+    render_notebook(cfg, console=console)
+
+
+def _invalid_sources(invalid: dict[str, list[str]]) -> str:
+    return "; ".join(f"{kind} sources {sources}" for kind, sources in invalid.items())
+
+
+def push(
+    cfg: BundleConfig,
+    *,
+    console: Console,
+    wait: bool = False,
+    no_run: bool = False,
+    poll_s: float | None = None,
+    timeout_s: float | None = None,
+    kaggle: Kaggle | None = None,
+) -> PushResult:
+    """Steps 1-5 of the module doc."""
+    state = load_state(cfg)
+    interval = poll_interval(poll_s, DEFAULT_POLL_S)
+    kaggle = kaggle or connect()
+    bundle_hash, dataset_version, uploaded = push_dataset(
+        cfg,
+        kaggle,
+        state,
+        interval=interval,
+        timeout_s=timeout_s if timeout_s is not None else DEFAULT_DATASET_TIMEOUT_S,
+        console=console,
+    )
+    _fresh_notebook(cfg, console)
+    metadata = write_metadata(cfg, dataset_version=dataset_version)
+    meta: dict[str, Any] = read_existing(metadata)
+    check_metadata(meta, metadata)
+    console.print(f"kernel-metadata.json: dataset {cfg.dataset.id}/{dataset_version}, internet off, image pinned")
+    with console.status(f"pushing notebook {cfg.kernel.id}"):
+        response = kaggle.push_kernel(metadata.parent, no_run=no_run)
+    if response.error:
+        raise RemoteError(f"notebook {cfg.kernel.id}: Kaggle refused the push ({response.error})")
+    if response.version is not None:
+        state.last_kernel_version = response.version
+        state.kernel(response.version).update(
+            pushed_at=_now(),
+            bundle_hash=bundle_hash,
+            dataset_version=dataset_version,
+            status="saved" if no_run else "queued",
+            url=response.url,
+        )
+        state.save()
+    if response.invalid:
+        raise RemoteError(
+            f"notebook {cfg.kernel.id} v{response.version}: Kaggle dropped invalid "
+            f"{_invalid_sources(response.invalid)}; "
+            f"fix them in {shown_path(metadata)} (or bundle.toml) and push again"
+        )
+    if response.version is None:
+        raise RemoteError(f"notebook {cfg.kernel.id}: Kaggle answered without a version number; see {response.url}")
+    action = "saved without running" if no_run else "pushed and running"
+    console.print(f"[green]notebook[/] {cfg.kernel.id} v{response.version} {action}: {response.url}")
+    run = None
+    if wait and not no_run:
+        run = kernel_status(
+            cfg, console=console, version=response.version, wait=True, poll_s=interval, timeout_s=None, kaggle=kaggle
+        )
+    elif not no_run:
+        console.print(f"follow it with: [bold]bundler status --wait[/] (v{response.version})")
+    return PushResult(bundle_hash, dataset_version, uploaded, response.version, response.url, run)

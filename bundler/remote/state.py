@@ -1,0 +1,83 @@
+"""What bundler remembers of its Kaggle rounds: `build/kaggle/state.json`, and the downloads beside it.
+
+The file records the last pushed bundle hash and the dataset version it became, every kernel
+version pushed (with the bundle and dataset version it ran on, and its last known status) and
+every submission. Downloaded outputs of kernel version N go under `build/kaggle/v<N>/`
+(submission.csv, profile.json, the log). Credentials are never written here: the Kaggle client
+reads them from where it always does, and nothing bundler stores holds them.
+
+Writes are atomic (a temporary file renamed over the old one); an unreadable state file is an
+error naming the file and the fix, never silently reset.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bundler.config import BundleConfig
+from bundler.errors import RemoteError
+
+STATE_FILE = "state.json"
+STATE_FORMAT = 1
+
+
+def kaggle_dir(cfg: BundleConfig) -> Path:
+    """`build/kaggle/` of the project (beside bundle.toml)."""
+    return cfg.root / "build" / "kaggle"
+
+
+def version_dir(cfg: BundleConfig, version: int) -> Path:
+    """Where kernel version `version`'s outputs are downloaded."""
+    return kaggle_dir(cfg) / f"v{version}"
+
+
+@dataclass
+class RemoteState:
+    """The parsed `state.json`; mutate, then `save`."""
+
+    path: Path
+    dataset: dict[str, Any] = field(default_factory=dict)  # hash, version (None while processing), pushed_at
+    kernels: dict[str, dict[str, Any]] = field(default_factory=dict)  # "N" -> record of kernel version N
+    last_kernel_version: int | None = None
+    submissions: list[dict[str, Any]] = field(default_factory=list)
+
+    def kernel(self, version: int) -> dict[str, Any]:
+        """The record of kernel version `version` (created empty when unknown)."""
+        return self.kernels.setdefault(str(version), {})
+
+    def save(self) -> None:
+        data = {
+            "format": STATE_FORMAT,
+            "dataset": self.dataset,
+            "kernels": self.kernels,
+            "last_kernel_version": self.last_kernel_version,
+            "submissions": self.submissions,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(self.path)
+
+
+def load_state(cfg: BundleConfig) -> RemoteState:
+    """`build/kaggle/state.json`, empty when bundler never pushed from this project."""
+    path = kaggle_dir(cfg) / STATE_FILE
+    if not path.is_file():
+        return RemoteState(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RemoteError(f"{path}: unreadable ({e}); delete it and run `bundler push` again") from None
+    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+        raise RemoteError(f"{path}: not a bundler state file of format {STATE_FORMAT}; delete it and push again")
+    last = data.get("last_kernel_version")
+    return RemoteState(
+        path,
+        dataset=dict(data.get("dataset") or {}),
+        kernels={str(k): dict(v) for k, v in (data.get("kernels") or {}).items()},
+        last_kernel_version=int(last) if isinstance(last, int) else None,
+        submissions=list(data.get("submissions") or []),
+    )

@@ -1,0 +1,253 @@
+"""A stand-in for Kaggle's API, for tests: the endpoints the kaggle package calls, with scripted state.
+
+The kaggle package sends every call as `POST http://localhost/api/v1/<service>/<method>` with a
+JSON body when `KAGGLE_API_ENVIRONMENT=LOCALHOST`; uploads are PUTs to the URL that
+`StartBlobUpload` returned, downloads GETs of the URLs `ListKernelSessionOutput` listed. This
+server answers exactly those, on port 80, so it must run where port 80 is free to bind: in a
+network namespace of its own (`unshare -n`, loopback up), which also proves nothing reaches Kaggle.
+
+Run as `python -m tests.kaggle_standin SCENARIO.json WORKDIR COMMANDS.json` inside the
+namespace: it brings loopback up, serves in a thread, runs each command of COMMANDS.json (a list
+of {"argv": [...], "cwd": "..."}) one after the other, then writes WORKDIR/results.json (argv,
+returncode, stdout, stderr of each) and WORKDIR/calls.jsonl (one line per API call: endpoint,
+body, whether credentials came with it, and for uploads the file's name and size).
+
+The scenario (JSON; every key optional):
+- "dataset": {"exists": bool, "version": N, "statuses": [..]}: the dataset before the test and the
+  processing states each new version goes through, one per status poll, the last one sticking
+  (lower-case names: "blobs_received", "ready", "failed", ...);
+- "kernels": {slug: {"statuses": [..], "failure_message": "", "log": [[stream, text], ...],
+  "outputs": {file name: text}, "invalid": {"dataset": [..], ...}, "error": ""}} ("*" for any slug):
+  per push, the session states one per status poll (last sticking), the log and outputs listed
+  once the session ended, the sources SaveKernel reports as invalid;
+- "submission": {"statuses": [..], "public_score": "0.9", "error": ""}.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+PORT = 80
+HOST = "localhost"
+PREFIX = "/api/v1/"
+ENDED = ("complete", "error", "cancel_acknowledged")
+
+
+class StandIn:
+    """The scripted Kaggle state and the log of calls made to it."""
+
+    def __init__(self, scenario: dict[str, Any], calls: Path) -> None:
+        self.scenario = scenario
+        ds = scenario.get("dataset", {})
+        self.dataset_exists = bool(ds.get("exists", False))
+        self.dataset_version = int(ds.get("version", 0))
+        self.dataset_statuses: list[str] = ["ready"]
+        self.kernel_versions: dict[str, int] = {}
+        self.kernel_statuses: dict[str, list[str]] = {}
+        self.submissions: dict[int, list[str]] = {}
+        self.uploads: dict[str, dict[str, Any]] = {}
+        self.calls = calls
+        self.lock = threading.Lock()
+
+    def record(self, entry: dict[str, Any]) -> None:
+        with self.lock, self.calls.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def kernel_script(self, slug: str) -> dict[str, Any]:
+        kernels = self.scenario.get("kernels", {})
+        script: dict[str, Any] = kernels.get(slug, kernels.get("*", {}))
+        return script
+
+    @staticmethod
+    def _pop(queue: list[str]) -> str:
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    def answer(self, method: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON answer) for one API call."""
+        if method == "GetDatasetStatus":
+            if not self.dataset_exists:
+                return 404, {"code": 404, "message": "Dataset not found"}
+            return 200, {"status": self._pop(self.dataset_statuses).upper()}
+        if method == "GetDataset":
+            if not self.dataset_exists:
+                return 404, {"code": 404, "message": "Dataset not found"}
+            return 200, {"currentVersionNumber": self.dataset_version}
+        if method == "StartBlobUpload":
+            token = f"blob-{len(self.uploads) + 1}"
+            self.uploads[token] = {"name": body.get("name"), "size": None}
+            return 200, {"token": token, "createUrl": f"http://{HOST}/upload/{token}"}
+        if method in ("CreateDataset", "CreateDatasetVersion"):
+            files = body.get("files") or (body.get("body") or {}).get("files") or []
+            missing = [f.get("token") for f in files if self.uploads.get(f.get("token"), {}).get("size") is None]
+            if missing:
+                return 400, {"code": 400, "message": f"blobs never uploaded: {missing}"}
+            if method == "CreateDataset" and self.dataset_exists:
+                return 200, {"status": "error", "error": "slug already in use"}
+            self.dataset_exists = True
+            self.dataset_version += 1
+            self.dataset_statuses = list(self.scenario.get("dataset", {}).get("statuses", ["ready"]))
+            return 200, {"status": "ok", "ref": "/datasets/x", "url": "http://localhost/datasets/x"}
+        if method == "SaveKernel":
+            slug = str(body.get("slug", "")).split("/")[-1]
+            script = self.kernel_script(slug)
+            self.kernel_versions[slug] = self.kernel_versions.get(slug, 0) + 1
+            self.kernel_statuses[slug] = list(script.get("statuses", ["complete"]))
+            answer: dict[str, Any] = {
+                "ref": f"/code/{body.get('slug')}",
+                "url": f"http://{HOST}/code/{body.get('slug')}",
+                "versionNumber": self.kernel_versions[slug],
+            }
+            for kind, sources in script.get("invalid", {}).items():
+                answer[f"invalid{kind.capitalize()}Sources"] = sources
+            if script.get("error"):
+                answer["error"] = script["error"]
+            return 200, answer
+        if method == "GetKernelSessionStatus":
+            slug = str(body.get("kernelSlug"))
+            if slug not in self.kernel_statuses:
+                return 404, {"code": 404, "message": "Kernel not found"}
+            status = self._pop(self.kernel_statuses[slug])
+            message = self.kernel_script(slug).get("failure_message", "") if status == "error" else ""
+            return 200, {"status": status.upper(), "failureMessage": message}
+        if method == "ListKernelSessionOutput":
+            slug = str(body.get("kernelSlug"))
+            script = self.kernel_script(slug)
+            version = str(body.get("versionLabel", "")).lstrip("v") or str(self.kernel_versions.get(slug, 0))
+            files = [
+                {"fileName": name, "url": f"http://{HOST}/files/{slug}/{version}/{name}"}
+                for name in script.get("outputs", {})
+            ]
+            log = [
+                {"stream_name": stream, "time": i * 0.5, "data": text}
+                for i, (stream, text) in enumerate(script.get("log", []))
+            ]
+            return 200, {"files": files, "log": json.dumps(log)}
+        if method == "CreateCodeSubmission":
+            ref = 1000 + len(self.submissions) + 1
+            self.submissions[ref] = list(self.scenario.get("submission", {}).get("statuses", ["complete"]))
+            return 200, {"message": "Successfully submitted", "ref": ref}
+        if method == "GetSubmission":
+            ref = int(body.get("ref", 0))
+            if ref not in self.submissions:
+                return 404, {"code": 404, "message": "Submission not found"}
+            script = self.scenario.get("submission", {})
+            status = self._pop(self.submissions[ref])
+            answer = {"ref": ref, "status": status.upper()}
+            if status == "complete":
+                answer["publicScore"] = script.get("public_score", "")
+            if status == "error":
+                answer["errorDescription"] = script.get("error", "")
+            return 200, answer
+        return 501, {"code": 501, "message": f"the stand-in does not serve {method}"}
+
+    def output_file(self, slug: str, name: str) -> bytes | None:
+        text = self.kernel_script(slug).get("outputs", {}).get(name)
+        return None if text is None else str(text).encode("utf-8")
+
+
+def _handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            return
+
+        def _send(self, status: int, data: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Last-Modified", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                out = b""
+                while True:
+                    size = int(self.rfile.readline().strip(), 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return out
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def do_POST(self) -> None:
+            raw = self._body()
+            if not self.path.startswith(PREFIX):
+                self._send(404, b"{}", "application/json")
+                return
+            service, _, method = self.path[len(PREFIX) :].partition("/")
+            body = json.loads(raw or b"{}")
+            standin.record(
+                {"endpoint": f"{service}/{method}", "body": body, "auth": bool(self.headers.get("Authorization"))}
+            )
+            status, answer = standin.answer(method, body)
+            self._send(status, json.dumps(answer).encode(), "application/json")
+
+        def do_PUT(self) -> None:
+            data = self._body()
+            token = self.path.rsplit("/", 1)[-1]
+            upload = standin.uploads.get(token)
+            if upload is None:
+                self._send(404, b"", "text/plain")
+                return
+            upload["size"] = len(data)
+            standin.record({"endpoint": "PUT upload", "name": upload["name"], "size": len(data)})
+            self._send(200, b"", "text/plain")
+
+        def do_GET(self) -> None:
+            parts = self.path.strip("/").split("/")
+            data = standin.output_file(parts[1], parts[3]) if len(parts) == 4 and parts[0] == "files" else None
+            standin.record({"endpoint": "GET file", "path": self.path})
+            if data is None:
+                self._send(404, b"", "text/plain")
+            else:
+                self._send(200, data, "application/octet-stream")
+
+    return Handler
+
+
+class _DualStackServer(ThreadingHTTPServer):
+    """IPv6 and IPv4 on one socket: `localhost` may resolve to ::1 first, and a refusal there costs time."""
+
+    address_family = socket.AF_INET6
+    daemon_threads = True
+
+
+def serve(scenario: dict[str, Any], calls: Path) -> ThreadingHTTPServer:
+    """Start the stand-in on port 80 in a daemon thread."""
+    server = _DualStackServer(("::", PORT), _handler(StandIn(scenario, calls)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main(argv: list[str]) -> int:
+    scenario_path, workdir, commands_path = (Path(a) for a in argv)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    scenario = json.loads(scenario_path.read_text())
+    commands = json.loads(commands_path.read_text())
+    server = serve(scenario, workdir / "calls.jsonl")
+    results = []
+    try:
+        for command in commands:
+            done = subprocess.run(
+                command["argv"], cwd=command.get("cwd"), capture_output=True, text=True, timeout=120, check=False
+            )
+            results.append(
+                {"argv": command["argv"], "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+            )
+    finally:
+        server.shutdown()
+    (workdir / "results.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,313 @@
+"""push / status / submit against a stand-in of Kaggle's API, in a network namespace: never Kaggle.
+
+Each scenario runs `python -m tests.kaggle_standin` under `unshare -n` (loopback only): the
+stand-in serves port 80 there and the bundler commands run in the same namespace with
+`KAGGLE_API_ENVIRONMENT=LOCALHOST`, so the real kaggle package makes its real HTTP calls to it.
+Polls are 0.05 s apart (`BUNDLER_POLL_S`), so a scenario takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bundler.build.manifest import dataset_metadata, write_json
+from bundler.config import BundleConfig
+from bundler.errors import RemoteError
+from bundler.remote.client import poll_interval
+from bundler.remote.diagnose import (
+    EXCEPTION,
+    NO_SUBMISSION,
+    OUT_OF_RESOURCES,
+    TIMEOUT,
+    classify,
+    failing_cell,
+    log_text,
+)
+from bundler.sandbox import probe
+from tests.projects import ROOT, demo_cfg
+
+ISOLATION = probe()
+needs_netns = pytest.mark.skipif(
+    not ISOLATION.isolated, reason=f"no network namespace here, so no port 80 for the stand-in: {ISOLATION.reason}"
+)
+KEY = "not-a-real-key-0123456789"
+DATASET = "your-kaggle-name/bundler-severstal-demo"
+KERNEL = "your-kaggle-name/severstal-bundler-inference"
+PROFILE = {"format": 1, "started_at": 1796140000.0, "fixed_s": 40.0, "per_image_s": 0.2, "total_s": 100.0}
+OOM_LOG = [
+    ["stdout", "kernel_src ready\n"],
+    ["stderr", "Traceback (most recent call last):\n"],
+    ["stderr", '  File "/tmp/kernel_src/predict.py", line 80, in forward\n'],
+    ["stderr", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"],
+]
+
+
+def project(tmp_path: Path) -> BundleConfig:
+    """The demo bundle.toml with a fake built bundle (bundle.json, dataset-metadata.json)."""
+    cfg = demo_cfg(tmp_path / "project")
+    write_json(cfg.dataset.out / "dataset-metadata.json", dataset_metadata(cfg.dataset))
+    return cfg
+
+
+def run_scenario(
+    tmp_path: Path, cfg: BundleConfig, scenario: dict[str, Any], commands: list[list[str]], credentials: bool = True
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run `bundler <command>` for each of `commands` against the stand-in; (results, API calls)."""
+    work = tmp_path / "standin"
+    work.mkdir(exist_ok=True)
+    (work / "scenario.json").write_text(json.dumps(scenario))
+    config = str(cfg.root / "bundle.toml")
+    argvs = [
+        {"argv": [sys.executable, "-m", "bundler.cli", *c, "--config", config], "cwd": str(cfg.root)} for c in commands
+    ]
+    (work / "commands.json").write_text(json.dumps(argvs))
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(
+        HOME=str(home), PYTHONPATH=str(ROOT), KAGGLE_API_ENVIRONMENT="LOCALHOST", BUNDLER_POLL_S="0.05", COLUMNS="200"
+    )
+    env.pop("XDG_CONFIG_HOME", None)
+    if credentials:
+        env.update(KAGGLE_USERNAME="your-kaggle-name", KAGGLE_KEY=KEY)
+    argv = [ISOLATION.unshare, "-n", "--", sys.executable, "-m", "tests.kaggle_standin"]
+    done = subprocess.run(
+        [*argv, str(work / "scenario.json"), str(work), str(work / "commands.json")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((work / "results.json").read_text())
+    calls_file = work / "calls.jsonl"
+    calls = [json.loads(line) for line in calls_file.read_text().splitlines()] if calls_file.is_file() else []
+    return results, calls
+
+
+def endpoints(calls: list[dict[str, Any]]) -> list[str]:
+    return [c["endpoint"].rsplit("/", 1)[-1] if "/" in c["endpoint"] else c["endpoint"] for c in calls]
+
+
+def completed_scenario(**dataset: Any) -> dict[str, Any]:
+    return {
+        "dataset": {"statuses": ["blobs_received", "blobs_decompressed", "ready"], **dataset},
+        "kernels": {
+            "*": {
+                "statuses": ["queued", "running", "complete"],
+                "outputs": {"submission.csv": "ImageId,EncodedPixels,ClassId\n", "profile.json": json.dumps(PROFILE)},
+                "log": [["stdout", "wrote submission.csv\n"]],
+            }
+        },
+        "submission": {"statuses": ["pending", "pending", "complete"], "public_score": "0.91234"},
+    }
+
+
+@needs_netns
+def test_push_wait_status_submit_and_an_unchanged_bundle(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    results, calls = run_scenario(
+        tmp_path,
+        cfg,
+        completed_scenario(),
+        [["push", "--wait"], ["status"], ["submit", "--wait"], ["push", "--no-run"]],
+    )
+    push, status, submit, again = results
+    assert push["returncode"] == 0, push["stderr"] + push["stdout"]
+    out = push["stdout"]
+    # the dataset's processing states and the run's states, in order, as progress
+    for word in ("creating it", "blobs_received", "blobs_decompressed", "ready", "queued", "running", "complete"):
+        assert word in out, out
+    assert out.index("blobs_received") < out.index("v1 ready") < out.index("v1: queued") < out.index("v1: running")
+    kaggle = cfg.root / "build" / "kaggle"
+    assert json.loads((kaggle / "v1" / "profile.json").read_text()) == PROFILE
+    assert (kaggle / "v1" / "submission.csv").is_file()
+    assert (kaggle / "v1" / "severstal-bundler-inference.log").is_file()
+    meta = json.loads(cfg.kernel.metadata.read_text())
+    assert meta["dataset_sources"] == [f"{DATASET}/1"]
+
+    save = next(c["body"] for c in calls if c["endpoint"].endswith("/SaveKernel"))
+    assert save["slug"] == KERNEL
+    assert save["datasetDataSources"] == [f"{DATASET}/1"]
+    assert save["enableInternet"] is False
+    assert save["dockerImagePinningType"] == "original"
+    assert json.loads(save["text"])["metadata"]["bundler"]["bundle"] == cfg.name
+    order = endpoints(calls)
+    # the notebook is pushed only after the dataset version is ready and its number known
+    assert order.index("GetDataset") < order.index("SaveKernel")
+    assert all(c.get("auth", True) for c in calls)
+
+    assert status["returncode"] == 0, status["stderr"]
+    assert "complete" in status["stdout"]
+
+    assert submit["returncode"] == 0, submit["stderr"] + submit["stdout"]
+    assert "0.91234" in submit["stdout"]
+    body = next(c["body"] for c in calls if c["endpoint"].endswith("/CreateCodeSubmission"))
+    assert body["fileName"] == "submission.csv"
+    assert body["competitionName"] == cfg.competition.slug
+    assert body["kernelSlug"] == "severstal-bundler-inference"
+    assert body["kernelVersion"] == 1
+
+    assert again["returncode"] == 0, again["stderr"]
+    assert "unchanged since v1" in again["stdout"]
+    assert endpoints(calls).count("StartBlobUpload") == 1  # the unchanged bundle is not uploaded again
+    state = json.loads((kaggle / "state.json").read_text())
+    assert state["last_kernel_version"] == 2
+    assert state["kernels"]["2"]["status"] == "saved"
+    assert state["submissions"][0]["public_score"] == "0.91234"
+    # credentials never land under build/
+    for path in (cfg.root / "build").rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_text(errors="replace"), path
+
+
+@needs_netns
+def test_a_new_bundle_is_a_new_dataset_version_with_hash_and_message(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    results, calls = run_scenario(tmp_path, cfg, completed_scenario(exists=True, version=4), [["push", "--no-run"]])
+    assert results[0]["returncode"] == 0, results[0]["stderr"]
+    version = next(c["body"] for c in calls if c["endpoint"].endswith("/CreateDatasetVersion"))
+    assert version["body"]["versionNotes"].startswith("bundle abababababab")
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == [f"{DATASET}/5"]
+
+
+@needs_netns
+def test_failed_processing_stops_before_the_notebook(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = completed_scenario(exists=True, version=2, statuses=["blobs_received", "failed"])
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push"]])
+    assert results[0]["returncode"] == 1
+    assert "FAILED" in results[0]["stderr"]
+    assert len(results[0]["stderr"].strip().splitlines()) == 1
+    assert "SaveKernel" not in endpoints(calls)
+
+
+@needs_netns
+def test_a_dataset_that_never_gets_ready_times_out_with_the_way_on(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = completed_scenario(statuses=["blobs_received"])
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push", "--timeout", "0.3"]])
+    assert results[0]["returncode"] == 1
+    assert "still blobs_received" in results[0]["stderr"]
+    assert "run `bundler push` again" in results[0]["stderr"]
+    assert "SaveKernel" not in endpoints(calls)
+
+
+@needs_netns
+def test_invalid_sources_in_the_push_response_fail_naming_them(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = completed_scenario()
+    scenario["kernels"]["*"]["invalid"] = {"dataset": ["someone/missing-weights"], "model": ["a/b/pytorch/c/1"]}
+    results, _ = run_scenario(tmp_path, cfg, scenario, [["push"]])
+    assert results[0]["returncode"] == 1
+    err = results[0]["stderr"]
+    assert "someone/missing-weights" in err and "a/b/pytorch/c/1" in err and "dropped invalid" in err
+
+
+@needs_netns
+def test_a_kernel_error_shows_the_traceback_the_log_tail_and_the_error_class(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = completed_scenario()
+    scenario["kernels"]["*"] = {"statuses": ["running", "error"], "outputs": {}, "log": OOM_LOG}
+    results, _ = run_scenario(tmp_path, cfg, scenario, [["push", "--wait"], ["submit"]])
+    push, submit = results
+    assert push["returncode"] == 1
+    assert "torch.OutOfMemoryError" in push["stdout"] and "log tail" in push["stdout"]
+    assert "predict.py" in push["stdout"]
+    assert "likely Notebook Exceeded Allowed Compute" in push["stderr"]
+    assert len(push["stderr"].strip().splitlines()) == 1
+    assert (cfg.root / "build" / "kaggle" / "v1" / "severstal-bundler-inference.log").is_file()
+    assert "ended in error" in submit["stdout"]  # submitting it anyway is allowed, with a warning
+
+
+@needs_netns
+def test_a_scoring_error_is_reported_as_such(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = completed_scenario()
+    scenario["submission"] = {"statuses": ["pending", "error"], "error": "Submission Scoring Error"}
+    results, _ = run_scenario(tmp_path, cfg, scenario, [["push", "--no-run"], ["submit", "--wait"]])
+    assert results[1]["returncode"] == 1
+    assert "likely Submission Scoring Error" in results[1]["stderr"]
+
+
+@needs_netns
+def test_missing_credentials_are_one_line_naming_the_fix(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    results, calls = run_scenario(tmp_path, cfg, completed_scenario(), [["push"]], credentials=False)
+    assert results[0]["returncode"] == 1
+    err = results[0]["stderr"].strip()
+    assert len(err.splitlines()) == 1, err
+    assert "KAGGLE_USERNAME" in err and "kaggle.json" in err and "KAGGLE_API_TOKEN" in err
+    assert calls == []
+
+
+@needs_netns
+def test_status_and_submit_need_a_push_or_a_version(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    results, _ = run_scenario(tmp_path, cfg, completed_scenario(), [["status"], ["submit"]])
+    for result in results:
+        assert result["returncode"] == 1
+        assert "no notebook version pushed" in result["stderr"] and "--version N" in result["stderr"]
+
+
+def test_poll_interval_comes_from_the_option_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BUNDLER_POLL_S", raising=False)
+    assert poll_interval(None, 30.0) == 30.0
+    assert poll_interval(2.0, 30.0) == 2.0
+    monkeypatch.setenv("BUNDLER_POLL_S", "0.5")
+    assert poll_interval(None, 30.0) == 0.5
+    monkeypatch.setenv("BUNDLER_POLL_S", "soon")
+    with pytest.raises(RemoteError, match="BUNDLER_POLL_S"):
+        poll_interval(None, 30.0)
+    with pytest.raises(RemoteError, match="--poll"):
+        poll_interval(0.0, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("texts", "expected"),
+    [
+        (("Notebook Timeout",), TIMEOUT),
+        (("", "RuntimeError: CUDA out of memory"), OUT_OF_RESOURCES),
+        (("", "OSError: [Errno 28] No space left on device"), OUT_OF_RESOURCES),
+        (("", "FileNotFoundError: /kaggle/working/submission.csv not found"), NO_SUBMISSION),
+        (("", "ValueError: bad"), EXCEPTION),
+    ],
+)
+def test_error_classes(texts: tuple[str, ...], expected: object) -> None:
+    assert classify(*texts) is expected
+
+
+def test_the_failing_cell_comes_from_the_executed_notebook_first(tmp_path: Path) -> None:
+    nb = {
+        "cells": [
+            {"cell_type": "code", "id": "setup", "outputs": [{"output_type": "stream", "text": "ok"}]},
+            {
+                "cell_type": "code",
+                "id": "run",
+                "outputs": [
+                    {
+                        "output_type": "error",
+                        "ename": "KeyError",
+                        "evalue": "'x'",
+                        "traceback": ["\x1b[31mKeyError\x1b[0m"],
+                    }
+                ],
+            },
+        ]
+    }
+    path = tmp_path / "__notebook__.ipynb"
+    path.write_text(json.dumps(nb))
+    log = log_text(json.dumps([{"stream_name": "stderr", "time": 1, "data": "Traceback (most recent call last):\n"}]))
+    failure = failing_cell([path], log)
+    assert failure is not None and (failure.cell, failure.ename, failure.traceback) == ("run", "KeyError", ["KeyError"])
+    from_log = failing_cell([], "x\nTraceback (most recent call last):\n  File 'a'\nValueError: nope\nafter\n")
+    assert from_log is not None and (from_log.cell, from_log.ename, from_log.evalue) == ("log", "ValueError", "nope")

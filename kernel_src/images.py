@@ -11,15 +11,22 @@ order torchvision, timm and albumentations-with-`cv2.cvtColor` pipelines train o
 
 - `kind="missing"`: the sample lists the image but the folder has no such file -> `image` None;
 - `kind="unreadable"`: zero bytes, a truncated JPEG, not an image at all -> `image` None;
-- `kind="converted"`: decoded, but single-channel, 4-channel, 16-bit or of another size; the
-  image is converted to 3-channel uint8 RGB at `size` and predicted as usual.
+- `kind="converted"`: decoded, but single-channel, 4-channel, 16-bit or of another size than
+  declared; the image is converted to 3-channel uint8 RGB at `size` and predicted as usual.
+
+What is declared (`PixelSettings`, from the spec's `bit_depth`, `pixel_max`, `image_channels`) is
+not a problem: a 16-bit file when `bit_depth = 16` is scaled by `pixel_max` (the value shown as
+255: the depth's full range, the image's own maximum, or a number), a grey file when
+`image_channels = 1` is repeated to 3 channels, both without a warning. `size=None` keeps each
+image at its own size. `image_paths` maps image ids to files: the id is the file name, or its
+stem (`image_id = "stem"` in `[submission]`).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,47 @@ import numpy as np
 import numpy.typing as npt
 
 Image = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class PixelSettings:
+    """How the test files are declared: `bit_depth` 8 or 16, `pixel_max` ("depth": 2**bit_depth - 1,
+    "image": each image's own maximum, or a number) mapped to 255, `channels` 3 or 1."""
+
+    bit_depth: int = 8
+    pixel_max: float | str = "depth"
+    channels: int = 3
+
+    def scale(self, raw: npt.NDArray[np.generic]) -> Image:
+        """Pixels of the declared depth to uint8: `raw * 255 / pixel_max`, rounded and clipped."""
+        if self.pixel_max == "depth":
+            top = float(2**self.bit_depth - 1)
+        elif self.pixel_max == "image":
+            top = float(raw.max()) if raw.size else 0.0
+        else:
+            top = float(self.pixel_max)
+        if raw.dtype == np.uint8 and top == 255.0:
+            same: Image = np.asarray(raw, dtype=np.uint8)
+            return same
+        if top <= 0:
+            return np.zeros(raw.shape, dtype=np.uint8)
+        scaled = np.rint(raw.astype(np.float32) * np.float32(255.0 / top))
+        out: Image = np.clip(scaled, 0, 255).astype(np.uint8)
+        return out
+
+
+def image_paths(test_dir: Path, image_ids: Sequence[str], image_id: str = "file") -> dict[str, Path]:
+    """The file of each image id: `test_dir / id` ("file"), or the file in `test_dir` whose name
+    without its extension is the id ("stem"; an id with no such file maps to `test_dir / id`,
+    which the loader reports missing)."""
+    test_dir = Path(test_dir)
+    if image_id == "file":
+        return {i: test_dir / i for i in image_ids}
+    by_stem: dict[str, Path] = {}
+    if test_dir.is_dir():
+        for path in sorted(test_dir.iterdir()):
+            by_stem.setdefault(path.stem, path)
+    return {i: by_stem.get(i, test_dir / i) for i in image_ids}
 
 
 @dataclass(frozen=True)
@@ -55,12 +103,17 @@ def _truncated_jpeg(data: bytes) -> bool:
     return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
 
 
-def _to_rgb_uint8(raw: npt.NDArray[np.generic]) -> tuple[Image, str | None]:
+def _to_rgb_uint8(raw: npt.NDArray[np.generic], pixels: PixelSettings | None = None) -> tuple[Image, str | None]:
     """3-channel uint8 RGB from OpenCV's BGR/grey/BGRA output, and what was converted (if anything)."""
+    pixels = pixels or PixelSettings()
     note: list[str] = []
     arr: Image
-    if raw.dtype == np.uint8:
+    declared = np.uint16 if pixels.bit_depth == 16 else np.uint8
+    if raw.dtype == declared:
+        arr = pixels.scale(raw)
+    elif raw.dtype == np.uint8:
         arr = raw.astype(np.uint8, copy=False)
+        note.append(f"uint8 pixels where bit_depth = {pixels.bit_depth} is declared, taken as they are")
     else:
         if raw.dtype == np.uint16:
             arr = (raw.astype(np.uint32) // 257).astype(np.uint8)
@@ -70,7 +123,8 @@ def _to_rgb_uint8(raw: npt.NDArray[np.generic]) -> tuple[Image, str | None]:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim == 2:
-        note.append("single-channel image converted to 3 channels")
+        if pixels.channels != 1:
+            note.append("single-channel image converted to 3 channels")
         rgb = cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
     elif arr.shape[2] == 4:
         note.append("4-channel image: alpha dropped")
@@ -80,7 +134,9 @@ def _to_rgb_uint8(raw: npt.NDArray[np.generic]) -> tuple[Image, str | None]:
     return np.ascontiguousarray(rgb, dtype=np.uint8), ("; ".join(note) or None)
 
 
-def decode_image(path: Path, image_id: str, size: tuple[int, int] | None = None) -> LoadedImage:
+def decode_image(
+    path: Path, image_id: str, size: tuple[int, int] | None = None, pixels: PixelSettings | None = None
+) -> LoadedImage:
     """Read and decode one file; every failure becomes a `LoadedImage` with a problem, never raises."""
     started = time.perf_counter()
 
@@ -103,7 +159,7 @@ def decode_image(path: Path, image_id: str, size: tuple[int, int] | None = None)
         return result(None, f"{image_id}: OpenCV cannot decode it ({str(e).strip().splitlines()[-1]})", "unreadable")
     if raw is None or raw.size == 0 or raw.ndim not in (2, 3):
         return result(None, f"{image_id}: not an image OpenCV can decode ({len(data)} bytes)", "unreadable")
-    image, note = _to_rgb_uint8(raw)
+    image, note = _to_rgb_uint8(raw, pixels)
     notes = [note] if note else []
     if size is not None and image.shape[:2] != size:
         notes.append(f"{image.shape[1]}x{image.shape[0]} resized to {size[1]}x{size[0]}")
@@ -129,12 +185,16 @@ class ImageLoader:
         workers: int = 2,
         prefetch: int = 8,
         size: tuple[int, int] | None = None,
+        pixels: PixelSettings | None = None,
+        paths: Mapping[str, Path] | None = None,
     ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be 0 or more, got {workers}")
         self.test_dir = Path(test_dir)
         self.image_ids = tuple(image_ids)
         self.size = size
+        self.pixels = pixels
+        self.paths = dict(paths or {})  # image id -> file; ids not in it: test_dir / id
         self.prefetch = max(1, prefetch)
         self.submitted = 0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") if workers else None
@@ -142,7 +202,8 @@ class ImageLoader:
 
     def _decode(self, image_id: str) -> LoadedImage:
         try:
-            return decode_image(self.test_dir / image_id, image_id, self.size)
+            path = self.paths.get(image_id, self.test_dir / image_id)
+            return decode_image(path, image_id, self.size, self.pixels)
         except Exception as e:  # a decoder bug must not stop the run: this image gets empty masks
             return LoadedImage(image_id, None, f"{image_id}: decoding failed ({type(e).__name__}: {e})", "unreadable")
 

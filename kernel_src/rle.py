@@ -9,12 +9,17 @@ mask in `order`:
 - "C" (row-major, Carvana, Sartorius): left to right, then top to bottom.
 
 Both directions are vectorised with numpy (no Python loop over pixels or runs).
+
+Per-object submissions (one row per connected component, e.g. Airbus): `encode_objects(mask,
+order)` gives one RLE per 8-connected component, in the order of each component's first pixel
+along `order`; `union(a, b)` joins two objects' RLEs back into one mask's (overlap refused).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -115,3 +120,40 @@ def decode(rle: str, shape: tuple[int, int], order: str = "F") -> npt.NDArray[np
     flat = np.repeat(values, counts)
     mask: npt.NDArray[np.uint8] = flat.reshape((height, width), order=np_order)
     return mask
+
+
+def encode_objects(mask: npt.NDArray[np.generic], order: str = "F") -> list[str]:
+    """One RLE string per 8-connected component of a 2-D mask, in the order their first pixels
+    come along `order`; `[]` when the mask is empty."""
+    np_order = _check_order(order)
+    if mask.ndim != 2:
+        raise ValueError(f"encode_objects expects a 2-D [height, width] mask, got shape {tuple(mask.shape)}")
+    binary = (np.asarray(mask) != 0).astype(np.uint8)
+    count, labels = cv2.connectedComponents(binary, connectivity=8)
+    if count <= 1:
+        return []
+    flat = np.asarray(labels).ravel(order=np_order)
+    first = np.unique(flat[flat > 0], return_index=True)  # labels and where each first appears
+    ordered = [int(label) for _, label in sorted(zip(first[1].tolist(), first[0].tolist(), strict=True))]
+    return [encode(np.asarray(labels) == label, order) for label in ordered]
+
+
+def union(a: str, b: str) -> str:
+    """The RLE of the union of two objects' RLEs (same order and shape); ValueError when they
+    overlap (instance-level competitions require objects not to)."""
+    unbounded = 1 << 62
+    sa, ea = parse(a, unbounded)
+    sb, eb = parse(b, unbounded)
+    starts, ends = np.concatenate((sa, sb)), np.concatenate((ea, eb))
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    if len(starts) > 1 and bool((starts[1:] < ends[:-1]).any()):
+        raise ValueError("two objects overlap; each pixel may belong to one object only")
+    # Touching runs (one ends where the next starts) become one run.
+    keep = np.concatenate(([True], starts[1:] != ends[:-1]))
+    run_starts = starts[keep]
+    run_ends = np.concatenate((ends[np.flatnonzero(keep)[1:] - 1], ends[-1:])) if len(ends) else ends
+    pairs = np.empty(2 * len(run_starts), dtype=np.int64)
+    pairs[0::2] = run_starts + 1
+    pairs[1::2] = run_ends - run_starts
+    return " ".join(map(str, pairs.tolist()))

@@ -36,16 +36,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .devices import DeviceSet, resolve_devices
 from .errors import BundleError, ModelRunError
 from .guard import BudgetGuard
-from .images import ImageLoader, LoadedImage
+from .images import ImageLoader, LoadedImage, PixelSettings, image_paths
 from .models import load_models
 from .postprocess import postprocess
 from .predict import BatchResult, Predictor
 from .profiler import Profiler
-from .rle import encode
+from .rle import encode, encode_objects
 from .spec import InferenceSpec
 from .submission import SubmissionWriter, read_sample_submission
 
@@ -101,7 +102,7 @@ class _Engine:
         self.done = 0
         self.batches = 0
         self.progress_every = max(1, -(-total // spec.batch_size) // 20)
-        self._empty = [""] * spec.num_classes
+        self._empty: list[str | tuple[str, ...]] = [""] * spec.num_classes
 
     @property
     def stopped(self) -> bool:
@@ -110,16 +111,20 @@ class _Engine:
 
     def run(self, loader: ImageLoader) -> None:
         """Predict batch by batch; once stopped, leave the rest to the writer's empty rows
-        (without decoding them)."""
-        batch: list[LoadedImage] = []
+        (without decoding them). Images of different sizes (`image_sizes = "own"`) never share a
+        batch: each size fills its own, and the writer holds rows that come ahead of their turn."""
+        batches: dict[tuple[int, ...] | None, list[LoadedImage]] = {}
         for loaded in self._timed(loader):
+            shape = None if loaded.image is None else tuple(loaded.image.shape)
+            batch = batches.setdefault(shape, [])
             batch.append(loaded)
             if len(batch) == self.spec.batch_size:
+                del batches[shape]
                 self._batch(batch)
-                batch = []
                 if self.stopped:
+                    batches.clear()
                     break
-        if batch:
+        for batch in batches.values():
             self._batch(batch)
         if self.done < self.total:
             self.reporter.warn("empty_rest", f"the last {self.total - self.done} images get empty masks")
@@ -139,7 +144,7 @@ class _Engine:
     def _report_problems(self, batch: Sequence[LoadedImage]) -> None:
         for loaded in batch:
             if loaded.kind is not None:
-                self.profiler.problem(loaded.kind, loaded.image_id)
+                self.profiler.problem(loaded.kind, loaded.image_id, loaded.problem)
                 suffix = "" if loaded.kind == "converted" else " -> empty masks"
                 self.reporter.warn(loaded.kind, f"{loaded.problem}{suffix}")
 
@@ -167,7 +172,7 @@ class _Engine:
                     record["models"][name] = record["models"].get(name, 0) + 1
                 image_id, models = image_ids[j], ", ".join(names)
                 if kind == "segmenter" and result.nonfinite[j]:
-                    self.profiler.problem("nonfinite", image_id)
+                    self.profiler.problem("nonfinite", image_id, f"{image_id}: NaN in the output of {models}")
                     self.reporter.warn("nonfinite", f"{image_id}: NaN in the output of {models} -> empty masks")
                 elif kind == "classifier" and result.ungated[j]:
                     record["ungated"] += 1
@@ -178,9 +183,10 @@ class _Engine:
                         "nonfinite_output", f"{image_id}: NaN in the output of {models} -> left out for this image"
                     )
 
-    def _rles(self, batch: Sequence[LoadedImage]) -> list[list[str]]:
-        """One RLE list per image of `batch` (empty strings for images not predicted)."""
-        rles = [list(self._empty) for _ in batch]
+    def _rles(self, batch: Sequence[LoadedImage]) -> list[list[str | tuple[str, ...]]]:
+        """One RLE list per image of `batch` (empty strings for images not predicted); in a
+        per-object layout a class's entry is a tuple of one RLE per object."""
+        rles: list[list[str | tuple[str, ...]]] = [list(self._empty) for _ in batch]
         valid = [i for i, loaded in enumerate(batch) if loaded.image is not None]
         if not valid or self.stopped:
             return rles
@@ -196,12 +202,27 @@ class _Engine:
         keep = [j for j in range(len(valid)) if result.segmented[j] and not result.nonfinite[j]]
         with self.profiler.stage("postprocess"):
             masks = {
-                j: postprocess(result.probs[j], self.spec.postprocess) & result.allowed[j][:, None, None] for j in keep
+                j: postprocess(self._at_encode_size(result.probs[j]), self.spec.postprocess)
+                & result.allowed[j][:, None, None]
+                for j in keep
             }
         with self.profiler.stage("rle"):
+            objects = self.spec.submission.layout == "custom" and self.spec.submission.rows == "per_object"
             for j, mask in masks.items():
-                rles[valid[j]] = [encode(mask[k], self.spec.rle_order) for k in range(mask.shape[0])]
+                order = self.spec.rle_order
+                if objects:
+                    rles[valid[j]] = [tuple(encode_objects(mask[k], order)) for k in range(mask.shape[0])]
+                else:
+                    rles[valid[j]] = [encode(mask[k], order) for k in range(mask.shape[0])]
         return rles
+
+    def _at_encode_size(self, probs: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """[C, H, W] probabilities resized (bilinear) to `encode_size` when one is set and differs."""
+        size = self.spec.encode_size
+        if size is None or tuple(probs.shape[1:]) == size:
+            return probs
+        resized = F.interpolate(torch.from_numpy(probs)[None], size=size, mode="bilinear", align_corners=False)
+        return resized[0].numpy()
 
     def _batch(self, batch: Sequence[LoadedImage]) -> None:
         if self.batches == 0:
@@ -277,6 +298,7 @@ def run(
     reporter = _Reporter(progress)
     profiler = Profiler(started, torch_version=torch.__version__)
     profiler.guard_record["budget_s"] = spec.time_budget_s
+    profiler.working_dir = out_dir  # profile.json reports the bytes written here (Kaggle keeps 20 GB)
     guard: BudgetGuard | None = None
     try:
         with profiler.stage("setup"):
@@ -285,7 +307,7 @@ def run(
             profiler.device, profiler.gpus = _describe(devices)
             profiler.devices = devices.to_dict()
             profiler.sync = devices.synchronize
-            sample = read_sample_submission(Path(sample_submission), spec.num_classes)
+            sample = read_sample_submission(Path(sample_submission), spec.num_classes, spec.submission)
             if not Path(test_dir).is_dir():
                 raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at the test images")
         reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
@@ -296,11 +318,19 @@ def run(
         total = len(sample.image_ids)
         guard = BudgetGuard(spec.time_budget_s, started, total, segmenters=spec.segmenters)
         prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)
-        size = (spec.image_height, spec.image_width)
+        size = None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
+        pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
+        paths = image_paths(Path(test_dir), sample.image_ids, spec.submission.image_id)
         with (
             SubmissionWriter(submission_path, sample) as writer,
             ImageLoader(
-                Path(test_dir), sample.image_ids, workers=spec.loader_workers, prefetch=prefetch, size=size
+                Path(test_dir),
+                sample.image_ids,
+                workers=spec.loader_workers,
+                prefetch=prefetch,
+                size=size,
+                pixels=pixels,
+                paths=paths,
             ) as loader,
         ):
             _Engine(spec, predictor, guard, profiler, writer, reporter, total).run(loader)

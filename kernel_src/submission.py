@@ -39,14 +39,14 @@ from typing import NamedTuple, TextIO
 
 import pandas as pd
 
+from .layout import Layout, SubmissionSpec, resolve
+from .layout import SubmissionFormatError as SubmissionFormatError  # its home is kernel_src.layout
+from .rle import union
+
 WIDE_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
 LONG_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
 LAYOUTS = ("wide", "long")
 _ACCEPTED = "wide 'ImageId_ClassId,EncodedPixels' or long 'ImageId,ClassId,EncodedPixels' (any column order)"
-
-
-class SubmissionFormatError(ValueError):
-    """A sample submission (or a submission being scored) has a layout this code does not know."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,11 @@ class SampleSubmission:
     columns: tuple[str, ...]
     image_ids: tuple[str, ...]
     num_classes: int
+    custom: Layout | None = None  # the resolved [submission] layout when it is "custom"
 
     @property
     def rows(self) -> int:
-        """Data rows a complete submission has: images x classes."""
+        """Data rows a complete submission has: images x classes (per-object layouts: at least)."""
         return len(self.image_ids) * self.num_classes
 
 
@@ -120,12 +121,27 @@ class MaskRow(NamedTuple):
     rle: str
 
 
-def mask_rows(frame: pd.DataFrame, source: str, num_classes: int, *, labels: bool = False) -> list[MaskRow]:
+def mask_rows(
+    frame: pd.DataFrame,
+    source: str,
+    num_classes: int,
+    *,
+    labels: bool = False,
+    submission: SubmissionSpec | None = None,
+) -> list[MaskRow]:
     """Every row of a submission (wide or long) or, with `labels`, of a long train.csv-form labels
     frame, as MaskRows in file order. Cells must be strings (see `read_csv_strings`); row i of the
     frame is line i + 2 of its CSV. Each ClassId follows `class_number`; a bad one, an empty
     ImageId or a labels file in another layout is a SubmissionFormatError naming `source`, the
-    line and the value."""
+    line and the value.
+
+    With a `submission` spec whose layout is not "auto", the file (labels too) must have that
+    layout; a custom layout's empty value reads as "" and its class tokens as classes 1..C."""
+    if submission is not None and submission.layout != "auto":
+        resolved = resolve(submission, [str(c) for c in frame.columns], num_classes, source)
+        if resolved.name == "custom":
+            return _custom_rows(frame.rename(columns=lambda c: str(c).strip()), resolved, source)
+        labels = False  # a named Severstal preset: labels in that layout too
     columns = [str(c) for c in frame.columns]
     if labels and sorted(c.strip() for c in columns) != sorted(LONG_COLUMNS):
         raise SubmissionFormatError(
@@ -154,18 +170,59 @@ def mask_rows(frame: pd.DataFrame, source: str, num_classes: int, *, labels: boo
     return rows
 
 
-def read_mask_rows(path: Path, num_classes: int, *, labels: bool = False) -> list[MaskRow]:
+def _custom_rows(frame: pd.DataFrame, layout: Layout, source: str) -> list[MaskRow]:
+    """MaskRows of a frame in a custom layout (columns already stripped)."""
+    rows: list[MaskRow] = []
+    keys = frame[layout.key_column].tolist()
+    masks = frame[layout.mask_column].tolist()
+    tokens = frame[layout.class_column].tolist() if layout.class_column else [None] * len(keys)
+    empty = layout.empty.strip()
+    for line, (key, token, rle) in enumerate(zip(keys, tokens, masks, strict=True), 2):
+        where = f"{source} line {line}"
+        try:
+            image_id, index = layout.split_key(str(key))
+        except ValueError as e:
+            raise SubmissionFormatError(f"{where}: {e}; check submission.key and submission.classes") from None
+        if token is not None:
+            index = layout.class_index(str(token))
+            if index is None:
+                raise SubmissionFormatError(
+                    f"{where}: {layout.class_column} {token!r} is not one of the class tokens {list(layout.tokens)}; "
+                    "check submission.classes"
+                )
+        text = str(rle)
+        if empty and text.strip() == empty:
+            text = ""
+        rows.append(MaskRow(line, image_id, (index or 0) + 1, text))
+    return rows
+
+
+def read_mask_rows(
+    path: Path, num_classes: int, *, labels: bool = False, submission: SubmissionSpec | None = None
+) -> list[MaskRow]:
     """`mask_rows` of the CSV at `path`."""
-    return mask_rows(_read_frame(path), str(path), num_classes, labels=labels)
+    return mask_rows(_read_frame(path), str(path), num_classes, labels=labels, submission=submission)
 
 
-def masks_by_image(rows: Sequence[MaskRow], num_classes: int, source: str) -> dict[str, list[str]]:
+def masks_by_image(
+    rows: Sequence[MaskRow], num_classes: int, source: str, *, merge: bool = False
+) -> dict[str, list[str]]:
     """{image id: one RLE per class, "" for none}, images in first-appearance order. Two non-empty
-    RLEs for one image x class are a SubmissionFormatError (which one is meant is unknowable)."""
+    RLEs for one image x class are a SubmissionFormatError (which one is meant is unknowable),
+    unless `merge` (per-object layouts): then the objects' runs are united, and objects that
+    overlap are a SubmissionFormatError."""
     masks: dict[str, list[str]] = {}
     for row in rows:
         rles = masks.setdefault(row.image_id, [""] * num_classes)
         if not row.rle.strip():
+            continue
+        if rles[row.class_id - 1].strip() and merge:
+            try:
+                rles[row.class_id - 1] = union(rles[row.class_id - 1], row.rle)
+            except ValueError as e:
+                raise SubmissionFormatError(
+                    f"{source} line {row.line}: image {row.image_id!r} class {row.class_id}: {e}"
+                ) from None
             continue
         if rles[row.class_id - 1].strip():
             raise SubmissionFormatError(
@@ -176,18 +233,54 @@ def masks_by_image(rows: Sequence[MaskRow], num_classes: int, source: str) -> di
     return masks
 
 
-def read_masks(path: Path, num_classes: int, *, labels: bool = False) -> dict[str, list[str]]:
+def read_masks(
+    path: Path, num_classes: int, *, labels: bool = False, submission: SubmissionSpec | None = None
+) -> dict[str, list[str]]:
     """`masks_by_image` of the submission (or, with `labels`, the labels file) at `path`."""
-    return masks_by_image(read_mask_rows(path, num_classes, labels=labels), num_classes, str(path))
+    rows = read_mask_rows(path, num_classes, labels=labels, submission=submission)
+    merge = submission is not None and submission.layout == "custom" and submission.rows == "per_object"
+    return masks_by_image(rows, num_classes, str(path), merge=merge)
 
 
-def read_sample_submission(path: Path, num_classes: int) -> SampleSubmission:
-    """Read `path`, detect its layout from the header, and list its images."""
+def _custom_sample(frame: pd.DataFrame, layout: Layout, columns: tuple[str, ...], source: str) -> SampleSubmission:
+    """The images of a sample in a custom layout; with the class in the key, every image must list
+    every class token once. A class column's values are not read (samples carry placeholders)."""
+    seen: dict[str, set[int]] = {}
+    for line, key in enumerate(frame[layout.key_column].tolist(), 2):
+        try:
+            image_id, index = layout.split_key(str(key))
+        except ValueError as e:
+            where = f"{source} line {line}"
+            raise SubmissionFormatError(f"{where}: {e}; check submission.key and submission.classes") from None
+        classes = seen.setdefault(image_id, set())
+        if index is not None:
+            if index in classes and not layout.per_object:
+                raise SubmissionFormatError(f"{source}: key {key!r} is listed twice; each image x class once")
+            classes.add(index)
+    if layout.class_in_key:
+        for image_id, classes in seen.items():
+            if len(classes) != len(layout.tokens):
+                missing = [t for i, t in enumerate(layout.tokens) if i not in classes]
+                raise SubmissionFormatError(
+                    f"{source}: image {image_id!r} lacks the keys for classes {missing}; check submission.classes "
+                    "and num_classes"
+                )
+    return SampleSubmission("custom", columns, tuple(seen), len(layout.tokens), layout)
+
+
+def read_sample_submission(path: Path, num_classes: int, submission: SubmissionSpec | None = None) -> SampleSubmission:
+    """Read `path`, check its header against `submission` (None or layout "auto": a Severstal
+    layout detected from the header), and list its images."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     source = str(path)
     frame = _read_frame(path)
     columns = tuple(str(c) for c in frame.columns)
+    if submission is not None and submission.layout != "auto":
+        resolved = resolve(submission, columns, num_classes, source)
+        if resolved.name == "custom":
+            frame.columns = pd.Index([c.strip() for c in columns])
+            return _custom_sample(frame, resolved, columns, source)
     layout = detect_layout(columns, source)
     frame.columns = pd.Index([c.strip() for c in columns])
     if layout == "wide":
@@ -230,11 +323,12 @@ class SubmissionWriter:
         self.duplicates = 0
         self.filled = 0
         self._position = {image_id: i for i, image_id in enumerate(sample.image_ids)}
-        self._pending: dict[str, tuple[str, ...]] = {}
+        self._pending: dict[str, tuple[str | tuple[str, ...], ...]] = {}
         self._next = 0  # index in sample.image_ids of the next image to write
         self._rows = 0
         self._closed = False
-        self._empty = ("",) * sample.num_classes
+        self._empty: tuple[str | tuple[str, ...], ...] = ("",) * sample.num_classes
+        self._objects = sample.custom is not None and sample.custom.per_object
         self._file: TextIO = self.path.open("w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file, lineterminator="\n")
         self._csv.writerow(sample.columns)
@@ -257,16 +351,22 @@ class SubmissionWriter:
         """Images added ahead of their turn in the sample, held until the images before them come."""
         return len(self._pending)
 
-    def add(self, image_id: str, rles: Sequence[str]) -> None:
-        """Record the masks of one image: one RLE string per class, "" for no defect."""
+    def add(self, image_id: str, rles: Sequence[str | Sequence[str]]) -> None:
+        """Record the masks of one image: one RLE string per class, "" for no defect; in a
+        per-object layout a class may be a sequence of RLEs, one row each (none: one empty row)."""
         if self._closed:
             raise ValueError(f"{self.path}: add({image_id!r}) after close(); the submission is already complete")
         if len(rles) != self.sample.num_classes:
             raise ValueError(
                 f"add({image_id!r}) got {len(rles)} RLE strings; expected one per class ({self.sample.num_classes})"
             )
+        values: list[str | tuple[str, ...]] = []
         for rle in rles:
-            if not isinstance(rle, str):
+            if isinstance(rle, str):
+                values.append(rle)
+            elif self._objects and all(isinstance(r, str) for r in rle):
+                values.append(tuple(rle))
+            else:
                 raise TypeError(f"add({image_id!r}): RLE values must be str ('' for no defect), got {type(rle)}")
         position = self._position.get(image_id)
         if position is None:
@@ -275,7 +375,7 @@ class SubmissionWriter:
         if position < self._next or image_id in self._pending:
             self.duplicates += 1
             return
-        self._pending[image_id] = tuple(rles)
+        self._pending[image_id] = tuple(values)
         self._flush()
 
     def _flush(self) -> None:
@@ -285,9 +385,22 @@ class SubmissionWriter:
             self._write_image(image_id, self._pending.pop(image_id))
             self._next += 1
 
-    def _write_image(self, image_id: str, rles: tuple[str, ...]) -> None:
+    def _write_image(self, image_id: str, rles: tuple[str | tuple[str, ...], ...]) -> None:
         columns = self.sample.columns
+        custom = self.sample.custom
+        if custom is not None:
+            for index, rle in enumerate(rles):
+                values = {custom.key_column: custom.make_key(image_id, index)}
+                if custom.class_column:
+                    values[custom.class_column] = custom.tokens[index]
+                for text in (rle,) if isinstance(rle, str) else (rle or ("",)):
+                    values[custom.mask_column] = text if text.strip() else custom.empty
+                    self._csv.writerow([values[c.strip()] for c in columns])
+                    self._rows += 1
+            return
         for class_id, rle in enumerate(rles, start=1):
+            if not isinstance(rle, str):
+                raise TypeError(f"{image_id}: several objects for one class need a per-object [submission] layout")
             if self.sample.layout == "wide":
                 values = {"ImageId_ClassId": f"{image_id}_{class_id}", "EncodedPixels": rle}
             else:

@@ -146,6 +146,11 @@ def demo(config_path: Path, skip_dry_run: bool) -> None:
     run_demo(config_path, console=console, dry_run=not skip_dry_run)
 
 
+@main.group()
+def baseline() -> None:
+    """The image's package baseline (target.baseline)."""
+
+
 poll_option = click.option(
     "--poll",
     "poll_s",
@@ -216,6 +221,33 @@ def submit_cmd(
         poll_s=poll_s,
         timeout_s=timeout_s,
     )
+
+
+@baseline.command("capture")
+@config_option
+@poll_option
+@timeout_option
+@_reports_errors
+def baseline_capture(config_path: Path, poll_s: float | None, timeout_s: float | None) -> None:
+    """Run a tiny internet-off notebook on Kaggle that records the image's Python and pip freeze."""
+    from bundler.remote.baseline import capture
+
+    capture(load_config(config_path), console=console, poll_s=poll_s, timeout_s=timeout_s)
+
+
+@baseline.command("diff")
+@click.argument("old")
+@click.argument("new")
+@config_option
+@_reports_errors
+def baseline_diff(old: str, new: str, config_path: Path) -> None:
+    """What changed between two baselines (shipped names or files), and what it means for the bundle."""
+    from bundler.remote.baseline import diff
+
+    cfg = load_config(config_path) if config_path.is_file() else None
+    if cfg is None:
+        console.print(f"({config_path} not found: the packages only, not what they mean for a bundle)")
+    diff(old, new, cfg, console=console)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from bundler.build.manifest import dataset_metadata, write_json
+from bundler.build.wheels.baseline import parse_freeze
 from bundler.config import BundleConfig
 from bundler.errors import RemoteError
+from bundler.remote.baseline import capture_notebook, diff
 from bundler.remote.client import poll_interval
 from bundler.remote.diagnose import (
     EXCEPTION,
@@ -31,7 +33,8 @@ from bundler.remote.diagnose import (
     log_text,
 )
 from bundler.sandbox import probe
-from tests.projects import ROOT, demo_cfg
+from tests.projects import ROOT, captured, demo_cfg, write_fake_manifest
+from tests.wheelhouse import make_wheel
 
 ISOLATION = probe()
 needs_netns = pytest.mark.skipif(
@@ -311,3 +314,84 @@ def test_the_failing_cell_comes_from_the_executed_notebook_first(tmp_path: Path)
     assert failure is not None and (failure.cell, failure.ename, failure.traceback) == ("run", "KeyError", ["KeyError"])
     from_log = failing_cell([], "x\nTraceback (most recent call last):\n  File 'a'\nValueError: nope\nafter\n")
     assert from_log is not None and (from_log.cell, from_log.ename, from_log.evalue) == ("log", "ValueError", "nope")
+
+
+CAPTURED = (
+    "# Kaggle image baseline captured by `bundler baseline capture` on 2026-12-01\n"
+    "# python 3.12.13 (Linux-6.6-x86_64-with-glibc2.35)\n"
+    "# torch @ file:///tmp/torch-2.10.0-cp312-cp312-linux_x86_64.whl\n"
+    "torch==2.10.0\nnumpy==2.0.2\npip==24.1.2\n"
+)
+
+
+@needs_netns
+def test_baseline_capture_pushes_the_capture_notebook_and_writes_a_dated_baseline(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = {
+        "kernels": {
+            "bundler-image-baseline": {"statuses": ["running", "complete"], "outputs": {"baseline.txt": CAPTURED}}
+        }
+    }
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["baseline", "capture"]])
+    assert results[0]["returncode"] == 0, results[0]["stderr"] + results[0]["stdout"]
+    written = cfg.root / "baselines" / "kaggle-2026-12-01.txt"
+    assert written.read_text() == CAPTURED
+    assert 'target.baseline = "baselines/kaggle-2026-12-01.txt"' in results[0]["stdout"]
+    save = next(c["body"] for c in calls if c["endpoint"].endswith("/SaveKernel"))
+    assert save["slug"] == "your-kaggle-name/bundler-image-baseline"
+    assert save["enableInternet"] is False
+    assert "pip" in json.loads(save["text"])["cells"][0]["source"]
+
+
+def test_the_capture_notebook_records_python_and_freeze(tmp_path: Path) -> None:
+    source = capture_notebook()["cells"][0]["source"]
+    working = tmp_path / "working"
+    working.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", source.replace("/kaggle/working", str(working))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    text = (working / "baseline.txt").read_text()
+    assert f"# python {sys.version_info.major}.{sys.version_info.minor}" in text
+    pins = parse_freeze(text, "captured")  # every line readable as name==version
+    assert "pip" in pins
+
+
+def test_baseline_diff_says_what_the_change_means_for_the_bundle(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path / "project")
+    smp = make_wheel(cfg.dataset.out, "segmentation-models-pytorch", "0.6.0", ["timm>=1", "huggingface-hub", "munch"])
+    munch = make_wheel(cfg.dataset.out, "munch", "4.0.0", ["pytest; extra == 'test'"])
+    write_fake_manifest(
+        cfg,
+        wheels=[
+            {"file": w.name, "name": n, "version": v, "sha256": "cd" * 32, "size": 1}
+            for w, n, v in ((smp, "segmentation-models-pytorch", "0.6.0"), (munch, "munch", "4.0.0"))
+        ],
+    )
+    old = tmp_path / "old.txt"
+    old.write_text("# python 3.12.13\ntimm==1.0.26\nhuggingface-hub==1.11.0\ntorch==2.10.0\npip==24.1.2\n")
+    new = tmp_path / "new.txt"
+    new.write_text("# python 3.13.1\ntimm==1.0.30\nmunch==4.0.0\ntorch==2.11.0\npip==24.1.2\n")
+    console, buf = captured()
+    result = diff(str(old), str(new), cfg, console=console)
+    assert result.python == ("3.12", "3.13")
+    assert {(c.name, c.old, c.new) for c in result.changes} == {
+        ("timm", "1.0.26", "1.0.30"),
+        ("huggingface-hub", "1.11.0", ""),
+        ("munch", "", "4.0.0"),
+        ("torch", "2.10.0", "2.11.0"),
+    }
+    assert result.no_longer_needed == ["munch (vendored 4.0.0, the new image has 4.0.0)"]
+    assert result.to_vendor == ["huggingface-hub (the old image had 1.11.0)"]
+    assert result.to_check == ["timm (1.0.26 -> 1.0.30)"]
+    text = buf.getvalue()
+    assert "python 3.12 -> 3.13" in text and "torch 2.10.0 -> 2.11.0" in text
+
+
+def test_baseline_diff_of_a_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(RemoteError, match=r"nope\.txt"):
+        diff("kaggle-2026-08", str(tmp_path / "nope.txt"), None, console=captured()[0])

@@ -20,7 +20,8 @@ import pytest
 from bundler.build.manifest import dataset_metadata, write_json
 from bundler.build.wheels.baseline import parse_freeze
 from bundler.config import BundleConfig
-from bundler.errors import RemoteError
+from bundler.dryrun.projection import kaggle_run_calibration, latest_kaggle_profile
+from bundler.errors import DryRunError, RemoteError
 from bundler.remote.baseline import capture_notebook, diff
 from bundler.remote.client import poll_interval
 from bundler.remote.diagnose import (
@@ -395,3 +396,21 @@ def test_baseline_diff_says_what_the_change_means_for_the_bundle(tmp_path: Path)
 def test_baseline_diff_of_a_missing_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(RemoteError, match=r"nope\.txt"):
         diff("kaggle-2026-08", str(tmp_path / "nope.txt"), None, console=captured()[0])
+
+
+def test_the_newest_downloaded_run_is_the_default_calibration(tmp_path: Path) -> None:
+    assert latest_kaggle_profile(tmp_path) is None
+    for version, per_image in ((2, 0.4), (10, 0.1)):
+        folder = tmp_path / "build" / "kaggle" / f"v{version}"
+        folder.mkdir(parents=True)
+        (folder / "profile.json").write_text(json.dumps({**PROFILE, "per_image_s": per_image}))
+    (tmp_path / "build" / "kaggle" / "baseline").mkdir()
+    latest = latest_kaggle_profile(tmp_path)
+    assert latest == tmp_path / "build" / "kaggle" / "v10" / "profile.json"  # v10 after v2: by number
+    calibration = kaggle_run_calibration(latest, {"fixed_s": 5.0, "per_image_s": 0.5})
+    assert calibration.per_image_factor == pytest.approx(0.2)
+    assert calibration.fixed_s == 40.0
+    assert calibration.describe().startswith("calibrated from Kaggle run v10 of 2026-12-01: per-image x0.2")
+    latest.write_text("[1]")
+    with pytest.raises(DryRunError, match="bundler status"):
+        kaggle_run_calibration(latest, {"fixed_s": 5.0, "per_image_s": 0.5})

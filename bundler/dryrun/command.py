@@ -36,6 +36,8 @@ from bundler.dryrun.projection import (
     Calibration,
     Projection,
     factor_calibration,
+    kaggle_run_calibration,
+    latest_kaggle_profile,
     profile_calibration,
     project,
 )
@@ -121,7 +123,8 @@ def _calibration(cfg: BundleConfig, inputs: Inputs, profile: Mapping[str, Any], 
         return profile_calibration(inputs.calibration_profile, profile, str(cfg.dryrun.calibration_profile))
     if cfg.dryrun.calibration is not None:
         return factor_calibration(cfg.dryrun.calibration)
-    return NO_CALIBRATION
+    latest = latest_kaggle_profile(cfg.root)  # the newest run `bundler status` downloaded
+    return kaggle_run_calibration(latest, profile) if latest is not None else NO_CALIBRATION
 
 
 def _complete(submission: Path, sample: SampleSubmission) -> str:

@@ -8,14 +8,20 @@ The local figures are scaled to the target by a calibration:
 - a `profile.json` from a real Kaggle run of the same notebook: its own `fixed_s` is used, and
   per-image time is scaled by kaggle `per_image_s` / local `per_image_s`;
 - a factor the user gives (Kaggle seconds per local second), applied to both parts;
+- by default, the newest `profile.json` that `bundler status` downloaded from a Kaggle run
+  (`build/kaggle/v<N>/profile.json`, highest N): "calibrated from Kaggle run vN of DATE";
 - none: the figure is for this machine, and says so.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from bundler.errors import DryRunError
@@ -25,7 +31,7 @@ NO_CALIBRATION_NOTE = "none: figure is for this machine"
 
 @dataclass(frozen=True)
 class Calibration:
-    kind: str  # "none" | "factor" | "profile"
+    kind: str  # "none" | "factor" | "profile" | "kaggle_run" (the newest downloaded run's profile)
     per_image_factor: float  # target seconds per local second, for the per-image cost
     fixed_s: float | None  # the target's own fixed cost (profile calibration), else None
     fixed_factor: float  # applied to the local fixed cost when `fixed_s` is None
@@ -36,6 +42,11 @@ class Calibration:
             return NO_CALIBRATION_NOTE
         if self.kind == "factor":
             return f"factor {self.per_image_factor:g} (target seconds per local second), {self.source}"
+        if self.kind == "kaggle_run":
+            return (
+                f"calibrated from {self.source}: per-image x{self.per_image_factor:.3g}, "
+                f"fixed {self.fixed_s:.1f} s from that run"
+            )
         return (
             f"Kaggle profile {self.source}: per-image x{self.per_image_factor:.3g}, "
             f"fixed {self.fixed_s:.1f} s from that run"
@@ -68,6 +79,32 @@ def profile_calibration(kaggle: Mapping[str, Any], local: Mapping[str, Any], sou
     if l_per <= 0:
         raise DryRunError("the dry-run's profile.json has per_image_s 0: no image was timed, so nothing can be scaled")
     return Calibration("profile", k_per / l_per, k_fixed, 1.0, source)
+
+
+def latest_kaggle_profile(root: Path) -> Path | None:
+    """The newest `build/kaggle/v<N>/profile.json` under the project `root` (highest N), if any."""
+    found = [
+        (int(m.group(1)), p)
+        for p in (root / "build" / "kaggle").glob("v*/profile.json")
+        if (m := re.fullmatch(r"v(\d+)", p.parent.name))
+    ]
+    return max(found)[1] if found else None
+
+
+def kaggle_run_calibration(path: Path, local: Mapping[str, Any]) -> Calibration:
+    """Calibrate by a run's downloaded profile.json, named "Kaggle run vN of DATE" (the run's start)."""
+    fix = "delete it or download it again with `bundler status`"
+    try:
+        kaggle = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DryRunError(f"{path} cannot be read ({e}); {fix}") from None
+    if not isinstance(kaggle, dict):
+        raise DryRunError(f"{path} is not a profile.json object; {fix}")
+    started = kaggle.get("started_at")
+    timed = isinstance(started, (int, float)) and not isinstance(started, bool)
+    stamp = float(started) if timed and started is not None else path.stat().st_mtime
+    label = f"Kaggle run {path.parent.name} of {time.strftime('%Y-%m-%d', time.gmtime(stamp))}"
+    return replace(profile_calibration(kaggle, local, str(path)), kind="kaggle_run", source=label)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,12 @@ def render_notebook_cmd(config_path: Path, out: Path | None) -> None:
 @click.option("--calibrate", type=click.Path(path_type=Path), default=None, help="profile.json from a real Kaggle run.")
 @click.option("--calibration", type=float, default=None, help="Kaggle seconds per local second.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: dryrun.out).")
+@click.option(
+    "--runtime",
+    type=click.Choice(["image", "local"]),
+    default=None,
+    help="image: a cached twin of the Kaggle image (default where a target Python is found); local: this Python.",
+)
 @_reports_errors
 def dry_run_cmd(
     config_path: Path,
@@ -108,6 +114,7 @@ def dry_run_cmd(
     calibrate: Path | None,
     calibration: float | None,
     out: Path | None,
+    runtime: str | None,
 ) -> None:
     """Run the rendered notebook here, offline and timed; project it to the hidden test set."""
     from bundler.dryrun import dry_run
@@ -121,6 +128,7 @@ def dry_run_cmd(
         "calibration_profile": calibrate,
         "calibration": calibration,
         "out": out,
+        "runtime": runtime,
     }
     cfg = _with_dryrun(
         cfg, {k: (v.resolve() if isinstance(v, Path) else v) for k, v in overrides.items() if v is not None}
@@ -133,6 +141,36 @@ def dry_run_cmd(
 
 def _with_dryrun(cfg: BundleConfig, overrides: dict[str, Any]) -> BundleConfig:
     return replace(cfg, dryrun=replace(cfg.dryrun, **overrides))
+
+
+@main.command("tune")
+@config_option
+@click.option("--test-dir", type=click.Path(path_type=Path), default=None, help="Labelled holdout images.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None, help="The holdout's labels (train.csv form).")
+@click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds.")
+@click.option("--margin", type=float, default=0.15, show_default=True, help="Share of the budget kept spare.")
+@click.option("--write", is_flag=True, help="Write the tuned values into bundle.toml (comments kept); print the diff.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Cache and report folder (build/tune).")
+@_reports_errors
+def tune_cmd(
+    config_path: Path,
+    test_dir: Path | None,
+    labels: Path | None,
+    folds: int,
+    margin: float,
+    write: bool,
+    out: Path | None,
+) -> None:
+    """Tune post-processing and gating on the labelled holdout with k-fold CV; plan the ensemble."""
+    from bundler.tune import tune
+
+    cfg = load_config(config_path)
+    overrides = {"test_dir": test_dir, "labels": labels}
+    cfg = _with_dryrun(cfg, {k: v.resolve() for k, v in overrides.items() if v is not None})
+    tune(
+        cfg, console=console, folds=folds, margin=margin, write=write, config_path=config_path,
+        out=out.resolve() if out is not None else None,
+    )  # fmt: skip
 
 
 @main.command()
@@ -149,6 +187,26 @@ def demo(config_path: Path, skip_dry_run: bool) -> None:
 @main.group()
 def baseline() -> None:
     """The image's package baseline (target.baseline)."""
+
+
+@baseline.command("from-sources")
+@click.option("--freeze", type=click.Path(path_type=Path), required=True, help="The Colab base's pip-freeze.gpu.txt.")
+@click.option("--freeze-origin", required=True, help="Its repository, file, commit and date (goes in the header).")
+@click.option("--layer", type=click.Path(path_type=Path), required=True, help="Kaggle's kaggle_requirements.txt.")
+@click.option("--layer-origin", required=True, help="Its repository, file, commit and date (goes in the header).")
+@click.option("--image-date", type=click.DateTime(["%Y-%m-%d"]), required=True, help="The image's build date.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The baseline file to write.")
+@click.option("--python", "python_version", default="3.12", show_default=True, help="The image's Python.")
+@click.option("--platform", default="x86_64-manylinux_2_35", show_default=True, help="uv's --python-platform.")
+@click.option("--force-install", multiple=True, help="Installed after the layer (default: the Dockerfile's).")
+@click.option("--critical", default=None, help="The Dockerfile's grep of base pins (default: its pattern).")
+@click.option("--replace", is_flag=True, help="Overwrite --out even if this command did not write it.")
+@_reports_errors
+def baseline_from_sources(**opts: Any) -> None:
+    """Make a baseline from the public files the image is built from (reaches PyPI; for maintainers)."""
+    from bundler.build.wheels.baseline_sources import from_sources_command
+
+    from_sources_command(opts, sys.argv, console=console)
 
 
 poll_option = click.option(

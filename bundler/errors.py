@@ -53,3 +53,7 @@ class DemoError(BundlerError):
 
 class RemoteError(BundlerError):
     """A Kaggle call failed or timed out, Kaggle reported a failure, or credentials are missing."""
+
+
+class TuneError(BundlerError):
+    """`bundler tune` could not start: a missing or unfit input, or a bad option."""

@@ -1,0 +1,256 @@
+"""From the cache and the labels: the ensemble's probabilities, and every candidate's Dice per pair.
+
+`ensemble(cache, plan, rows)` rebuilds what the engine's `Predictor` computes for those images:
+each segmenter's views merged (its `tta_merge`), resized to the image size (bilinear, as the
+engine), averaged over segmenters with their weights, a segmenter whose output held NaN for an
+image left out of that image (weights renormalised); an image every segmenter failed, or one
+that could not be read, has no prediction (`failed`). `gate_probs` is the classifiers' weighted
+mean, NaN dropped per image; an image every classifier gave NaN for passes every gate.
+
+`build_evidence` then computes, once per image and class, for every pixel threshold of the grid:
+the 8-connected components of the thresholded map (the engine's `cv2.connectedComponentsWithStats`)
+with each component's area and its overlap with the label. Every (min_component, min_area) pair's
+predicted area P and intersection I are sums over those components, so the Dice of every
+candidate, `2I / (P + T)` (1 when both are empty), costs a few array operations: `dice[x, c, k, m,
+a, i]` for variant x (0: plain, 1: one class per pixel), class c, threshold k, min_component m,
+min_area a and image i, with `nonempty` beside it. Gating is applied later, per candidate gate, as
+a choice between `dice` and `empty` (the Dice of an empty mask: 1 on a clean pair, else 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from bundler.tune.cache import QUANT, HoldoutCache
+from kernel_src.postprocess import winning_class
+from kernel_src.rle import decode
+
+Floats = npt.NDArray[np.float32]
+Bools = npt.NDArray[np.bool_]
+EPS = 0.5 / QUANT  # the smallest probability a stored 0 can stand for (log and logit merges)
+BATCH = 8  # images rebuilt at once
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which models run: each segmenter with the views it keeps, and the gating classifiers."""
+
+    segmenters: tuple[tuple[str, tuple[str, ...]], ...]
+    classifiers: tuple[str, ...]
+
+    def describe(self) -> str:
+        segs = " + ".join(f"{name}[{','.join(views)}]" for name, views in self.segmenters)
+        gate = f" gated by {', '.join(self.classifiers)}" if self.classifiers else " ungated"
+        return segs + gate
+
+
+@dataclass(frozen=True)
+class Models:
+    """The ensemble's settings that the cache does not hold: weights and view merges."""
+
+    weights: Mapping[str, float]
+    merges: Mapping[str, str]
+
+
+def merge(views: Floats, mode: str) -> Floats:
+    """[V, n, C, h, w] probabilities -> [n, C, h, w], as the engine merges a model's views."""
+    result: Floats
+    if views.shape[0] == 1:
+        result = views[0]
+    elif mode == "mean":
+        result = views.mean(axis=0, dtype=np.float32)
+    elif mode == "max":
+        result = views.max(axis=0)
+    elif mode in ("gmean", "logit_mean"):
+        clipped = np.clip(views, EPS, 1.0 - EPS)
+        if mode == "gmean":
+            result = np.exp(np.log(clipped).mean(axis=0)).astype(np.float32)
+        else:
+            logits = np.log(clipped) - np.log1p(-clipped)
+            result = (1.0 / (1.0 + np.exp(-logits.mean(axis=0)))).astype(np.float32)
+    else:
+        raise ValueError(f"unknown TTA merge {mode!r}")
+    return result
+
+
+def ensemble(cache: HoldoutCache, plan: Plan, models: Models, rows: Sequence[int]) -> tuple[Floats, Bools]:
+    """(probabilities [n, C, H, W] float32, failed [n]) for the images at `rows`."""
+    index = np.asarray(rows)
+    n, size = len(index), (cache.height, cache.width)
+    total = torch.zeros(n, cache.num_classes, *size)
+    covered = torch.zeros(n)
+    weights = sum(models.weights[name] for name, _ in plan.segmenters)
+    for name, views in plan.segmenters:
+        stored: Floats = np.stack([np.asarray(cache.view_probs(name, v)[index]) for v in views]).astype(np.float32)
+        stored /= np.float32(QUANT)
+        probs = torch.from_numpy(np.ascontiguousarray(merge(stored, models.merges.get(name, "mean"))))
+        if tuple(probs.shape[-2:]) != size:
+            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+        bad = torch.from_numpy(cache.nan_images(name)[index])
+        w = models.weights[name]
+        total.add_(probs.masked_fill(bad[:, None, None, None], 0.0), alpha=w / weights)
+        covered += (~bad).float() * w
+    scale = torch.where(covered > 0, weights / covered.clamp(min=1e-12), torch.zeros_like(covered))
+    total *= scale[:, None, None, None]
+    failed = (covered <= 0).numpy() | ~cache.readable()[index]
+    return total.numpy(), failed
+
+
+def gate_probs(cache: HoldoutCache, classifiers: Sequence[str], weights: Mapping[str, float]) -> Floats | None:
+    """[N, C]: the classifiers' weighted mean per image, NaN outputs left out; +inf (passes every
+    gate) where every classifier gave NaN. None without classifiers."""
+    if not classifiers:
+        return None
+    total = np.zeros((len(cache.image_ids), cache.num_classes), dtype=np.float64)
+    covered = np.zeros(len(cache.image_ids), dtype=np.float64)
+    for name in classifiers:
+        p = cache.classifier_probs(name).astype(np.float64)
+        ok = ~np.isnan(p).any(axis=1)
+        total[ok] += p[ok] * weights[name]
+        covered[ok] += weights[name]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / covered[:, None]
+    mean[covered <= 0] = np.inf
+    return mean.astype(np.float32)
+
+
+def truth_masks(
+    labels: Mapping[str, Sequence[str]], image_ids: Sequence[str], shape: tuple[int, int], order: str, num_classes: int
+) -> Callable[[int], Bools]:
+    """A function: image index -> bool [C, H, W] label masks (decoded on demand)."""
+
+    def masks(i: int) -> Bools:
+        rles = labels.get(image_ids[i], [""] * num_classes)
+        out = np.zeros((num_classes, *shape), dtype=np.bool_)
+        for c, rle in enumerate(rles):
+            if rle.strip():
+                out[c] = decode(rle, shape, order).astype(np.bool_)
+        return out
+
+    return masks
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The candidate values searched (sorted, each class's current value included)."""
+
+    thresholds: tuple[float, ...]
+    min_components: tuple[int, ...]
+    min_areas: tuple[int, ...]
+    gates: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Every candidate's Dice per image x class pair; see the module docstring."""
+
+    image_ids: tuple[str, ...]
+    grid: Grid
+    dice: Floats  # [X, C, K, M, A, N]
+    nonempty: Bools  # [X, C, K, M, A, N]: the candidate's mask is not empty
+    empty: Floats  # [C, N]: the Dice of an empty mask (1: clean pair)
+    gate: Floats | None  # [N, C] the classifiers' probability, +inf: passes every gate
+
+    @property
+    def variants(self) -> int:
+        return int(self.dice.shape[0])
+
+
+def _components(mask: Bools, truth: Bools) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(area, overlap with `truth`) of each 8-connected component of `mask`."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
+    inter = np.bincount(labels[truth], minlength=count)[1:].astype(np.int64)
+    return areas, inter
+
+
+def image_dice(probs: Floats, truth: Bools, grid: Grid, variants: int) -> tuple[Floats, Bools]:
+    """(dice [X, C, K, M, A], nonempty) of every candidate for one image."""
+    c_n = probs.shape[0]
+    k_n, m_n, a_n = len(grid.thresholds), len(grid.min_components), len(grid.min_areas)
+    dice = np.zeros((variants, c_n, k_n, m_n, a_n), dtype=np.float32)
+    nonempty = np.zeros(dice.shape, dtype=np.bool_)
+    mins = np.asarray(grid.min_components, dtype=np.int64)[:, None]
+    areas_needed = np.maximum(np.asarray(grid.min_areas, dtype=np.int64), 1)[None, :]
+    lowest = min(grid.thresholds)
+    winner = winning_class(probs) if variants > 1 else None
+    for x in range(variants):
+        for c in range(c_n):
+            base = probs[c]
+            if x == 1:
+                assert winner is not None
+                lost = winner != c
+                if not (lost & (base > lowest)).any():  # no pixel of this class is taken by another
+                    dice[1, c], nonempty[1, c] = dice[0, c], nonempty[0, c]
+                    continue
+                base = np.where(lost, np.float32(0.0), base)
+            t_area = int(np.count_nonzero(truth[c]))
+            clean = 1.0 if t_area == 0 else 0.0
+            dice[x, c] = clean
+            for k, t in enumerate(grid.thresholds):
+                mask = np.ascontiguousarray(base > t)
+                if not mask.any():
+                    break  # the grid is sorted: higher thresholds keep nothing either
+                areas, inter = _components(mask, truth[c])
+                keep = areas[None, :] >= mins  # [M, J]
+                p = keep @ areas  # [M]
+                i = keep @ inter
+                ne = p[:, None] >= areas_needed  # [M, A]
+                d = np.where(ne, 2.0 * i[:, None] / np.maximum(p[:, None] + t_area, 1), clean)
+                dice[x, c, k], nonempty[x, c, k] = d, ne
+    return dice, nonempty
+
+
+def build_evidence(
+    cache: HoldoutCache,
+    plan: Plan,
+    models: Models,
+    truth: Callable[[int], Bools],
+    grid: Grid,
+    *,
+    variants: int = 2,
+    threads: int = 2,
+    on_batch_done: Callable[[int, int], None] | None = None,
+) -> Evidence:
+    """Every candidate's Dice for every image x class pair of the cache."""
+    n, c_n = len(cache.image_ids), cache.num_classes
+    variants = variants if c_n > 1 else 1
+    shape = (variants, c_n, len(grid.thresholds), len(grid.min_components), len(grid.min_areas), n)
+    dice = np.zeros(shape, dtype=np.float32)
+    nonempty = np.zeros(shape, dtype=np.bool_)
+    empty = np.zeros((c_n, n), dtype=np.float32)
+
+    def one(i: int, probs: Floats, failed: bool) -> None:
+        t = truth(i)
+        empty[:, i] = ~t.reshape(c_n, -1).any(axis=1)
+        if failed:  # the engine writes empty masks for it
+            dice[..., i] = empty[None, :, None, None, None, i]
+            return
+        d, ne = image_dice(probs, t, grid, variants)
+        dice[..., i], nonempty[..., i] = d, ne
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for start in range(0, n, BATCH):
+            rows = list(range(start, min(n, start + BATCH)))
+            probs, failed = ensemble(cache, plan, models, rows)
+            jobs = [pool.submit(one, i, probs[j], bool(failed[j])) for j, i in enumerate(rows)]
+            for job in jobs:
+                job.result()
+            if on_batch_done is not None:
+                on_batch_done(rows[-1] + 1, n)
+    gate = gate_probs(cache, plan.classifiers, models.weights)
+    return Evidence(cache.image_ids, grid, dice, nonempty, empty, gate)
+
+
+def grid_with(base: Sequence[float], current: Sequence[float], digits: int = 4) -> tuple[float, ...]:
+    """`base` and every `current` value, rounded, sorted, without repeats."""
+    return tuple(sorted({round(float(v), digits) for v in (*base, *current) if math.isfinite(float(v))}))

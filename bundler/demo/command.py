@@ -371,8 +371,13 @@ def print_summary(cfg: BundleConfig, result: DemoResult, console: Console) -> No
     ds = shown_path(result.dataset_dir)
     kernel_dir = shown_path(result.metadata.parent)
     console.print("\n[bold]Next, on a machine with your Kaggle credentials[/] (edit dataset.id and kernel.id first):")
+    console.print("  bundler push --wait     [dim]# dataset version, ready, pinned; notebook pushed and followed[/]")
+    console.print("  bundler submit --wait   [dim]# submit that version, print the public score[/]")
+    console.print("[dim]or by hand with the kaggle CLI (wait for the dataset version to be ready before the push):[/]")
     console.print(
         f"  kaggle datasets create -p {ds}        [dim]# first time; later: kaggle datasets version -p {ds} -m MSG[/]"
     )
     console.print(f"  kaggle kernels push -p {kernel_dir}")
-    console.print(f"  kaggle competitions submit -c {cfg.competition.slug} -k {cfg.kernel.id} -v N -m MSG")
+    console.print(
+        f"  kaggle competitions submit -c {cfg.competition.slug} -k {cfg.kernel.id} -v N -f submission.csv -m MSG"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from bundler.cli import main
 from tests.projects import write_bundle
@@ -78,3 +78,43 @@ def test_messages_print_square_brackets_as_written_and_name_the_config_read(tmp_
     result = CliRunner().invoke(main, ["build", "--config", str(config)])
     assert result.exit_code == 1, result.output
     assert "models/[bold]unet.pth" in result.stderr and "Traceback" not in result.output
+
+
+def _one_error_line(result: Result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def test_a_checkpoint_that_is_not_one_is_refused_in_one_line(tmp_path: Path) -> None:
+    passwd = tmp_path / "models" / "passwd"
+    passwd.parent.mkdir(parents=True)
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    (tmp_path / "models" / "link.pth").symlink_to(passwd)
+    for checkpoint in ("models/passwd", "models/link.pth"):
+        result = CliRunner().invoke(main, ["build", "--config", str(write_bundle(tmp_path, seg_checkpoint=checkpoint))])
+        assert result.exit_code == 1
+        line = _one_error_line(result)
+        assert "is not a checkpoint torch can read" in line and "accepted: a state dict" in line, line
+    assert not (tmp_path / "out" / "dataset").exists()
+
+
+def test_a_checkpoint_folder_is_named_a_folder_not_missing(tmp_path: Path) -> None:
+    folder = tmp_path / "models" / "run1"
+    folder.mkdir(parents=True)
+    (folder / "best.pth").write_bytes(b"x")
+    result = CliRunner().invoke(main, ["build", "--config", str(write_bundle(tmp_path, seg_checkpoint="models/run1"))])
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert "is a folder, not a checkpoint file (it holds best.pth)" in line and "does not exist" not in line
+
+
+def test_out_under_a_file_is_refused_naming_out(tmp_path: Path) -> None:
+    config = write_bundle(tmp_path)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    result = CliRunner().invoke(main, ["build", "--config", str(config), "--out", str(a_file / "x")])
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert "--out" in line and f"{a_file} is a file, so no folder can be made under it" in line
+    assert a_file.read_text() == "x"

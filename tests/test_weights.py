@@ -160,7 +160,14 @@ def test_pickle_needing_more_than_weights_only_is_refused(tmp_path: Path) -> Non
 
 def test_garbage_file_is_not_a_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "x.pth").write_bytes(b"\x00\x01 not a pickle at all")
-    with pytest.raises(WeightsError, match="not a PyTorch checkpoint"):
+    with pytest.raises(WeightsError, match="not a checkpoint torch can read"):
+        convert(entry(cls_spec(), tmp_path / "x.pth", role="classifier"), "classifiers[0]", NUM_CLASSES, tmp_path)
+
+
+@pytest.mark.parametrize("data", [b"\x80\x02" + bytes(range(7, 90)), b"PK\x03\x04" + b"\x00" * 40])
+def test_a_damaged_checkpoint_fails_in_one_line_whatever_torch_raises(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "x.pth").write_bytes(data)
+    with pytest.raises(WeightsError, match=r"x\.pth is not a.*checkpoint"):
         convert(entry(cls_spec(), tmp_path / "x.pth", role="classifier"), "classifiers[0]", NUM_CLASSES, tmp_path)
 
 

@@ -41,7 +41,7 @@ from bundler.build.fingerprint import HashCache, input_fingerprint
 from bundler.build.manifest import MANIFEST, METADATA, build_manifest, dataset_metadata, up_to_date, write_json
 from bundler.build.summary import print_report
 from bundler.config import BundleConfig, ModelEntry
-from bundler.errors import BuildError, WeightsError
+from bundler.errors import BuildError
 
 if TYPE_CHECKING:
     from bundler.build.weights import WeightRecord
@@ -91,7 +91,15 @@ def _progress(console: Console, *, bytes_: bool = False) -> Progress:
 
 
 def _check_out(out: Path) -> None:
-    """Refuse to replace a path that is not a bundle folder (a user's `--out ~/Documents`)."""
+    """Refuse an `out` that cannot become the bundle folder: a path under a file (`--out
+    /etc/passwd/x`) or under a folder this user cannot write (the swap renames beside `out`), a
+    file, or a folder this tool did not build (a user's `--out ~/Documents`)."""
+    where = f"dataset folder {out} (dataset.out, or --out)"
+    above = next(p for p in out.parents if p.exists() or p == p.parent)
+    if not above.is_dir():
+        raise BuildError(f"{where}: {above} is a file, so no folder can be made under it; choose a path in a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise BuildError(f"{where}: {above} is not writable by you; choose a folder you can write to")
     if not out.exists():
         return
     if not out.is_dir():
@@ -175,12 +183,10 @@ def _assert_contents(folder: Path, expected: set[str]) -> None:
 
 def _checkpoint_hashes(cfg: BundleConfig, keys: list[str], console: Console) -> list[str]:
     """Check each checkpoint exists and is not a credential file by name, then hash it (cached)."""
+    from bundler.build.checkpoint_file import check_checkpoint_path
+
     for entry, key in zip(cfg.models, keys, strict=True):
-        if not entry.checkpoint.is_file():
-            raise WeightsError(
-                f"model {entry.spec.name!r}: checkpoint {entry.checkpoint} does not exist; fix bundle.toml "
-                f"{key}.checkpoint (relative paths start at the folder of bundle.toml)"
-            )
+        check_checkpoint_path(entry, key)
         credentials.check_name(entry.checkpoint, f"bundle.toml {key}.checkpoint")
     cache = HashCache(cache_dir(cfg) / "sha256.json")
     todo = [m.checkpoint for m in cfg.models if cache.cached(m.checkpoint) is None]

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bundler.build.checkpoint_file import ACCEPTED, check_checkpoint_path, sniff
 from bundler.config import ModelEntry
 from bundler.errors import WeightsError
 from kernel_src.bundle import sha256_file
@@ -83,11 +84,7 @@ class WeightRecord:
 def convert(entry: ModelEntry, key: str, num_classes: int, dest: Path, step: Step | None = None) -> WeightRecord:
     """Write `entry`'s weight file into the folder `dest` and describe it."""
     say = step or (lambda _: None)
-    if not entry.checkpoint.is_file():
-        raise WeightsError(
-            f"model {entry.spec.name!r}: checkpoint {entry.checkpoint} does not exist; "
-            f"fix bundle.toml {key}.checkpoint (relative paths start at the folder of bundle.toml)"
-        )
+    check_checkpoint_path(entry, key)
     if entry.spec.kind == "torchscript":
         return _copy_torchscript(entry, key, dest, say)
     say("reading")
@@ -121,7 +118,13 @@ def read_checkpoint(
         raise WeightsError(
             f'model {name!r}: {path} is a TorchScript file; set kind = "torchscript" in bundle.toml {key}'
         )
-    if path.suffix == ".safetensors":
+    form = sniff(path)
+    if form is None:
+        raise WeightsError(
+            f"model {name!r}: {path} is not a checkpoint torch can read (neither a torch.save zip archive, "
+            f"nor a legacy torch.save pickle, nor safetensors); accepted: {ACCEPTED}"
+        )
+    if path.suffix == ".safetensors" or form == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -138,8 +141,12 @@ def read_checkpoint(
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightsError(_unpickling_message(str(e), name, path)) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise WeightsError(f"model {name!r}: {path} is not a PyTorch checkpoint ({e})") from None
+    except Exception as e:  # a damaged file fails anywhere in torch's reader (IndexError, KeyError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise WeightsError(
+            f"model {name!r}: {path} is not a checkpoint torch can read ({type(e).__name__}: {first}); "
+            f"accepted: {ACCEPTED}"
+        ) from None
     return select_state_dict(obj, name, path, checkpoint_key, key)
 
 
@@ -154,7 +161,9 @@ def _unpickling_message(error: str, name: str, path: Path) -> str:
         )
     detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", error, re.S)
     reason = " ".join((detail.group(1) if detail else error.splitlines()[0] if error else "").split())
-    return f"model {name!r}: {path} is not a PyTorch checkpoint (unpickling failed: {reason})"
+    return f"model {name!r}: {path} is not a checkpoint torch can read (unpickling failed: {reason}); " + (
+        f"accepted: {ACCEPTED}"
+    )
 
 
 def _tensor_keys(obj: Mapping[Any, Any]) -> list[str]:

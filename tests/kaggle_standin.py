@@ -13,13 +13,14 @@ returncode, stdout, stderr of each) and WORKDIR/calls.jsonl (one line per API ca
 body, whether credentials came with it, and for uploads the file's name and size).
 
 The scenario (JSON; every key optional):
-- "dataset": {"exists": bool, "version": N, "statuses": [..]}: the dataset before the test and the
-  processing states each new version goes through, one per status poll, the last one sticking
-  (lower-case names: "blobs_received", "ready", "failed", ...);
+- "dataset": {"exists": bool, "version": N, "initial_statuses": [..], "statuses": [..]}: the dataset
+  before the test (and the states of a version still processing then), and the processing
+  states each new version goes through, one per status poll, the last one sticking (lower-case
+  names: "blobs_received", "ready", "failed", ...);
 - "kernels": {slug: {"statuses": [..], "failure_message": "", "log": [[stream, text], ...],
-  "outputs": {file name: text}, "invalid": {"dataset": [..], ...}, "error": ""}} ("*" for any slug):
-  per push, the session states one per status poll (last sticking), the log and outputs listed
-  once the session ended, the sources SaveKernel reports as invalid;
+  "outputs": {file name: text}, "invalid": {"dataset": [..], ...}, "error": "", "not_found_polls": N}}
+  ("*" for any slug): per push, the session states one per status poll (last sticking) after N
+  polls answered 404, the log and outputs listed, the sources SaveKernel reports as invalid;
 - "submission": {"statuses": [..], "public_score": "0.9", "error": ""}.
 """
 
@@ -49,9 +50,10 @@ class StandIn:
         ds = scenario.get("dataset", {})
         self.dataset_exists = bool(ds.get("exists", False))
         self.dataset_version = int(ds.get("version", 0))
-        self.dataset_statuses: list[str] = ["ready"]
+        self.dataset_statuses: list[str] = list(ds.get("initial_statuses", ["ready"]))
         self.kernel_versions: dict[str, int] = {}
         self.kernel_statuses: dict[str, list[str]] = {}
+        self.not_found: dict[str, int] = {}
         self.submissions: dict[int, list[str]] = {}
         self.uploads: dict[str, dict[str, Any]] = {}
         self.calls = calls
@@ -100,6 +102,7 @@ class StandIn:
             script = self.kernel_script(slug)
             self.kernel_versions[slug] = self.kernel_versions.get(slug, 0) + 1
             self.kernel_statuses[slug] = list(script.get("statuses", ["complete"]))
+            self.not_found[slug] = int(script.get("not_found_polls", 0))
             answer: dict[str, Any] = {
                 "ref": f"/code/{body.get('slug')}",
                 "url": f"http://{HOST}/code/{body.get('slug')}",
@@ -114,6 +117,9 @@ class StandIn:
             slug = str(body.get("kernelSlug"))
             if slug not in self.kernel_statuses:
                 return 404, {"code": 404, "message": "Kernel not found"}
+            if self.not_found.get(slug, 0) > 0:  # a version just pushed, not listed yet
+                self.not_found[slug] -= 1
+                return 404, {"code": 404, "message": "Kernel session not found"}
             status = self._pop(self.kernel_statuses[slug])
             message = self.kernel_script(slug).get("failure_message", "") if status == "error" else ""
             return 200, {"status": status.upper(), "failureMessage": message}

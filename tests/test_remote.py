@@ -185,6 +185,20 @@ def test_a_new_bundle_is_a_new_dataset_version_with_hash_and_message(tmp_path: P
 
 
 @needs_netns
+def test_an_upload_waits_for_a_version_still_processing_and_a_fresh_session_may_be_unlisted(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = completed_scenario(exists=True, version=2, initial_statuses=["blobs_copied_to_sds", "ready"])
+    scenario["kernels"]["*"]["not_found_polls"] = 2
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push", "--wait"]])
+    assert results[0]["returncode"] == 0, results[0]["stderr"] + results[0]["stdout"]
+    assert "still blobs_copied_to_sds" in results[0]["stdout"]
+    order = endpoints(calls)
+    assert order.index("GetDatasetStatus") < order.index("StartBlobUpload")
+    assert "v1: not_found" in results[0]["stdout"] and "v1: complete" in results[0]["stdout"]
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == [f"{DATASET}/3"]
+
+
+@needs_netns
 def test_failed_processing_stops_before_the_notebook(tmp_path: Path) -> None:
     cfg = project(tmp_path)
     scenario = completed_scenario(exists=True, version=2, statuses=["blobs_received", "failed"])
@@ -395,7 +409,7 @@ def test_baseline_diff_says_what_the_change_means_for_the_bundle(tmp_path: Path)
 
 def test_baseline_diff_of_a_missing_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(RemoteError, match=r"nope\.txt"):
-        diff("kaggle-2026-08", str(tmp_path / "nope.txt"), None, console=captured()[0])
+        diff("kaggle-2026-08-12", str(tmp_path / "nope.txt"), None, console=captured()[0])
 
 
 def test_the_newest_downloaded_run_is_the_default_calibration(tmp_path: Path) -> None:

@@ -201,7 +201,13 @@ class Kaggle:
     def kernel_status(self, ref: str, version: int | None) -> tuple[str, str]:
         """(status, failure message) of the kernel's version `version` (the newest when None)."""
         target = f"{ref}/{version}" if version else ref
-        response = self._call(f"status of notebook {target}", lambda: self._api.kernels_status(target))
+        try:
+            with _silenced():
+                response = self._api.kernels_status(target)
+        except Exception as e:
+            if _http_status(e) == 404:  # a version just pushed may not be listed yet
+                return "not_found", ""
+            raise RemoteError(describe_failure(f"status of notebook {target}", e)) from None
         return _enum_name(getattr(response, "status", "")), str(getattr(response, "failure_message", "") or "")
 
     def kernel_output(self, ref: str, version: int | None, dest: Path) -> list[Path]:

@@ -77,7 +77,8 @@ def _wait_ready(cfg: BundleConfig, kaggle: Kaggle, interval: float, timeout_s: f
 
     status, _ = wait_for(
         poll,
-        lambda s: s in (DATASET_READY, DATASET_FAILED, "deleted", "not found"),
+        # "not found" right after an upload is Kaggle catching up: keep polling until the timeout
+        lambda s: s in (DATASET_READY, DATASET_FAILED, "deleted"),
         what=f"dataset {ref}",
         interval=interval,
         timeout_s=timeout_s,

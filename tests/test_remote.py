@@ -428,3 +428,19 @@ def test_the_newest_downloaded_run_is_the_default_calibration(tmp_path: Path) ->
     latest.write_text("[1]")
     with pytest.raises(DryRunError, match="bundler status"):
         kaggle_run_calibration(latest, {"fixed_s": 5.0, "per_image_s": 0.5})
+
+
+def test_a_papermill_failure_in_the_log_names_its_cell() -> None:
+    log = (
+        'Traceback (most recent call last):\n  File "papermill/execute.py", line 1\n'
+        "papermill.exceptions.PapermillExecutionError: \n"
+        "---------------------------------------------------------------------------\n"
+        'Exception encountered at "In [7]":\n'
+        "\x1b[0;31mFileNotFoundError\x1b[0m                 Traceback (most recent call last)\n"
+        "Cell In[7], line 3\n"
+        "FileNotFoundError: [Errno 2] No such file: '/kaggle/input/x/bundle.json'\n"
+    )
+    failure = failing_cell([], log_text(log))
+    assert failure is not None
+    assert (failure.cell, failure.ename) == ("In [7]", "FileNotFoundError")
+    assert failure.evalue.startswith("[Errno 2]") and failure.traceback[-1].startswith("FileNotFoundError:")

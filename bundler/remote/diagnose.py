@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_ENCOUNTERED = re.compile(r'Exception encountered at "(In \[\d+\])"')
 TAIL_LINES = 20
 
 
@@ -116,6 +117,12 @@ def _from_log(text: str) -> CellFailure | None:
     starts = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line]
     if not starts:
         return None
+    cell = "log"
+    for line in reversed(lines[: starts[-1] + 1]):
+        found = _ENCOUNTERED.search(line)  # papermill names the cell: Exception encountered at "In [5]"
+        if found:
+            cell = found.group(1)
+            break
     block = lines[starts[-1] :]
     end = next(
         (i for i, line in enumerate(block[1:], 1) if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line)), None
@@ -123,7 +130,7 @@ def _from_log(text: str) -> CellFailure | None:
     block = block[: end + 1] if end is not None else block[:40]
     last = block[-1]
     ename, _, evalue = last.partition(":")
-    return CellFailure("log", ename.strip(), evalue.strip(), block)
+    return CellFailure(cell, ename.split()[0] if ename.strip() else "", evalue.strip(), block)
 
 
 def failing_cell(files: Sequence[Path], log: str) -> CellFailure | None:

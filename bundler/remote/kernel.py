@@ -67,7 +67,7 @@ def _report_failure(cfg: BundleConfig, version: int, message: str, files: list[P
     failure = failing_cell(files, log)
     cls = classify(message, log, "\n".join(failure.traceback) if failure else "")
     if failure is not None:
-        where = "the log" if failure.cell == "log" else f"cell '{failure.cell}'"
+        where = "from the log" if failure.cell == "log" else f"cell {failure.cell}"
         console.print(f"[bold red]failing cell[/] ({where}): {escape(failure.ename)}: {escape(failure.evalue)}")
         for line in failure.traceback[-30:]:
             console.print(f"  {escape(line)}", soft_wrap=True)

@@ -83,7 +83,7 @@ def loss_breakdown(
         fp = ~t & p
         missed = t & ~p
         both = t & p
-        loss = 1.0 - d
+        loss = np.where(~t & ~p, 0.0, 1.0 - d)  # an empty pair scores by the metric's rule, nothing to move
         kind = np.where(fp, "false positive", np.where(missed, "missed", "partial"))
         order = [i for i in np.argsort(-loss, kind="stable")[:worst] if loss[i] > 0]
         result.append(

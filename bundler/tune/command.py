@@ -46,7 +46,7 @@ from bundler.tune.plan import (
     recommend,
 )
 from bundler.tune.report import write_tune_report
-from kernel_src.spec import InferenceSpec, PostprocessSpec
+from kernel_src.spec import InferenceSpec
 from kernel_src.submission import SubmissionFormatError, read_masks, read_sample_submission
 
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))  # 0.30 .. 0.80
@@ -106,7 +106,7 @@ def _holdout(cfg: BundleConfig) -> tuple[Path, Path, tuple[str, ...], dict[str, 
     if not ids:
         raise TuneError(f"{test_dir} holds no images of the holdout: point --test-dir at the labelled images")
     try:
-        by_image = read_masks(labels, n, labels=True)
+        by_image = read_masks(labels, n, labels=True, submission=cfg.inference.submission)
     except (SubmissionFormatError, ValueError) as e:
         raise TuneError(f"labels {e}") from None
     outside = sorted(set(by_image) - set(ids))
@@ -116,6 +116,25 @@ def _holdout(cfg: BundleConfig) -> tuple[Path, Path, tuple[str, ...], dict[str, 
             "give the labels of exactly these images"
         )
     return test_dir, labels, ids, by_image
+
+
+EMPTY_PAIR = {"one": 1.0, "zero": 0.0}
+
+
+def _metric_rule(spec: InferenceSpec) -> float:
+    """The score of a pair empty on both sides; settings tune cannot score exactly are refused."""
+    rule = str(getattr(spec.submission, "empty_pair", "one"))
+    if rule not in EMPTY_PAIR:
+        raise TuneError(
+            f"submission.empty_pair = {rule!r}: tune scores 'one' or 'zero' (a skipped pair makes the mean a "
+            "ratio the search does not optimise); tune with 'one' or score with `bundler dry-run`"
+        )
+    if getattr(spec, "encode_size", None) is not None or getattr(spec, "image_sizes", "fixed") == "own":
+        raise TuneError(
+            "inference.encode_size / image_sizes = 'own': tune scores masks at the fixed image size "
+            "(image_height x image_width); unset them to tune, or score with `bundler dry-run`"
+        )
+    return EMPTY_PAIR[rule]
 
 
 def _model_hashes(cfg: BundleConfig) -> dict[str, str]:
@@ -215,7 +234,7 @@ def _cv_dict(cv: search.CVResult, grid: Grid) -> dict[str, Any]:
 def _losses(ev: Evidence, choice: search.Choice) -> list[ClassLosses]:
     rows = np.arange(len(ev.image_ids), dtype=np.int64)
     dice, nonempty = search.pair_dice(ev, choice, rows)
-    return loss_breakdown(ev.image_ids, dice, ev.empty < 0.5, nonempty)
+    return loss_breakdown(ev.image_ids, dice, ev.labelled, nonempty)
 
 
 def tune(
@@ -237,6 +256,7 @@ def tune(
         raise TuneError(f"--margin {margin} must be a share of the budget in [0, 1), e.g. 0.15")
     out = out or cfg.root / OUT
     spec = cfg.inference
+    empty_pair = _metric_rule(spec)
     test_dir, _, ids, labels = _holdout(cfg)
     if not 2 <= folds <= len(ids):
         raise TuneError(f"--folds {folds}: give 2 to {len(ids)} folds (one image at least in each)")
@@ -255,7 +275,7 @@ def tune(
     with _progress(console) as progress:
         task = progress.add_task("candidates per image", total=len(ids))
         ev = build_evidence(
-            cache, full_plan(spec), models, truth, grid, threads=threads,
+            cache, full_plan(spec), models, truth, grid, threads=threads, empty_pair=empty_pair,
             on_batch_done=lambda done, total: progress.update(task, completed=done),
         )  # fmt: skip
     current = search.current_choice(spec, grid, has_classifiers=bool(spec.classifiers))
@@ -268,19 +288,14 @@ def tune(
 
     costs, calibration = _costs(cfg, cache)
     budget = budget_of(cfg)
-    post = PostprocessSpec(
-        threshold=tuple(values["threshold"]),  # type: ignore[arg-type]
-        min_component=tuple(values["min_component"]),  # type: ignore[arg-type]
-        min_area=tuple(values["min_area"]),  # type: ignore[arg-type]
-        one_class_per_pixel=bool(values["one_class_per_pixel"]),
-    )
     with _progress(console) as progress:
         plans = candidate_plans(spec)
         task = progress.add_task("ensemble plans", total=len(plans))
         points = evaluate_plans(
-            cache, plans, models, truth, post, str(values["mode"]), list(values["thresholds"]),  # type: ignore[call-overload]
+            cache, plans, models, truth, final.postprocess(grid), final.mode, final.gates(grid),
             costs=costs, calibration=calibration, hidden_images=cfg.competition.hidden_test_images,
-            budget_s=budget, margin=margin, on_plan_done=lambda done, total: progress.update(task, completed=done),
+            budget_s=budget, margin=margin, empty_pair=empty_pair,
+            on_plan_done=lambda done, total: progress.update(task, completed=done),
         )  # fmt: skip
     front = {id(p) for p in pareto_front(points)}
     best = recommend(points)

@@ -157,7 +157,8 @@ class Evidence:
     grid: Grid
     dice: Floats  # [X, C, K, M, A, N]
     nonempty: Bools  # [X, C, K, M, A, N]: the candidate's mask is not empty
-    empty: Floats  # [C, N]: the Dice of an empty mask (1: clean pair)
+    empty: Floats  # [C, N]: the score of an empty mask (clean pair: the empty_pair rule's 1 or 0; else 0)
+    labelled: Bools  # [C, N]: the label has a defect
     gate: Floats | None  # [N, C] the classifiers' probability, +inf: passes every gate
 
     @property
@@ -173,8 +174,11 @@ def _components(mask: Bools, truth: Bools) -> tuple[npt.NDArray[np.int64], npt.N
     return areas, inter
 
 
-def image_dice(probs: Floats, truth: Bools, grid: Grid, variants: int) -> tuple[Floats, Bools]:
-    """(dice [X, C, K, M, A], nonempty) of every candidate for one image."""
+def image_dice(
+    probs: Floats, truth: Bools, grid: Grid, variants: int, empty_pair: float = 1.0
+) -> tuple[Floats, Bools]:
+    """(dice [X, C, K, M, A], nonempty) of every candidate for one image; a pair empty on both
+    sides scores `empty_pair` (the metric's rule: 1 for Severstal)."""
     c_n = probs.shape[0]
     k_n, m_n, a_n = len(grid.thresholds), len(grid.min_components), len(grid.min_areas)
     dice = np.zeros((variants, c_n, k_n, m_n, a_n), dtype=np.float32)
@@ -194,7 +198,7 @@ def image_dice(probs: Floats, truth: Bools, grid: Grid, variants: int) -> tuple[
                     continue
                 base = np.where(lost, np.float32(0.0), base)
             t_area = int(np.count_nonzero(truth[c]))
-            clean = 1.0 if t_area == 0 else 0.0
+            clean = empty_pair if t_area == 0 else 0.0
             dice[x, c] = clean
             for k, t in enumerate(grid.thresholds):
                 mask = np.ascontiguousarray(base > t)
@@ -219,6 +223,7 @@ def build_evidence(
     *,
     variants: int = 2,
     threads: int = 2,
+    empty_pair: float = 1.0,
     on_batch_done: Callable[[int, int], None] | None = None,
 ) -> Evidence:
     """Every candidate's Dice for every image x class pair of the cache."""
@@ -228,14 +233,16 @@ def build_evidence(
     dice = np.zeros(shape, dtype=np.float32)
     nonempty = np.zeros(shape, dtype=np.bool_)
     empty = np.zeros((c_n, n), dtype=np.float32)
+    labelled = np.zeros((c_n, n), dtype=np.bool_)
 
     def one(i: int, probs: Floats, failed: bool) -> None:
         t = truth(i)
-        empty[:, i] = ~t.reshape(c_n, -1).any(axis=1)
+        labelled[:, i] = t.reshape(c_n, -1).any(axis=1)
+        empty[:, i] = np.where(labelled[:, i], 0.0, empty_pair)
         if failed:  # the engine writes empty masks for it
             dice[..., i] = empty[None, :, None, None, None, i]
             return
-        d, ne = image_dice(probs, t, grid, variants)
+        d, ne = image_dice(probs, t, grid, variants, empty_pair)
         dice[..., i], nonempty[..., i] = d, ne
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -248,7 +255,7 @@ def build_evidence(
             if on_batch_done is not None:
                 on_batch_done(rows[-1] + 1, n)
     gate = gate_probs(cache, plan.classifiers, models.weights)
-    return Evidence(cache.image_ids, grid, dice, nonempty, empty, gate)
+    return Evidence(cache.image_ids, grid, dice, nonempty, empty, labelled, gate)
 
 
 def grid_with(base: Sequence[float], current: Sequence[float], digits: int = 4) -> tuple[float, ...]:

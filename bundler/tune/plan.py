@@ -126,12 +126,12 @@ class PlanPoint:
         }
 
 
-def _pair_dice(masks: Bools, truth: Bools) -> tuple[npt.NDArray[np.float64], Bools]:
+def _pair_dice(masks: Bools, truth: Bools, empty_pair: float) -> tuple[npt.NDArray[np.float64], Bools]:
     c_n = masks.shape[0]
     m, t = masks.reshape(c_n, -1), truth.reshape(c_n, -1)
     inter = np.count_nonzero(m & t, axis=1)
     p, q = np.count_nonzero(m, axis=1), np.count_nonzero(t, axis=1)
-    dice = np.where(p + q == 0, 1.0, 2.0 * inter / np.maximum(p + q, 1))
+    dice = np.where(p + q == 0, empty_pair, 2.0 * inter / np.maximum(p + q, 1))
     return dice, p > 0
 
 
@@ -149,13 +149,14 @@ def evaluate_plans(
     hidden_images: int,
     budget_s: float,
     margin: float,
+    empty_pair: float = 1.0,
     on_plan_done: Callable[[int, int], None] | None = None,
 ) -> list[PlanPoint]:
     """Every plan's holdout score (tuned post-process and gates) and projected time."""
     n, c_n = len(cache.image_ids), cache.num_classes
     empty = np.zeros((c_n, n))
     for i in range(n):
-        empty[:, i] = ~truth(i).reshape(c_n, -1).any(axis=1)
+        empty[:, i] = np.where(truth(i).reshape(c_n, -1).any(axis=1), 0.0, empty_pair)
     by_segmenters: dict[tuple[tuple[str, tuple[str, ...]], ...], list[Plan]] = {}
     for plan in plans:
         by_segmenters.setdefault(plan.segmenters, []).append(plan)
@@ -171,7 +172,7 @@ def evaluate_plans(
                 if failed[j]:
                     dice[:, i] = empty[:, i]
                 else:
-                    dice[:, i] = _pair_dice(postprocess(probs[j], post), truth(i))[0]
+                    dice[:, i] = _pair_dice(postprocess(probs[j], post), truth(i), empty_pair)[0]
         for plan in group:
             gate = gate_probs(cache, plan.classifiers, models.weights)
             if gate is None or mode == "off":

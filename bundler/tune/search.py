@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bundler.tune.evidence import Evidence, Grid
-from kernel_src.spec import InferenceSpec
+from kernel_src.spec import InferenceSpec, PostprocessSpec
 
 Rows = npt.NDArray[np.int64]
 COORDINATE_ROUNDS = 2
@@ -44,6 +44,18 @@ class Choice:
     min_component: tuple[int, ...]
     min_area: tuple[int, ...]
     gate: tuple[int, ...]
+
+    def postprocess(self, grid: Grid) -> PostprocessSpec:
+        """The kernel's post-process spec of this choice."""
+        return PostprocessSpec(
+            threshold=tuple(grid.thresholds[k] for k in self.threshold),
+            min_component=tuple(grid.min_components[m] for m in self.min_component),
+            min_area=tuple(grid.min_areas[a] for a in self.min_area),
+            one_class_per_pixel=self.variant == 1,
+        )
+
+    def gates(self, grid: Grid) -> list[float]:
+        return [grid.gates[g] for g in self.gate]
 
     def values(self, grid: Grid) -> dict[str, object]:
         """The bundle.toml values of this choice."""

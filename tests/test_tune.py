@@ -88,7 +88,10 @@ def test_the_cache_holds_the_engines_probabilities(tuned: tuple[BundleConfig, Pa
     predictor = Predictor(spec, [], segmenters, devices, Profiler(0.0, torch_version=""))
     ids = list(cache.image_ids)
     size = (spec.image_height, spec.image_width)
-    images = np.stack([decode_image(cfg.dryrun.test_dir / i, i, size).image for i in ids])  # type: ignore[misc]
+    test_dir = cfg.dryrun.test_dir
+    assert test_dir is not None
+    decoded = [decode_image(test_dir / i, i, size).image for i in ids]
+    images = np.stack([image for image in decoded if image is not None])
     with torch.inference_mode():
         engine = predictor.predict(images).probs
     plan = tune_command.full_plan(spec)

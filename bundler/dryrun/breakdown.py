@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bundler.dryrun.metric import dice_of_intervals
+from kernel_src.layout import SubmissionSpec
 from kernel_src.rle import parse
 from kernel_src.submission import read_masks
 
@@ -108,11 +109,13 @@ def submission_breakdown(
     num_classes: int,
     shape: tuple[int, int],
     image_ids: Sequence[str],
+    submission_spec: SubmissionSpec | None = None,
 ) -> list[ClassLosses]:
-    """The breakdown of a submission against the labels, over `image_ids` x every class."""
+    """The breakdown of a submission against the labels, over `image_ids` x every class (both read
+    in the `[submission]` layout, as the metric reads them)."""
     size = shape[0] * shape[1]
-    predicted = read_masks(submission, num_classes)
-    truth = read_masks(labels, num_classes, labels=True)
+    predicted = read_masks(submission, num_classes, submission=submission_spec)
+    truth = read_masks(labels, num_classes, labels=True, submission=submission_spec)
     n = len(image_ids)
     dice = np.ones((num_classes, n))
     t_ne = np.zeros((num_classes, n), dtype=np.bool_)

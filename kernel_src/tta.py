@@ -1,10 +1,24 @@
-"""Flip test-time augmentation for NCHW tensors.
+"""Test-time augmentation for NCHW tensors: flips, scales, and how a model's views are merged.
 
-Every view is its own inverse (a flip), so `invert_view` applies the same flip again. Views of
-one batch are stacked view-major into a single batch (`stack_views`) so a model sees all of them
-in one forward pass; `merge_views` undoes each view on the model output and averages them.
-Outputs may come in any memory layout (smp answers a channels_last input with a channels_last
-output): only slicing, `torch.flip` and addition touch them here, never a flat `view`.
+Flip views (`TTA_VIEWS`) are their own inverse, so `invert_view` applies the same flip again.
+Views of one size are stacked view-major into a single batch (`stack_views`) so a model sees all
+of them in one forward pass; `merge_views` undoes each flip on the model output and averages them.
+
+Scale views ("scale:0.75", `kernel_src.spec.view_scale`) feed the model the batch resized by the
+factor (bilinear, like `cv2.resize`), each side rounded to a multiple of `SCALE_MULTIPLE` (what
+encoders with five stride-2 stages need); their output is resized back to the unscaled size
+before merging. `view_groups` splits a model's views into one forward batch per input size.
+
+`merge(outputs, views, mode, size)` takes each view's raw output (logits), undoes the view, and
+merges per `mode` (`kernel_src.spec.TTA_MERGES`), returning probabilities:
+- "mean": the mean of the sigmoid probabilities;
+- "gmean": their geometric mean, exp(mean(log sigmoid(z))) (one view's doubt pulls it down);
+- "max": the largest probability of any view;
+- "logit_mean": the sigmoid of the mean logit.
+Each view is undone in the merge's own domain (probabilities, log-probabilities or logits), so a
+mean of resized maps is the resized mean. Outputs may come in any memory layout (smp answers a
+channels_last input with a channels_last output): only slicing, `torch.flip`, interpolation and
+arithmetic touch them here, never a flat `view`.
 """
 
 from __future__ import annotations
@@ -12,8 +26,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
-from .spec import TTA_VIEWS
+from .spec import SCALE_VIEW, TTA_MERGES, TTA_VIEWS, view_problem, view_scale
+
+SCALE_MULTIPLE = 32  # a scaled side is rounded to a multiple of this (at least one multiple)
 
 # Tensor dimensions each view flips for an NCHW tensor: W is -1, H is -2.
 _FLIP_DIMS: dict[str, tuple[int, ...]] = {"identity": (), "hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
@@ -23,7 +40,48 @@ def _dims(view: str) -> tuple[int, ...]:
     try:
         return _FLIP_DIMS[view]
     except KeyError:
+        if view_scale(view) is not None:
+            return ()
         raise ValueError(f"unknown TTA view {view!r}; choose from {list(TTA_VIEWS)}") from None
+
+
+def _scale(view: str) -> float:
+    """1.0 for a flip; the factor of a scale view; ValueError for anything else."""
+    factor = view_scale(view)
+    if factor is not None:
+        return factor
+    if view in _FLIP_DIMS:
+        return 1.0
+    if view.startswith(SCALE_VIEW):
+        raise ValueError(view_problem(view))
+    raise ValueError(f"unknown TTA view {view!r}; choose from {list(TTA_VIEWS)} or 'scale:<factor>'")
+
+
+def scaled_size(size: tuple[int, int], factor: float) -> tuple[int, int]:
+    """(height, width) of a scale view of an input of `size`: each side times `factor`, rounded to
+    the nearest multiple of SCALE_MULTIPLE (at least one); `size` itself for a factor of 1."""
+    if factor == 1.0:
+        return size
+    m = SCALE_MULTIPLE
+    h, w = (max(m, round(side * factor / m) * m) for side in size)
+    return h, w
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`x` [N,C,H,W] bilinearly resized to `size` (half-pixel centres, no antialiasing: cv2.resize's
+    INTER_LINEAR); `x` itself when it already has that size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def view_groups(views: Sequence[str]) -> list[tuple[float, list[int]]]:
+    """[(scale factor, indices of the views fed at that scale)], in order of first appearance:
+    the flips share the unscaled input, each scale view has its own."""
+    groups: dict[float, list[int]] = {}
+    for i, view in enumerate(views):
+        groups.setdefault(_scale(view), []).append(i)
+    return list(groups.items())
 
 
 def _check_4d(x: torch.Tensor, name: str) -> None:
@@ -32,14 +90,26 @@ def _check_4d(x: torch.Tensor, name: str) -> None:
 
 
 def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
-    """`x` [N,C,H,W] seen through `view`: hflip flips W, vflip flips H, hvflip both."""
+    """`x` [N,C,H,W] seen through `view`: hflip flips W, vflip flips H, hvflip both; a scale view
+    resizes it (`scaled_size`)."""
     _check_4d(x, "apply_view")
+    factor = _scale(view)
+    if factor != 1.0:
+        return resize(x, scaled_size((x.shape[-2], x.shape[-1]), factor))
     dims = _dims(view)
     return torch.flip(x, dims) if dims else x
 
 
-def invert_view(y: torch.Tensor, view: str) -> torch.Tensor:
-    """Map a model output [N,K,H,W] computed on `apply_view(x, view)` back to `x`'s frame."""
+def invert_view(y: torch.Tensor, view: str, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Map a model output [N,K,H,W] computed on `apply_view(x, view)` back to `x`'s frame: the flip
+    again, or (scale views) a resize to `size`, the unscaled input's (height, width). A classifier's
+    output [N,K] has no frame: it is returned as it is."""
+    if y.dim() == 2:
+        return y
+    if _scale(view) != 1.0:
+        if size is None:
+            raise ValueError(f"invert_view needs the unscaled size to undo {view!r}")
+        return resize(y, size)
     return apply_view(y, view)
 
 
@@ -51,6 +121,14 @@ def stack_views(batch: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
     if len(views) == 1:
         return apply_view(batch, views[0])
     return torch.cat([apply_view(batch, v) for v in views], dim=0)
+
+
+def stack_group(x: torch.Tensor, views: Sequence[str], factor: float) -> torch.Tensor:
+    """The forward batch of one `view_groups` entry: `x` stacked through `views` (flips) when the
+    factor is 1, else `x` resized by the factor (a scale view is the identity at that scale)."""
+    if factor == 1.0:
+        return stack_views(x, views)
+    return resize(x, scaled_size((x.shape[-2], x.shape[-1]), factor))
 
 
 def merge_views(out: torch.Tensor, views: Sequence[str], n: int) -> torch.Tensor:
@@ -70,3 +148,44 @@ def merge_views(out: torch.Tensor, views: Sequence[str], n: int) -> torch.Tensor
     for i, view in enumerate(views[1:], start=1):
         total += invert_view(out[i * n : (i + 1) * n], view)
     return total / len(views)
+
+
+def _domain(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """A view's raw output in the space `mode` merges in."""
+    if mode == "logit_mean":
+        return logits
+    if mode == "gmean":
+        return F.logsigmoid(logits)
+    return torch.sigmoid(logits)
+
+
+def merge(
+    outputs: Sequence[torch.Tensor], views: Sequence[str], mode: str = "mean", size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Probabilities [N,K,H,W] (or [N,K]) from each view's raw output (`outputs[i]` computed on
+    `apply_view(x, views[i])`), every view undone (`invert_view`, `size` being x's (H, W)) and merged
+    per `mode`, as the module docstring says."""
+    if mode not in TTA_MERGES:
+        raise ValueError(f"unknown TTA merge {mode!r}; choose from {list(TTA_MERGES)}")
+    if not views or len(outputs) != len(views):
+        raise ValueError(f"merge got {len(outputs)} outputs for {len(views)} views; give one output per view")
+    total = invert_view(_domain(outputs[0].float(), mode), views[0], size)
+    if len(views) > 1:
+        total = total.clone()
+        for out, view in zip(outputs[1:], views[1:], strict=True):
+            undone = invert_view(_domain(out.float(), mode), view, size)
+            if undone.shape != total.shape:
+                raise ValueError(
+                    f"view {view!r} gave shape {tuple(undone.shape)} where {tuple(total.shape)} was expected"
+                )
+            if mode == "max":
+                torch.maximum(total, undone, out=total)
+            else:
+                total += undone
+        if mode != "max":
+            total /= len(views)
+    if mode == "logit_mean":
+        return torch.sigmoid(total)
+    if mode == "gmean":
+        return torch.exp(total)
+    return total

@@ -81,8 +81,8 @@ def test_baseline_path_is_resolved_against_the_config_folder_but_a_name_stays_a_
     raw = raw_demo()
     raw["target"]["baseline"] = "kaggle-baseline.txt"
     assert parse_config(raw, tmp_path).target.baseline == str(tmp_path / "kaggle-baseline.txt")
-    raw["target"]["baseline"] = "kaggle-2026-08"
-    assert parse_config(raw, tmp_path).target.baseline == "kaggle-2026-08"
+    raw["target"]["baseline"] = "kaggle-2026-08-12"
+    assert parse_config(raw, tmp_path).target.baseline == "kaggle-2026-08-12"
 
 
 @pytest.mark.parametrize(

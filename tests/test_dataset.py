@@ -58,7 +58,7 @@ def test_build_writes_a_flat_folder_and_a_manifest_that_checks_out(project: Path
     assert manifest["format"] == 1 and manifest["bundle"] == "tiny-bundle"
     assert manifest["created_by"].startswith("bundler ")
     assert manifest["target"]["python"] == "3.12" and "manylinux_2_35_x86_64" in manifest["target"]["platforms"]
-    assert manifest["baseline"] == "kaggle-2026-08" and manifest["requirements"] == [] and manifest["wheels"] == []
+    assert manifest["baseline"] == "kaggle-2026-08-12" and manifest["requirements"] == [] and manifest["wheels"] == []
     assert len(manifest["inputs"]) == 64
     files = []
     for w in manifest["weights"]:

@@ -125,7 +125,7 @@ def baseline_path(spec: str) -> Path:
 
 
 def load_baseline(spec: str) -> Baseline:
-    """A shipped baseline by name (e.g. 'kaggle-2026-08'), or the path of a freeze file."""
+    """A shipped baseline by name (e.g. 'kaggle-2026-08-12'), or the path of a freeze file."""
     shipped = BASELINES_DIR / f"{spec}.txt"
     path = baseline_path(spec)
     name = spec if path == shipped else path.stem

@@ -216,7 +216,9 @@ poll_option = click.option(
     default=None,
     help="Seconds between status polls (default: BUNDLER_POLL_S or 10-30).",
 )
-timeout_option = click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds to wait at most.")
+timeout_option = click.option(
+    "--timeout", "timeout_s", type=float, default=None, help="Seconds each wait may take at most (dataset, run, score)."
+)
 
 
 @main.command("push")

@@ -207,7 +207,13 @@ def push(
     run = None
     if wait and not no_run:
         run = kernel_status(
-            cfg, console=console, version=response.version, wait=True, poll_s=interval, timeout_s=None, kaggle=kaggle
+            cfg,
+            console=console,
+            version=response.version,
+            wait=True,
+            poll_s=interval,
+            timeout_s=timeout_s,
+            kaggle=kaggle,
         )
     elif not no_run:
         console.print(f"follow it with: [bold]bundler status --wait[/] (v{response.version})")

@@ -9,6 +9,7 @@ from click.testing import CliRunner, Result
 
 from bundler.cli import main
 from tests.projects import write_bundle
+from tests.tiny import make_torchscript_segmenter
 
 
 def test_build_then_noop_through_the_cli(tmp_path: Path) -> None:
@@ -118,3 +119,18 @@ def test_out_under_a_file_is_refused_naming_out(tmp_path: Path) -> None:
     line = _one_error_line(result)
     assert "--out" in line and f"{a_file} is a file, so no folder can be made under it" in line
     assert a_file.read_text() == "x"
+
+
+def test_a_torchscript_checkpoint_carrying_a_kaggle_key_is_refused(tmp_path: Path) -> None:
+    key = "0123456789abcdef0123456789abcdef"
+    make_torchscript_segmenter(tmp_path / "models", attributes={"cfg": {"username": "someone", "key": key}})
+    config = write_bundle(tmp_path, seg_checkpoint="models/ts-seg.pt")
+    smp = 'kind = "smp"\narch = "Linknet"\nencoder = "tu-test_efficientnet"'
+    assert smp in config.read_text()
+    config.write_text(config.read_text().replace(smp, 'kind = "torchscript"\ninput_size = [32, 128]'))
+    result = CliRunner().invoke(main, ["build", "--config", str(config)])
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert "segmenters[0].checkpoint" in line and "Kaggle API key" in line and "at cfg.key inside" in line, line
+    assert key not in result.output
+    assert not (tmp_path / "out" / "dataset").exists()

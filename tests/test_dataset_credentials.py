@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
-from bundler.build.credentials import check_content, check_input, check_name, credential_name, find_key, scan_wheel
+from bundler.build.credentials import (
+    check_content,
+    check_input,
+    check_name,
+    credential_name,
+    find_key,
+    key_like_name,
+    scan_checkpoint,
+    scan_wheel,
+)
 from bundler.errors import CredentialError
 
 KAGGLE_JSON = b'{"username": "someone", "key": "0123456789abcdef0123456789abcdef"}'
@@ -89,3 +100,84 @@ def test_wheels_are_looked_into(tmp_path: Path) -> None:
     (tmp_path / "broken.whl").write_bytes(b"not a zip")
     with pytest.raises(CredentialError, match="not a zip archive"):
         scan_wheel(tmp_path / "broken.whl")
+
+
+KAGGLE_KEY = "0123456789abcdef0123456789abcdef"
+
+
+class _WithConfig(torch.nn.Module):
+    """A TorchScript-able module carrying a config dict, as training code often leaves one."""
+
+    def __init__(self, cfg: dict[str, dict[str, str]]) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+        self.cfg = cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.conv(x)
+        return out
+
+
+def _scripted(path: Path, cfg: dict[str, dict[str, str]], extra: dict[str, str] | None = None) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script's deprecation notice
+        module = torch.jit.script(_WithConfig(cfg))  # type: ignore[no-untyped-call]
+    torch.jit.save(module, str(path), _extra_files=extra or {})  # type: ignore[no-untyped-call]
+    return path
+
+
+def test_a_kaggle_key_in_a_torchscript_attribute_is_refused_naming_its_path(tmp_path: Path) -> None:
+    path = _scripted(tmp_path / "net.pt", {"kaggle": {"username": "someone", "key": KAGGLE_KEY}})
+    check_content(path, "checkpoint")  # the byte scan alone misses it: pickled strings are not JSON text
+    with pytest.raises(
+        CredentialError, match=r"net\.pt holds what looks like a Kaggle API key .* at cfg\.kaggle\.key "
+    ) as e:
+        scan_checkpoint(path, "bundle.toml segmenters[0].checkpoint")
+    assert KAGGLE_KEY not in str(e.value)
+
+
+def test_a_token_in_a_torchscript_extra_file_is_refused(tmp_path: Path) -> None:
+    token = "a1b2c3d4e5f6a7b8c9d0e1f2"
+    path = _scripted(tmp_path / "net.pt", {"train": {"lr": "0.1"}}, {"config.json": f'{{"wandb_token": "{token}"}}'})
+    with pytest.raises(CredentialError, match=r"at extra/config\.json: wandb_token inside the checkpoint") as e:
+        scan_checkpoint(path, "checkpoint")
+    assert token not in str(e.value)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_secret_in_a_pth_s_metadata_is_refused_naming_its_path(tmp_path: Path, legacy: bool) -> None:
+    path = tmp_path / "ckpt.pth"
+    secret = {"logger": {"api_key": "Zx9" * 8}}
+    checkpoint = {"state_dict": {"w": torch.zeros(3)}, "hparams": secret}
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CredentialError, match=r"under the name 'api_key'.* at hparams\.logger\.api_key inside"):
+        scan_checkpoint(path, "checkpoint")
+
+
+def test_a_normal_checkpoint_and_torchscript_pass(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.rand(2, 3, 8, 8)).mean().backward()
+    opt.step()
+    hparams = {
+        "encoder": "efficientnet-b4",
+        "tokenizer": "bert-base-uncased-2024-v2",
+        "checkpoint_key": "model_ema",
+        "key_column": "ImageId_ClassId",
+        "sha256": "ab" * 32,
+        "run_dir": "/home/me/runs/2024-05-01T10-00-00",
+    }
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "hparams": hparams}, tmp_path / "ok.pth")
+    scan_checkpoint(tmp_path / "ok.pth", "checkpoint")
+    scan_checkpoint(_scripted(tmp_path / "ok.pt", {"train": {"lr": "0.001", "key": "image"}}), "checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        *[("api_key", True), ("hfToken", True), ("DB-PASSWORD", True), ("secret", True), ("key", True)],
+        *[("tokenizer", False), ("key_column", True), ("monkey", False), ("max_tokens", False), ("keypoints", False)],
+    ],
+)
+def test_key_like_names(name: str, expected: bool) -> None:
+    assert key_like_name(name) is expected

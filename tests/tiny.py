@@ -120,8 +120,10 @@ def make_torchscript_segmenter(
     num_classes: int = 4,
     seed: int = 0,
     input_size: tuple[int, int] | None = (32, 128),
+    attributes: dict[str, Any] | None = None,
 ) -> ModelSpec:
-    """A tiny encoder-decoder compiled with `torch.jit.script`, saved as `<name>.pt` in `dest`.
+    """A tiny encoder-decoder compiled with `torch.jit.script`, saved as `<name>.pt` in `dest`;
+    `attributes` are set on the module first and saved with it (e.g. a training config dict).
 
     (Tracing a real smp model takes tens of seconds on a busy 2-core machine; the engine treats
     every TorchScript file alike, so a small scripted network tests the same code path.)
@@ -129,7 +131,10 @@ def make_torchscript_segmenter(
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    scripted = torch.jit.script(_TinySegNet(num_classes).eval())  # type: ignore[no-untyped-call]
+    net = _TinySegNet(num_classes).eval()
+    for attribute, value in (attributes or {}).items():
+        setattr(net, attribute, value)
+    scripted = torch.jit.script(net)  # type: ignore[no-untyped-call]
     spec = ModelSpec(name=name, kind="torchscript", file=f"{name}.pt", input_size=input_size, tta=("identity", "hflip"))
     scripted.save(str(dest / spec.file))  # type: ignore[no-untyped-call]
     return spec

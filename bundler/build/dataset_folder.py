@@ -212,6 +212,8 @@ def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console:
             credentials.check_content(
                 entry.checkpoint, f"bundle.toml {key}.checkpoint", lambda n: progress.advance(task, n)
             )
+            # pickled strings never look like JSON text: read the non-tensor data as the pickles hold it
+            credentials.scan_checkpoint(entry.checkpoint, f"bundle.toml {key}.checkpoint")
     with _progress(console) as progress:
         task = progress.add_task("converting weights", total=len(cfg.models))
         for entry, key in zip(cfg.models, keys, strict=True):

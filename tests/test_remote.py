@@ -33,6 +33,7 @@ from bundler.remote.diagnose import (
     failing_cell,
     log_text,
 )
+from bundler.remote.push import version_message
 from bundler.sandbox import probe
 from tests.projects import ROOT, captured, demo_cfg, write_fake_manifest
 from tests.wheelhouse import make_wheel
@@ -57,6 +58,8 @@ def project(tmp_path: Path) -> BundleConfig:
     """The demo bundle.toml with a fake built bundle (bundle.json, dataset-metadata.json)."""
     cfg = demo_cfg(tmp_path / "project")
     write_json(cfg.dataset.out / "dataset-metadata.json", dataset_metadata(cfg.dataset))
+    for model in cfg.models:  # the fake manifest's weights: 10 bytes each
+        (cfg.dataset.out / model.spec.file).write_bytes(b"0123456789")
     return cfg
 
 
@@ -196,6 +199,29 @@ def test_an_upload_waits_for_a_version_still_processing_and_a_fresh_session_may_
     assert order.index("GetDatasetStatus") < order.index("StartBlobUpload")
     assert "v1: not_found" in results[0]["stdout"] and "v1: complete" in results[0]["stdout"]
     assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == [f"{DATASET}/3"]
+
+
+@needs_netns
+def test_an_incomplete_dataset_folder_is_not_uploaded(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    weight = cfg.dataset.out / cfg.models[0].spec.file
+    weight.write_bytes(b"012")
+    results, calls = run_scenario(tmp_path, cfg, completed_scenario(), [["push"]])
+    assert results[0]["returncode"] == 1
+    assert f"{weight.name} is 3 bytes, bundle.json says 10" in results[0]["stderr"]
+    assert "bundler build" in results[0]["stderr"]
+    assert calls == []
+
+
+def test_the_version_message_carries_the_hash_and_git_describe(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path / "project")
+    assert version_message(cfg, "ab" * 32) == "bundle abababababab"
+    git = ["git", "-C", str(cfg.root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "bundle.toml"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+    subprocess.run([*git, "tag", "v1.2"], check=True)
+    assert version_message(cfg, "ab" * 32).startswith("bundle abababababab (v1.2")
 
 
 @needs_netns

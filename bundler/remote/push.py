@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 
-from bundler.build.manifest import read_manifest
+from bundler.build.manifest import METADATA, manifest_files, read_manifest
 from bundler.config import BundleConfig
 from bundler.display import shown_path
 from bundler.errors import RemoteError
@@ -49,10 +50,10 @@ class PushResult:
 
 
 def git_describe(cfg: BundleConfig) -> str:
-    """`git describe --always --dirty` of the project, '' outside a repository."""
+    """`git describe --tags --always --dirty` of the project, '' outside a repository."""
     try:
         done = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
+            ["git", "describe", "--tags", "--always", "--dirty"],
             cwd=cfg.root,
             capture_output=True,
             text=True,
@@ -92,11 +93,27 @@ def _wait_ready(cfg: BundleConfig, kaggle: Kaggle, interval: float, timeout_s: f
         )
 
 
+def check_folder(cfg: BundleConfig, manifest: Mapping[str, Any]) -> None:
+    """The dataset folder holds dataset-metadata.json and every file of bundle.json at its size."""
+    out = cfg.dataset.out
+    problems = [] if (out / METADATA).is_file() else [f"{METADATA} is missing"]
+    for record in manifest_files(manifest):
+        path = out / str(record["file"])
+        if not path.is_file():
+            problems.append(f"{record['file']} is missing")
+        elif path.stat().st_size != record["size"]:
+            problems.append(f"{record['file']} is {path.stat().st_size} bytes, bundle.json says {record['size']}")
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise RemoteError(f"{shown_path(out)} is not the bundle bundle.json describes ({shown}); run `bundler build`")
+
+
 def push_dataset(
     cfg: BundleConfig, kaggle: Kaggle, state: RemoteState, *, interval: float, timeout_s: float, console: Console
 ) -> tuple[str, int, bool]:
     """(bundle hash, ready dataset version, uploaded?) after steps 1 and 2."""
     manifest = read_manifest(cfg.dataset.out, cfg.name)
+    check_folder(cfg, manifest)
     bundle_hash = str(manifest["hash"])
     ref = cfg.dataset.id
     recorded = state.dataset

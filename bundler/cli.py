@@ -33,6 +33,9 @@ def _reports_errors(fn: F) -> F:
         except BundlerError as e:
             err_console.print(labelled("error:", str(e)), soft_wrap=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C: what was finished is kept, the rest discarded; 128 + SIGINT as shells do
+            err_console.print("interrupted", soft_wrap=True)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -118,8 +121,13 @@ def dry_run_cmd(
 ) -> None:
     """Run the rendered notebook here, offline and timed; project it to the hidden test set."""
     from bundler.dryrun import dry_run
+    from bundler.dryrun.inputs import labels_of_the_set
 
     cfg = load_config(config_path)
+    if test_dir is not None and labels is None:
+        cfg, note = labels_of_the_set(cfg, test_dir.resolve())
+        if note:
+            console.print(labelled("note:", note, style="yellow"), soft_wrap=True)
     overrides: dict[str, Any] = {
         "test_dir": test_dir,
         "sample_submission": sample_submission,
@@ -181,7 +189,10 @@ def demo(config_path: Path, skip_dry_run: bool) -> None:
     """Make synthetic data and small models, then build, render and dry-run the demo bundle."""
     from bundler.demo import run_demo
 
-    run_demo(config_path, console=console, dry_run=not skip_dry_run)
+    result = run_demo(config_path, console=console, dry_run=not skip_dry_run)
+    if result.dry_run_ok is False:  # the demo's promise is a passing dry-run: a failed one fails the demo
+        err_console.print(labelled("demo failed: its dry-run failed:", result.dry_run_reason), soft_wrap=True)
+        sys.exit(1)
 
 
 @main.group()
@@ -199,6 +210,7 @@ def baseline() -> None:
 @click.option("--python", "python_version", default="3.12", show_default=True, help="The image's Python.")
 @click.option("--platform", default="x86_64-manylinux_2_35", show_default=True, help="uv's --python-platform.")
 @click.option("--force-install", multiple=True, help="Installed after the layer (default: the Dockerfile's).")
+@click.option("--uninstall", multiple=True, help="Uninstalled after the layer (default: the Dockerfile's).")
 @click.option("--critical", default=None, help="The Dockerfile's grep of base pins (default: its pattern).")
 @click.option("--replace", is_flag=True, help="Overwrite --out even if this command did not write it.")
 @_reports_errors

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
@@ -56,7 +58,12 @@ def test_within_budget_with_labels_passes_and_scores_the_written_submission(proj
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] is True
-    assert summary["images"] == DRYRUN_IMAGES
+    assert summary["images"] == summary["images_predicted"] == DRYRUN_IMAGES
+    assert summary["failures"] == [] and summary["warnings"] == [] and summary["problems"] == {}
+    resources = summary["resources"]
+    assert resources["gpu"]["peak_bytes"] is None  # a CPU run says so explicitly
+    assert 50_000_000 < resources["ram"]["peak_bytes"] < resources["ram"]["limit_bytes"] == 29 * 10**9
+    assert 0 < resources["working_disk"]["bytes"] < resources["working_disk"]["limit_bytes"]
     assert summary["seconds"] > 0
     assert summary["within_budget"] is True
     assert summary["budget_seconds"] == project.inference.time_budget_s
@@ -82,6 +89,13 @@ def test_within_budget_with_labels_passes_and_scores_the_written_submission(proj
     assert html.count("data:image/png;base64,") >= 3
     assert "PASS" in html
     assert not list(out.glob(".kaggle-tree-*"))  # the temporary tree is gone
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith((".ok", "ok"))) == ["ok"]  # no stage left
+    # the module cells' bundler_kernel_* folder was made in the tree's tmp/, and went with the tree
+    executed = nbformat.read(out / "inference.ipynb", as_version=4)  # type: ignore[no-untyped-call]
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    ready = re.search(r"ready in (\S+)", printed)
+    assert ready and "/.kaggle-tree-" in ready.group(1) and "/tmp/bundler_kernel_" in ready.group(1)
+    assert not Path(ready.group(1)).exists()
 
 
 @pytest.mark.slow
@@ -94,6 +108,9 @@ def test_tiny_budget_via_the_cli_steps_down_writes_every_row_and_fails(project: 
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert "dry-run failed: over budget by" in result.output
+    assert not out.exists()  # no good run yet: the failed one lands beside where it would go
+    out = out.with_name("tiny-budget.failed")
+    assert "this failed run's outputs:" in result.output and "tiny-budget.failed" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] is False
     assert summary["budget_seconds"] == 0.5
@@ -121,17 +138,18 @@ def test_failing_cell_is_reported_with_its_traceback_and_network_fallback_record
     console = quiet()
     result = dryrun_module.dry_run(cfg, console=console)
     assert not result.ok
-    summary = json.loads((cfg.dryrun.out / "summary.json").read_text())
+    assert result.out == cfg.dryrun.out.with_name("failing.failed")
+    summary = json.loads((result.out / "summary.json").read_text())
     failed = summary["failed_cell"]
-    assert failed is not None
-    assert result.reason.startswith(f"cell {failed['index']} failed: BundleError")
+    assert failed is not None and failed["id"] == "setup"
+    assert result.reason.startswith(f"cell {failed['index']} ('setup') failed: BundleError")
     assert "corrupt" in failed["evalue"]
     assert "Traceback" in failed["traceback"] or "BundleError" in failed["traceback"]
     assert "setup(CONFIG)" in failed["traceback"]
     assert summary["network"] == "available"
     assert summary["network_note"] == "no unshare (test)"
     assert "WARNING: running WITH network" in console.file.getvalue()  # type: ignore[attr-defined]
-    html = (cfg.dryrun.out / "report.html").read_text()
+    html = (result.out / "report.html").read_text()
     assert f"Failure in cell {failed['index']}" in html
     assert "corrupt" in html
-    assert (cfg.dryrun.out / "inference.ipynb").is_file()  # saved although it failed
+    assert (result.out / "inference.ipynb").is_file()  # saved although it failed

@@ -119,3 +119,50 @@ def test_report_shows_the_failed_cell_and_escapes_it(tmp_path: Path) -> None:
     assert "&lt;boom&gt;" in text and "<boom>" not in text
     assert "pass <code>--labels</code>" in text
     assert "no data" in text  # no profile: the charts say so instead of failing
+
+
+def test_missing_and_undecodable_images_are_skipped_without_opencv_warnings(
+    holdout: tuple[Path, Path, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    images, sub, labels = holdout
+    rows = sub.read_text() + "".join(f"gone{i}.jpg_{c},\n" for i in range(30) for c in range(1, 5))
+    sub.write_text(rows + "".join(f"noise.jpg_{c},\n" for c in range(1, 5)))
+    (images / "noise.jpg").write_bytes(b"\x00not a jpeg" * 50)
+    samples = load_mask_samples(sub, images, labels, num_classes=4, shape=(H, W), order="F", limit=10)
+    assert sorted(s.image_id for s in samples) == ["a.jpg", "b.jpg", "c.jpg"]
+    captured = capfd.readouterr()
+    assert "imread_" not in captured.err + captured.out and "WARN" not in captured.err + captured.out
+
+
+def test_a_dead_model_is_never_reported_as_no_step_downs() -> None:
+    model_failure = {"model_failures": {"count": 1, "examples": ["fpn after 2 images: boom"]}}
+    text = render_report(
+        _summary(
+            guard_steps=[],
+            failures=["model 'fpn' failed after 2 images and was dropped: boom", "over budget by 12.0 s"],
+            warnings=["3 image(s) were converted before prediction (see problems)"],
+            problems={**model_failure, "converted": {"count": 3, "examples": ["rgba.png: 4-channel image"]}},
+        ),
+        PROFILE,
+        [],
+    )
+    assert "No step-downs" not in text and "1 model(s) failed and were dropped" in text
+    assert "FAIL: model &#x27;fpn&#x27; failed after 2 images" in text and "FAIL: over budget by 12.0 s" in text
+    assert "WARN: 3 image(s) were converted" in text
+    assert "<td>converted</td><td>3</td><td>rgba.png: 4-channel image</td>" in text
+    stopped = render_report(_summary(guard_steps=[], failed_cell={"index": 9, "ename": "E"}), None, [])
+    assert "No step-downs" not in stopped and "stopped before the end" in stopped
+    clean = render_report(_summary(ok=True, guard_steps=[], failures=[], warnings=[]), PROFILE, [])
+    assert "No step-downs: every model and TTA view ran on every image." in clean and "Reasons" not in clean
+
+
+def test_resources_stand_beside_the_limits_and_an_excess_is_marked() -> None:
+    resources = {
+        "ram": {"peak_bytes": 31 * 10**9, "limit_bytes": 29 * 10**9, "exceeded": True},
+        "gpu": {"peak_bytes": None, "limit_bytes_per_device": 15 * 10**9, "exceeded": False},
+        "working_disk": {"bytes": 12_000, "limit_bytes": 20 * 10**9, "exceeded": False},
+    }
+    text = render_report(_summary(resources=resources), PROFILE, [])
+    assert "<tr class=bad><td>peak RAM of the notebook&#x27;s process</td><td>31.00 GB</td><td>29.00 GB</td>" in text
+    assert "<td>not used (CPU run)</td><td>15.00 GB per GPU</td>" in text
+    assert "<td>0.00 GB</td><td>20.00 GB</td>" in text

@@ -2,6 +2,11 @@
 
 Child side, the entry point:
     python -m bundler.dryrun._child NOTEBOOK_IN NOTEBOOK_OUT RESULT_JSON --cwd DIR [--timeout S]
+        [--engine nbclient|papermill]
+
+`--engine papermill` runs it the way Kaggle runs a pushed notebook: papermill's engine with the
+kernel the notebook's kernelspec names (found through JUPYTER_PATH: the dry-run's runtime puts
+its own kernelspec there); `nbclient` (the default) is the quick local mode.
 
 Runs in its own process so that the dry-run can put it (and the kernel it starts) in a
 network namespace. Progress goes to stdout as lines `@@bundler-event {json}`: `start`
@@ -17,6 +22,7 @@ is to be cut), shows progress on a rich console and returns an `Execution`.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -25,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +137,82 @@ def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float 
     return 0 if result["status"] == "ok" else 1
 
 
+class _StreamLines:
+    """A file-like sink for papermill's stdout_file/stderr_file: each printed line becomes a `stream` event."""
+
+    def __init__(self, cell: list[int]) -> None:
+        self._cell = cell
+
+    def write(self, text: str) -> int:
+        for line in str(text).splitlines():
+            if line.strip():
+                emit("stream", cell=self._cell[0], text=strip_ansi(line)[-300:])
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+def execute_papermill(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float | None) -> int:
+    """As `execute`, with papermill's engine and the kernel named by the notebook's kernelspec."""
+    import papermill  # type: ignore[import-untyped]
+    from papermill.exceptions import PapermillExecutionError  # type: ignore[import-untyped]
+
+    nb = nbformat.read(src, as_version=4)  # type: ignore[no-untyped-call]
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    emit("start", cells=len(nb.cells), code_cells=len(code_cells))
+    started = time.monotonic()
+    cell_started: dict[int, float] = {}
+    current = [-1]
+
+    def on_start(cell: Any, cell_index: int) -> None:
+        current[0] = cell_index
+        cell_started[cell_index] = time.monotonic()
+        first = next((ln for ln in str(cell.source).splitlines() if ln.strip()), "")
+        emit("cell_start", cell=cell_index, code_cells=code_cells, first_line=first[:120])
+
+    def on_executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
+        t = time.monotonic()
+        emit("cell_executed", cell=cell_index, seconds=round(t - cell_started.get(cell_index, t), 3))
+
+    result: dict[str, Any] = {"status": "ok", "cell": None, "ename": "", "evalue": "", "traceback": ""}
+    try:
+        papermill.execute_notebook(
+            str(src),
+            str(dest),
+            engine_name="nbclient",
+            cwd=str(cwd),
+            progress_bar=False,
+            log_output=False,
+            stdout_file=_StreamLines(current),
+            stderr_file=_StreamLines(current),
+            start_timeout=120,
+            execution_timeout=int(timeout) if timeout else None,
+            on_cell_start=on_start,
+            on_cell_executed=on_executed,
+        )
+    except PapermillExecutionError as e:
+        tb = strip_ansi("\n".join(e.traceback)) if isinstance(e.traceback, list) else strip_ansi(str(e.traceback))
+        result.update(status="cell_failed", cell=e.cell_index, ename=e.ename, evalue=e.evalue, traceback=tb)
+    except CellTimeoutError as e:
+        result.update(status="timeout", evalue=str(e).strip().splitlines()[0] if str(e).strip() else "timeout")
+    except DeadKernelError as e:
+        result.update(status="kernel_died", evalue=str(e).strip() or "the kernel died")
+    except KeyboardInterrupt as e:
+        result.update(status="interrupted", evalue=str(e) or "interrupted")
+    except Exception as e:  # no such kernel, a broken notebook, ...: reported, not raised
+        result.update(status="error", ename=type(e).__name__, evalue=str(e).strip())
+    finally:
+        result["seconds"] = round(time.monotonic() - started, 3)
+        if result["status"] in ("timeout", "kernel_died", "interrupted") and result["cell"] is None:
+            result["cell"] = current[0] if current[0] >= 0 else None
+        if not dest.is_file():  # papermill saves as it goes; a run that never started leaves the input
+            nbformat.write(nb, dest)  # type: ignore[no-untyped-call]
+        result_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        emit("done", status=result["status"], seconds=result["seconds"])
+    return 0 if result["status"] == "ok" else 1
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 
@@ -143,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("result", type=Path)
     parser.add_argument("--cwd", type=Path, required=True)
     parser.add_argument("--timeout", type=float, default=None, help="seconds per cell")
+    parser.add_argument("--engine", choices=("nbclient", "papermill"), default="nbclient")
     args = parser.parse_args(argv)
-    return execute(args.notebook, args.executed, args.result, args.cwd, args.timeout)
+    run = execute_papermill if args.engine == "papermill" else execute
+    return run(args.notebook, args.executed, args.result, args.cwd, args.timeout)
 
 
 if __name__ == "__main__":
@@ -169,8 +253,8 @@ class Execution:
         return self.status == "ok"
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
+def _child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
     here = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -212,6 +296,9 @@ def _follow(proc: subprocess.Popen[str], log: Path, console: Console, deadline: 
                 elapsed = time.monotonic() - started
                 tail = f"\n  {escape(state['line'][:150])}" if state["line"] else ""
                 status.update(f"notebook {elapsed:6.1f} s  {escape(state['cell'][:100])}{tail}")
+    except BaseException:
+        _stop(proc)  # Ctrl-C (or an error) here: the child stops its kernel and exits, not left running
+        raise
     finally:
         if watchdog is not None:
             watchdog.cancel()
@@ -227,6 +314,30 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             proc.kill()
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """A `preexec_fn` tying the child's life to this process: when the parent dies (even by SIGKILL)
+    the kernel sends the child SIGTERM, on which it stops its own kernel and exits. The signal
+    survives the exec of `unshare`/`sh`/python; the kernel the child starts exits when its parent
+    is gone (ipykernel's parent poller, armed by jupyter_client's JPY_PARENT_PID)."""
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
+    except (OSError, AttributeError):  # not Linux: a parent killed outright can leave the child running
+        prctl = None
+
+    def arm() -> None:
+        if prctl is None:
+            return
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 def run_notebook(
     notebook: Path,
     executed: Path,
@@ -236,11 +347,14 @@ def run_notebook(
     isolation: Isolation,
     readonly: Sequence[Path] = (),
     timeout_s: float | None = None,
+    engine: str = "nbclient",
+    env: Mapping[str, str] | None = None,
 ) -> Execution:
     """Execute `notebook` with its kernel in `cwd`; write the executed copy to `executed`.
 
     `isolation` (from `bundler.sandbox.probe()`) decides whether the child and its kernel see
-    the network. A failure inside the notebook is returned, never raised.
+    the network. `engine`: "nbclient" or "papermill" (see the module docstring); `env` is added to
+    the child's environment (e.g. JUPYTER_PATH). A failure inside the notebook is returned, never raised.
     """
     executed.parent.mkdir(parents=True, exist_ok=True)
     result_path = executed.with_name(executed.stem + ".result.json")
@@ -250,14 +364,16 @@ def run_notebook(
     argv += ["--cwd", str(cwd)]
     if timeout_s is not None:
         argv += ["--timeout", str(timeout_s)]
+    argv += ["--engine", engine]
     proc = subprocess.Popen(
         isolated_argv(argv, isolation, readonly),
         cwd=cwd,
-        env=_child_env(),
+        env=_child_env(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         errors="replace",
+        preexec_fn=_die_with(os.getpid()) if sys.platform.startswith("linux") else None,
     )
     deadline = None if timeout_s is None else timeout_s + 120.0
     _follow(proc, log, console, deadline)

@@ -7,30 +7,41 @@
 3. Execute the RENDERED notebook with nbclient from `working/`, in a child process with no
    network (`bundler.sandbox`; when that cannot be had it runs anyway, says so, and records it). Injected
    parameters point CONFIG at the tree, set `install_wheels: "auto"` and the time budget.
-4. Write to `dryrun.out`: submission.csv, profile.json, the executed notebook, summary.json and
-   report.html, in every case (a failure is reported after its outputs are saved).
+4. Write submission.csv, profile.json, the executed notebook, summary.json and report.html into
+   a staging folder beside `dryrun.out` (`outputs`), in every case; then swap it into `dryrun.out`
+   when the run passed, or into `<dryrun.out>.failed` when it failed, so `dryrun.out` always holds
+   the last good run. Ctrl-C discards the unfinished run (the CLI exits 130).
 
-The verdict is a pass only when the notebook ran, wrote a complete submission, and the
-projection to the hidden test set fits the budget.
+The verdict (`verdict`) is strict: a pass only when the notebook ran, wrote a complete submission,
+no model failed or gave NaN, no image was left empty, the images listed were there to predict,
+no limit of the target machine (`[machine]`) was exceeded, and the projection fits the budget.
+The kernel's temporary files (the `bundler_kernel_*` folder of the module cells) go to a `tmp/`
+inside the tree, removed with it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import nbformat
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from bundler.config import BundleConfig
+from bundler.display import shown_path
 from bundler.dryrun._child import Execution, run_notebook
+from bundler.dryrun.breakdown import submission_breakdown
 from bundler.dryrun.inputs import Inputs, check_inputs
 from bundler.dryrun.metric import dice_score
+from bundler.dryrun.outputs import discard, keep, new_stage
 from bundler.dryrun.projection import (
     NO_CALIBRATION,
     Calibration,
@@ -42,9 +53,12 @@ from bundler.dryrun.projection import (
     project,
 )
 from bundler.dryrun.report import load_mask_samples, write_report
+from bundler.dryrun.runtime import Runtime, choose_runtime, make_overlay
 from bundler.dryrun.tree import make_tree, remove_tree
+from bundler.dryrun.verdict import Facts, judge, problem_summary, resources_against_limits
 from bundler.errors import DryRunError
 from bundler.sandbox import Isolation, probe
+from kernel_src.profiler import folder_bytes
 from kernel_src.submission import SampleSubmission, read_csv_strings
 
 OUTPUTS = ("submission.csv", "profile.json", "summary.json", "report.html")
@@ -55,7 +69,7 @@ SAMPLE_IMAGES = 6
 class DryRunResult:
     ok: bool
     reason: str
-    out: Path
+    out: Path  # where this run's outputs are: dryrun.out when it passed, <dryrun.out>.failed when not
     summary: dict[str, Any]
 
 
@@ -64,19 +78,14 @@ def budget_of(cfg: BundleConfig) -> float:
     return float(cfg.dryrun.time_budget_s if cfg.dryrun.time_budget_s is not None else cfg.inference.time_budget_s)
 
 
-def _prepare_out(out: Path, executed: Path) -> None:
-    """An output folder with no stale result of an earlier run that could be taken for this one's."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (*OUTPUTS, executed.name, executed.stem + ".log"):
-        (out / name).unlink(missing_ok=True)
-    for tree in out.glob(".kaggle-tree-*"):  # left behind by a run that was killed
-        remove_tree(tree)
-
-
-def _execute(cfg: BundleConfig, inputs: Inputs, executed: Path, isolation: Isolation, console: Console) -> Execution:
+def _execute(
+    cfg: BundleConfig, inputs: Inputs, executed: Path, isolation: Isolation, console: Console, runtime: Runtime
+) -> tuple[Execution, int | None]:
+    """Run the notebook on a Kaggle-like tree made beside `executed`; copy its outputs there.
+    Returns the execution and the bytes left under the working folder when it ended."""
     from bundler.notebook.parameters import with_parameters
 
-    out = cfg.dryrun.out
+    out = executed.parent
     tree_root = Path(tempfile.mkdtemp(prefix=".kaggle-tree-", dir=out))  # beside the outputs: hard links work
     try:
         tree = make_tree(
@@ -99,19 +108,26 @@ def _execute(cfg: BundleConfig, inputs: Inputs, executed: Path, isolation: Isola
         nbformat.write(with_parameters(inputs.notebook, overrides), notebook)  # type: ignore[no-untyped-call]
         console.print(f"kaggle-like tree: {tree.root} (input files {tree.linked}ed, input/ read-only)")
         timeout = budget_of(cfg) * 1.5 + 600.0  # the guard keeps a healthy run near the budget; past this it hangs
+        kernel_tmp = tree.root / "tmp"  # the kernel's tempfile folder: the module cells' bundler_kernel_* goes here
+        kernel_tmp.mkdir()
+        kernelspec = dict(inputs.notebook.metadata.get("kernelspec") or {})
+        overlay = make_overlay(runtime, tree.root / "runtime", str(kernelspec.get("name") or "python3"))
+        jupyter_path = os.pathsep.join(p for p in (str(overlay.jupyter_path), os.environ.get("JUPYTER_PATH", "")) if p)
         execution = run_notebook(
             notebook,
             executed,
             cwd=tree.working,
             console=console,
             isolation=isolation,
-            readonly=[tree.input_root],
+            readonly=[tree.input_root, *runtime.readonly],
             timeout_s=timeout,
+            engine=runtime.engine,
+            env={"TMPDIR": str(kernel_tmp), "JUPYTER_PATH": jupyter_path},
         )
         for name in ("submission.csv", "profile.json"):
             if (tree.working / name).is_file():
                 shutil.copyfile(tree.working / name, out / name)
-        return execution
+        return execution, folder_bytes(tree.working)
     finally:
         remove_tree(tree_root)
 
@@ -137,11 +153,23 @@ def _complete(submission: Path, sample: SampleSubmission) -> str:
     return ""
 
 
-def _failed_cell(ex: Execution) -> dict[str, Any] | None:
+def _cell_id(executed: Path, index: int | None) -> str | None:
+    """The stable id ("setup", "run", "src-predict", ...) of cell `index` of the executed notebook."""
+    if index is None or not executed.is_file():
+        return None
+    try:
+        nb = nbformat.read(executed, as_version=4)  # type: ignore[no-untyped-call]
+        return str(nb.cells[index].get("id")) if 0 <= index < len(nb.cells) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _failed_cell(ex: Execution, cell_id: str | None) -> dict[str, Any] | None:
     if ex.ok:
         return None
     return {
         "index": ex.cell,
+        "id": cell_id,
         "status": ex.status,
         "ename": ex.ename,
         "evalue": ex.evalue,
@@ -149,10 +177,14 @@ def _failed_cell(ex: Execution) -> dict[str, Any] | None:
     }
 
 
-def _reason_of_failure(ex: Execution) -> str:
+def _reason_of_failure(ex: Execution, cell_id: str | None = None) -> str:
     where = f"cell {ex.cell}" if ex.cell is not None else "the notebook"
+    if cell_id:
+        where += f" ({cell_id!r})"
     error = f"{ex.ename}: {ex.evalue}".strip(": ") or "no message"
     first = error.splitlines()[0] if error else ""
+    if ex.status == "cell_failed" and cell_id == "setup" and "pip" in ex.evalue and "install" in ex.evalue:
+        return f"the setup cell's offline install of the vendored wheels failed: {first}"
     if ex.status == "kernel_died":
         return f"the kernel died in {where} ({first}); see {ex.log.name}"
     if ex.status == "timeout":
@@ -162,25 +194,6 @@ def _reason_of_failure(ex: Execution) -> str:
     if ex.status == "cell_failed":
         return f"{where} failed: {first}"
     return f"the notebook could not run: {first}; see {ex.log.name}"
-
-
-def _verdict(ex: Execution, incomplete: str, projection: Projection | None) -> tuple[bool, str]:
-    if not ex.ok:
-        return False, _reason_of_failure(ex)
-    if incomplete:
-        return False, incomplete
-    if projection is None:
-        return False, "the notebook ran but wrote no profile.json, so nothing can be projected"
-    n, p, b = projection.images, projection.projected_s, projection.budget_s
-    if not projection.within_budget:
-        return (
-            False,
-            f"over budget by {-projection.margin_s:.1f} s: projected {p:.0f} s for {n} images, budget {b:.0f} s",
-        )
-    return (
-        True,
-        f"within budget: projected {p:.0f} s for {n} images, budget {b:.0f} s ({projection.margin_s:.0f} s spare)",
-    )
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -194,37 +207,58 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def dry_run(cfg: BundleConfig, *, console: Console) -> DryRunResult:
-    """Run the rendered notebook on a Kaggle-like tree here, offline; write and return the verdict."""
+    """Run the rendered notebook on a Kaggle-like tree here, offline; write and return the verdict.
+
+    The outputs go to a staging folder first, then where the verdict puts them (see the module doc);
+    an interrupt (Ctrl-C) or an error in bundler itself leaves the last good run as it was."""
     inputs = check_inputs(cfg)
     for warning in inputs.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     out = cfg.dryrun.out
-    executed = out / cfg.kernel.notebook.name
-    _prepare_out(out, executed)
+    stage = new_stage(out)
+    try:
+        result = _run(cfg, inputs, stage, console)
+    except BaseException:
+        discard(stage)
+        raise
+    where = keep(stage, out, ok=result.ok)
+    if not result.ok:
+        kept = f"; the last good run stays in {shown_path(out)}" if out.exists() else ""
+        console.print(f"this failed run's outputs: {escape(shown_path(where))}{escape(kept)}", soft_wrap=True)
+    return replace(result, out=where)
+
+
+def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> DryRunResult:
+    """The dry-run proper, every output written into `stage`."""
+    executed = stage / cfg.kernel.notebook.name
     isolation = probe()
     if isolation.isolated:
         console.print("network: [green]none[/] (a namespace with loopback only, as on Kaggle's rerun)")
     else:
         console.print(
-            f"[bold red]WARNING: running WITH network[/]: {isolation.reason}. A download that would fail on "
-            "Kaggle succeeds here; this dry-run does not prove the notebook works offline."
+            f"[bold red]WARNING: running WITH network[/]: {escape(isolation.reason)}. A download that would fail "
+            "on Kaggle succeeds here; this dry-run does not prove the notebook works offline."
         )
     budget = budget_of(cfg)
     console.print(
         f"dry-run of {cfg.kernel.notebook.name}: {len(inputs.sample.image_ids)} images, budget {budget:.0f} s"
     )
 
-    execution = _execute(cfg, inputs, executed, isolation, console)
-    profile = _read_json(out / "profile.json")
-    submission = out / "submission.csv"
+    runtime = choose_runtime(cfg, inputs.manifest, console=console)
+    console.print(f"runtime: {escape(runtime.describe())}: {escape(runtime.detail)}")
+    execution, working_bytes = _execute(cfg, inputs, executed, isolation, console, runtime)
+    cell_id = _cell_id(executed, execution.cell)
+    profile = _read_json(stage / "profile.json")
+    submission = stage / "submission.csv"
     incomplete = "" if not submission.is_file() else _complete(submission, inputs.sample)
     if execution.ok and not submission.is_file():
         incomplete = "the notebook ran but wrote no submission.csv"
 
     projection: Projection | None = None
     calibration_note = NO_CALIBRATION.describe()
-    problems: list[str] = []
-    if profile is not None:
+    failures: list[str] = []
+    predicted = (profile or {}).get("images_predicted")
+    if profile is not None and predicted != 0:  # nothing predicted: nothing to project
         try:
             calibration = _calibration(cfg, inputs, profile, console)
             calibration_note = calibration.describe()
@@ -232,10 +266,11 @@ def dry_run(cfg: BundleConfig, *, console: Console) -> DryRunResult:
                 profile, hidden_images=cfg.competition.hidden_test_images, budget_s=budget, calibration=calibration
             )
         except DryRunError as e:
-            problems.append(str(e))
+            failures.append(str(e))
 
     score: float | None = None
     per_class: list[float] | None = None
+    losses: list[dict[str, Any]] | None = None  # where the points are lost (bundler.dryrun.breakdown)
     if inputs.labels is not None and submission.is_file() and not incomplete:
         try:
             metric = dice_score(
@@ -247,22 +282,41 @@ def dry_run(cfg: BundleConfig, *, console: Console) -> DryRunResult:
                 image_ids=inputs.sample.image_ids,
             )
             score, per_class = metric.mean, list(metric.per_class)
+            losses = [c.to_dict() for c in submission_breakdown(
+                submission, inputs.labels, num_classes=cfg.inference.num_classes, image_ids=inputs.sample.image_ids,
+                shape=(cfg.inference.image_height, cfg.inference.image_width), submission_spec=cfg.inference.submission,
+            )]  # fmt: skip
         except ValueError as e:
-            problems.append(f"the submission could not be scored: {e}")
+            failures.append(f"the submission could not be scored: {e}")
 
-    ok, reason = _verdict(execution, incomplete, projection)
-    if ok and problems:
-        ok, reason = False, problems[0]
+    resources = resources_against_limits(profile, cfg.machine, working_bytes)
+    verdict = judge(
+        Facts(
+            execution_failure="" if execution.ok else _reason_of_failure(execution, cell_id),
+            incomplete=incomplete,
+            profile=profile,
+            projection=projection,
+            listed=len(inputs.sample.image_ids),
+            resources=resources,
+            other_failures=failures,
+            other_warnings=inputs.warnings,
+        )
+    )
     guard = (profile or {}).get("guard") or {}
+    counts = (profile or {}).get("counts") or {}
     summary: dict[str, Any] = {
-        "ok": ok,
-        "reason": reason,
+        "ok": verdict.ok,
+        "reason": verdict.reason,
+        "failures": list(verdict.failures),
+        "warnings": list(verdict.warnings),
         "bundle": cfg.name,
         "bundle_hash": inputs.manifest.get("hash"),
         "notebook": str(cfg.kernel.notebook),
         "executed_notebook": executed.name,
         "status": execution.status,
         "images": (profile or {}).get("images", len(inputs.sample.image_ids)),
+        "images_predicted": predicted,
+        "images_missing": counts.get("missing"),
         "seconds": execution.seconds,
         "profile_total_s": (profile or {}).get("total_s"),
         "fixed_s": (profile or {}).get("fixed_s"),
@@ -276,14 +330,18 @@ def dry_run(cfg: BundleConfig, *, console: Console) -> DryRunResult:
         "calibration": calibration_note,
         "score": score,
         "per_class_score": per_class,
+        "loss_breakdown": losses,
         "num_classes": cfg.inference.num_classes,
+        "runtime": runtime.summary(),
         "network": isolation.network,
         "network_note": isolation.reason,
         "guard_steps": list(guard.get("steps") or []),
-        "failed_cell": _failed_cell(execution),
-        "problems": problems + list(inputs.warnings),
+        "images_left_empty": guard.get("images_left_empty"),
+        "failed_cell": _failed_cell(execution, cell_id),
+        "problems": problem_summary(profile),
+        "resources": resources,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     samples = []
     if submission.is_file():
         try:
@@ -297,25 +355,66 @@ def dry_run(cfg: BundleConfig, *, console: Console) -> DryRunResult:
                 limit=SAMPLE_IMAGES,
             )
         except ValueError as e:
-            console.print(f"[yellow]warning:[/] masks left out of the report: {e}")
-    write_report(out / "report.html", summary, profile, samples)
+            console.print(f"[yellow]warning:[/] masks left out of the report: {escape(str(e))}")
+    write_report(stage / "report.html", summary, profile, samples)
     _print_summary(summary, console)
-    return DryRunResult(ok=ok, reason=reason, out=out, summary=summary)
+    return DryRunResult(ok=verdict.ok, reason=verdict.reason, out=stage, summary=summary)
+
+
+def _gb(n: Any) -> str:
+    return "-" if not isinstance(n, (int, float)) else f"{n / 1e9:.2f} GB"
 
 
 def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
     def fmt(v: Any, unit: str = "") -> str:
         return "-" if v is None else (f"{v:,.1f}{unit}" if isinstance(v, float) else f"{v}{unit}")
 
-    console.print(
-        f"ran {fmt(summary['images'])} images in {fmt(summary['seconds'], ' s')} here; "
-        f"projected {fmt(summary['projected_seconds'], ' s')} for {summary['hidden_test_images']} images "
-        f"against {fmt(summary['budget_seconds'], ' s')} ({summary['calibration']})"
-    )
+    predicted, images = summary.get("images_predicted"), summary["images"]
+    ran = f"ran {fmt(images)} images" + (f" ({predicted} predicted)" if predicted not in (None, images) else "")
+    if summary["projected_seconds"] is None:
+        console.print(f"{ran} in {fmt(summary['seconds'], ' s')} here; no projection (no image was timed)")
+    else:
+        console.print(
+            f"{ran} in {fmt(summary['seconds'], ' s')} here; "
+            f"projected {fmt(summary['projected_seconds'], ' s')} for {summary['hidden_test_images']} images "
+            f"against {fmt(summary['budget_seconds'], ' s')} ({escape(summary['calibration'])})"
+        )
+    if summary.get("images_missing"):
+        console.print(
+            f"{summary['images_missing']} of the listed images were missing from the test folder "
+            "(not predicted, not counted)"
+        )
     if summary["score"] is not None:
         per = ", ".join(f"{v:.3f}" for v in summary["per_class_score"])
         console.print(f"score (mean Dice): {summary['score']:.4f}  per class: {per}")
     for step in summary["guard_steps"]:
         console.print(f"[yellow]guard:[/] after {step.get('after_images')} images: {step.get('action')}")
+    problems = summary.get("problems") or {}
+    resources = summary.get("resources") or {}
+    if problems or resources:
+        table = Table(title="problems and resources", show_lines=False, title_justify="left")
+        table.add_column("what")
+        table.add_column("count / used", justify="right")
+        table.add_column("examples / limit", overflow="fold")
+        for kind, entry in problems.items():
+            table.add_row(escape(kind), str(entry["count"]), escape("; ".join(entry["examples"])))
+        ram, gpu, disk = (resources.get(k) or {} for k in ("ram", "gpu", "working_disk"))
+        if ram:
+            table.add_row("peak RAM", _gb(ram.get("peak_bytes")), _gb(ram.get("limit_bytes")))
+        if gpu:
+            peaks = gpu.get("peak_bytes")
+            used = ", ".join(f"{d} {_gb(b)}" for d, b in peaks.items()) if peaks else "not used (CPU run)"
+            table.add_row("peak GPU memory", used, f"{_gb(gpu.get('limit_bytes_per_device'))} per GPU")
+        if disk:
+            table.add_row("working folder", _gb(disk.get("bytes")), _gb(disk.get("limit_bytes")))
+        console.print(table)
+    for line in summary.get("warnings") or []:
+        console.print(f"[yellow]WARN[/]: {escape(line)}", soft_wrap=True)
+    rt = summary.get("runtime") or {}
+    console.print(
+        f"runtime: {rt.get('name')} (Python {rt.get('python')}, torch {rt.get('torch')}, numpy {rt.get('numpy')})"
+    )
     colour = "green" if summary["ok"] else "red"
-    console.print(f"[{colour}]{'PASS' if summary['ok'] else 'FAIL'}[/]: {summary['reason']}")
+    console.print(f"[{colour}]{'PASS' if summary['ok'] else 'FAIL'}[/]: {escape(summary['reason'])}", soft_wrap=True)
+    for line in (summary.get("failures") or [])[1:]:
+        console.print(f"[red]also[/]: {escape(line)}", soft_wrap=True)

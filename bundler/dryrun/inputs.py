@@ -7,13 +7,15 @@
 - the sample submission (a layout the kernel reads, `num_classes` classes);
 - the labels (long train.csv form, valid RLEs, only images of the set);
 - the calibration profile (a Kaggle run's profile.json).
+
+`labels_of_the_set` keeps `dryrun.labels` from being applied to a `--test-dir` of another set.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +173,17 @@ def _labels(cfg: BundleConfig, sample: SampleSubmission, images: tuple[str, ...]
                 f"{cfg.inference.image_height}x{cfg.inference.image_width} masks"
             ) from None
     return path
+
+
+def labels_of_the_set(cfg: BundleConfig, test_dir: Path) -> tuple[BundleConfig, str]:
+    """`cfg` for a dry-run on `test_dir` given without labels: `dryrun.labels` belong to
+    `dryrun.test_dir`, so on another folder they are dropped (they would fail, or score the wrong
+    set), with a note saying so; '' when nothing changed."""
+    labels, own = cfg.dryrun.labels, cfg.dryrun.test_dir
+    if labels is None or (own is not None and own.resolve() == test_dir.resolve()):
+        return cfg, ""
+    note = f"dryrun.labels ({labels}) belong to dryrun.test_dir ({own}), not to {test_dir}: not scored; pass --labels"
+    return replace(cfg, dryrun=replace(cfg.dryrun, labels=None)), note
 
 
 def _calibration_profile(cfg: BundleConfig) -> dict[str, Any] | None:

@@ -1,10 +1,12 @@
 """`report.html` of a dry-run: one self-contained file that opens offline.
 
 Every picture is a PNG drawn with matplotlib (Agg) and embedded as a `data:` URI; the page
-links to nothing outside itself. Sections: the verdict, the key figures, the stage timings
-(chart), the projection against the budget (chart), the guard's step-downs, the score per
-class, the failed cell's traceback, and predicted masks overlaid on a sample of test images
-beside the truth when labels were given.
+links to nothing outside itself. Sections: the verdict with every FAIL reason and WARN line, the
+key figures, the failed cell's traceback, the stage timings (chart), the projection against the
+budget (chart), the guard's step-downs, the resources against the target machine's limits, the
+problems the notebook reported (count and examples per kind), the score per class, and predicted
+masks overlaid on a sample of test images beside the truth when labels were given. Images that
+are not in the test folder are skipped without a word from OpenCV.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy.typing as npt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bundler.dryrun.breakdown import loss_section
 from kernel_src import rle
 from kernel_src.submission import read_masks
 
@@ -70,7 +73,10 @@ def load_mask_samples(
     for image_id in ids:
         if len(samples) >= limit:
             break
-        image = cv2.imread(str(test_dir / image_id), cv2.IMREAD_COLOR)
+        path = test_dir / image_id
+        if not path.is_file():  # listed but missing: the verdict counts these; cv2.imread would warn per file
+            continue
+        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)  # silent on bad data, unlike imread
         if image is None:
             continue
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -205,8 +211,17 @@ def _score_section(summary: Mapping[str, Any]) -> str:
     return "<h2>Score</h2>" + _table(rows)
 
 
-def _guard_section(steps: Sequence[Mapping[str, Any]]) -> str:
+def _guard_section(steps: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None = None) -> str:
+    summary = summary or {}
     if not steps:
+        if summary.get("failed_cell"):
+            return "<h2>Budget guard</h2><p class='bad'>The notebook stopped before the end; no guard record.</p>"
+        failed = (summary.get("problems") or {}).get("model_failures")
+        if failed:
+            return (
+                "<h2>Budget guard</h2><p class='bad'>The guard did not step down, but "
+                f"{_e(failed['count'])} model(s) failed and were dropped: not every model ran on every image.</p>"
+            )
         return "<h2>Budget guard</h2><p>No step-downs: every model and TTA view ran on every image.</p>"
     head = "<tr><th>after images</th><th>elapsed s</th><th>projected s</th><th>action</th><th>detail</th></tr>"
     body = "".join(
@@ -216,6 +231,52 @@ def _guard_section(steps: Sequence[Mapping[str, Any]]) -> str:
     )
     note = f"<p class='bad'>The guard stepped down {len(steps)} time(s):</p>"
     return f"<h2>Budget guard</h2>{note}<table>{head}{body}</table>"
+
+
+def _reasons_section(summary: Mapping[str, Any]) -> str:
+    failures = list(summary.get("failures") or [])
+    warnings = list(summary.get("warnings") or [])
+    if not failures and not warnings:
+        return ""
+    items = "".join(f"<li class='bad'>FAIL: {_e(f)}</li>" for f in failures)
+    items += "".join(f"<li>WARN: {_e(w)}</li>" for w in warnings)
+    return f"<h2>Reasons</h2><ul>{items}</ul>"
+
+
+def _gb(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value / 1e9:.2f} GB"
+
+
+def _resources_section(resources: Mapping[str, Any] | None) -> str:
+    if not resources:
+        return ""
+    ram, gpu, disk = (resources.get(k) or {} for k in ("ram", "gpu", "working_disk"))
+    peaks = gpu.get("peak_bytes")
+    gpu_used = ", ".join(f"{d} {_gb(b)}" for d, b in peaks.items()) if peaks else "not used (CPU run)"
+    rows = [
+        ("peak RAM of the notebook's process", _gb(ram.get("peak_bytes")), _gb(ram.get("limit_bytes")), ram),
+        ("peak GPU memory", gpu_used, f"{_gb(gpu.get('limit_bytes_per_device'))} per GPU", gpu),
+        ("written under the working folder", _gb(disk.get("bytes")), _gb(disk.get("limit_bytes")), disk),
+    ]
+    head = "<tr><th>resource</th><th>used here</th><th>target's limit ([machine])</th></tr>"
+    body = "".join(
+        f"<tr{' class=bad' if entry.get('exceeded') else ''}>"
+        f"<td>{_e(name)}</td><td>{_e(used)}</td><td>{_e(limit)}</td></tr>"
+        for name, used, limit, entry in rows
+    )
+    return f"<h2>Resources</h2><table>{head}{body}</table>"
+
+
+def _problems_section(problems: Mapping[str, Any] | None) -> str:
+    if not problems:
+        return ""
+    head = "<tr><th>kind</th><th>count</th><th>examples</th></tr>"
+    body = "".join(
+        f"<tr><td>{_e(kind)}</td><td>{_e(entry.get('count'))}</td>"
+        f"<td>{_e('; '.join(entry.get('examples') or []))}</td></tr>"
+        for kind, entry in problems.items()
+    )
+    return f"<h2>Problems the notebook reported</h2><table>{head}{body}</table>"
 
 
 def _failure_section(failed: Mapping[str, Any] | None) -> str:
@@ -245,6 +306,7 @@ def render_report(summary: Mapping[str, Any], profile: Mapping[str, Any] | None,
     key_rows: list[tuple[str, Any]] = [
         ("verdict", f"{verdict}: {summary.get('reason', '')}"),
         ("images run here", _num(summary.get("images"))),
+        ("images predicted (not missing or unreadable)", _num(summary.get("images_predicted"))),
         ("notebook wall time here", _num(summary.get("seconds"), " s")),
         ("projected on the target", _num(summary.get("projected_seconds"), " s")),
         ("budget", _num(summary.get("budget_seconds"), " s")),
@@ -257,22 +319,23 @@ def render_report(summary: Mapping[str, Any], profile: Mapping[str, Any] | None,
     if summary.get("network_note"):
         key_rows.append(("network note", summary["network_note"]))
     stages = (profile or {}).get("stages", {})
-    problems = (profile or {}).get("counts") or {}
     parts = [
         f"<h1>bundler dry-run: <span class='{'ok' if ok else 'bad'}'>{verdict}</span></h1>",
         f"<p>{_e(summary.get('bundle', ''))} · {_e(summary.get('notebook', ''))}</p>",
         _table(key_rows),
+        _reasons_section(summary),
         _failure_section(summary.get("failed_cell")),
         "<h2>Stage timings</h2>",
         _img(stage_chart(stages) if isinstance(stages, Mapping) else None, "stage timings"),
         "<h2>Projection against the budget</h2>",
         _img(projection_chart(summary), "projection against the budget"),
-        _guard_section(summary.get("guard_steps") or []),
+        _guard_section(summary.get("guard_steps") or [], summary),
+        _resources_section(summary.get("resources")),
+        _problems_section(summary.get("problems")),
         _score_section(summary),
+        loss_section(summary.get("loss_breakdown")),
         _masks_section(samples, int(summary.get("num_classes") or 4)),
     ]
-    if problems:
-        parts.append("<h2>Problems the notebook reported</h2>" + _table(sorted(problems.items())))
     data = html.escape(json.dumps(summary, indent=2, default=str))
     parts.append(f"<details><summary>summary.json</summary><pre>{data}</pre></details>")
     body = "\n".join(parts)

@@ -15,6 +15,8 @@ A submission is one CSV; the settings say how its rows are made (the RLE pixel o
 - `classes`: the class tokens in class order, numbers ("1".."C", the default) or names
   (["Fish", "Flower", "Gravel", "Sugar"]);
 - `mask_column`: the RLE column; `empty`: the value written for an empty mask ("" or "-1" ...);
+- `rle_starts`: "absolute" (1-based starts, the usual RLE) or "relative" (SIIM-ACR's: each start
+  counted from the end of the previous run, the first 0-based; `kernel_src.rle.to_relative`);
 - `rows`: "per_class" (one row per image x class) or "per_object" (one row per connected
   component, as in instance-level competitions; an image x class without any gets one row with
   the empty value);
@@ -39,7 +41,18 @@ LAYOUT_NAMES = ("auto", "severstal-wide", "severstal-long", "custom")
 IMAGE_IDS = ("file", "stem")
 ROWS = ("per_class", "per_object")
 EMPTY_PAIRS = ("one", "zero", "skip")
-CUSTOM_KEYS = ("key_column", "key", "class_column", "image_id", "classes", "mask_column", "empty", "rows")
+CUSTOM_KEYS = (
+    "key_column",
+    "key",
+    "class_column",
+    "image_id",
+    "classes",
+    "mask_column",
+    "empty",
+    "rle_starts",
+    "rows",
+)
+RLE_STARTS = ("absolute", "relative")
 _WIDE_HEADER = ("ImageId_ClassId", "EncodedPixels")
 _LONG_HEADER = ("ImageId", "ClassId", "EncodedPixels")
 
@@ -60,6 +73,7 @@ class SubmissionSpec:
     classes: tuple[str, ...] = ()  # () = "1".."C"
     mask_column: str = "EncodedPixels"
     empty: str = ""
+    rle_starts: str = "absolute"
     rows: str = "per_class"
     empty_pair: str = "one"
 
@@ -94,6 +108,7 @@ class SubmissionSpec:
             classes=_classes(data.get("classes", ())),
             mask_column=_text(data, "mask_column", "EncodedPixels"),
             empty=_text(data, "empty", ""),
+            rle_starts=_text(data, "rle_starts", "absolute"),
             rows=_text(data, "rows", "per_class"),
             empty_pair=empty_pair,
         )
@@ -110,6 +125,8 @@ class SubmissionSpec:
             raise SpecError("submission.mask_column", f"key, class and mask columns must differ, got {columns}")
         if self.image_id not in IMAGE_IDS:
             raise SpecError("submission.image_id", f"{self.image_id!r} must be 'file' (with extension) or 'stem'")
+        if self.rle_starts not in RLE_STARTS:
+            raise SpecError("submission.rle_starts", f"{self.rle_starts!r} must be 'absolute' or 'relative'")
         if self.rows not in ROWS:
             raise SpecError("submission.rows", f"{self.rows!r} must be one of {list(ROWS)}")
         if self.key.count("{image}") != 1:
@@ -189,6 +206,10 @@ class Layout:
     @property
     def empty(self) -> str:
         return self.spec.empty
+
+    @property
+    def relative(self) -> bool:
+        return self.spec.rle_starts == "relative"
 
     @property
     def per_object(self) -> bool:

@@ -13,6 +13,9 @@ Both directions are vectorised with numpy (no Python loop over pixels or runs).
 Per-object submissions (one row per connected component, e.g. Airbus): `encode_objects(mask,
 order)` gives one RLE per 8-connected component, in the order of each component's first pixel
 along `order`; `union(a, b)` joins two objects' RLEs back into one mask's (overlap refused).
+
+Relative RLE (SIIM-ACR): the first start is 0-based, each later start counts the pixels between
+the end of the previous run and it; `to_relative` / `from_relative` convert (lengths unchanged).
 """
 
 from __future__ import annotations
@@ -156,4 +159,32 @@ def union(a: str, b: str) -> str:
     pairs = np.empty(2 * len(run_starts), dtype=np.int64)
     pairs[0::2] = run_starts + 1
     pairs[1::2] = run_ends - run_starts
+    return " ".join(map(str, pairs.tolist()))
+
+
+def to_relative(rle: str) -> str:
+    """A standard RLE written with relative starts (SIIM-ACR); "" stays ""."""
+    starts, ends = parse(rle, 1 << 62)
+    if not starts.size:
+        return ""
+    gaps = starts - np.concatenate(([0], ends[:-1]))
+    pairs = np.empty(2 * len(starts), dtype=np.int64)
+    pairs[0::2], pairs[1::2] = gaps, ends - starts
+    return " ".join(map(str, pairs.tolist()))
+
+
+def from_relative(rle: str) -> str:
+    """The standard RLE of a relative-start RLE; ValueError when it is not pairs of integers."""
+    tokens = rle.split()
+    if not tokens:
+        return ""
+    if len(tokens) % 2:
+        raise ValueError(f"RLE has an odd number of values ({len(tokens)}); it must be 'start length' pairs")
+    values = _values(rle, tokens)
+    gaps, lengths = values[0::2], values[1::2]
+    if gaps.min() < 0 or lengths.min() < 1:
+        raise ValueError("relative RLE needs gaps >= 0 and lengths >= 1")
+    starts = np.cumsum(gaps + np.concatenate(([0], lengths[:-1])))  # 0-based
+    pairs = np.empty(len(values), dtype=np.int64)
+    pairs[0::2], pairs[1::2] = starts + 1, lengths
     return " ".join(map(str, pairs.tolist()))

@@ -41,7 +41,7 @@ import pandas as pd
 
 from .layout import Layout, SubmissionSpec, resolve
 from .layout import SubmissionFormatError as SubmissionFormatError  # its home is kernel_src.layout
-from .rle import union
+from .rle import from_relative, to_relative, union
 
 WIDE_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
 LONG_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
@@ -193,6 +193,11 @@ def _custom_rows(frame: pd.DataFrame, layout: Layout, source: str) -> list[MaskR
         text = str(rle)
         if empty and text.strip() == empty:
             text = ""
+        if layout.relative and text.strip():
+            try:
+                text = from_relative(text)
+            except ValueError as e:
+                raise SubmissionFormatError(f"{where}: {e}; check submission.rle_starts") from None
         rows.append(MaskRow(line, image_id, (index or 0) + 1, text))
     return rows
 
@@ -394,6 +399,8 @@ class SubmissionWriter:
                 if custom.class_column:
                     values[custom.class_column] = custom.tokens[index]
                 for text in (rle,) if isinstance(rle, str) else (rle or ("",)):
+                    if custom.relative:
+                        text = to_relative(text)
                     values[custom.mask_column] = text if text.strip() else custom.empty
                     self._csv.writerow([values[c.strip()] for c in columns])
                     self._rows += 1

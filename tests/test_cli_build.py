@@ -134,3 +134,15 @@ def test_a_torchscript_checkpoint_carrying_a_kaggle_key_is_refused(tmp_path: Pat
     assert "segmenters[0].checkpoint" in line and "Kaggle API key" in line and "at cfg.key inside" in line, line
     assert key not in result.output
     assert not (tmp_path / "out" / "dataset").exists()
+
+
+def test_a_size_the_architecture_cannot_take_fails_the_build_naming_model_and_size(tmp_path: Path) -> None:
+    config = write_bundle(tmp_path)
+    seg = 'encoder = "tu-test_efficientnet"\n'
+    config.write_text(config.read_text().replace(seg, seg + "input_size = [64, 400]\n"))
+    result = CliRunner().invoke(main, ["build", "--config", str(config)])
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert "model 'seg-tiny' (Linknet/tu-test_efficientnet) cannot take one 64x400 image" in line, line
+    assert "divisible by 32" in line and "segmenters[0].input_size" in line
+    assert not (tmp_path / "out" / "dataset").exists()

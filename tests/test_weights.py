@@ -17,6 +17,7 @@ from bundler.errors import WeightsError
 from kernel_src.bundle import sha256_file
 from kernel_src.models import build_model, load_state_dict_into
 from kernel_src.spec import ModelSpec
+from tests.tiny import make_torchscript_segmenter
 
 NUM_CLASSES = 4
 SEG_ENCODER = "tu-test_efficientnet"  # Linknet on it: ~95k parameters
@@ -209,3 +210,11 @@ def test_model_keys_count_per_role(tmp_path: Path) -> None:
         entry(seg_spec("c"), tmp_path),
     )
     assert model_keys(models) == ["classifiers[0]", "segmenters[0]", "segmenters[1]"]
+
+
+def test_a_torchscript_model_s_output_is_checked_at_build_time(tmp_path: Path) -> None:
+    spec = make_torchscript_segmenter(tmp_path / "made", name="ts3", num_classes=3, input_size=None)
+    made = entry(spec, tmp_path / "made" / "ts3.pt")
+    with pytest.raises(WeightsError, match=r"model 'ts3': output shape \(1, 3, 32, 64\) is not .* 4 classes"):
+        convert(made, "segmenters[0]", NUM_CLASSES, tmp_path, image_size=(32, 64))
+    assert convert(made, "segmenters[0]", 3, tmp_path, image_size=(32, 64)).file == "ts3.pt"

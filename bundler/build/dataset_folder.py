@@ -221,7 +221,8 @@ def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console:
             def step(what: str, name: str = entry.spec.name) -> None:
                 progress.update(task, description=f"{escape(name)}: {escape(what)}")
 
-            record = convert(entry, key, cfg.inference.num_classes, staging, step)
+            size = (cfg.inference.image_height, cfg.inference.image_width)
+            record = convert(entry, key, cfg.inference.num_classes, staging, step, image_size=size)
             records.append(record)
             progress.advance(task)
         progress.update(task, description="weights converted")

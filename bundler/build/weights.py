@@ -9,7 +9,9 @@ safetensors file, or (for `kind = "torchscript"`) a TorchScript file. Pickles ar
 smp/timm weights are loaded into `kernel_src.models.build_model(spec, num_classes)` here, so a
 mismatch fails at build time naming the model and the tensor; only the model's own tensors are
 written (`<name>.safetensors`, float16 when `fp16 = true`). TorchScript files are verified with
-`torch.jit.load` and copied as `<name>.pt`.
+`torch.jit.load` and copied as `<name>.pt`. Either kind then gets one forward of a zero image at
+the size the notebook will feed it (`forward_check`), so a size its architecture cannot take
+fails the build, not the dry-run.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from bundler.config import ModelEntry
 from bundler.errors import WeightsError
 from kernel_src.bundle import sha256_file
 from kernel_src.errors import ModelError
-from kernel_src.models import build_model, load_state_dict_into
+from kernel_src.models import build_model, check_output, load_state_dict_into
+from kernel_src.tta import scaled_size, view_groups
 
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
 # where training code keeps averaged weights beside the model (timm's ModelEmaV2 scripts, SWA, ...):
@@ -81,12 +84,20 @@ class WeightRecord:
         }
 
 
-def convert(entry: ModelEntry, key: str, num_classes: int, dest: Path, step: Step | None = None) -> WeightRecord:
-    """Write `entry`'s weight file into the folder `dest` and describe it."""
+def convert(
+    entry: ModelEntry,
+    key: str,
+    num_classes: int,
+    dest: Path,
+    step: Step | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> WeightRecord:
+    """Write `entry`'s weight file into the folder `dest` and describe it; with `image_size`
+    ([inference] image_height x image_width), first run `forward_check` on the loaded model."""
     say = step or (lambda _: None)
     check_checkpoint_path(entry, key)
     if entry.spec.kind == "torchscript":
-        return _copy_torchscript(entry, key, dest, say)
+        return _copy_torchscript(entry, key, dest, say, (num_classes, image_size))
     say("reading")
     state, taken = read_checkpoint(entry.checkpoint, entry.spec.name, key, entry.checkpoint_key)
     say("loading into " + (f"{entry.spec.arch}/{entry.spec.encoder}" if entry.spec.encoder else entry.spec.arch))
@@ -100,8 +111,55 @@ def convert(entry: ModelEntry, key: str, num_classes: int, dest: Path, step: Ste
         load_state_dict_into(model, fitted, entry.spec.name)
     except ModelError as e:
         raise WeightsError(f"{e} (checkpoint {entry.checkpoint}, bundle.toml {key})") from None
+    if image_size is not None:
+        say(f"test forward at {_fed_size(entry, image_size)}")
+        forward_check(model, entry, key, num_classes, image_size)
     say("writing")
     return _save_safetensors(entry, model, dest, notes)
+
+
+def _fed_size(entry: ModelEntry, image_size: tuple[int, int]) -> str:
+    h, w = entry.spec.input_size or image_size
+    return f"{h}x{w}"
+
+
+def forward_check(model: nn.Module, entry: ModelEntry, key: str, num_classes: int, image_size: tuple[int, int]) -> None:
+    """One zero image through `model` at each size the notebook will feed it (its input_size, else
+    the image size; each scale view's size), and the output's shape checked, so an architecture
+    that cannot take the declared size (an smp FPN at 64x400: multiples of 32) fails the build
+    naming the model and the size, not the dry-run. A model with a preprocess pipeline is fed the
+    pipeline's size, which the notebook's own test forward checks at load."""
+    if entry.spec.preprocess:
+        return
+    base = entry.spec.input_size or image_size
+    where = f"bundle.toml {key}.input_size" if entry.spec.input_size else "[inference] image_height/image_width"
+    model.eval()
+    for factor, _ in view_groups(entry.spec.tta):
+        h, w = scaled_size(base, factor)
+        view = "" if factor == 1.0 else f" (its TTA view 'scale:{factor:g}')"
+        try:
+            with torch.inference_mode():
+                out = model(torch.zeros(1, 3, h, w))
+        except Exception as e:  # whatever the architecture raises for a size it cannot take
+            need = re.search(r"divisible by \d+", str(e))
+            reason = need.group(0) if need else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+            raise WeightsError(
+                f"model {entry.spec.name!r} ({_architecture(entry)}) cannot take one {h}x{w} image{view}: "
+                f"{'its architecture needs a height and width ' if need else ''}{reason}; fix {where}"
+            ) from None
+        if not isinstance(out, torch.Tensor):
+            raise WeightsError(
+                f"model {entry.spec.name!r}: returns {type(out).__name__}, not a tensor; export a single-output model"
+            )
+        try:
+            check_output(entry.spec.name, entry.role, out, 1, num_classes)
+        except ModelError as e:
+            raise WeightsError(f"{e} (bundle.toml {key})") from None
+
+
+def _architecture(entry: ModelEntry) -> str:
+    spec = entry.spec
+    return "TorchScript" if spec.kind == "torchscript" else "/".join(p for p in (spec.arch, spec.encoder) if p)
 
 
 def read_state_dict(path: Path, name: str, key: str) -> dict[str, torch.Tensor]:
@@ -338,7 +396,9 @@ def _record(
     )
 
 
-def _copy_torchscript(entry: ModelEntry, key: str, dest: Path, say: Step) -> WeightRecord:
+def _copy_torchscript(
+    entry: ModelEntry, key: str, dest: Path, say: Step, forward: tuple[int, tuple[int, int] | None]
+) -> WeightRecord:
     say("verifying TorchScript")
     try:
         module = torch.jit.load(str(entry.checkpoint), map_location="cpu")  # type: ignore[no-untyped-call]
@@ -349,6 +409,10 @@ def _copy_torchscript(entry: ModelEntry, key: str, dest: Path, say: Step) -> Wei
             f"torch.jit.save(torch.jit.trace(model, example), path), or set bundle.toml {key}.kind to the "
             "model's library"
         ) from None
+    num_classes, image_size = forward
+    if image_size is not None:
+        say(f"test forward at {_fed_size(entry, image_size)}")
+        forward_check(module, entry, key, num_classes, image_size)
     say("copying")
     path = dest / entry.spec.file
     shutil.copyfile(entry.checkpoint, path)

@@ -166,7 +166,9 @@ def test_push_wait_status_submit_and_an_unchanged_bundle(tmp_path: Path) -> None
 
     assert again["returncode"] == 0, again["stderr"]
     assert "unchanged since v1" in again["stdout"]
-    assert endpoints(calls).count("StartBlobUpload") == 1  # the unchanged bundle is not uploaded again
+    uploads = [c["name"] for c in calls if c["endpoint"] == "PUT upload"]
+    assert sorted(uploads) == sorted(p.name for p in cfg.dataset.out.iterdir() if p.name != "dataset-metadata.json")
+    assert "CreateDatasetVersion" not in endpoints(calls)  # the unchanged bundle is not uploaded again
     state = json.loads((kaggle / "state.json").read_text())
     assert state["last_kernel_version"] == 2
     assert state["kernels"]["2"]["status"] == "saved"

@@ -36,7 +36,7 @@ from bundler.errors import ManifestError, RemoteError, WheelsError
 from bundler.remote.client import Kaggle, connect, poll_interval
 from bundler.remote.diagnose import read_log, tail
 from bundler.remote.state import kaggle_dir
-from bundler.remote.wait import wait_for
+from bundler.remote.wait import spinner, wait_for
 
 BASELINE_SLUG = "bundler-image-baseline"
 BASELINE_TITLE = "bundler image baseline"
@@ -132,7 +132,7 @@ def capture(
     (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     kaggle = kaggle or connect()
     ref = str(meta["id"])
-    with console.status(f"pushing {ref}"):
+    with spinner(console, f"pushing {ref}"):
         response = kaggle.push_kernel(folder, no_run=False)
     if response.error or response.version is None:
         raise RemoteError(f"notebook {ref}: Kaggle refused the push ({response.error or 'no version number'})")

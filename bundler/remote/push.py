@@ -31,7 +31,7 @@ from bundler.notebook.kernel_metadata import check_metadata, read_existing, writ
 from bundler.remote.client import Kaggle, connect, poll_interval
 from bundler.remote.kernel import StatusResult, kernel_status
 from bundler.remote.state import RemoteState, load_state
-from bundler.remote.wait import wait_for
+from bundler.remote.wait import spinner, wait_for
 
 DATASET_READY = "ready"
 DATASET_FAILED = "failed"
@@ -129,7 +129,10 @@ def push_dataset(
             console.print(f"dataset {ref}: an earlier version is still {current}; Kaggle refuses a second upload")
             _wait_ready(cfg, kaggle, interval, timeout_s, console)
         folder = shown_path(cfg.dataset.out)
-        with console.status(f"uploading {folder} to {ref}"):
+        files = [p for p in cfg.dataset.out.iterdir() if p.is_file()]
+        size_mb = sum(p.stat().st_size for p in files) / 1e6
+        started = time.monotonic()
+        with spinner(console, f"uploading {folder} to {ref}: {len(files)} files, {size_mb:,.1f} MB"):
             if current is None:
                 console.print(
                     f"dataset {ref}: creating it from {folder} ({'private' if cfg.dataset.private else 'public'})"
@@ -139,6 +142,7 @@ def push_dataset(
                 message = version_message(cfg, bundle_hash)
                 console.print(f"dataset {ref}: new version from {folder}: {message}")
                 kaggle.version_dataset(cfg.dataset.out, message)
+        console.print(f"  uploaded {len(files)} files, {size_mb:,.1f} MB in {time.monotonic() - started:.0f} s")
         uploaded = True
         state.dataset = {"id": ref, "hash": bundle_hash, "version": None, "uploaded_at": _now()}
         state.save()
@@ -197,7 +201,7 @@ def push(
     meta: dict[str, Any] = read_existing(metadata)
     check_metadata(meta, metadata)
     console.print(f"kernel-metadata.json: dataset {cfg.dataset.id}/{dataset_version}, internet off, image pinned")
-    with console.status(f"pushing notebook {cfg.kernel.id}"):
+    with spinner(console, f"pushing notebook {cfg.kernel.id}"):
         response = kaggle.push_kernel(metadata.parent, no_run=no_run)
     if response.error:
         raise RemoteError(f"notebook {cfg.kernel.id}: Kaggle refused the push ({response.error})")

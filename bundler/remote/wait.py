@@ -2,18 +2,29 @@
 
 `wait_for(poll, done, what=..., ...)` calls `poll()` every `interval` seconds until `done(status)`;
 each new status is printed as a line (so a log shows the sequence) and the spinner shows the
-current one with the time waited. Past `timeout_s` it raises `RemoteError` naming what it
-waited for, the last status and how to resume; Ctrl-C stops waiting the same way.
+current one with the time waited, ticking between polls (`spinner`, also used around uploads).
+Past `timeout_s` it raises `RemoteError` naming what it waited for, the last status and how to
+resume; Ctrl-C stops waiting the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from bundler.errors import RemoteError
+
+
+@contextlib.contextmanager
+def spinner(console: Console, description: str) -> Iterator[tuple[Progress, TaskID]]:
+    """A spinner with `description` and the time elapsed, ticking on its own while the caller blocks."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield progress, progress.add_task(description, total=None)
 
 
 def wait_for(
@@ -29,7 +40,7 @@ def wait_for(
     """Poll until `done(status)`; (the final status, seconds waited)."""
     started = time.monotonic()
     last = ""
-    with console.status(f"{what}: asking Kaggle") as spinner:
+    with spinner(console, f"{what}: asking Kaggle") as (progress, task):
         while True:
             status = poll()
             elapsed = time.monotonic() - started
@@ -43,7 +54,7 @@ def wait_for(
                     f"{what}: still {status or 'unknown'} after {elapsed:.0f} s (timeout {timeout_s:.0f} s); "
                     f"{resume}, or give a longer --timeout"
                 )
-            spinner.update(f"{what}: {status} ({elapsed:.0f} s)")
+            progress.update(task, description=f"{what}: {status}")
             try:
                 time.sleep(interval)
             except KeyboardInterrupt:

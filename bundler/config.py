@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -121,6 +121,7 @@ class BundleConfig:
     inference: InferenceSpec
     dryrun: DryRunConfig
     machine: MachineConfig = MachineConfig()
+    source: str = DEFAULT_CONFIG.name  # the file read, as shown to the user: errors name it, not "bundle.toml"
 
 
 _Scalar = TypeVar("_Scalar", int, float, bool, str)
@@ -273,7 +274,7 @@ def load_config(path: Path = DEFAULT_CONFIG) -> BundleConfig:
 def parse_config(raw: Mapping[str, Any], root: Path, source: str = DEFAULT_CONFIG.name) -> BundleConfig:
     """Validate `raw` (bundle.toml's data); every error is one line starting with `source`, the file read."""
     try:
-        return _parse(raw, root)
+        return replace(_parse(raw, root), source=source)
     except ConfigError as e:
         # messages are written without the file; one written with the default name is renamed, not doubled
         raise ConfigError(f"{source}: {str(e).removeprefix(DEFAULT_CONFIG.name + ': ')}") from None

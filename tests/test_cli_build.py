@@ -146,3 +146,12 @@ def test_a_size_the_architecture_cannot_take_fails_the_build_naming_model_and_si
     assert "model 'seg-tiny' (Linknet/tu-test_efficientnet) cannot take one 64x400 image" in line, line
     assert "divisible by 32" in line and "segmenters[0].input_size" in line
     assert not (tmp_path / "out" / "dataset").exists()
+
+
+def test_build_errors_name_the_config_file_read(tmp_path: Path) -> None:
+    config = write_bundle(tmp_path, seg_checkpoint="models/gone.pth")
+    other = config.rename(tmp_path / "other.toml")
+    result = CliRunner().invoke(main, ["build", "--config", str(other)])
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert f"fix {other} segmenters[0].checkpoint" in line and "bundle.toml" not in line, line

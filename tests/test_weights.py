@@ -187,7 +187,7 @@ def test_torchscript_is_verified_and_copied(tmp_path: Path) -> None:
     with pytest.raises(
         WeightsError, match=r'TorchScript file; set kind = "torchscript" in bundle.toml segmenters\[2\]'
     ):
-        convert(entry(seg_spec(), tmp_path / "traced.pt"), "segmenters[2]", NUM_CLASSES, tmp_path)
+        convert(entry(seg_spec(), tmp_path / "traced.pt"), "bundle.toml segmenters[2]", NUM_CLASSES, tmp_path)
 
 
 def test_state_dict_declared_as_torchscript_is_refused(tmp_path: Path) -> None:

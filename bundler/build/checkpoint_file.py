@@ -25,7 +25,7 @@ def check_checkpoint_path(entry: ModelEntry, key: str) -> None:
     """Refuse a checkpoint path that is missing, a folder or not a regular file, saying which."""
     path = entry.checkpoint
     shown = f"{path} (a link to {path.resolve()})" if path.is_symlink() else str(path)
-    fix = f"fix bundle.toml {key}.checkpoint (relative paths start at the folder of bundle.toml)"
+    fix = f"fix {key}.checkpoint (relative paths start at that file's folder)"
     if path.is_dir():
         inside = sorted(p.name for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
         hint = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""

@@ -187,7 +187,7 @@ def _checkpoint_hashes(cfg: BundleConfig, keys: list[str], console: Console) -> 
 
     for entry, key in zip(cfg.models, keys, strict=True):
         check_checkpoint_path(entry, key)
-        credentials.check_name(entry.checkpoint, f"bundle.toml {key}.checkpoint")
+        credentials.check_name(entry.checkpoint, f"{key}.checkpoint")
     cache = HashCache(cache_dir(cfg) / "sha256.json")
     todo = [m.checkpoint for m in cfg.models if cache.cached(m.checkpoint) is None]
     if todo:
@@ -209,11 +209,9 @@ def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console:
             "checking checkpoints for credentials", total=sum(m.checkpoint.stat().st_size for m in cfg.models)
         )
         for entry, key in zip(cfg.models, keys, strict=True):
-            credentials.check_content(
-                entry.checkpoint, f"bundle.toml {key}.checkpoint", lambda n: progress.advance(task, n)
-            )
+            credentials.check_content(entry.checkpoint, f"{key}.checkpoint", lambda n: progress.advance(task, n))
             # pickled strings never look like JSON text: read the non-tensor data as the pickles hold it
-            credentials.scan_checkpoint(entry.checkpoint, f"bundle.toml {key}.checkpoint")
+            credentials.scan_checkpoint(entry.checkpoint, f"{key}.checkpoint")
     with _progress(console) as progress:
         task = progress.add_task("converting weights", total=len(cfg.models))
         for entry, key in zip(cfg.models, keys, strict=True):
@@ -246,7 +244,7 @@ def build_dataset(cfg: BundleConfig, *, console: Console, force: bool = False) -
     started = time.perf_counter()
     out = cfg.dataset.out
     _check_out(out)
-    keys = model_keys(cfg.models)
+    keys = [f"{cfg.source} {key}" for key in model_keys(cfg.models)]  # "other.toml segmenters[0]"
     checkpoint_sha = _checkpoint_hashes(cfg, keys, console)
     inputs = input_fingerprint(cfg, checkpoint_sha)
     timings = {"hashing": time.perf_counter() - started}

@@ -93,7 +93,9 @@ def convert(
     image_size: tuple[int, int] | None = None,
 ) -> WeightRecord:
     """Write `entry`'s weight file into the folder `dest` and describe it; with `image_size`
-    ([inference] image_height x image_width), first run `forward_check` on the loaded model."""
+    ([inference] image_height x image_width), first run `forward_check` on the loaded model.
+    `key` names where the model is declared, for errors: the config file read and the model's key
+    (`bundle.toml segmenters[0]`)."""
     say = step or (lambda _: None)
     check_checkpoint_path(entry, key)
     if entry.spec.kind == "torchscript":
@@ -104,13 +106,13 @@ def convert(
     try:
         model = build_model(entry.spec, num_classes)
     except ModelError as e:
-        raise WeightsError(f"bundle.toml {key}: {e}") from None
+        raise WeightsError(f"{key}: {e}") from None
     fitted, notes = fit_to_model(state, model.state_dict())
     notes = (*taken, *notes)
     try:
         load_state_dict_into(model, fitted, entry.spec.name)
     except ModelError as e:
-        raise WeightsError(f"{e} (checkpoint {entry.checkpoint}, bundle.toml {key})") from None
+        raise WeightsError(f"{e} (checkpoint {entry.checkpoint}, {key})") from None
     if image_size is not None:
         say(f"test forward at {_fed_size(entry, image_size)}")
         forward_check(model, entry, key, num_classes, image_size)
@@ -132,7 +134,7 @@ def forward_check(model: nn.Module, entry: ModelEntry, key: str, num_classes: in
     if entry.spec.preprocess:
         return
     base = entry.spec.input_size or image_size
-    where = f"bundle.toml {key}.input_size" if entry.spec.input_size else "[inference] image_height/image_width"
+    where = f"{key}.input_size" if entry.spec.input_size else "[inference] image_height/image_width"
     model.eval()
     for factor, _ in view_groups(entry.spec.tta):
         h, w = scaled_size(base, factor)
@@ -154,7 +156,7 @@ def forward_check(model: nn.Module, entry: ModelEntry, key: str, num_classes: in
         try:
             check_output(entry.spec.name, entry.role, out, 1, num_classes)
         except ModelError as e:
-            raise WeightsError(f"{e} (bundle.toml {key})") from None
+            raise WeightsError(f"{e} ({key})") from None
 
 
 def _architecture(entry: ModelEntry) -> str:
@@ -171,11 +173,9 @@ def read_checkpoint(
     path: Path, name: str, key: str, checkpoint_key: str = ""
 ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     """(the tensors to ship, notes on which were taken and which candidates were left): see
-    `select_state_dict`. `key` is the model's bundle.toml key, named in errors."""
+    `select_state_dict`. `key` names where the model is declared (`bundle.toml segmenters[0]`)."""
     if _is_torchscript(path):
-        raise WeightsError(
-            f'model {name!r}: {path} is a TorchScript file; set kind = "torchscript" in bundle.toml {key}'
-        )
+        raise WeightsError(f'model {name!r}: {path} is a TorchScript file; set kind = "torchscript" in {key}')
     form = sniff(path)
     if form is None:
         raise WeightsError(
@@ -189,7 +189,7 @@ def read_checkpoint(
         if checkpoint_key:
             raise WeightsError(
                 f"model {name!r}: {path} is a safetensors file, which holds one set of tensors; "
-                f"remove bundle.toml {key}.checkpoint_key"
+                f"remove {key}.checkpoint_key"
             )
         try:
             return dict(load_file(str(path))), ()
@@ -250,7 +250,7 @@ def select_state_dict(
     that do. Not given: `extract_state_dict`'s choice; when the checkpoint also holds other tensor
     sets (EMA or SWA weights beside `model`), a note names the key taken and the candidates left.
     """
-    where = f"bundle.toml {key}.checkpoint_key" if key else "checkpoint_key"
+    where = f"{key}.checkpoint_key" if key else "checkpoint_key"
     if checkpoint_key:
         if not isinstance(obj, Mapping):
             raise WeightsError(
@@ -406,7 +406,7 @@ def _copy_torchscript(
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(
             f"model {entry.spec.name!r}: {entry.checkpoint} is not a TorchScript file ({first}); save one with "
-            f"torch.jit.save(torch.jit.trace(model, example), path), or set bundle.toml {key}.kind to the "
+            f"torch.jit.save(torch.jit.trace(model, example), path), or set {key}.kind to the "
             "model's library"
         ) from None
     num_classes, image_size = forward

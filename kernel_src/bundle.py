@@ -304,6 +304,76 @@ def install_wheels(bundle_dir: Path, manifest: Mapping[str, Any], mode: str | bo
     return tuple(files)
 
 
+FIX_DRIFT = (
+    "the Kaggle image no longer matches the baseline this bundle was built against: refresh the baseline "
+    "(target.baseline; take one with `!pip freeze --all` in a Kaggle notebook) and rebuild with `bundler build`"
+)
+
+
+def _packaging() -> tuple[Any, Any] | None:
+    """(Requirement, Version) from `packaging`, else from pip's vendored copy (always there where pip
+    is); None when neither can be imported."""
+    for base in ("packaging", "pip._vendor.packaging"):
+        try:
+            requirements = importlib.import_module(base + ".requirements")
+            version = importlib.import_module(base + ".version")
+        except ImportError:
+            continue
+        return requirements.Requirement, version.Version
+    return None
+
+
+def unmet_requirements(manifest: Mapping[str, Any]) -> list[str]:
+    """Each Requires-Dist of an installed vendored wheel (markers evaluated here, no extras) that
+    what is installed does not meet, as 'pkg X (required by Y) ...' phrases; [] when all are met.
+
+    Raises BundleError when no `packaging` can be imported to read them."""
+    tools = _packaging()
+    if tools is None:
+        raise BundleError("cannot check the vendored wheels' requirements: neither packaging nor pip is importable")
+    requirement, version = tools
+    problems: list[str] = []
+    for wheel in manifest.get("wheels", []):
+        name = str(wheel.get("name", "")) if isinstance(wheel, Mapping) else ""
+        if not name:
+            continue
+        try:
+            requires = importlib.metadata.distribution(name).requires or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not installed (install_wheels "never"): nothing of it will be imported from the bundle
+        for text in requires:
+            try:
+                req = requirement(text)
+            except Exception:  # a Requires-Dist line packaging cannot read is pip's business, not this check's
+                continue
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            found = _installed_version(req.name)
+            who = f"required by {name} {wheel.get('version')}: {text.strip()}"
+            if found is None:
+                problems.append(f"{req.name} is not installed ({who})")
+                continue
+            try:
+                ok = req.specifier.contains(version(found), prereleases=True)
+            except Exception:  # an installed version packaging cannot parse: not judged
+                continue
+            if not ok:
+                problems.append(f"{req.name} {found} is installed, too old or too new ({who})")
+    return problems
+
+
+def check_requirements(manifest: Mapping[str, Any]) -> None:
+    """The drift guard: stop, before any model loads, when an installed vendored wheel's requirement is
+    missing or at a version it does not accept (the image drifted from the baseline)."""
+    wheels = manifest.get("wheels", [])
+    if not wheels:
+        return
+    problems = unmet_requirements(manifest)
+    if problems:
+        raise BundleError(f"the vendored wheels need what this image lacks: {'; '.join(problems)}. Fix: {FIX_DRIFT}")
+    print(f"the requirements of the {len(wheels)} vendored wheels are met by what is installed")
+
+
 def find_competition_data(
     input_root: Path, sample_submission_name: str, test_images_name: str, override: Path | None = None
 ) -> CompetitionData:
@@ -356,6 +426,7 @@ def prepare(config: Mapping[str, Any], required: Iterable[str] = ()) -> Prepared
         )
     mode = config.get("install_wheels")
     installed = install_wheels(bundle_dir, manifest, "auto" if mode is None else mode)
+    check_requirements(manifest)  # the drift guard: before any model library is imported
     data = find_competition_data(
         input_root,
         str(config.get("sample_submission") or "sample_submission.csv"),

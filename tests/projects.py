@@ -162,6 +162,7 @@ def make_dryrun_project(root: Path, *, budget: float | None = None, labels: bool
         "test_dir": "holdout/test_images",
         "sample_submission": "holdout/sample_submission.csv",
         "out": "build/dryrun",
+        "runtime": "local",  # the quick mode; the twin of the image has its own tests (test_dryrun_twin)
     }
     if labels:
         dryrun["labels"] = "holdout/labels.csv"

@@ -11,7 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import nbformat
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
@@ -153,3 +155,53 @@ def test_failing_cell_is_reported_with_its_traceback_and_network_fallback_record
     assert f"Failure in cell {failed['index']}" in html
     assert "corrupt" in html
     assert (result.out / "inference.ipynb").is_file()  # saved although it failed
+
+
+@pytest.mark.slow
+def test_problem_images_are_listed_and_a_mostly_missing_set_fails_beside_the_last_good_run(
+    project: BundleConfig, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from bundler.dryrun.command import dry_run
+
+    assert project.dryrun.test_dir is not None and project.dryrun.sample_submission is not None
+    test_dir = tmp_path / "test_images"
+    shutil.copytree(project.dryrun.test_dir, test_dir)
+    (test_dir / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(5_000_000))  # random bytes named .jpg
+    cv2.imwrite(str(test_dir / "rgba.png"), np.full((IMAGE_HEIGHT, IMAGE_WIDTH, 4), 200, np.uint8))
+    cv2.imwrite(str(test_dir / "deep.png"), np.full((IMAGE_HEIGHT, IMAGE_WIDTH, 3), 40000, np.uint16))
+    cv2.imwrite(str(test_dir / "wide.png"), np.full((16, 200, 3), 90, np.uint8))
+    listed = project.dryrun.sample_submission.read_text()
+    sample = tmp_path / "sample.csv"
+    sample.write_text(listed + "".join(f"{i},\n" for i in PROBLEM_ROWS))
+    cfg = _fresh(project, "problems", test_dir=test_dir, sample_submission=sample)
+    console = Console(file=io.StringIO(), width=200)
+    result = dry_run(cfg, console=console)
+    printed = console.file.getvalue()  # type: ignore[attr-defined]
+    assert result.ok, result.reason + "\n" + printed
+    problems = result.summary["problems"]
+    assert problems["unreadable"]["count"] == 1 and problems["unreadable"]["examples"][0].startswith("noise.jpg: ")
+    assert problems["converted"]["count"] == 3
+    examples = " ".join(problems["converted"]["examples"])
+    assert "alpha dropped" in examples and "uint16" in examples and "200x16 resized" in examples
+    assert "WARN: 3 image(s) were converted before prediction" in printed and "problems and resources" in printed
+    assert result.summary["images_predicted"] == DRYRUN_IMAGES + 3
+    assert json.loads((cfg.dryrun.out / "summary.json").read_text())["problems"] == problems
+    assert "Problems the notebook reported" in (cfg.dryrun.out / "report.html").read_text()
+
+    # 40 more listed images the folder lacks: most are missing, a FAIL kept beside the good run above
+    mostly_missing = tmp_path / "missing.csv"
+    gone = "".join(f"gone{i}.jpg_{c},\n" for i in range(40) for c in range(1, 5))
+    mostly_missing.write_text(sample.read_text() + gone)
+    capfd.readouterr()
+    failed = dry_run(replace(cfg, dryrun=replace(cfg.dryrun, sample_submission=mostly_missing)), console=quiet())
+    captured = capfd.readouterr()
+    assert not failed.ok
+    assert failed.reason.startswith("40 of the 50 images the sample submission lists are missing from the test folder")
+    assert failed.out == cfg.dryrun.out.with_name("problems.failed")
+    assert failed.summary["images_predicted"] == DRYRUN_IMAGES + 3 and failed.summary["images_missing"] == 40
+    assert json.loads((cfg.dryrun.out / "summary.json").read_text())["ok"] is True  # the last good run stays
+    assert json.loads((failed.out / "summary.json").read_text())["ok"] is False
+    assert "imread_" not in captured.out + captured.err  # the report's image loading is silent about missing files
+
+
+PROBLEM_ROWS = [f"{name}_{c}" for name in ("noise.jpg", "rgba.png", "deep.png", "wide.png") for c in range(1, 5)]

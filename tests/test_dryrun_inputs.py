@@ -134,3 +134,20 @@ def test_missing_labels_file_and_bad_calibration_profile(cfg: BundleConfig, tmp_
     bad.write_text("{not json")
     with pytest.raises(DryRunError, match=r"calibration profile .* cannot be read"):
         check_inputs(_dryrun(cfg, calibration_profile=bad))
+
+
+def test_an_empty_labels_file_ends_in_one_line(cfg: BundleConfig, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DryRunError, match=r"^labels .*empty\.csv: the file is empty \(no header\); expected"):
+        check_inputs(_dryrun(cfg, labels=empty))
+
+
+def test_an_unreadable_bundle_json_is_named_as_such(cfg: BundleConfig, tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    shutil.copytree(cfg.dataset.out, dataset)
+    (dataset / "bundle.json").write_text("{not json")
+    bad = replace(cfg, dataset=replace(cfg.dataset, out=dataset))
+    with pytest.raises(DryRunError, match=r"bundle\.json: cannot be read \(Expecting property name") as e:
+        check_inputs(bad)
+    assert "not found" not in str(e.value) and "never built" not in str(e.value)

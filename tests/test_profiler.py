@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -148,3 +150,16 @@ def test_resources_on_cpu_say_no_gpu_explicitly(tmp_path: Path) -> None:
     assert resources["peak_rss_bytes"] > 10_000_000  # this interpreter with torch loaded: tens of MB at least
     assert "GPU not used" in p.table() and "working folder 0.00 GB" in p.table()
     assert Profiler(0.0).to_dict()["resources"]["working_bytes"] is None  # no folder given: unknown, not 0
+
+
+def test_resources_on_cuda_give_each_device_its_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.cuda.max_memory_allocated per device, read from the torch the run imported (no GPU needed)."""
+    peaks = {0: 3_000_000_000, 1: 1_500_000_000}
+    cuda = SimpleNamespace(is_available=lambda: True, device_count=lambda: 2, max_memory_allocated=peaks.__getitem__)
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+    p = Profiler(0.0, device="cuda x2 (Tesla T4)")
+    p.devices = {"kind": "cuda"}
+    assert p.to_dict()["resources"]["gpu_peak_bytes"] == {"cuda:0": 3_000_000_000, "cuda:1": 1_500_000_000}
+    assert "GPU cuda:0 3.00 GB, cuda:1 1.50 GB" in p.table()
+    p.devices = {"kind": "cpu"}  # a CPU run on a machine with GPUs: explicitly none
+    assert p.to_dict()["resources"]["gpu_peak_bytes"] is None

@@ -32,6 +32,7 @@ from bundler.build.wheels.resolve import REQUESTED, Resolved, parse_requirements
 from bundler.build.wheels.target import TargetEnv, target_env
 from bundler.build.wheels.wheelhouse import ORIGIN, check_misfits, prepare, scan
 from bundler.config import TargetConfig
+from bundler.display import labelled
 from kernel_src.bundle import sha256_file
 
 
@@ -206,7 +207,7 @@ def vendor_wheels(
     elif wheels:
         warnings.append(f"offline install not rehearsed ({rehearsal.detail}); only the static check ran")
     for warning in warnings:
-        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
+        console.print(labelled("warning:", warning, "bold yellow"), soft_wrap=True)
     vendored_keys = {canonicalize_name(w.name) for w in wheels}
     from_baseline = sorted(
         (baseline.pins[k].name, v) for k, v in report.from_baseline.items() if k not in vendored_keys

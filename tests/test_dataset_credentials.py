@@ -16,6 +16,7 @@ from bundler.build.credentials import (
     credential_name,
     find_key,
     key_like_name,
+    key_shaped,
     scan_checkpoint,
     scan_wheel,
 )
@@ -166,6 +167,8 @@ def test_a_normal_checkpoint_and_torchscript_pass(tmp_path: Path) -> None:
         "key_column": "ImageId_ClassId",
         "sha256": "ab" * 32,
         "run_dir": "/home/me/runs/2024-05-01T10-00-00",
+        "key": "encoder.layer1.0.conv1.weight",
+        "token": "resnet34_imagenet1k_v2",
     }
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "hparams": hparams}, tmp_path / "ok.pth")
     scan_checkpoint(tmp_path / "ok.pth", "checkpoint")
@@ -181,3 +184,21 @@ def test_a_normal_checkpoint_and_torchscript_pass(tmp_path: Path) -> None:
 )
 def test_key_like_names(name: str, expected: bool) -> None:
     assert key_like_name(name) is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0123456789abcdef0123456789abcdef", True),
+        ("a1b2c3d4e5f6a7b8c9d0", True),
+        ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", True),
+        ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abc123", True),
+        ("encoder.layer1.0.conv1.weight", False),
+        ("resnet34_imagenet1k_v2", False),
+        ("model_ema", False),
+        ("/home/me/runs/2024-05-01", False),
+        ("short1a", False),
+    ],
+)
+def test_key_shaped_values(value: str, expected: bool) -> None:
+    assert key_shaped(value) is expected

@@ -175,7 +175,9 @@ def scan_folder(folder: Path, written: Iterable[str]) -> None:
 KEY_NAMES = frozenset(
     {"key", "apikey", "token", "secret", "password", "passwd", "pwd", "credential", "credentials", "auth"}
 )
-_KEY_SHAPED = re.compile(r"[A-Za-z0-9_\-+/=.]{16,}")
+_KEY_SHAPED = re.compile(r"[A-Za-z0-9_\-+/=]{16,}|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-.]+")  # a JWT has dots
+# snake/kebab identifiers (resnet34_imagenet1k_v2, model-ema-v2) are names, not secrets
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9]*(?:[_\-][a-z0-9]+)+")
 _KAGGLE_KEY = re.compile(r"[0-9a-f]{32}")
 _TEXT_PAIR = re.compile(r"""["']?([A-Za-z_][\w.-]{0,63})["']?\s*[:=]\s*["']([^"'\s]{16,512})["']""")
 _PICKLE_LIMIT = 256 << 20  # a pickle bigger than this is not metadata; the byte scan still covers it
@@ -191,12 +193,14 @@ def key_like_name(name: str) -> bool:
 
 
 def key_shaped(value: str) -> bool:
-    """`value` could be a secret: 16+ characters of a key's alphabet, with both letters and digits."""
+    """`value` could be a secret: 16+ characters of a key's alphabet (no dots or spaces, so no
+    tensor name, path or sentence), letters and digits mixed, and not a lowercase identifier."""
     return (
         bool(_KEY_SHAPED.fullmatch(value))
         and any(c.isdigit() for c in value)
         and any(c.isalpha() for c in value)
-        and not value.startswith(("/", "./", "http"))
+        and not _IDENTIFIER.fullmatch(value)
+        and not value.startswith("/")
     )
 
 

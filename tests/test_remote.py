@@ -135,6 +135,7 @@ def test_push_wait_status_submit_and_an_unchanged_bundle(tmp_path: Path) -> None
     for word in ("creating it", "blobs_received", "blobs_decompressed", "ready", "queued", "running", "complete"):
         assert word in out, out
     assert out.index("blobs_received") < out.index("v1 ready") < out.index("v1: queued") < out.index("v1: running")
+    assert "inference.ipynb was missing: rendered for bundle abababababab" in out
     kaggle = cfg.root / "build" / "kaggle"
     assert json.loads((kaggle / "v1" / "profile.json").read_text()) == PROFILE
     assert (kaggle / "v1" / "submission.csv").is_file()
@@ -166,6 +167,7 @@ def test_push_wait_status_submit_and_an_unchanged_bundle(tmp_path: Path) -> None
 
     assert again["returncode"] == 0, again["stderr"]
     assert "unchanged since v1" in again["stdout"]
+    assert "rendered" not in again["stdout"]  # the notebook is fresh: not rendered again
     uploads = [c["name"] for c in calls if c["endpoint"] == "PUT upload"]
     assert sorted(uploads) == sorted(p.name for p in cfg.dataset.out.iterdir() if p.name != "dataset-metadata.json")
     assert "CreateDatasetVersion" not in endpoints(calls)  # the unchanged bundle is not uploaded again

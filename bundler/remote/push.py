@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import time
 from collections.abc import Mapping
@@ -129,7 +130,7 @@ def push_dataset(
             console.print(f"dataset {ref}: an earlier version is still {current}; Kaggle refuses a second upload")
             _wait_ready(cfg, kaggle, interval, timeout_s, console)
         folder = shown_path(cfg.dataset.out)
-        files = [p for p in cfg.dataset.out.iterdir() if p.is_file()]
+        files = [p for p in cfg.dataset.out.iterdir() if p.is_file() and p.name != METADATA]
         size_mb = sum(p.stat().st_size for p in files) / 1e6
         started = time.monotonic()
         with spinner(console, f"uploading {folder} to {ref}: {len(files)} files, {size_mb:,.1f} MB"):
@@ -166,8 +167,9 @@ def _fresh_notebook(cfg: BundleConfig, console: Console) -> None:
     expected = notebook_bytes(build_notebook(cfg, built_manifest(cfg)))
     if path.is_file() and path.read_bytes() == expected:
         return
-    console.print(f"notebook {shown_path(path)} is {'stale' if path.is_file() else 'missing'}: rendering it")
-    render_notebook(cfg, console=console)
+    state = "stale" if path.is_file() else "missing"
+    rendered = render_notebook(cfg, console=Console(file=io.StringIO()))  # its "push it with" hint is ours to do
+    console.print(f"notebook {shown_path(path)} was {state}: rendered for bundle {rendered.bundle_hash[:12]}")
 
 
 def _invalid_sources(invalid: dict[str, list[str]]) -> str:

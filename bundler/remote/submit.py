@@ -101,7 +101,7 @@ def submit(
     if status == "error":
         cls = classify(last.error)
         raise RemoteError(
-            f"submission {ref} (v{number}) failed to score: {last.error or 'no message'}: likely {cls.name}; {cls.fix}"
+            f"submission {ref} (v{number}) failed to score ({last.error or 'no message'}): likely {cls.name}; {cls.fix}"
         )
     console.print(f"[bold green]public score[/] {last.public_score or '(not published)'} (submission {ref}, v{number})")
     return SubmitResult(number, ref, status, last.public_score)

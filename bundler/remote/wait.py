@@ -23,7 +23,8 @@ from bundler.errors import RemoteError
 def spinner(console: Console, description: str) -> Iterator[tuple[Progress, TaskID]]:
     """A spinner with `description` and the time elapsed, ticking on its own while the caller blocks."""
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    # off where the output is no terminal (a log, a pipe): the status lines are printed anyway
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         yield progress, progress.add_task(description, total=None)
 
 

@@ -262,12 +262,20 @@ def _models(raw: Mapping[str, Any], root: Path) -> tuple[ModelEntry, ...]:
 def load_config(path: Path = DEFAULT_CONFIG) -> BundleConfig:
     """Read and validate `bundle.toml`."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; pass --config PATH naming the bundle.toml file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; run from the project root or pass --config PATH")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text, so not a bundle.toml; pass --config PATH naming one") from None
+    except OSError as e:
+        raise ConfigError(
+            f"{path}: cannot be read ({e.strerror or e}); pass --config PATH naming a readable file"
+        ) from None
     return parse_config(raw, path.resolve().parent, shown_path(path))
 
 

@@ -159,3 +159,11 @@ def test_the_notebook_side_refuses_a_threshold_given_as_text() -> None:
     data["postprocess"]["threshold"] = "0.5"
     with pytest.raises(SpecError, match=r"postprocess\.threshold: '0\.5' must be a number or an array of 4 numbers"):
         InferenceSpec.from_dict(data)
+
+
+def test_a_config_that_is_a_folder_or_binary_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"is a folder; pass --config PATH"):
+        load_config(tmp_path)
+    (tmp_path / "model.pth").write_bytes(b"\x80\x02\xff\xfe binary")
+    with pytest.raises(ConfigError, match=r"model\.pth: not UTF-8 text"):
+        load_config(tmp_path / "model.pth")

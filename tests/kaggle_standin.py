@@ -21,7 +21,8 @@ The scenario (JSON; every key optional):
   "outputs": {file name: text}, "invalid": {"dataset": [..], ...}, "error": "", "not_found_polls": N}}
   ("*" for any slug): per push, the session states one per status poll (last sticking) after N
   polls answered 404, the log and outputs listed, the sources SaveKernel reports as invalid;
-- "submission": {"statuses": [..], "public_score": "0.9", "error": ""}.
+- "submission": {"statuses": [..], "public_score": "0.9", "error": ""};
+- "token": the access token `IntrospectToken` reports active (for KAGGLE_API_TOKEN).
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class StandIn:
 
     def answer(self, method: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON answer) for one API call."""
+        if method == "IntrospectToken":  # an access token (KAGGLE_API_TOKEN) is checked at authentication
+            token = self.scenario.get("token", "")
+            active = bool(token) and body.get("token") == token
+            return 200, {"active": active, "username": "your-kaggle-name" if active else ""}
         if method == "GetDatasetStatus":
             if not self.dataset_exists:
                 return 404, {"code": 404, "message": "Dataset not found"}

@@ -64,7 +64,11 @@ def project(tmp_path: Path) -> BundleConfig:
 
 
 def run_scenario(
-    tmp_path: Path, cfg: BundleConfig, scenario: dict[str, Any], commands: list[list[str]], credentials: bool = True
+    tmp_path: Path,
+    cfg: BundleConfig,
+    scenario: dict[str, Any],
+    commands: list[list[str]],
+    credentials: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run `bundler <command>` for each of `commands` against the stand-in; (results, API calls)."""
     work = tmp_path / "standin"
@@ -82,8 +86,7 @@ def run_scenario(
         HOME=str(home), PYTHONPATH=str(ROOT), KAGGLE_API_ENVIRONMENT="LOCALHOST", BUNDLER_POLL_S="0.05", COLUMNS="200"
     )
     env.pop("XDG_CONFIG_HOME", None)
-    if credentials:
-        env.update(KAGGLE_USERNAME="your-kaggle-name", KAGGLE_KEY=KEY)
+    env.update({"KAGGLE_USERNAME": "your-kaggle-name", "KAGGLE_KEY": KEY} if credentials is None else credentials)
     argv = [ISOLATION.unshare, "-n", "--", sys.executable, "-m", "tests.kaggle_standin"]
     done = subprocess.run(
         [*argv, str(work / "scenario.json"), str(work), str(work / "commands.json")],
@@ -290,12 +293,28 @@ def test_a_scoring_error_is_reported_as_such(tmp_path: Path) -> None:
 @needs_netns
 def test_missing_credentials_are_one_line_naming_the_fix(tmp_path: Path) -> None:
     cfg = project(tmp_path)
-    results, calls = run_scenario(tmp_path, cfg, completed_scenario(), [["push"]], credentials=False)
+    results, calls = run_scenario(tmp_path, cfg, completed_scenario(), [["push"]], credentials={})
     assert results[0]["returncode"] == 1
     err = results[0]["stderr"].strip()
     assert len(err.splitlines()) == 1, err
     assert "KAGGLE_USERNAME" in err and "kaggle.json" in err and "KAGGLE_API_TOKEN" in err
     assert calls == []
+
+
+@needs_netns
+def test_an_access_token_authenticates_and_stays_out_of_build(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = {**completed_scenario(), "token": KEY}
+    results, calls = run_scenario(
+        tmp_path, cfg, scenario, [["push", "--no-run"]], credentials={"KAGGLE_API_TOKEN": KEY}
+    )
+    assert results[0]["returncode"] == 0, results[0]["stderr"]
+    assert endpoints(calls)[0] == "IntrospectToken"
+    assert all(c.get("auth", True) for c in calls)
+    for path in (cfg.root / "build").rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_text(errors="replace"), path
+    assert KEY not in results[0]["stdout"] + results[0]["stderr"]
 
 
 @needs_netns

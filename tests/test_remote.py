@@ -34,6 +34,7 @@ from bundler.remote.diagnose import (
     log_text,
 )
 from bundler.remote.push import version_message
+from bundler.remote.state import load_state
 from bundler.sandbox import probe
 from tests.projects import ROOT, captured, demo_cfg, write_fake_manifest
 from tests.wheelhouse import make_wheel
@@ -493,3 +494,53 @@ def test_a_papermill_failure_in_the_log_names_its_cell() -> None:
     assert failure is not None
     assert (failure.cell, failure.ename) == ("In [7]", "FileNotFoundError")
     assert failure.evalue.startswith("[Errno 2]") and failure.traceback[-1].startswith("FileNotFoundError:")
+
+
+def test_a_dry_run_without_a_calibration_takes_the_downloaded_run(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from bundler.dryrun.command import _calibration
+
+    cfg = demo_cfg(tmp_path / "project")
+    local = {"fixed_s": 5.0, "per_image_s": 0.5}
+    no_profile: Any = SimpleNamespace(calibration_profile=None)
+    assert _calibration(cfg, no_profile, local, captured()[0]).kind == "none"
+    run = cfg.root / "build" / "kaggle" / "v3"
+    run.mkdir(parents=True)
+    (run / "profile.json").write_text(json.dumps(PROFILE))
+    assert (
+        _calibration(cfg, no_profile, local, captured()[0])
+        .describe()
+        .startswith("calibrated from Kaggle run v3 of 2026-12-01")
+    )
+    given: Any = SimpleNamespace(calibration_profile={**PROFILE, "per_image_s": 1.0})
+    assert _calibration(cfg, given, local, captured()[0]).kind == "profile"  # one given by the user wins
+
+
+def test_a_stale_notebook_is_rendered_again_before_a_push(tmp_path: Path) -> None:
+    from bundler.remote.push import _fresh_notebook
+
+    cfg = demo_cfg(tmp_path / "project")
+    console, buf = captured()
+    _fresh_notebook(cfg, console)
+    assert "was missing" in buf.getvalue()
+    fresh = cfg.kernel.notebook.read_bytes()
+    _fresh_notebook(cfg, console)
+    assert buf.getvalue().count("rendered") == 1  # fresh: left alone
+    cfg.kernel.notebook.write_bytes(fresh.replace(b"abababababab", b"cdcdcdcdcdcd", 1))
+    _fresh_notebook(cfg, console)
+    assert "was stale" in buf.getvalue()
+    assert cfg.kernel.notebook.read_bytes() == fresh
+
+
+def test_an_unreadable_state_file_names_the_fix(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path / "project")
+    state = load_state(cfg)
+    assert state.last_kernel_version is None
+    state.kernel(4).update(status="complete")
+    state.last_kernel_version = 4
+    state.save()
+    assert load_state(cfg).kernels == {"4": {"status": "complete"}}
+    state.path.write_text("{broken")
+    with pytest.raises(RemoteError, match=r"state\.json: unreadable .*delete it"):
+        load_state(cfg)

@@ -209,3 +209,33 @@ def test_a_failed_offline_install_is_named_as_such(tmp_path: Path) -> None:
     other = Execution("cell_failed", 3.0, 10, "ModelError", "unet: bad weights", "", tmp_path / "n.log")
     assert _reason_of_failure(other, "run") == "cell 10 ('run') failed: ModelError: unet: bad weights"
     assert _judge(None, execution_failure=_reason_of_failure(ex, "setup")).reason.startswith("the setup cell's")
+
+
+def test_a_run_that_predicted_no_image_prints_no_projection() -> None:
+    from bundler.dryrun.command import _print_summary
+    from tests.projects import captured
+
+    console, buf = captured()
+    summary = {
+        "ok": False,
+        "reason": "cell 12 ('run') failed: ModelError: fpn cannot take 64x400",
+        "failures": ["cell 12 ('run') failed: ModelError: fpn cannot take 64x400"],
+        "warnings": [],
+        "images": 0,
+        "images_predicted": 0,
+        "images_missing": 0,
+        "seconds": 4.2,
+        "projected_seconds": None,
+        "hidden_test_images": 5506,
+        "budget_seconds": 3300.0,
+        "calibration": "none: figure is for this machine",
+        "score": None,
+        "guard_steps": [],
+        "problems": {},
+        "resources": {},
+    }
+    _print_summary(summary, console)
+    printed = buf.getvalue()
+    assert "ran 0 images in 4.2 s here; no projection (no image was timed)" in printed
+    assert "projected" not in printed and "5506" not in printed
+    assert "FAIL: cell 12 ('run') failed: ModelError: fpn cannot take 64x400" in printed

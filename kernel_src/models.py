@@ -31,8 +31,10 @@ from torch import nn
 
 from .devices import DeviceSet
 from .errors import ModelError
+from .preprocess import Preprocess, load_preprocess
 from .profiler import Profiler
 from .spec import InferenceSpec, ModelSpec
+from .tta import scaled_size, view_groups
 
 
 def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
@@ -159,6 +161,7 @@ class LoadedModel:
     views: tuple[str, ...]
     images_per_call: int = 0
     measured_s: dict[int, float] = field(default_factory=dict)  # call size -> best seconds per call
+    preprocess: Preprocess | None = None  # the model's translated albumentations pipeline, if it has one
 
 
 def load_models(
@@ -181,7 +184,8 @@ def load_models(
                     with contextlib.suppress(RuntimeError, TypeError):  # TorchScript may refuse: keep NCHW
                         model = model.to(memory_format=torch.channels_last)
                 replicas.append(model)
-            entry = LoadedModel(m, tuple(replicas), m.tta)
+            plan = load_preprocess(Path(bundle_dir) / m.preprocess, m.name) if m.preprocess else None
+            entry = LoadedModel(m, tuple(replicas), m.tta, preprocess=plan)
             _test_forward(entry, kind, spec, devices)
             devices.synchronize()
             largest = -(-spec.batch_size // devices.replicas) * len(m.tta)
@@ -207,8 +211,19 @@ def call_sizes(largest: int) -> list[int]:
     return [*sizes, largest] if largest > 1 else sizes
 
 
-def _zeros(entry: LoadedModel, spec: InferenceSpec, devices: DeviceSet, n: int) -> torch.Tensor:
-    h, w = entry.spec.input_size or (spec.image_height, spec.image_width)
+def input_size(entry: LoadedModel, spec: InferenceSpec) -> tuple[int, int]:
+    """(height, width) the model is fed for an image of the spec's size: its pipeline's output,
+    else its input_size, else the image size."""
+    image = (spec.image_height, spec.image_width)
+    if entry.preprocess is not None:
+        return entry.preprocess.output_size(image)
+    return entry.spec.input_size or image
+
+
+def _zeros(
+    entry: LoadedModel, spec: InferenceSpec, devices: DeviceSet, n: int, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    h, w = size or input_size(entry, spec)
     x = torch.zeros(n, 3, h, w, device=devices.devices[0])
     return x.contiguous(memory_format=torch.channels_last) if devices.channels_last else x
 
@@ -270,19 +285,25 @@ def measure_call_size(
 @torch.inference_mode()
 def _test_forward(entry: LoadedModel, kind: str, spec: InferenceSpec, devices: DeviceSet) -> None:
     m = entry.spec
-    h, w = m.input_size or (spec.image_height, spec.image_width)
-    x = _zeros(entry, spec, devices, 1)
-    try:
-        with devices.autocast():
-            out = entry.replicas[0](x)
-    except Exception as e:
-        raise ModelError(
-            f"model {m.name!r}: a test forward on one {h}x{w} image failed ({type(e).__name__}: {e}); "
-            "check its input_size (smp models need multiples of 32) and its kind/arch"
-        ) from None
-    if not isinstance(out, torch.Tensor):
-        raise ModelError(f"model {m.name!r}: returns {type(out).__name__}, not a tensor; export a single-output model")
-    check_output(m.name, kind, out, 1, spec.num_classes)
+    base = input_size(entry, spec)
+    # one forward per input size its views make (a scale view feeds another size)
+    for factor, _ in view_groups(m.tta):
+        h, w = scaled_size(base, factor)
+        x = _zeros(entry, spec, devices, 1, (h, w))
+        try:
+            with devices.autocast():
+                out = entry.replicas[0](x)
+        except Exception as e:
+            view = "" if factor == 1.0 else f" (its TTA view 'scale:{factor:g}')"
+            raise ModelError(
+                f"model {m.name!r}: a test forward on one {h}x{w} image{view} failed ({type(e).__name__}: {e}); "
+                "check its input_size or preprocess (smp models need multiples of 32), its tta and its kind/arch"
+            ) from None
+        if not isinstance(out, torch.Tensor):
+            raise ModelError(
+                f"model {m.name!r}: returns {type(out).__name__}, not a tensor; export a single-output model"
+            )
+        check_output(m.name, kind, out, 1, spec.num_classes)
 
 
 def check_output(model: str, kind: str, out: torch.Tensor, rows: int, num_classes: int) -> None:

@@ -2,17 +2,21 @@
 
 For a batch of uint8 RGB images `[N, H, W, 3]` (all at the spec's image size):
 
-- Preprocessing per model: `x / 255`, resize to the model's `input_size` (bilinear, like
-  `cv2.resize`'s default), then `(x - mean) / std` per channel.
-- Classifiers (any number): each model's TTA views are stacked into one forward pass; the
-  sigmoid probabilities are averaged over views, then over classifiers with their weights.
+- Preprocessing per model (`kernel_src.preprocess.model_input`): channels in the model's order
+  (`channels = "bgr"` swaps them), then its translated albumentations pipeline when it has one,
+  else `x / 255` resized to its `input_size` (bilinear, like `cv2.resize`'s default) and
+  `(x - mean) / std` per channel.
+- Classifiers (any number): each model's TTA views of one input size are stacked into one forward
+  pass (a scale view is a pass of its own); the views are merged per the model's `tta_merge`
+  (`kernel_src.tta.merge`), then averaged over classifiers with their weights.
 - Gating: `off`; `per_class` (a class whose probability is below its threshold gets an empty
   mask); `per_image` (an image where some class reaches its threshold keeps every class). In
   both modes an image none of whose classes passes is not segmented at all: no segmentation
   forward pass sees it (`images_skipped`).
-- Segmentation: each model's views are stacked into ONE forward batch, the sigmoid
-  probabilities are de-augmented and averaged (`tta.merge_views`), resized back to the image
-  size, and averaged over models with their weights.
+- Segmentation: each model's views of one input size are stacked into one forward batch, every
+  view is undone and the views merged per `tta_merge` (`tta.merge`: probabilities), the
+  pipeline's geometry undone (`preprocess.model_output`: a pad cropped, a crop placed back, a
+  resize resized back to the image size), and the models averaged with their weights.
 - NaN in a model's output for an image (any view, any pixel) leaves that model out for that
   image only: the other models' weights are renormalised for it (`nan_segmenters`,
   `nan_classifiers`). Only when every segmenter gave NaN does the image get empty masks
@@ -33,15 +37,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .devices import DeviceSet
 from .errors import ModelRunError
 from .models import LoadedModel, check_output, free_memory, is_out_of_memory
+from .preprocess import model_input, model_output
 from .profiler import Profiler
-from .spec import InferenceSpec, ModelSpec
-from .tta import merge_views, stack_views
+from .spec import InferenceSpec
+from .tta import merge, stack_group, view_groups
 
 
 @dataclass
@@ -119,16 +123,25 @@ class Predictor:
             chunks.append(x if self.devices.channels_last else x.contiguous())
         return chunks
 
-    def _prepare(self, x: torch.Tensor, m: ModelSpec) -> torch.Tensor:
-        if m.input_size is not None and tuple(x.shape[-2:]) != m.input_size:
-            x = F.interpolate(x, size=m.input_size, mode="bilinear", align_corners=False)
-        mean = torch.tensor(m.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(m.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        x = (x - mean) / std
+    def _prepare(self, x: torch.Tensor, lm: LoadedModel) -> torch.Tensor:
+        x = model_input(x, lm.spec, lm.preprocess)
         return x.contiguous(memory_format=torch.channels_last) if self.devices.channels_last else x
 
-    def _forward(self, lm: LoadedModel, replica: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
-        """Raw output for the stacked views of `x`, as float32, in calls of at most
+    def _forward(self, lm: LoadedModel, replica: nn.Module, x: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        """Each view's raw output for `x`, as float32: the views of one input size stacked into one
+        batch (`tta.view_groups`), each batch run by `_call`."""
+        n = x.shape[0]
+        outs: list[torch.Tensor] = []
+        order: list[int] = []
+        for factor, index in view_groups(lm.views):
+            out = self._call(lm, replica, stack_group(x, [lm.views[i] for i in index], factor), kind)
+            outs.extend(out[j * n : (j + 1) * n] for j in range(len(index)))
+            order.extend(index)
+        self.forward_images[lm.spec.name] += n
+        return [outs[order.index(i)] for i in range(len(lm.views))]
+
+    def _call(self, lm: LoadedModel, replica: nn.Module, batch: torch.Tensor, kind: str) -> torch.Tensor:
+        """Raw output for `batch` (stacked views), as float32, in calls of at most
         `lm.images_per_call` images (eval-mode models give the same numbers either way).
 
         Out of memory is not a model failure: the same images are tried again with half the call
@@ -136,7 +149,6 @@ class Predictor:
         rest of the run and recorded in profile.json `call_sizes[name]["reduced_by_oom"]`. Any
         other error, or out of memory at one image, raises ModelRunError."""
         name = lm.spec.name
-        batch = stack_views(x, lm.views)
         total = batch.shape[0]
         while True:
             step = lm.images_per_call if 0 < lm.images_per_call < total else total
@@ -160,7 +172,6 @@ class Predictor:
             lm.images_per_call = step // 2
             record = self.profiler.call_sizes.setdefault(name, {"chosen": step, "measured_s": {}, "reduced_by_oom": []})
             record["reduced_by_oom"].append(lm.images_per_call)
-        self.forward_images[name] += x.shape[0]
         return out.float()
 
     def _classify(self, chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[int, list[str]]]:
@@ -177,12 +188,11 @@ class Predictor:
             parts = []
             with self.profiler.stage(f"classifier:{lm.spec.name}"):
                 for (i, _, _), x in zip(self.devices.split(n), chunks, strict=True):
-                    out = self._forward(lm, lm.replicas[i], self._prepare(x, lm.spec), "classifier")
-                    bad = _nan_images(out, len(lm.views), x.shape[0])
-                    # reshape, not view: a model may hand back any memory layout. sigmoid(+-inf)
-                    # is 1 or 0 (saturated, e.g. an fp16 overflow), only NaN drops the model.
-                    views = torch.sigmoid(out.reshape(len(lm.views), x.shape[0], -1))
-                    parts.append((views.mean(dim=0).masked_fill(bad[:, None], 0.0), bad))
+                    outs = self._forward(lm, lm.replicas[i], self._prepare(x, lm), "classifier")
+                    bad = _nan_images(outs)
+                    # sigmoid(+-inf) is 1 or 0 (saturated, e.g. an fp16 overflow), only NaN drops the model
+                    views = merge([o.reshape(o.shape[0], -1) for o in outs], lm.views, lm.spec.tta_merge)
+                    parts.append((views.masked_fill(bad[:, None], 0.0), bad))
                 probs = torch.cat([p.cpu() for p, _ in parts])
                 bad_all = torch.cat([b.cpu() for _, b in parts])
             total += probs * (lm.spec.weight / weights)
@@ -210,14 +220,14 @@ class Predictor:
             outs = []
             with self.profiler.stage(f"segmenter:{lm.spec.name}"):
                 for (i, _, _), x in zip(split, chunks, strict=True):
-                    outs.append(self._forward(lm, lm.replicas[i], self._prepare(x, lm.spec), "segmenter"))
+                    outs.append(self._forward(lm, lm.replicas[i], self._prepare(x, lm), "segmenter"))
             with self.profiler.stage("tta_merge"):
-                for (_, start, stop), out, a in zip(split, outs, acc, strict=True):
-                    k = stop - start
-                    bad = _nan_images(out, len(lm.views), k)
-                    probs = merge_views(torch.sigmoid(out), lm.views, k)
-                    if tuple(probs.shape[-2:]) != (h, w):
-                        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+                for (_, start, stop), views, a in zip(split, outs, acc, strict=True):
+                    bad = _nan_images(views)
+                    # the views merged in the model's frame (a scale view resized to the unscaled
+                    # input's size), then the pipeline's geometry undone onto the image
+                    probs = merge(views, lm.views, lm.spec.tta_merge, (views[0].shape[-2], views[0].shape[-1]))
+                    probs = model_output(probs, lm.preprocess, (h, w))
                     a.add_(probs.masked_fill(bad[:, None, None, None], 0.0), alpha=lm.spec.weight / weights)
                     bad_cpu = bad.cpu()
                     covered[start:stop] += (~bad_cpu).float() * lm.spec.weight
@@ -271,10 +281,13 @@ class Predictor:
         )
 
 
-def _nan_images(out: torch.Tensor, views: int, n: int) -> torch.Tensor:
-    """[n] bool on `out`'s device: the images for which any view's output [views*n, ...] holds NaN.
+def _nan_images(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[n] bool on the outputs' device: the images for which any view's output [n, ...] holds NaN.
     `reshape`, not `view`: a channels_last output cannot be viewed flat."""
-    return torch.isnan(out).reshape(views, n, -1).any(dim=2).any(dim=0)
+    bad = torch.isnan(views[0]).reshape(views[0].shape[0], -1).any(dim=1)
+    for out in views[1:]:
+        bad |= torch.isnan(out).reshape(out.shape[0], -1).any(dim=1)
+    return bad
 
 
 def _renormalise(total: torch.Tensor, covered: torch.Tensor, weights: float, nan: dict[int, list[str]]) -> None:

@@ -40,7 +40,6 @@ from typing import Any
 PORT = 80
 HOST = "localhost"
 PREFIX = "/api/v1/"
-ENDED = ("complete", "error", "cancel_acknowledged")
 
 
 class StandIn:

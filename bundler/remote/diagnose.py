@@ -20,7 +20,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ENCOUNTERED = re.compile(r'Exception encountered at "(In \[\d+\])"')
@@ -149,7 +148,3 @@ def read_log(files: Sequence[Path]) -> str:
         if path.suffix == ".log" and path.is_file():
             return log_text(path.read_text(encoding="utf-8", errors="replace"))
     return ""
-
-
-def describe(failure: CellFailure | None) -> dict[str, Any]:
-    return {} if failure is None else {"cell": failure.cell, "ename": failure.ename, "evalue": failure.evalue}

@@ -35,14 +35,6 @@ class SubmitResult:
     public_score: str
 
 
-def submit_command(cfg: BundleConfig, version: int, message: str) -> str:
-    """The kaggle CLI command doing the same submission by hand."""
-    return (
-        f"kaggle competitions submit -c {cfg.competition.slug} -k {cfg.kernel.id} -v {version} "
-        f'-f {SUBMISSION_FILE} -m "{message}"'
-    )
-
-
 def submit(
     cfg: BundleConfig,
     *,

@@ -263,6 +263,17 @@ def test_invalid_sources_in_the_push_response_fail_naming_them(tmp_path: Path) -
     assert results[0]["returncode"] == 1
     err = results[0]["stderr"]
     assert "someone/missing-weights" in err and "a/b/pytorch/c/1" in err and "dropped invalid" in err
+    assert "fix them in kernel-metadata.json" in err
+
+
+@needs_netns
+def test_our_own_dataset_refused_says_to_forget_the_recorded_version(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = completed_scenario()
+    scenario["kernels"]["*"]["invalid"] = {"dataset": [f"{DATASET}/1"]}
+    results, _ = run_scenario(tmp_path, cfg, scenario, [["push"]])
+    assert results[0]["returncode"] == 1
+    assert "delete build/kaggle/state.json and push again" in results[0]["stderr"]
 
 
 @needs_netns

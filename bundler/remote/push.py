@@ -218,10 +218,15 @@ def push(
         )
         state.save()
     if response.invalid:
+        ours = any(s.startswith(cfg.dataset.id) for s in response.invalid.get("dataset", []))
+        fix = (
+            f"bundler's own dataset version is gone or not yours: delete {shown_path(state.path)} and push again"
+            if ours
+            else f"fix them in {shown_path(metadata)} (or bundle.toml) and push again"
+        )
         raise RemoteError(
             f"notebook {cfg.kernel.id} v{response.version}: Kaggle dropped invalid "
-            f"{_invalid_sources(response.invalid)}; "
-            f"fix them in {shown_path(metadata)} (or bundle.toml) and push again"
+            f"{_invalid_sources(response.invalid)}; {fix}"
         )
     if response.version is None:
         raise RemoteError(f"notebook {cfg.kernel.id}: Kaggle answered without a version number; see {response.url}")

@@ -16,6 +16,7 @@ from bundler.build.wheels.baseline import BASELINES_DIR, is_protected, load_base
 from bundler.build.wheels.baseline_sources import (
     DOCKERFILE_CRITICAL,
     DOCKERFILE_FORCED,
+    DOCKERFILE_UNINSTALLED,
     GENERATED_MARK,
     Change,
     MadeBaseline,
@@ -84,6 +85,7 @@ def test_shipped_baseline_lacks_what_the_image_lacks() -> None:
         "efficientnet-pytorch",
         "pretrainedmodels",
         "munch",
+        "google-cloud-bigquery-storage",  # uninstalled by the Dockerfile
     ):
         assert base.get(absent) is None, absent
 
@@ -109,6 +111,7 @@ def test_shipped_baseline_header_names_its_sources_and_the_command() -> None:
         "uv --config-file <work>/uv.toml pip compile",
         "--python-version 3.12 --python-platform x86_64-manylinux_2_35 --exclude-newer 2026-08-12T00:00:00Z",
         "protobuf==5.29.5, setuptools>=70,<82",
+        "# Removed (uninstalled): google-cloud-bigquery-storage 2.37.0.",
         "Uncertain:",
         "jupyter_kernel_gateway @ git+",  # the freeze line left out, named
     ):
@@ -300,6 +303,15 @@ def test_merge_keeps_the_freeze_where_the_layer_agrees() -> None:
     assert catboost == "catboost==1.2.10  # Kaggle layer (not in Colab; via the layer's list)"
 
 
+def test_merge_drops_what_the_dockerfile_uninstalls() -> None:
+    freeze = read_colab_freeze(FREEZE, "c")
+    resolved = [Resolved("catboost", "1.2.10", (REQUESTED,)), Resolved("pandas", "2.3.3", ("catboost",))]
+    merged = merge(freeze.pins, resolved, ("Pandas", "catboost", "never-installed"))
+    assert "pandas" not in merged.pins and "catboost" not in merged.pins and merged.changes == {}
+    assert [(p.name, p.version) for p in merged.removed] == [("pandas", "2.3.3"), ("catboost", "1.2.10")]
+    assert merge(freeze.pins, resolved).removed == ()
+
+
 def _provenance(tmp_path: Path) -> Provenance:
     return Provenance(
         freeze=Source(tmp_path / "colab.txt", "googlecolab/backend-info, pip-freeze.gpu.txt, commit abc, 2026-05-14"),
@@ -308,6 +320,7 @@ def _provenance(tmp_path: Path) -> Provenance:
         python="3.12",
         platform="x86_64-manylinux_2_35",
         forced=DOCKERFILE_FORCED,
+        uninstalled=DOCKERFILE_UNINSTALLED,
         critical=DOCKERFILE_CRITICAL,
         bundler_command="bundler baseline from-sources ...",
         uv_command="uv pip compile <work>/requirements.in --exclude-newer 2026-08-12T00:00:00Z",
@@ -361,6 +374,7 @@ def test_make_baseline_writes_a_loadable_file_and_never_clobbers_one(
             python="3.12",
             platform=prov.platform,
             forced=DOCKERFILE_FORCED,
+            uninstalled=("catboost", "Absl_Py", "not-there"),
             critical=DOCKERFILE_CRITICAL,
             bundler_command="bundler baseline from-sources",
             work=tmp_path / "work",
@@ -369,18 +383,19 @@ def test_make_baseline_writes_a_loadable_file_and_never_clobbers_one(
         )
 
     made = make()
-    assert (made.pins, made.moved, made.added) == (8, 1, 1) and len(seen) == 1
+    assert (made.pins, made.moved, made.added) == (6, 1, 0) and len(seen) == 1
     base = load_baseline(str(out))
-    assert base.get("pandas") is not None and base.version("catboost") == Version("1.2.10")
+    assert base.get("pandas") is not None and base.get("catboost") is None and base.get("absl-py") is None
+    assert "# Removed (uninstalled): catboost 1.2.10, absl-py 1.4.0." in out.read_text()
     made = make()  # a file this command wrote is rewritten
-    assert made.pins == 8
+    assert made.pins == 6
     with pytest.raises(WheelsError, match="--freeze-origin is empty"):
         make(origin=" ")
     out.write_text("absl-py==9.9\n")  # a hand-made file: refused, kept
     with pytest.raises(WheelsError, match=r"kaggle-test\.txt exists and was not written by .*--replace"):
         make()
     assert out.read_text() == "absl-py==9.9\n"
-    assert make(replace=True).pins == 8
+    assert make(replace=True).pins == 6
 
 
 def test_cli_names_a_missing_source(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ The first pass runs the SAME kernel_src code the notebook runs: `kernel_src.mode
 (weights from the built bundle), `kernel_src.images.ImageLoader` (decoding and conversion),
 `kernel_src.predict.Predictor`'s preprocessing and forward calls (`_upload`, `_prepare`,
 `_forward`: resize, mean/std, views stacked, call sizes, out-of-memory retries) and
-`kernel_src.tta.merge_views`. It keeps, per image:
+`kernel_src.tta.merge`. It keeps, per image:
 
 - each classifier's class probabilities (`cls--<model>.npy`, float32 [N, C]; NaN where the
   model's output for that image held NaN, as the engine's gate would drop it);
@@ -172,8 +172,9 @@ def first_pass(
     from kernel_src.images import ImageLoader
     from kernel_src.models import load_models
     from kernel_src.predict import Predictor
+    from kernel_src.preprocess import model_output
     from kernel_src.profiler import Profiler
-    from kernel_src.tta import merge_views
+    from kernel_src.tta import merge
 
     began = time.perf_counter()
     staging = folder.with_name(folder.name + ".partial")
@@ -203,25 +204,29 @@ def first_pass(
             begin = time.perf_counter()
             parts = []
             for (i, _, _), x in zip(devices.split(len(images)), chunks, strict=True):
-                out = predictor._forward(lm, lm.replicas[i], predictor._prepare(x, lm.spec), "classifier")
-                views = torch.sigmoid(out.reshape(len(lm.views), x.shape[0], -1)).mean(dim=0)
+                logits = predictor._forward(lm, lm.replicas[i], predictor._prepare(x, lm), "classifier")
+                views = merge([o.reshape(o.shape[0], -1) for o in logits], lm.views, lm.spec.tta_merge)
                 parts.append(views.float().cpu())
             devices.synchronize()
             seconds[lm.spec.name] += time.perf_counter() - begin
             cls_probs[lm.spec.name][index] = torch.cat(parts).numpy()  # NaN stays NaN: dropped at tune time
         for lm in segmenters:
             begin = time.perf_counter()
-            outs = []
+            outs: list[list[torch.Tensor]] = []
             for (i, _, _), x in zip(devices.split(len(images)), chunks, strict=True):
-                outs.append(predictor._forward(lm, lm.replicas[i], predictor._prepare(x, lm.spec), "segmenter"))
+                outs.append(predictor._forward(lm, lm.replicas[i], predictor._prepare(x, lm), "segmenter"))
             devices.synchronize()
             seconds[lm.spec.name] += time.perf_counter() - begin
             for (_, lo, hi), out in zip(devices.split(len(images)), outs, strict=True):
                 k = hi - lo
-                bad = torch.isnan(out).reshape(len(lm.views), k, -1).any(2).any(0)
+                bad = torch.stack([torch.isnan(o).reshape(k, -1).any(1) for o in out]).any(0)
                 nan[lm.spec.name][index[lo:hi]] = bad.cpu().numpy()
+                frame = (out[0].shape[-2], out[0].shape[-1])  # the model's frame; scale views resized to it
                 for v, view in enumerate(lm.views):
-                    single = merge_views(torch.sigmoid(out[v * k : (v + 1) * k]), (view,), k).float().cpu().numpy()
+                    probs = merge([out[v]], (view,), "mean", frame)
+                    if lm.preprocess is not None:  # its pipeline's geometry undone onto the image
+                        probs = model_output(probs, lm.preprocess, size)
+                    single = probs.float().cpu().numpy()
                     store = maps.get((lm.spec.name, v))
                     if store is None:
                         shape = (n, c, single.shape[-2], single.shape[-1])

@@ -78,6 +78,14 @@ def gpu_peak_bytes(device_kind: str) -> dict[str, int] | None:
         return None
 
 
+def format_bytes(n: Any) -> str:
+    """`n` bytes for people: GB (10^9) from 1 GB up, else MB; '-' when unknown. The one formatter of
+    memory and disk figures (the profile table, the dry-run's verdict, table and report)."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        return "-"
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 def folder_bytes(folder: Path) -> int:
     """Bytes of the regular files under `folder` (links not followed); 0 when it is absent."""
     total = 0
@@ -270,9 +278,9 @@ class Profiler:
         r = p["resources"]
         gpu = r["gpu_peak_bytes"]
         lines.append(
-            f"peak memory {_gb(r['peak_rss_bytes'])} (this process), GPU "
-            + (", ".join(f"{d} {_gb(b)}" for d, b in gpu.items()) if gpu else "not used")
-            + f", working folder {_gb(r['working_bytes'])}"
+            f"peak memory {format_bytes(r['peak_rss_bytes'])} (this process), GPU "
+            + (", ".join(f"{d} {format_bytes(b)}" for d, b in gpu.items()) if gpu else "not used")
+            + f", working folder {format_bytes(r['working_bytes'])}"
         )
         for step in p["guard"]["steps"]:
             lines.append(
@@ -280,7 +288,3 @@ class Profiler:
                 f"{step['projected_s']:.0f} s of {p['guard']['budget_s']:.0f} s): {step['action']} {step['detail']}"
             )
         return "\n".join(lines)
-
-
-def _gb(n: int | None) -> str:
-    return "unknown" if n is None else f"{n / 1e9:.2f} GB"

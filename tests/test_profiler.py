@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kernel_src.profiler import Profiler, folder_bytes
+from kernel_src.profiler import Profiler, folder_bytes, format_bytes
 
 PROFILE_KEYS = {
     "format",
@@ -148,7 +148,8 @@ def test_resources_on_cpu_say_no_gpu_explicitly(tmp_path: Path) -> None:
     assert resources["gpu_peak_bytes"] is None and "gpu_peak_bytes" in resources
     assert resources["working_bytes"] == 1024 == folder_bytes(tmp_path)
     assert resources["peak_rss_bytes"] > 10_000_000  # this interpreter with torch loaded: tens of MB at least
-    assert "GPU not used" in p.table() and "working folder 0.00 GB" in p.table()
+    assert "GPU not used" in p.table() and "working folder 0.0 MB" in p.table()
+    assert format_bytes(None) == "-" and format_bytes(1_500_000) == "1.5 MB" and format_bytes(2.5e9) == "2.50 GB"
     assert Profiler(0.0).to_dict()["resources"]["working_bytes"] is None  # no folder given: unknown, not 0
 
 

@@ -165,4 +165,4 @@ def test_resources_stand_beside_the_limits_and_an_excess_is_marked() -> None:
     text = render_report(_summary(resources=resources), PROFILE, [])
     assert "<tr class=bad><td>peak RAM of the notebook&#x27;s process</td><td>31.00 GB</td><td>29.00 GB</td>" in text
     assert "<td>not used (CPU run)</td><td>15.00 GB per GPU</td>" in text
-    assert "<td>0.00 GB</td><td>20.00 GB</td>" in text
+    assert "<td>0.0 MB</td><td>20.00 GB</td>" in text

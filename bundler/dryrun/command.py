@@ -40,7 +40,7 @@ from bundler.display import shown_path
 from bundler.dryrun._child import Execution, run_notebook
 from bundler.dryrun.breakdown import submission_breakdown
 from bundler.dryrun.inputs import Inputs, check_inputs
-from bundler.dryrun.metric import dice_score
+from bundler.dryrun.metric import mask_shapes, score_run
 from bundler.dryrun.outputs import discard, keep, new_stage
 from bundler.dryrun.projection import (
     NO_CALIBRATION,
@@ -58,7 +58,7 @@ from bundler.dryrun.tree import make_tree, remove_tree
 from bundler.dryrun.verdict import Facts, judge, problem_summary, resources_against_limits
 from bundler.errors import DryRunError
 from bundler.sandbox import Isolation, probe
-from kernel_src.profiler import folder_bytes
+from kernel_src.profiler import folder_bytes, format_bytes
 from kernel_src.submission import SampleSubmission, read_csv_strings
 
 OUTPUTS = ("submission.csv", "profile.json", "summary.json", "report.html")
@@ -146,7 +146,10 @@ def _calibration(cfg: BundleConfig, inputs: Inputs, profile: Mapping[str, Any], 
 def _complete(submission: Path, sample: SampleSubmission) -> str:
     """'' when `submission` has every row the sample asks for, else what is wrong."""
     frame = read_csv_strings(submission)
-    if len(frame) != sample.rows:
+    if sample.custom is not None and sample.custom.per_object:  # one row per object: at least one per pair
+        if len(frame) < sample.rows:
+            return f"submission.csv has {len(frame)} rows, the sample submission needs at least {sample.rows}"
+    elif len(frame) != sample.rows:
         return f"submission.csv has {len(frame)} rows, the sample submission needs {sample.rows}"
     if [str(c) for c in frame.columns] != list(sample.columns):
         return f"submission.csv header {list(frame.columns)} differs from the sample's {list(sample.columns)}"
@@ -273,18 +276,15 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
     losses: list[dict[str, Any]] | None = None  # where the points are lost (bundler.dryrun.breakdown)
     if inputs.labels is not None and submission.is_file() and not incomplete:
         try:
-            metric = dice_score(
-                submission,
-                inputs.labels,
-                num_classes=cfg.inference.num_classes,
-                shape=(cfg.inference.image_height, cfg.inference.image_width),
-                order=cfg.inference.rle_order,
-                image_ids=inputs.sample.image_ids,
+            # layout, RLE order, each image's encode size and the empty-pair rule from the spec (issue 16)
+            metric = score_run(
+                cfg.inference, submission, inputs.labels, test_dir=inputs.test_dir, image_ids=inputs.sample.image_ids
             )
             score, per_class = metric.mean, list(metric.per_class)
             losses = [c.to_dict() for c in submission_breakdown(
                 submission, inputs.labels, num_classes=cfg.inference.num_classes, image_ids=inputs.sample.image_ids,
-                shape=(cfg.inference.image_height, cfg.inference.image_width), submission_spec=cfg.inference.submission,
+                shape=mask_shapes(cfg.inference, inputs.test_dir, inputs.sample.image_ids),
+                submission_spec=cfg.inference.submission,
             )]  # fmt: skip
         except ValueError as e:
             failures.append(f"the submission could not be scored: {e}")
@@ -350,19 +350,16 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
                 inputs.test_dir,
                 inputs.labels,
                 num_classes=cfg.inference.num_classes,
-                shape=(cfg.inference.image_height, cfg.inference.image_width),
+                shape=mask_shapes(cfg.inference, inputs.test_dir, inputs.sample.image_ids),
                 order=cfg.inference.rle_order,
                 limit=SAMPLE_IMAGES,
+                submission_spec=cfg.inference.submission,
             )
         except ValueError as e:
             console.print(f"[yellow]warning:[/] masks left out of the report: {escape(str(e))}")
     write_report(stage / "report.html", summary, profile, samples)
     _print_summary(summary, console)
     return DryRunResult(ok=verdict.ok, reason=verdict.reason, out=stage, summary=summary)
-
-
-def _gb(n: Any) -> str:
-    return "-" if not isinstance(n, (int, float)) else f"{n / 1e9:.2f} GB"
 
 
 def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
@@ -400,13 +397,13 @@ def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
             table.add_row(escape(kind), str(entry["count"]), escape("; ".join(entry["examples"])))
         ram, gpu, disk = (resources.get(k) or {} for k in ("ram", "gpu", "working_disk"))
         if ram:
-            table.add_row("peak RAM", _gb(ram.get("peak_bytes")), _gb(ram.get("limit_bytes")))
+            table.add_row("peak RAM", format_bytes(ram.get("peak_bytes")), format_bytes(ram.get("limit_bytes")))
         if gpu:
             peaks = gpu.get("peak_bytes")
-            used = ", ".join(f"{d} {_gb(b)}" for d, b in peaks.items()) if peaks else "not used (CPU run)"
-            table.add_row("peak GPU memory", used, f"{_gb(gpu.get('limit_bytes_per_device'))} per GPU")
+            used = ", ".join(f"{d} {format_bytes(b)}" for d, b in peaks.items()) if peaks else "not used (CPU run)"
+            table.add_row("peak GPU memory", used, f"{format_bytes(gpu.get('limit_bytes_per_device'))} per GPU")
         if disk:
-            table.add_row("working folder", _gb(disk.get("bytes")), _gb(disk.get("limit_bytes")))
+            table.add_row("working folder", format_bytes(disk.get("bytes")), format_bytes(disk.get("limit_bytes")))
         console.print(table)
     for line in summary.get("warnings") or []:
         console.print(f"[yellow]WARN[/]: {escape(line)}", soft_wrap=True)

@@ -28,6 +28,9 @@ from matplotlib.figure import Figure
 
 from bundler.dryrun.breakdown import loss_section
 from kernel_src import rle
+from kernel_src.images import image_paths
+from kernel_src.layout import SubmissionSpec
+from kernel_src.profiler import format_bytes
 from kernel_src.submission import read_masks
 
 CLASS_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180))
@@ -55,13 +58,17 @@ def load_mask_samples(
     labels: Path | None,
     *,
     num_classes: int,
-    shape: tuple[int, int],
+    shape: tuple[int, int] | Mapping[str, tuple[int, int]],
     order: str,
     limit: int = 6,
+    submission_spec: SubmissionSpec | None = None,
 ) -> list[MaskSample]:
-    """Up to `limit` images, those with a predicted or true defect first, in name order."""
-    predicted = read_masks(submission, num_classes)
-    truth = read_masks(labels, num_classes, labels=True) if labels is not None else None
+    """Up to `limit` images, those with a predicted or true defect first, in name order. `shape` is
+    the masks' size, or one per image id (`bundler.dryrun.metric.mask_shapes`); both files are read
+    in the `submission_spec` layout (issue 16)."""
+    predicted = read_masks(submission, num_classes, submission=submission_spec)
+    truth = read_masks(labels, num_classes, labels=True, submission=submission_spec) if labels is not None else None
+    paths = image_paths(test_dir, list(predicted), (submission_spec or SubmissionSpec()).image_id)
     empty = [""] * num_classes
 
     def has_defect(image_id: str) -> bool:
@@ -73,18 +80,19 @@ def load_mask_samples(
     for image_id in ids:
         if len(samples) >= limit:
             break
-        path = test_dir / image_id
-        if not path.is_file():  # listed but missing: the verdict counts these; cv2.imread would warn per file
+        path = paths[image_id]
+        size = shape.get(image_id) if isinstance(shape, Mapping) else shape
+        if not path.is_file() or size is None:  # listed but missing: the verdict counts these (imread warns per file)
             continue
         image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)  # silent on bad data, unlike imread
         if image is None:
             continue
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        if image.shape[:2] != shape:
-            image = cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+        if image.shape[:2] != size:
+            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
         rgb = np.asarray(image, dtype=np.uint8)
-        true_masks = None if truth is None else _masks(truth.get(image_id, empty), shape, order)
-        samples.append(MaskSample(image_id, rgb, _masks(predicted.get(image_id, empty), shape, order), true_masks))
+        true_masks = None if truth is None else _masks(truth.get(image_id, empty), size, order)
+        samples.append(MaskSample(image_id, rgb, _masks(predicted.get(image_id, empty), size, order), true_masks))
     return samples
 
 
@@ -243,20 +251,17 @@ def _reasons_section(summary: Mapping[str, Any]) -> str:
     return f"<h2>Reasons</h2><ul>{items}</ul>"
 
 
-def _gb(value: Any) -> str:
-    return "-" if not isinstance(value, (int, float)) else f"{value / 1e9:.2f} GB"
-
-
 def _resources_section(resources: Mapping[str, Any] | None) -> str:
     if not resources:
         return ""
     ram, gpu, disk = (resources.get(k) or {} for k in ("ram", "gpu", "working_disk"))
     peaks = gpu.get("peak_bytes")
-    gpu_used = ", ".join(f"{d} {_gb(b)}" for d, b in peaks.items()) if peaks else "not used (CPU run)"
+    gpu_used = ", ".join(f"{d} {format_bytes(b)}" for d, b in peaks.items()) if peaks else "not used (CPU run)"
+    b = format_bytes
     rows = [
-        ("peak RAM of the notebook's process", _gb(ram.get("peak_bytes")), _gb(ram.get("limit_bytes")), ram),
-        ("peak GPU memory", gpu_used, f"{_gb(gpu.get('limit_bytes_per_device'))} per GPU", gpu),
-        ("written under the working folder", _gb(disk.get("bytes")), _gb(disk.get("limit_bytes")), disk),
+        ("peak RAM of the notebook's process", b(ram.get("peak_bytes")), b(ram.get("limit_bytes")), ram),
+        ("peak GPU memory", gpu_used, f"{b(gpu.get('limit_bytes_per_device'))} per GPU", gpu),
+        ("written under the working folder", b(disk.get("bytes")), b(disk.get("limit_bytes")), disk),
     ]
     head = "<tr><th>resource</th><th>used here</th><th>target's limit ([machine])</th></tr>"
     body = "".join(

@@ -32,6 +32,7 @@ from typing import Any
 
 from bundler.config import MachineConfig
 from bundler.dryrun.projection import Projection
+from kernel_src.profiler import format_bytes
 
 GB = 1e9
 KIND_WORDS = {
@@ -109,28 +110,26 @@ def resources_against_limits(
     }
 
 
-def _gb(n: Any) -> str:
-    return "unknown" if not isinstance(n, (int, float)) else f"{n / GB:.2f} GB"
-
-
 def _resource_failures(resources: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     ram, gpu, disk = (resources.get(k) or {} for k in ("ram", "gpu", "working_disk"))
     if ram.get("exceeded"):
         out.append(
-            f"peak memory {_gb(ram['peak_bytes'])} is over the target's {_gb(ram['limit_bytes'])} of RAM "
+            f"peak memory {format_bytes(ram['peak_bytes'])} is over the target's "
+            f"{format_bytes(ram['limit_bytes'])} of RAM "
             "(machine.ram_gb): Kaggle stops such a run (Notebook Exceeded Allowed Compute)"
         )
     if gpu.get("exceeded"):
         limit = gpu["limit_bytes_per_device"]
-        over = ", ".join(f"{d} {_gb(b)}" for d, b in (gpu.get("peak_bytes") or {}).items() if b > limit)
+        over = ", ".join(f"{d} {format_bytes(b)}" for d, b in (gpu.get("peak_bytes") or {}).items() if b > limit)
         out.append(
-            f"peak GPU memory {over} is over the target's {_gb(limit)} per GPU (machine.gpu_memory_gb): "
+            f"peak GPU memory {over} is over the target's {format_bytes(limit)} per GPU (machine.gpu_memory_gb): "
             "lower batch_size or images_per_call"
         )
     if disk.get("exceeded"):
         out.append(
-            f"the run wrote {_gb(disk['bytes'])} under the working folder, over the {_gb(disk['limit_bytes'])} "
+            f"the run wrote {format_bytes(disk['bytes'])} under the working folder, over the "
+            f"{format_bytes(disk['limit_bytes'])} "
             "Kaggle keeps (machine.working_disk_gb)"
         )
     return out

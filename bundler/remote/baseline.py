@@ -229,7 +229,7 @@ def _wheel_requires(path: Path) -> list[NormalizedName]:
     return out
 
 
-def _bundle_needs(cfg: BundleConfig) -> tuple[dict[NormalizedName, str], set[NormalizedName]]:
+def _bundle_needs(cfg: BundleConfig, console: Console) -> tuple[dict[NormalizedName, str], set[NormalizedName]]:
     """(vendored name -> version, names the bundle needs from somewhere) of the built bundle."""
     from bundler.build.manifest import read_manifest
 
@@ -237,6 +237,10 @@ def _bundle_needs(cfg: BundleConfig) -> tuple[dict[NormalizedName, str], set[Nor
     try:
         manifest = read_manifest(cfg.dataset.out, cfg.name)
     except ManifestError:
+        console.print(
+            f"(no built bundle in {shown_path(cfg.dataset.out)}: only target.requirements are checked, "
+            "not their dependencies; run `bundler build` first for the whole closure)"
+        )
         return {}, needed
     vendored = {canonicalize_name(str(w["name"])): str(w["version"]) for w in manifest.get("wheels", []) if "name" in w}
     for wheel in manifest.get("wheels", []):
@@ -281,7 +285,7 @@ def diff(old_spec: str, new_spec: str, cfg: BundleConfig | None, *, console: Con
             )
     if cfg is None:
         return result
-    vendored, needed = _bundle_needs(cfg)
+    vendored, needed = _bundle_needs(cfg, console)
     for key, version in sorted(vendored.items()):
         if key in new.pins:
             result.no_longer_needed.append(f"{key} (vendored {version}, the new image has {new.pins[key].version})")
@@ -289,10 +293,8 @@ def diff(old_spec: str, new_spec: str, cfg: BundleConfig | None, *, console: Con
         if key in new.pins:
             if key in old.pins and old.pins[key].version != new.pins[key].version:
                 result.to_check.append(f"{key} ({old.pins[key].version} -> {new.pins[key].version})")
-        elif not is_protected(key):
-            result.to_vendor.append(
-                f"{key} ({'the old image had ' + old.pins[key].version if key in old.pins else 'in neither image'})"
-            )
+        elif key in old.pins and not is_protected(key):  # in neither image: vendored already, unchanged
+            result.to_vendor.append(f"{key} (the old image had {old.pins[key].version})")
     for title, items in (
         ("no longer needed in the bundle", result.no_longer_needed),
         ("to vendor", result.to_vendor),

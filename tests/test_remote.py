@@ -166,7 +166,7 @@ def test_push_wait_status_submit_and_an_unchanged_bundle(tmp_path: Path) -> None
     body = next(c["body"] for c in calls if c["endpoint"].endswith("/CreateCodeSubmission"))
     assert body["fileName"] == "submission.csv"
     assert body["competitionName"] == cfg.competition.slug
-    assert body["kernelSlug"] == "severstal-bundler-inference"
+    assert (body["kernelOwner"], body["kernelSlug"]) == ("your-kaggle-name", "severstal-bundler-inference")
     assert body["kernelVersion"] == 1
 
     assert again["returncode"] == 0, again["stderr"]

@@ -107,13 +107,14 @@ def submission_breakdown(
     labels: Path,
     *,
     num_classes: int,
-    shape: tuple[int, int],
+    shape: tuple[int, int] | Mapping[str, tuple[int, int]],
     image_ids: Sequence[str],
     submission_spec: SubmissionSpec | None = None,
 ) -> list[ClassLosses]:
     """The breakdown of a submission against the labels, over `image_ids` x every class (both read
     in the `[submission]` layout, as the metric reads them)."""
-    size = shape[0] * shape[1]
+    sizes = {k: v[0] * v[1] for k, v in shape.items()} if isinstance(shape, Mapping) else None
+    size = 0 if isinstance(shape, Mapping) else shape[0] * shape[1]  # one size, or one per image (issue 16)
     predicted = read_masks(submission, num_classes, submission=submission_spec)
     truth = read_masks(labels, num_classes, labels=True, submission=submission_spec)
     n = len(image_ids)
@@ -123,8 +124,9 @@ def submission_breakdown(
     for i, image_id in enumerate(image_ids):
         preds = predicted.get(image_id, [""] * num_classes)
         trues = truth.get(image_id, [""] * num_classes)
+        pixels = size if sizes is None else sizes.get(image_id, 1 << 62)
         for c in range(num_classes):
-            a, b = parse(preds[c], size), parse(trues[c], size)
+            a, b = parse(preds[c], pixels), parse(trues[c], pixels)
             p_ne[c, i], t_ne[c, i] = len(a[0]) > 0, len(b[0]) > 0
             dice[c, i] = dice_of_intervals(a, b)
     return loss_breakdown(image_ids, dice, t_ne, p_ne)

@@ -23,6 +23,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from bundler.config import BundleConfig
+from bundler.dryrun.metric import mask_shapes
 from bundler.dryrun.tree import image_files
 from bundler.errors import DryRunError, ManifestError, RenderError
 from kernel_src import rle
@@ -122,13 +123,13 @@ def _sample(cfg: BundleConfig, images: tuple[str, ...]) -> tuple[Path, SampleSub
         )
     n = cfg.inference.num_classes
     try:
-        sample = read_sample_submission(path, n)
+        sample = read_sample_submission(path, n, cfg.inference.submission)
     except ValueError as e:
         raise DryRunError(
             f"sample submission does not match the configured layout: {e}. Give the competition's "
-            f"sample_submission.csv for these images, or fix inference.num_classes (now {n})"
+            f"sample_submission.csv for these images, or fix inference.num_classes (now {n}) or [submission]"
         ) from None
-    present = set(images)
+    present = _ids_of(cfg, images)
     absent = [i for i in sample.image_ids if i not in present]
     if len(absent) == len(sample.image_ids):
         raise DryRunError(
@@ -151,28 +152,42 @@ def _labels(cfg: BundleConfig, sample: SampleSubmission, images: tuple[str, ...]
     if not path.is_file():
         raise DryRunError(f"labels file {path} does not exist: fix --labels or dryrun.labels (or leave it out)")
     n = cfg.inference.num_classes
+    layout = cfg.inference.submission  # labels are read in the [submission] layout (long form under "auto")
     try:
-        rows = read_mask_rows(path, n, labels=True)
-        masks_by_image(rows, n, str(path))  # one mask per image x class
+        rows = read_mask_rows(path, n, labels=True, submission=layout)
+        merge = layout.layout == "custom" and layout.rows == "per_object"
+        masks_by_image(rows, n, str(path), merge=merge)  # one mask per image x class
     except SubmissionFormatError as e:
         raise DryRunError(f"labels {e}") from None
-    known = set(sample.image_ids) & set(images)
+    known = set(sample.image_ids) & _ids_of(cfg, images)
     outside = sorted({row.image_id for row in rows} - known)
     if outside:
         raise DryRunError(
             f"labels {path} name {len(outside)} image(s) not in the test set (e.g. {outside[:3]}): "
             "give the labels of exactly these test images"
         )
-    size = cfg.inference.image_height * cfg.inference.image_width
+    test_dir = cfg.dryrun.test_dir or Path()  # set: _test_dir checked it first
+    shapes = mask_shapes(cfg.inference, test_dir, sorted({row.image_id for row in rows}))
     for row in rows:
+        h, w = shapes.get(row.image_id, (0, 0))
+        if not h:
+            continue  # a file OpenCV cannot read: its own problem is reported by the run
         try:
-            rle.parse(row.rle, size)
+            rle.parse(row.rle, h * w)
         except ValueError as e:
             raise DryRunError(
                 f"labels {path} line {row.line} ({row.image_id}, class {row.class_id}): {e}; labels must be RLEs of "
-                f"{cfg.inference.image_height}x{cfg.inference.image_width} masks"
+                f"{h}x{w} masks (the size masks are encoded at: inference.encode_size, image size)"
             ) from None
     return path
+
+
+def _ids_of(cfg: BundleConfig, images: tuple[str, ...]) -> set[str]:
+    """The image ids the test folder's files stand for: file names, or their stems under
+    `[submission] image_id = "stem"`."""
+    if cfg.inference.submission.image_id == "stem":
+        return {Path(i).stem for i in images}
+    return set(images)
 
 
 def labels_of_the_set(cfg: BundleConfig, test_dir: Path) -> tuple[BundleConfig, str]:

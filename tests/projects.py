@@ -13,6 +13,8 @@ under tmp_path. (tests/tiny.py makes the tiny models, tests/wheelhouse.py the wh
 - `demo_cfg(root)` / `write_fake_manifest(cfg)`: the repository's demo bundle.toml resolved
   against `root`, with a manifest of made-up hashes (rendering reads no weights);
 - `quiet()`: a console that prints nowhere; `captured()`: one whose output a test reads back;
+- `make_vendoring_project(root, requires, runtime=...)`: a built bundle with a traced TorchScript
+  segmenter and one vendored wheel (`VENDORED_PROBE`) the notebook must install;
 - `write_bundle(root)` / `save_checkpoints(root)` / `build(cfg)` / `snapshot` / `leftovers`: the build
   tests' project (a timm classifier and an smp segmenter as training checkpoints) and its checks.
 """
@@ -35,7 +37,8 @@ from bundler.config import BundleConfig, load_config, parse_config
 from kernel_src.bundle import sha256_file
 from kernel_src.models import build_model
 from kernel_src.spec import ModelSpec
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, make_tiny_models, model_dict
+from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, _TinySegNet, make_tiny_models, model_dict
+from tests.wheelhouse import make_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_BUNDLE_HASH = "ab" * 32
@@ -310,3 +313,93 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 def leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name != out.name)
+
+
+# --- a bundle that vendors a wheel: the dry-run's runtimes (test_dryrun_twin, test_dryrun_runtime) ---
+
+VENDORED_PROBE = "bundler-twin-probe"  # the vendored wheel's distribution
+
+
+def make_traced_segmenter(dest: Path, name: str = "traced-seg") -> ModelSpec:
+    """tests.tiny's segmenter TRACED (not scripted: a scripted F.interpolate of torch 2.14 does not load
+    on the image's torch 2.10), saved as TorchScript in `dest`."""
+    torch.manual_seed(0)
+    traced = torch.jit.trace(_TinySegNet(4).eval(), torch.zeros(1, 3, 32, 128))  # type: ignore[no-untyped-call]
+    spec = ModelSpec(name=name, kind="torchscript", file=f"{name}.pt", input_size=(32, 128), tta=("identity",))
+    dest.mkdir(parents=True, exist_ok=True)
+    traced.save(str(dest / spec.file))
+    return spec
+
+
+def write_manifest_with_wheels(cfg: BundleConfig, wheels: list[Path]) -> None:
+    """bundle.json for the weights of `cfg`'s models and `wheels`, all in the dataset folder."""
+    out = cfg.dataset.out
+    weights = [
+        {
+            "file": m.spec.file,
+            "model": m.spec.name,
+            "kind": m.spec.kind,
+            "sha256": sha256_file(out / m.spec.file),
+            "size": (out / m.spec.file).stat().st_size,
+        }
+        for m in cfg.models
+    ]
+    records: list[dict[str, Any]] = []
+    for wheel in wheels:
+        name, version = wheel.name.split("-")[:2]
+        records.append(
+            {
+                "file": wheel.name,
+                "name": name.replace("_", "-"),
+                "version": version,
+                "sha256": sha256_file(wheel),
+                "size": wheel.stat().st_size,
+                "reason": "a test wheel the image lacks",
+            }
+        )
+    lines = sorted(f"{e['file']} {e['sha256']}" for e in [*weights, *records])
+    manifest = {
+        "format": 1,
+        "bundle": cfg.name,
+        "hash": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+        "created_by": "tests",
+        "wheels": records,
+        "weights": weights,
+    }
+    (out / "bundle.json").write_text(json.dumps(manifest, indent=2))
+
+
+def make_vendoring_project(root: Path, requires: list[str], *, runtime: str) -> BundleConfig:
+    """A built tiny bundle (a traced TorchScript segmenter, one vendored wheel VENDORED_PROBE 1.0 requiring
+    `requires`), its rendered notebook and a labelled holdout of DRYRUN_IMAGES images; dryrun.runtime `runtime`."""
+    from bundler.demo.synthetic import make_dataset
+    from bundler.notebook.render import render_notebook
+
+    dataset = root / "build" / "dataset"
+    seg = make_traced_segmenter(dataset)
+    wheel = make_wheel(dataset, VENDORED_PROBE, "1.0", requires)
+    make_dataset(root / "holdout", DRYRUN_IMAGES, seed=3, height=IMAGE_HEIGHT, width=IMAGE_WIDTH)
+    data = tiny_project(
+        competition={"hidden_test_images": DRYRUN_HIDDEN},
+        dataset={"id": "tester/tiny-bundle", "title": "tiny test bundle"},
+        target={"requirements": [], "python": "3.12"},
+        kernel={
+            "id": "tester/tiny-kernel",
+            "title": "Tiny kernel",
+            "notebook": "build/inference.ipynb",
+            "metadata": "build/kernel-metadata.json",
+        },
+        inference=tiny_inference(batch_size=2, time_budget_s=None, gating={"mode": "off"}),
+        segmenters=[model_table(seg, "unused.pth")],
+        dryrun={
+            "test_dir": "holdout/test_images",
+            "sample_submission": "holdout/sample_submission.csv",
+            "labels": "holdout/labels.csv",
+            "out": "build/dryrun",
+            "runtime": runtime,
+        },
+    )
+    cfg = load_config(write_project(root, data))
+    write_manifest_with_wheels(cfg, [wheel])
+    render_notebook(cfg, console=quiet())
+    return cfg

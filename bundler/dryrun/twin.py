@@ -73,8 +73,8 @@ class TwinPlan:
     python: TargetPython
     baseline: Baseline
     baseline_sha256: str
-    wanted: dict[NormalizedName, str]  # name -> version as PyPI serves it (local label dropped)
-    vendored: frozenset[NormalizedName]  # never installed in the twin
+    wanted: dict[str, str]  # canonical name -> version as PyPI serves it (local label dropped)
+    vendored: frozenset[str]  # canonical names; never installed in the twin
     notes: tuple[str, ...]  # what the twin cannot hold, local labels mapped
 
     @property
@@ -210,7 +210,7 @@ def plan_twin(
                 "take the baseline with `pip freeze --all` (it lists pip) or use `--runtime local`"
             )
         wanted_names.add(canonicalize_name(runner))
-    wanted: dict[NormalizedName, str] = {}
+    wanted: dict[str, str] = {}
     for name in sorted(wanted_names - vendored):
         pin = baseline.get(name)
         assert pin is not None
@@ -255,7 +255,7 @@ def _fits(record: Mapping[str, Any], plan: TwinPlan) -> bool:
     """A complete twin of the same baseline and Python holding what `plan` wants and nothing it vendors."""
     if record.get("baseline_sha256") != plan.baseline_sha256 or record.get("python") != plan.python.version:
         return False
-    packages = {canonicalize_name(k): str(v) for k, v in dict(record.get("packages", {})).items()}
+    packages: dict[str, str] = {canonicalize_name(k): str(v) for k, v in dict(record.get("packages", {})).items()}
     if any(name in packages and plan.baseline.get(name) is None for name in plan.vendored):
         return False
     return all(packages.get(name) == version for name, version in plan.wanted.items())

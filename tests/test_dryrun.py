@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -205,3 +206,55 @@ def test_problem_images_are_listed_and_a_mostly_missing_set_fails_beside_the_las
 
 
 PROBLEM_ROWS = [f"{name}_{c}" for name in ("noise.jpg", "rgba.png", "deep.png", "wide.png") for c in range(1, 5)]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in proc.joinpath("cmdline").read_bytes().decode(errors="replace"):
+                state = proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_run_exits_130_and_keeps_the_last_good_run(project: BundleConfig) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _fresh(project, "interrupted")
+    out = project.root / "build" / "interrupted"
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text('{"ok": true, "reason": "the last good run"}')
+    argv = [sys.executable, "-m", "bundler.cli", "dry-run", "--config", str(project.root / "bundle.toml")]
+    proc = subprocess.Popen(
+        [*argv, "--out", str(out), "--runtime", "local"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell's foreground job: Ctrl-C reaches all of it
+    )
+    deadline = time.monotonic() + 180
+    stage: Path | None = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        stages = list(out.parent.glob(".interrupted.new-*"))
+        logs = [s / "inference.log" for s in stages if (s / "inference.log").is_file()]
+        if logs and "[cell" in logs[0].read_text(errors="replace"):
+            stage = logs[0].parent
+            break
+        time.sleep(0.2)
+    assert stage is not None, "the notebook never started printing"
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert json.loads((out / "summary.json").read_text())["reason"] == "the last good run"
+    assert not stage.exists() and not out.with_name("interrupted.failed").exists()
+    time.sleep(1.0)
+    assert _processes_mentioning(stage.name) == []  # the notebook runner did not outlive the run

@@ -23,8 +23,12 @@ from bundler.errors import RemoteError
 def spinner(console: Console, description: str) -> Iterator[tuple[Progress, TaskID]]:
     """A spinner with `description` and the time elapsed, ticking on its own while the caller blocks."""
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    # off where the output is no terminal (a log, a pipe): the status lines are printed anyway
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+    # Drawn on the terminal as it is now: the kaggle client's own prints are captured while it runs
+    # (`client._silenced` swaps sys.stdout), and the spinner must keep ticking through an upload.
+    # `console.print` meanwhile reaches the terminal through the Live display's stdout redirect.
+    # Off where the output is no terminal (a log, a pipe): the status lines are printed anyway.
+    live = Console(file=console.file, force_terminal=console.is_terminal, width=console.width, highlight=False)
+    with Progress(*columns, console=live, transient=True, disable=not console.is_terminal) as progress:
         yield progress, progress.add_task(description, total=None)
 
 

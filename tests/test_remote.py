@@ -140,6 +140,7 @@ def test_push_wait_status_submit_and_an_unchanged_bundle(tmp_path: Path) -> None
         assert word in out, out
     assert out.index("blobs_received") < out.index("v1 ready") < out.index("v1: queued") < out.index("v1: running")
     assert "inference.ipynb was missing: rendered for bundle abababababab" in out
+    assert out.rstrip().endswith("submit it with: bundler submit --version 1 --wait")
     kaggle = cfg.root / "build" / "kaggle"
     assert json.loads((kaggle / "v1" / "profile.json").read_text()) == PROFILE
     assert (kaggle / "v1" / "submission.csv").is_file()

@@ -103,6 +103,7 @@ def settle(
             console.print(f"[yellow]warning:[/] v{version} completed without submission.csv: a submit would fail")
         if profile.is_file():
             console.print(f"  {shown_path(profile)} is now the dry-run's default calibration")
+        console.print(f"submit it with: [bold]bundler submit --version {version} --wait[/]")
     return StatusResult(version, status, tuple(files))
 
 

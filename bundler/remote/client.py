@@ -42,7 +42,8 @@ T = TypeVar("T")
 
 NO_CREDENTIALS = (
     "no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in ~/.kaggle/ "
-    "(Kaggle > Settings > API > Create New Token), or set KAGGLE_API_TOKEN / write ~/.kaggle/access_token"
+    "(Kaggle > Settings > API > Create New Token), or set KAGGLE_API_TOKEN / write ~/.kaggle/access_token, "
+    "or run `kaggle auth login`"
 )
 SOURCE_KINDS = ("dataset", "competition", "kernel", "model")
 

@@ -407,7 +407,7 @@ def _write_pictures(folder: Path, pictures: Sequence[Picture]) -> None:
         (folder / picture.file).write_bytes(buf.tobytes())
 
 
-def _project(root: Path, case: Case) -> Any:
+def _project(root: Path, case: Case, dryrun: dict[str, Any] | None = None) -> Any:
     """bundle.toml for the case, its bundle (the scripted model and its manifest) and the notebook."""
     from bundler.config import load_config
     from bundler.notebook.render import render_notebook
@@ -427,6 +427,9 @@ def _project(root: Path, case: Case) -> Any:
         segmenters=[model_table(spec, "unused.pt", mean=[0, 0, 0], std=[1, 1, 1])],
         submission=case.submission,
     )
+    if dryrun is not None:
+        data["dryrun"] = dryrun
+        data["inference"]["time_budget_s"] = None  # the competition's limit less the margin
     cfg = load_config(write_project(root, data))
     write_built_manifest(cfg)
     render_notebook(cfg, console=quiet())
@@ -498,3 +501,65 @@ def test_severstal_bytes_are_those_of_main_before_issue_16(
         progress=False,
     )
     assert result.submission_path.read_bytes() == (GOLDEN / f"severstal-{layout}.csv").read_bytes()
+
+
+# --- the dry-run: bundle.toml -> render -> notebook executed offline -> scored in the format ---
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["uw-madison"])
+def test_format_dry_runs_to_a_complete_scored_submission(name: str, tmp_path: Path) -> None:
+    """`bundler dry-run` (the local runtime: nbclient in a child, no network) on a holdout in the
+    format, with labels written in that format: PASS, score 1 (the scripted model is exact).
+    UW-Madison has the most settings at once: ids by stem, class column, varied sizes, 16-bit grey.
+    (Every other format was dry-run the same way by hand, all PASS at 1.0; ~25 s each here.)"""
+    from bundler.dryrun.command import dry_run
+    from kernel_src.rle import encode, encode_objects
+    from kernel_src.submission import SubmissionWriter, read_sample_submission
+    from tests.projects import captured
+
+    case = CASES[name]
+    holdout = tmp_path / "holdout"
+    _write_pictures(holdout / "test_images", case.pictures)
+    (holdout / "sample_submission.csv").write_text(case.sample, encoding="utf-8")
+    dryrun = {
+        "test_dir": "holdout/test_images",
+        "sample_submission": "holdout/sample_submission.csv",
+        "labels": "holdout/labels.csv",
+        "runtime": "local",
+    }
+    cfg = _project(tmp_path, case, dryrun=dryrun)
+    spec = cfg.inference
+    sample = read_sample_submission(holdout / "sample_submission.csv", case.num_classes, spec.submission)
+    with SubmissionWriter(holdout / "labels.csv", sample) as labels:
+        for p in case.pictures:
+            masks = [p.mask(k) for k in range(case.num_classes)]
+            if spec.submission.rows == "per_object":
+                labels.add(p.image_id, [tuple(encode_objects(m, spec.rle_order)) for m in masks])
+            else:
+                labels.add(p.image_id, [encode(m, spec.rle_order) for m in masks])
+
+    console, out = captured()
+    result = dry_run(cfg, console=console)
+    assert result.ok, f"{result.reason}\n{out.getvalue()[-3000:]}"
+    assert result.summary["score"] == 1.0
+    case.decode(result.out / "submission.csv", case)
+
+
+def test_dry_run_completeness_counts_per_object_rows_as_at_least_one_per_pair(tmp_path: Path) -> None:
+    from bundler.dryrun.command import _complete
+    from kernel_src.layout import SubmissionSpec
+    from kernel_src.submission import read_sample_submission
+
+    sample_csv = tmp_path / "sample.csv"
+    sample_csv.write_text(_sample("ImageId,EncodedPixels", ["a.jpg,1 2", "b.jpg,1 2"]), encoding="utf-8")
+    objects = SubmissionSpec.from_dict({"layout": "custom", "rows": "per_object"}, 1)
+    sample = read_sample_submission(sample_csv, 1, objects)
+    three = tmp_path / "three.csv"
+    three.write_text("ImageId,EncodedPixels\na.jpg,1 2\na.jpg,9 2\nb.jpg,\n", encoding="utf-8")
+    assert _complete(three, sample) == ""
+    one = tmp_path / "one.csv"
+    one.write_text("ImageId,EncodedPixels\na.jpg,1 2\n", encoding="utf-8")
+    assert "needs at least 2" in _complete(one, sample)
+    per_class = read_sample_submission(sample_csv, 1, SubmissionSpec.from_dict({"layout": "custom"}, 1))
+    assert "needs 2" in _complete(three, per_class)

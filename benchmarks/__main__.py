@@ -33,6 +33,7 @@ def _benchmarks() -> dict[str, Bench]:
     from .bench_rebuild import bench_rebuild
     from .bench_rle import bench_rle
     from .bench_rss import bench_rss
+    from .bench_tune import bench_tune
 
     return {
         "rle_vs_naive": bench_rle,
@@ -41,10 +42,19 @@ def _benchmarks() -> dict[str, Bench]:
         "overhead_vs_forward": bench_overhead,
         "rss_growth": bench_rss,
         "cuda": bench_cuda,
+        "tune_s_per_1000": bench_tune,
     }
 
 
-NAMES = ("rle_vs_naive", "noop_rebuild_s", "pipeline_vs_naive", "overhead_vs_forward", "rss_growth", "cuda")
+NAMES = (
+    "rle_vs_naive",
+    "noop_rebuild_s",
+    "pipeline_vs_naive",
+    "overhead_vs_forward",
+    "rss_growth",
+    "cuda",
+    "tune_s_per_1000",
+)
 
 
 def _load() -> str:

@@ -129,6 +129,7 @@ def test_run_demo_end_to_end_then_reuses_everything(tmp_path: Path) -> None:
     assert result.projected_s is not None and result.budget_s == 600
     summary = json.loads((tmp_path / "build" / "dryrun" / "summary.json").read_text())
     assert summary["score"] == result.score
+    assert result.tune is not None and result.tune.report.is_file() and not result.tune.written
 
     again = run_demo(config, console=quiet(), settings=TINY, dry_run=False)
     assert again.trained == () and not again.data.regenerated

@@ -160,3 +160,11 @@ def test_the_breakdown_counts_each_kind_of_loss() -> None:
     assert losses.partial_loss == pytest.approx(0.4)
     assert losses.lost == pytest.approx(2.4)
     assert [w[:2] for w in losses.worst] == [("b", "false positive"), ("c", "missed"), ("d", "partial")]
+
+
+def test_the_tune_benchmark_runs_at_a_tiny_size() -> None:
+    from benchmarks.bench_tune import bench_tune
+
+    result = bench_tune(quick=True, n=6, height=64, width=256)
+    figures = {f.key: f.value for f in result.figures}
+    assert figures["tune_s_per_1000"] > 0 and figures["tune_plans_s_per_1000"] > 0

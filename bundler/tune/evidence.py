@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 
 from bundler.tune.cache import QUANT, HoldoutCache
-from kernel_src.postprocess import winning_class
 from kernel_src.rle import decode
 
 Floats = npt.NDArray[np.float32]
@@ -82,27 +81,55 @@ def merge(views: Floats, mode: str) -> Floats:
     return result
 
 
+def _merged(cache: HoldoutCache, name: str, views: Sequence[str], mode: str, index: npt.NDArray[np.int64]) -> Floats:
+    """A segmenter's views merged, [n, C, h, w] float32 at its model size, in units of 1/QUANT."""
+    stored = [np.asarray(cache.view_probs(name, v)[index]) for v in views]
+    if len(stored) == 1:
+        return stored[0].astype(np.float32)
+    if mode == "mean":  # exact in integers, then one scaling
+        total = np.zeros(stored[0].shape, dtype=np.uint16)
+        for s in stored:
+            total += s
+        return total.astype(np.float32) * np.float32(1.0 / len(stored))
+    probs = np.stack(stored).astype(np.float32) * np.float32(1.0 / QUANT)
+    return merge(probs, mode) * np.float32(QUANT)
+
+
 def ensemble(cache: HoldoutCache, plan: Plan, models: Models, rows: Sequence[int]) -> tuple[Floats, Bools]:
-    """(probabilities [n, C, H, W] float32, failed [n]) for the images at `rows`."""
-    index = np.asarray(rows)
+    """(probabilities [n, C, H, W] float32, failed [n]) for the images at `rows`.
+
+    The weighted sum is taken at each model size before the bilinear resize to the image size
+    (one resize per size rather than per model): the resize is linear, so this is the engine's
+    resize-then-average up to float rounding."""
+    index = np.asarray(rows, dtype=np.int64)
     n, size = len(index), (cache.height, cache.width)
-    total = torch.zeros(n, cache.num_classes, *size)
-    covered = torch.zeros(n)
+    covered = np.zeros(n, dtype=np.float64)
     weights = sum(models.weights[name] for name, _ in plan.segmenters)
+    by_size: dict[tuple[int, int], Floats] = {}
     for name, views in plan.segmenters:
-        stored: Floats = np.stack([np.asarray(cache.view_probs(name, v)[index]) for v in views]).astype(np.float32)
-        stored /= np.float32(QUANT)
-        probs = torch.from_numpy(np.ascontiguousarray(merge(stored, models.merges.get(name, "mean"))))
-        if tuple(probs.shape[-2:]) != size:
-            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-        bad = torch.from_numpy(cache.nan_images(name)[index])
+        merged = _merged(cache, name, views, models.merges.get(name, "mean"), index)
+        bad = cache.nan_images(name)[index]
+        if bad.any():
+            merged[bad] = 0.0
         w = models.weights[name]
-        total.add_(probs.masked_fill(bad[:, None, None, None], 0.0), alpha=w / weights)
-        covered += (~bad).float() * w
-    scale = torch.where(covered > 0, weights / covered.clamp(min=1e-12), torch.zeros_like(covered))
-    total *= scale[:, None, None, None]
-    failed = (covered <= 0).numpy() | ~cache.readable()[index]
-    return total.numpy(), failed
+        merged *= np.float32(w / weights / QUANT)
+        key = (int(merged.shape[-2]), int(merged.shape[-1]))
+        if key in by_size:
+            by_size[key] += merged
+        else:
+            by_size[key] = merged
+        covered += (~bad) * w
+    total: Floats | None = None
+    for key, part in by_size.items():
+        if key != size:
+            part = F.interpolate(torch.from_numpy(part), size=size, mode="bilinear", align_corners=False).numpy()
+        total = part if total is None else total + part
+    assert total is not None, "a plan has at least one segmenter"
+    partial = (covered > 0) & (covered < weights)
+    if partial.any():  # some segmenter gave NaN for these images: renormalise the others' weights
+        total[partial] *= (weights / covered[partial]).astype(np.float32)[:, None, None, None]
+    failed = (covered <= 0) | ~cache.readable()[index]
+    return total, failed
 
 
 def gate_probs(cache: HoldoutCache, classifiers: Sequence[str], weights: Mapping[str, float]) -> Floats | None:
@@ -186,25 +213,31 @@ def image_dice(
     mins = np.asarray(grid.min_components, dtype=np.int64)[:, None]
     areas_needed = np.maximum(np.asarray(grid.min_areas, dtype=np.int64), 1)[None, :]
     lowest = min(grid.thresholds)
-    winner = winning_class(probs) if variants > 1 else None
-    for x in range(variants):
-        for c in range(c_n):
-            base = probs[c]
+    for c in range(c_n):
+        t_area = int(np.count_nonzero(truth[c]))
+        clean = empty_pair if t_area == 0 else 0.0
+        dice[:, c] = clean
+        above = probs[c] > lowest
+        ys, xs = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
+        if not ys.size:
+            continue  # nothing above the lowest threshold: every candidate's mask is empty
+        # Every component, in either variant, lies inside the box of the pixels above the lowest threshold.
+        box = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+        crop, crop_truth = probs[c][box], np.ascontiguousarray(truth[c][box])
+        for x in range(variants):
             if x == 1:
-                assert winner is not None
-                lost = winner != c
-                if not (lost & (base > lowest)).any():  # no pixel of this class is taken by another
+                # kernel_src.postprocess.winning_class on the box: a lower class wins ties
+                lower, higher = probs[:c][(slice(None), *box)], probs[c + 1 :][(slice(None), *box)]
+                lost = (lower >= crop).any(axis=0) | (higher > crop).any(axis=0)
+                if not (lost & (crop > lowest)).any():  # no pixel of this class is taken by another
                     dice[1, c], nonempty[1, c] = dice[0, c], nonempty[0, c]
                     continue
-                base = np.where(lost, np.float32(0.0), base)
-            t_area = int(np.count_nonzero(truth[c]))
-            clean = empty_pair if t_area == 0 else 0.0
-            dice[x, c] = clean
+                crop = np.where(lost, np.float32(0.0), crop)
             for k, t in enumerate(grid.thresholds):
-                mask = np.ascontiguousarray(base > t)
+                mask = np.ascontiguousarray(crop > t)
                 if not mask.any():
                     break  # the grid is sorted: higher thresholds keep nothing either
-                areas, inter = _components(mask, truth[c])
+                areas, inter = _components(mask, crop_truth)
                 keep = areas[None, :] >= mins  # [M, J]
                 p = keep @ areas  # [M]
                 i = keep @ inter

@@ -73,7 +73,10 @@ def detect_layout(columns: Sequence[str], source: str) -> str:
         return "wide"
     if names == sorted(LONG_COLUMNS):
         return "long"
-    raise SubmissionFormatError(f"{source}: unknown header {list(columns)}; expected {_ACCEPTED}")
+    raise SubmissionFormatError(
+        f"{source}: unknown header {list(columns)}; expected {_ACCEPTED}, or describe this file in bundle.toml's "
+        "[submission] (layout = 'custom', key_column, mask_column, ...)"
+    )
 
 
 def class_number(text: str, num_classes: int) -> int | None:

@@ -50,6 +50,7 @@ DEMO_PROJECT = tiny_project(
         "test_dir": "demo_data/holdout/test_images",
         "sample_submission": "demo_data/holdout/sample_submission.csv",
         "labels": "demo_data/holdout/labels.csv",
+        "runtime": "local",  # nothing vendored (the venv has smp): the twin of the image would lack it
     },
 )
 

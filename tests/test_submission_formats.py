@@ -563,3 +563,26 @@ def test_dry_run_completeness_counts_per_object_rows_as_at_least_one_per_pair(tm
     assert "needs at least 2" in _complete(one, sample)
     per_class = read_sample_submission(sample_csv, 1, SubmissionSpec.from_dict({"layout": "custom"}, 1))
     assert "needs 2" in _complete(three, per_class)
+
+
+def test_the_readme_table_gives_the_settings_these_cases_use() -> None:
+    """README's competition -> [submission] table is the settings these tests prove."""
+    import tomllib
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    names = {
+        "Understanding Clouds": "clouds",
+        "Carvana": "carvana",
+        "SIIM-ACR pneumothorax": "siim-acr",
+        "Airbus ship detection": "airbus",
+        "UW-Madison GI tract": "uw-madison",
+    }
+    found = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in names:
+            settings = re.findall(r"`([a-z_]+ = [^`]+)`", cells[1])
+            found[names[cells[0]]] = tomllib.loads("\n".join(settings))
+    assert set(found) == set(names.values())
+    for name, settings in found.items():
+        assert settings == CASES[name].submission, name

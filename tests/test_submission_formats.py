@@ -577,12 +577,12 @@ def test_the_readme_table_gives_the_settings_these_cases_use() -> None:
         "Airbus ship detection": "airbus",
         "UW-Madison GI tract": "uw-madison",
     }
-    found = {}
+    found: dict[str, dict[str, Any]] = {}
     for line in readme.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 3 and cells[0] in names:
-            settings = re.findall(r"`([a-z_]+ = [^`]+)`", cells[1])
-            found[names[cells[0]]] = tomllib.loads("\n".join(settings))
+            pairs = re.findall(r"`([a-z_]+ = [^`]+)`", cells[1])
+            found[names[cells[0]]] = tomllib.loads("\n".join(pairs))
     assert set(found) == set(names.values())
-    for name, settings in found.items():
-        assert settings == CASES[name].submission, name
+    for name, table in found.items():
+        assert table == CASES[name].submission, name

@@ -15,7 +15,15 @@ from bundler.build.wheels.interpreter import TargetPython, TargetPythonError, fi
 from bundler.build.wheels.target import target_env
 from bundler.config import TargetConfig
 from bundler.dryrun import twin
-from bundler.dryrun.twin import TwinPlan, find_twin, imported_modules, plan_twin, pypi_version, twins_dir
+from bundler.dryrun.twin import (
+    TwinPlan,
+    find_twin,
+    imported_modules,
+    plan_twin,
+    prune_twins,
+    pypi_version,
+    twins_dir,
+)
 from bundler.errors import DryRunError
 from tests.wheelhouse import make_wheel, write_baseline
 
@@ -215,3 +223,22 @@ def test_twins_live_in_the_user_cache_folder(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setenv(twin.TWIN_DIR_ENV, str(tmp_path / "mine"))
     assert twins_dir() == tmp_path / "mine"
     assert os.environ[twin.TWIN_DIR_ENV]
+
+
+def test_pruning_keeps_the_most_recently_used_twins_and_new_building_folders(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    root = tmp_path / "twins"
+    for age, name in enumerate(["new", "recent", "older", "oldest"]):
+        folder = _fake_twin(root / name, plan, dict(plan.wanted))
+        stamp = 1_000_000.0 - age * 100
+        os.utime(folder / twin.RECORD, (stamp, stamp))
+    (root / "oldest.log").write_text("")
+    stale = root / ".building-abc-1"
+    stale.mkdir()
+    os.utime(stale, (1.0, 1.0))
+    fresh = root / ".building-abc-2"
+    fresh.mkdir()
+    removed = prune_twins(root, "oldest", keep=3)  # the twin just made is kept whatever its stamp
+    assert sorted(p.name for p in removed) == [".building-abc-1", "older"]
+    assert sorted(p.name for p in root.iterdir()) == [".building-abc-2", "new", "oldest", "oldest.log", "recent"]
+    assert find_twin(plan, root) is not None

@@ -19,7 +19,8 @@ compiled (so a read-only twin never recompiles). It is built in a temporary fold
 final place and renamed into it only when complete: a half-built twin is never reused. A complete
 twin of the same baseline and Python that holds every wanted package at its version and none of
 what the bundle vendors is reused too (the image holds every baseline package, so a larger twin
-is no less faithful).
+is no less faithful). Each use stamps the twin; after a creation only the `KEEP_TWINS` most
+recently used twins stay (a refreshed baseline would otherwise leave one per version behind).
 
 Local version labels: the baseline says `torch==2.10.0+cu128`; PyPI serves that build as plain
 `2.10.0` (the `+cu128` builds live on download.pytorch.org), so pins are asked for without their
@@ -29,6 +30,7 @@ local label.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -63,6 +65,8 @@ RECORD = "twin.json"
 KERNEL_SRC = Path(__file__).resolve().parents[2] / "kernel_src"
 # Beside what the notebook imports: its kernel, and the installer its setup cell runs.
 RUNNER_PACKAGES = ("ipykernel", "pip")
+KEEP_TWINS = 3  # complete twins kept in the cache, the most recently used ones
+STALE_BUILD_S = 6 * 3600.0  # a `.building-*` folder this old was left by a killed run
 FIRST_TIME_NOTE = (
     "the first twin downloads torch and its CUDA wheels (about 3 GB) and takes a few minutes; later dry-runs reuse it"
 )
@@ -267,7 +271,7 @@ def find_twin(plan: TwinPlan, root: Path | None = None) -> Twin | None:
     exact = root / plan.key
     record = _read_record(exact)
     if record is not None:
-        return _twin_from(exact, record, False, float(record.get("seconds", 0.0)))
+        return _used(_twin_from(exact, record, False, float(record.get("seconds", 0.0))))
     if not root.is_dir():
         return None
     for folder in sorted(root.iterdir()):
@@ -275,8 +279,40 @@ def find_twin(plan: TwinPlan, root: Path | None = None) -> Twin | None:
             continue
         record = _read_record(folder)
         if record is not None and _fits(record, plan):
-            return _twin_from(folder, record, False, float(record.get("seconds", 0.0)))
+            return _used(_twin_from(folder, record, False, float(record.get("seconds", 0.0))))
     return None
+
+
+def _used(twin: Twin) -> Twin:
+    """Stamp the twin as just used (its record's mtime), which `prune_twins` keeps by."""
+    with contextlib.suppress(OSError):  # a read-only cache still serves; it is only pruned less well
+        os.utime(twin.path / RECORD)
+    return twin
+
+
+def prune_twins(root: Path, keep_key: str, *, keep: int = KEEP_TWINS) -> list[Path]:
+    """Delete the complete twins beyond the `keep` most recently used (never `keep_key`'s), and the
+    half-built folders of killed runs (older than STALE_BUILD_S). Returns what was deleted."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    complete: list[tuple[float, Path]] = []
+    now = time.time()
+    for folder in root.iterdir():
+        if not folder.is_dir():
+            continue
+        if folder.name.startswith(".building-"):
+            if now - folder.stat().st_mtime > STALE_BUILD_S:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+            continue
+        if folder.name != keep_key and _read_record(folder) is not None:
+            complete.append(((folder / RECORD).stat().st_mtime, folder))
+    for _, folder in sorted(complete, reverse=True)[max(keep - 1, 0) :]:
+        shutil.rmtree(folder, ignore_errors=True)
+        (root / f"{folder.name}.log").unlink(missing_ok=True)
+        removed.append(folder)
+    return removed
 
 
 # --- creation -----------------------------------------------------------------------------
@@ -440,6 +476,9 @@ def create_twin(plan: TwinPlan, *, console: Console, root: Path | None = None) -
     if placed is None:
         raise DryRunError(f"the twin at {final} is incomplete after its creation; delete it and rerun")
     console.print(f"twin ready in {seconds:.0f} s: {final}")
+    pruned = [p for p in prune_twins(root, plan.key) if not p.name.startswith(".")]
+    if pruned:
+        console.print(f"removed {len(pruned)} older twin(s) from {root} (the {KEEP_TWINS} most recently used stay)")
     if moved:
         console.print(
             f"[yellow]note:[/] {len(moved)} package(s) differ from the baseline because the pinned ones need it "

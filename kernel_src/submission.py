@@ -6,13 +6,20 @@ Layouts, told apart by the header of `sample_submission.csv` (columns in any ord
   class 1..C (Severstal during the competition);
 - long: `ImageId,ClassId,EncodedPixels` (or `ImageId,EncodedPixels,ClassId`, Severstal's re-cut
   data). The sample's ClassId and EncodedPixels values are placeholders (Kaggle lists each test
-  image once with `1 1` and class 0), so only its ImageIds and column order are used.
+  image once with `1 1` and class 0), so only its ImageIds and column order are used;
+- custom: whatever `[submission]` describes (`kernel_src.layout`): the header must have exactly
+  its key, class and mask columns (any order), keys made by its template from the image id and
+  the class tokens; a class column's values in the sample are not read (placeholders), a key's
+  class token is. `SampleSubmission.custom` holds the resolved `Layout`. Given a
+  `SubmissionSpec`, a Severstal preset is checked against the header too ("auto" detects it).
 
 The one reader of submissions and labels files (`read_mask_rows`, `read_masks`; the dry-run's
 inputs, metric and report and the demo use it): a class is a decimal integer string in 1..C
 (`class_number`), in a wide key's `_<class>` suffix as in a long ClassId column; anything else
 is a SubmissionFormatError naming the file, the line and the value. Labels are the long
-train.csv form only.
+train.csv form, or (a `SubmissionSpec` with a named layout given) that layout; in a custom layout
+the empty value reads as "", relative RLEs as standard ones, and per-object rows are united per
+image x class (`masks_by_image(merge=True)`).
 
 What `SubmissionWriter` writes, byte-deterministically (csv module, `\\n` line endings, empty
 strings for no defect, never NaN):
@@ -22,6 +29,10 @@ strings for no defect, never NaN):
   there is no defect, columns in the sample header's order. Writing every image x class pair
   (rather than defect rows only) keeps the row count fixed at images x classes, which is what
   Kaggle's scorer counts, and scores the same as omitting the empty pairs.
+
+- custom: for every image in sample order, one row per class token (per-object rows: one per
+  object, or one with the empty value), the empty value (`""`, `"-1"`) for an empty mask,
+  relative starts when `rle_starts = "relative"`, columns in the sample header's order.
 
 The file always has every row: images never passed to `add` get empty masks on `close()`, which
 the context manager calls even when the `with` block raises. Rows are streamed in sample order;
@@ -319,7 +330,8 @@ class SubmissionWriter:
     """Stream a submission for `sample` to `path`, one `add(image_id, rles)` per image.
 
     `close()` fills every image not yet written with empty masks and returns the number of data
-    rows in the file (always `sample.rows`). Use it as a context manager to close even on error.
+    rows in the file (always `sample.rows`; at least that in a per-object layout). Use it as a
+    context manager to close even on error.
     Counters: `ignored` (adds for ids the sample does not list), `duplicates` (a second add for an
     image), `filled` (images written with empty masks by `close`).
     """

@@ -7,6 +7,9 @@
    (`ModelError`, `SpecError`, `BundleError` from `kernel_src.errors`) raise here, before any image;
 3. streams the images in batches of `spec.batch_size` from the background loader: gating,
    ensemble, post-processing, RLE, and rows written at once (nothing accumulates across batches);
+   under `image_sizes = "own"` a batch holds images of one size only (each size fills its own);
+   with an `encode_size`, probabilities are resized to it before post-processing; in a
+   per-object `[submission]` layout each connected component is its own RLE;
 4. after every batch the budget guard may step down (fewer TTA views, fewer models, empty masks);
 5. always writes every row of `submission.csv`, and `profile.json` even when it raises.
 

@@ -32,6 +32,8 @@ from .errors import BundleError
 
 MANIFEST = "bundle.json"
 MANIFEST_FORMAT = 1  # bundle.json's "format"; bundler writes it, the notebook and bundler read it
+FILE_GROUPS = ("wheels", "weights", "preprocess")  # the manifest's lists of file records
+OPTIONAL_GROUPS = ("preprocess",)  # may be absent (bundles built before it existed)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_DEPTH = 3
 INSTALL_MODES = ("auto", "always", "never")
@@ -124,8 +126,8 @@ def manifest_problem(data: Any) -> str | None:
         return f"manifest format {data.get('format')!r}; this code reads format {MANIFEST_FORMAT}"
     if not isinstance(data.get("hash"), str) or not _SHA256.fullmatch(data["hash"]):
         return 'no 64-hex "hash"'
-    for section in ("wheels", "weights"):
-        items = data.get(section)
+    for section in FILE_GROUPS:
+        items = data.get(section, [] if section in OPTIONAL_GROUPS else None)
         if not isinstance(items, list):
             return f'"{section}" is not a list'
         for i, record in enumerate(items):
@@ -211,7 +213,7 @@ def find_bundle(input_root: Path, bundle_name: str, override: Path | None = None
 
 
 def _entries(manifest: Mapping[str, Any], bundle_dir: Path) -> list[dict[str, Any]]:
-    return [{"group": group, **item} for group in ("wheels", "weights") for item in manifest.get(group, [])]
+    return [{"group": group, **item} for group in FILE_GROUPS for item in manifest.get(group, [])]
 
 
 def verify_bundle(
@@ -231,7 +233,7 @@ def verify_bundle(
         f"weight file {f} that the notebook's models need is not in its manifest" for f in required if f not in listed
     ]
     for entry in _entries(data, bundle_dir):
-        kind = "wheel" if entry["group"] == "wheels" else "weight file"
+        kind = {"wheels": "wheel", "weights": "weight file"}.get(entry["group"], "preprocessing file")
         path = bundle_dir / entry["file"]
         if not path.is_file():
             problems.append(f"{kind} {entry['file']} is missing")

@@ -55,7 +55,8 @@ def check_config(config: Mapping[str, Any]) -> InferenceSpec:
 
 
 def _model_files(spec: InferenceSpec) -> list[str]:
-    return [m.file for m in (*spec.classifiers, *spec.segmenters)]
+    models = (*spec.classifiers, *spec.segmenters)
+    return [m.file for m in models] + [m.preprocess for m in models if m.preprocess]
 
 
 def _check_hashes(spec: InferenceSpec, prepared: Prepared) -> None:

@@ -230,6 +230,28 @@ def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console:
     return records
 
 
+def _preprocessing(cfg: BundleConfig, keys: list[str], staging: Path, console: Console) -> list[dict[str, Any]]:
+    """Each model's albumentations pipeline translated, proved and written (bundler.build.preprocess)."""
+    from bundler.build.preprocess import build_preprocess
+
+    todo = [(entry, key) for entry, key in zip(cfg.models, keys, strict=True) if entry.preprocess is not None]
+    if not todo:
+        return []
+    size = (cfg.inference.image_height, cfg.inference.image_width)
+    records = []
+    with _progress(console) as progress:
+        task = progress.add_task("translating preprocessing", total=len(todo))
+        for entry, key in todo:
+
+            def step(what: str, name: str = entry.spec.name) -> None:
+                progress.update(task, description=f"{escape(name)}: {escape(what)}")
+
+            records.append(build_preprocess(entry, key, size, staging, step))
+            progress.advance(task)
+        progress.update(task, description="preprocessing translated and proved")
+    return records
+
+
 def _vendor(cfg: BundleConfig, staging: Path, console: Console) -> WheelPlan:
     from bundler.build.wheels.vendor import vendor_wheels
 
@@ -266,6 +288,12 @@ def build_dataset(cfg: BundleConfig, *, console: Console, force: bool = False) -
         t = time.perf_counter()
         weights = _convert_weights(cfg, keys, staging, console)
         timings["weights"] = time.perf_counter() - t
+        if any(m.preprocess is not None for m in cfg.models):
+            t = time.perf_counter()
+            preprocessing = _preprocessing(cfg, keys, staging, console)
+            timings["preprocess"] = time.perf_counter() - t
+        else:
+            preprocessing = []
         t = time.perf_counter()
         plan = _vendor(cfg, staging, console)
         timings["wheels"] = time.perf_counter() - t
@@ -280,10 +308,19 @@ def build_dataset(cfg: BundleConfig, *, console: Console, force: bool = False) -
             }
             for w in plan.wheels
         ]
-        manifest = build_manifest(cfg, wheels, [r.to_dict() for r in weights], inputs)
+        manifest = build_manifest(cfg, wheels, [r.to_dict() for r in weights], inputs, preprocessing)
         write_json(staging / METADATA, dataset_metadata(cfg.dataset))
         write_json(staging / MANIFEST, manifest)
-        _assert_contents(staging, {MANIFEST, METADATA, *(str(w["file"]) for w in wheels), *(r.file for r in weights)})
+        _assert_contents(
+            staging,
+            {
+                MANIFEST,
+                METADATA,
+                *(str(w["file"]) for w in wheels),
+                *(r.file for r in weights),
+                *(str(p["file"]) for p in preprocessing),
+            },
+        )
         credentials.scan_folder(staging, [MANIFEST, METADATA, *(r.file for r in weights)])
         _swap(staging, out)
     seconds = time.perf_counter() - started

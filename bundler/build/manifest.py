@@ -7,7 +7,8 @@ which the notebook's own reader keeps too. `read_manifest(folder, bundle)` raise
 naming the file and the fix (`bundler build`) when the file breaks it or names another bundle.
 Render and dry-run call it; the build's no-op check calls it too and treats any error as "rebuild".
 
-The bundle's `hash` is the sha256 of the sorted lines `<file> <sha256>` of every wheel and weight,
+The bundle's `hash` is the sha256 of the sorted lines `<file> <sha256>` of every wheel, weight and
+preprocessing file,
 each line ended by a newline (the layout of `sha256sum` output with one space).
 """
 
@@ -50,9 +51,11 @@ def build_manifest(
     wheels: Sequence[Mapping[str, Any]],
     weights: Sequence[Mapping[str, Any]],
     inputs: str,
+    preprocess: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The manifest of a bundle folder; `wheels` and `weights` are its file records."""
-    files = [(str(w["file"]), str(w["sha256"])) for w in (*wheels, *weights)]
+    """The manifest of a bundle folder; `wheels`, `weights` and `preprocess` (the models' translated
+    albumentations pipelines, bundler.build.preprocess) are its file records."""
+    files = [(str(w["file"]), str(w["sha256"])) for w in (*wheels, *weights, *preprocess)]
     return {
         "format": MANIFEST_FORMAT,
         "bundle": cfg.name,
@@ -63,6 +66,7 @@ def build_manifest(
         "requirements": list(cfg.target.requirements),
         "wheels": [dict(w) for w in wheels],
         "weights": [dict(w) for w in weights],
+        "preprocess": [dict(p) for p in preprocess],
         "inputs": inputs,
     }
 
@@ -96,8 +100,8 @@ def read_manifest(folder: Path, bundle: str) -> dict[str, Any]:
 
 
 def manifest_files(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The wheel and weight records of a manifest that `read_manifest` returned."""
-    return [*manifest["wheels"], *manifest["weights"]]
+    """The wheel, weight and preprocessing records of a manifest that `read_manifest` returned."""
+    return [*manifest["wheels"], *manifest["weights"], *manifest.get("preprocess", [])]
 
 
 def up_to_date(folder: Path, cfg: BundleConfig, inputs: str) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -344,9 +344,3 @@ def build_preprocess(
         "source": entry.preprocess.name,
         "transforms": list(translated.transforms),
     }
-
-
-def describe(record: Mapping[str, Any]) -> str:
-    """One line for the build summary."""
-    transforms: Sequence[str] = record.get("transforms", [])
-    return f"preprocessing of {record.get('model')} from {record.get('source')}: {' > '.join(transforms)}"

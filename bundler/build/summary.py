@@ -44,6 +44,10 @@ def files_table(folder: Path, manifest: Mapping[str, Any]) -> tuple[Table, int]:
         rows.append((str(w["file"]), int(w["size"]), f"wheel {w.get('name')} {w.get('version')}: {reason}"))
     for w in manifest.get("weights", []):
         rows.append((str(w["file"]), int(w["size"]), _what_weight(w)))
+    for p in manifest.get("preprocess", []):
+        transforms = " > ".join(str(t) for t in p.get("transforms", []))
+        what = f"preprocessing of {p.get('model')} from {p.get('source')}: {transforms} (proved against albumentations)"
+        rows.append((str(p["file"]), int(p["size"]), what))
     for name, what in ((MANIFEST, "manifest the notebook checks"), (METADATA, "read by the Kaggle CLI")):
         path = folder / name
         rows.append((name, path.stat().st_size if path.is_file() else 0, what))

@@ -238,3 +238,39 @@ def test_the_metric_follows_the_empty_pair_rule_objects_and_sizes(tmp_path: Path
     assert (skip.mean, skip.pairs) == (pytest.approx(1 / 2), 2)
     with pytest.raises(ValueError, match=r"image 'a\.jpg' class 1: RLE run ends at pixel 5, past the mask's 4"):
         score("one", {"a.jpg": (2, 2), "b.jpg": (3, 3), "c.jpg": (3, 3)})
+
+
+# --- images of their own sizes --------------------------------------------------------------
+
+
+def test_own_sizes_are_batched_by_size_and_encoded_at_each_own_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kernel_src.predict as predict_module
+    from kernel_src.run import run
+    from tests.tiny import make_torchscript_segmenter, tiny_spec, write_image, write_sample
+
+    seen: list[tuple[int, ...]] = []
+    predict = predict_module.Predictor.predict
+
+    def recording(self: Any, images: np.ndarray[Any, Any]) -> Any:
+        seen.append(tuple(images.shape))
+        return predict(self, images)
+
+    monkeypatch.setattr(predict_module.Predictor, "predict", recording)
+    seg = make_torchscript_segmenter(tmp_path / "bundle", num_classes=1, input_size=None)
+    sizes = [(32, 64), (48, 32), (32, 64), (48, 32), (32, 64)]  # interleaved, batch_size 2
+    ids = [f"img{i}.png" for i in range(len(sizes))]
+    rng = np.random.default_rng(0)
+    for image_id, (h, w) in zip(ids, sizes, strict=True):
+        write_image(tmp_path / "test" / image_id, rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    sample = write_sample(tmp_path / "sample.csv", ids, layout="long", num_classes=1)
+    spec = tiny_spec(tmp_path / "bundle", num_classes=1, classifiers=[], segmenters=[seg], image_sizes="own",
+                     batch_size=2, postprocess={"threshold": 0.0, "min_component": 0, "min_area": 0})  # fmt: skip
+    result = run(spec, bundle_dir=tmp_path / "bundle", test_dir=tmp_path / "test", sample_submission=sample,
+                 out_dir=tmp_path / "out", progress=False)  # fmt: skip
+    assert sorted(seen) == sorted([(2, 32, 64, 3), (2, 48, 32, 3), (1, 32, 64, 3)])  # never two sizes in a batch
+    masks = read_masks(result.submission_path, 1)
+    for image_id, (h, w) in zip(ids, sizes, strict=True):
+        assert masks[image_id][0] == f"1 {h * w}"  # threshold 0: the whole image, at its own size
+    assert not result.profile["problems"].get("converted")

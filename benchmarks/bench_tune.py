@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -37,33 +38,44 @@ SEGMENTERS = ("seg-a", "seg-b", "seg-c")
 MODEL_SIZE = (64, 416)
 
 
-def _truth(n: int, height: int, width: int, seed: int) -> npt.NDArray[np.bool_]:
-    rng = np.random.default_rng(seed)
-    truth = np.zeros((n, CLASSES, height, width), dtype=np.bool_)
-    canvas = np.zeros((height, width), dtype=np.uint8)
-    for i in range(n):
+Truth = Callable[[int], npt.NDArray[np.bool_]]
+
+
+def synthetic_truth(height: int, width: int, seed: int) -> Truth:
+    """Image index -> label masks [C, H, W] (half the images clean), made again on each call from a
+    per-image seed, so 1,000 images need no 1.6 GB of masks in memory."""
+
+    def truth(i: int) -> npt.NDArray[np.bool_]:
+        rng = np.random.default_rng([seed, i])
+        masks = np.zeros((CLASSES, height, width), dtype=np.bool_)
         if rng.random() < 0.5:
-            continue
+            return masks
+        canvas = np.zeros((height, width), dtype=np.uint8)
         for c in rng.choice(CLASSES, size=int(rng.integers(1, 3)), replace=False):
             canvas[:] = 0
             for _ in range(int(rng.integers(1, 4))):
                 centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
                 axes = (int(rng.integers(10, 120)), int(rng.integers(5, 40)))
                 cv2.ellipse(canvas, centre, axes, float(rng.integers(0, 180)), 0, 360, 1, -1)
-            truth[i, c] = canvas > 0
+            masks[c] = canvas > 0
+        return masks
+
     return truth
 
 
-def write_synthetic_cache(folder: Path, truth: npt.NDArray[np.bool_], seed: int) -> None:
-    """A complete cache folder for `truth` [N, C, H, W]: three segmenters and a classifier."""
+def write_synthetic_cache(folder: Path, truth: Truth, n: int, height: int, width: int, seed: int) -> None:
+    """A complete cache folder for `n` images of `truth`: three segmenters and a classifier."""
     rng = np.random.default_rng(seed)
-    n, c_n, height, width = truth.shape
+    c_n = CLASSES
     folder.mkdir(parents=True)
+    dirty = np.zeros((n, c_n), dtype=np.bool_)
     for k, name in enumerate(SEGMENTERS):
         store = np.lib.format.open_memmap(folder / f"seg--{name}--0.npy", "w+", np.uint8, (n, c_n, *MODEL_SIZE))
         for i in range(n):
+            masks = truth(i)
+            dirty[i] = masks.reshape(c_n, -1).any(axis=1)
             small = np.stack(
-                [cv2.resize(truth[i, c].astype(np.float32), MODEL_SIZE[::-1], interpolation=cv2.INTER_AREA)
+                [cv2.resize(masks[c].astype(np.float32), MODEL_SIZE[::-1], interpolation=cv2.INTER_AREA)
                  for c in range(c_n)]
             )  # fmt: skip
             small = np.roll(small, k, axis=-1)
@@ -76,7 +88,6 @@ def write_synthetic_cache(folder: Path, truth: npt.NDArray[np.bool_], seed: int)
         store.flush()
         del store
         np.save(folder / f"nan--{name}.npy", np.zeros(n, dtype=np.bool_))
-    dirty = truth.reshape(n, c_n, -1).any(axis=2)
     probs = np.clip(np.where(dirty, 0.7, 0.3) + rng.normal(0, 0.15, dirty.shape), 0, 1).astype(np.float32)
     np.save(folder / "cls--cls.npy", probs)
     np.save(folder / "readable.npy", np.ones(n, dtype=np.bool_))
@@ -100,7 +111,7 @@ def write_synthetic_cache(folder: Path, truth: npt.NDArray[np.bool_], seed: int)
 def bench_tune(*, quick: bool, n: int | None = None, height: int = 256, width: int = 1600) -> BenchResult:
     result = BenchResult("tune_s_per_1000")
     n = n or (60 if quick else 1000)
-    truth = _truth(n, height, width, seed=5)
+    truth = synthetic_truth(height, width, seed=5)
     grid = Grid(
         thresholds=THRESHOLDS, min_components=MIN_COMPONENTS, min_areas=MIN_AREAS, gates=tuple(sorted({*GATES, 0.5}))
     )
@@ -108,11 +119,11 @@ def bench_tune(*, quick: bool, n: int | None = None, height: int = 256, width: i
     plan = Plan(tuple((name, ("identity",)) for name in SEGMENTERS), ("cls",))
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         folder = Path(tmp) / "cache"
-        write_synthetic_cache(folder, truth, seed=6)
+        write_synthetic_cache(folder, truth, n, height, width, seed=6)
         cache = read_cache(folder)
         assert cache is not None
         begin = time.perf_counter()
-        ev = build_evidence(cache, plan, models, lambda i: truth[i], grid, threads=2)
+        ev = build_evidence(cache, plan, models, truth, grid, threads=2)
         evidence_s = time.perf_counter() - begin
         current = search.Choice(
             mode="per_class",
@@ -129,7 +140,7 @@ def bench_tune(*, quick: bool, n: int | None = None, height: int = 256, width: i
         plans = [Plan(tuple((s, ("identity",)) for s in segs), ("cls",)) for segs in (SEGMENTERS, SEGMENTERS[:1])]
         begin = time.perf_counter()
         evaluate_plans(
-            cache, plans, models, lambda i: truth[i], final.postprocess(grid), final.mode, final.gates(grid),
+            cache, plans, models, truth, final.postprocess(grid), final.mode, final.gates(grid),
             costs=Costs(0.0, 0.0, {}, {}, "benchmark"), calibration=NO_CALIBRATION, hidden_images=5506,
             budget_s=3300.0, margin=0.15,
         )  # fmt: skip

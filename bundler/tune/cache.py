@@ -17,11 +17,12 @@ The first pass runs the SAME kernel_src code the notebook runs: `kernel_src.mode
   ensemble for it, as the engine does); `readable.npy` (bool [N]): the image was decoded
   (missing or unreadable images get empty masks in the engine, and here).
 
-The cache folder's name is the key: a hash of the models' file hashes (bundle.json), their
-specs, the inference settings that change a probability (image size, classes, device, precision,
-memory format), the holdout's fingerprint (every image's name and sha256) and the engine
-version (`kernel_src_hash` of kernel_src/). Any change is a new key and a new first pass; a
-folder is complete only when `meta.json` is there (it is written last, then the folder renamed in).
+The cache folder's name is the key: a hash of the bundle's weights and preprocessing files'
+hashes (bundle.json), the models' specs, the inference settings that change a probability
+(image size, classes, device, precision, memory format), the holdout's fingerprint (every
+image's name and sha256) and the engine version (`kernel_src_hash` of kernel_src/). Any change
+is a new key and a new first pass; a folder is complete only when `meta.json` is there (it is
+written last, then the folder renamed in).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def cache_key(spec: InferenceSpec, model_hashes: Mapping[str, str], fingerprint:
     ]
     data = {
         "format": CACHE_FORMAT,
+        "files": dict(sorted(model_hashes.items())),  # every weights and preprocessing file of the bundle
         "engine": kernel_src_hash(kernel_src_dir()),
         "models": models,
         "inference": {

@@ -141,7 +141,9 @@ def _model_hashes(cfg: BundleConfig) -> dict[str, str]:
     from bundler.build.manifest import read_manifest
 
     manifest = read_manifest(cfg.dataset.out, cfg.name)
-    return {str(w["file"]): str(w["sha256"]) for w in manifest.get("weights", [])}
+    # weights, and the translated preprocessing pipelines a model may carry beside them
+    records = [*manifest.get("weights", []), *manifest.get("preprocess", [])]
+    return {str(r["file"]): str(r["sha256"]) for r in records if isinstance(r, dict) and "file" in r}
 
 
 def _cache(

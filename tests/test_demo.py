@@ -43,7 +43,7 @@ DEMO_PROJECT = tiny_project(
             "arch": "FPN",
             "encoder": "tu-mobilenetv3_small_050",
             "checkpoint": "models/fpn-mnv3.pth",
-            "input_size": [64, 256],
+            "preprocess": "models/fpn-mnv3.albu.json",  # written by the demo, then trained with (issue 15)
         },
     ],
     dryrun={
@@ -106,6 +106,10 @@ def test_models_are_trained_once_then_reused(tmp_path: Path) -> None:
         assert ckpt["optimizer"]["state"] and ckpt["epoch"] == 1
         sidecar = json.loads(entry.checkpoint.with_name(entry.checkpoint.name + ".json").read_text())
         assert sidecar["training"]["epochs"] == 1
+    pipeline = tmp_path / "models" / "fpn-mnv3.albu.json"
+    assert json.loads(pipeline.read_text())["transform"]["transforms"][0]["__class_fullname__"] == "LongestMaxSize"
+    sidecar = json.loads((tmp_path / "models" / "fpn-mnv3.pth.json").read_text())
+    assert set(sidecar["normalization"]) == {"preprocess"}
     trained, reused = train_demo_models(cfg, data, TINY, quiet())
     assert trained == [] and reused == ["cls-mnv3", "unet-mnv3", "fpn-mnv3"]
 
@@ -122,7 +126,11 @@ def test_run_demo_end_to_end_then_reuses_everything(tmp_path: Path) -> None:
     result = run_demo(config, console=quiet(), settings=TINY)
     assert result.trained == ("cls-mnv3", "unet-mnv3", "fpn-mnv3")
     assert (result.dataset_dir / "bundle.json").is_file()
-    assert {p.name for p in result.dataset_dir.iterdir()} >= {"cls-mnv3.safetensors", "unet-mnv3.safetensors"}
+    assert {p.name for p in result.dataset_dir.iterdir()} >= {
+        "cls-mnv3.safetensors",
+        "unet-mnv3.safetensors",
+        "fpn-mnv3.preprocess.json",  # its albumentations pipeline, translated and proved
+    }
     assert result.notebook.is_file() and result.metadata.is_file()
     assert result.report is not None and result.report.is_file()
     assert result.score is not None and 0.0 <= result.score <= 1.0

@@ -71,22 +71,30 @@ class Translated:
     indices: tuple[int, ...]  # position in the Compose of each description step's transform
 
 
-def _load(path: Path, where: str) -> Any:
+def data_format(path: Path) -> str:
+    """How `A.save` wrote `path`: "yaml" for .yaml/.yml, else "json"."""
+    return "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
+
+
+def load_pipeline_file(path: Path) -> Any:
+    """`A.load` of `path` (its errors pass through), without the warning albumentations 2.0.8 gives
+    when it reads back a PadIfNeeded it saved itself."""
     import albumentations as A  # type: ignore[import-untyped]
 
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Argument\(s\) 'padding' are not valid for transform PadIfNeeded")
+        return A.load(str(path), data_format=data_format(path))
+
+
+def _load(path: Path, where: str) -> Any:
     if not path.is_file():
         raise PreprocessError(f"{where} = {str(path)!r} does not exist; save it with A.save(val_transform, path)")
-    data_format = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
     try:
-        with warnings.catch_warnings():  # albumentations 2.0.8 reads back its own PadIfNeeded with a warning
-            warnings.filterwarnings(
-                "ignore", message=r"Argument\(s\) 'padding' are not valid for transform PadIfNeeded"
-            )
-            return A.load(str(path), data_format=data_format)
+        return load_pipeline_file(path)
     except Exception as e:  # albumentations raises many kinds for a file it cannot use
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PreprocessError(
-            f"{where}: albumentations cannot load {path} as {data_format} ({type(e).__name__}: {first}); "
+            f"{where}: albumentations cannot load {path} as {data_format(path)} ({type(e).__name__}: {first}); "
             "save the validation pipeline with A.save(val_transform, path)"
         ) from None
 

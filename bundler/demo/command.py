@@ -31,11 +31,22 @@ from rich.table import Table
 
 from bundler.config import BundleConfig, ModelEntry, load_config
 from bundler.demo.synthetic import make_dataset
-from bundler.demo.train import Size, SplitData, Task, TrainSettings, load_split, save_checkpoint, train_model
+from bundler.demo.train import (
+    Size,
+    SplitData,
+    Task,
+    TrainSettings,
+    load_pipeline,
+    load_split,
+    load_split_albumentations,
+    save_checkpoint,
+    train_model,
+)
 from bundler.display import shown_path
 from bundler.dryrun.metric import dice_score
 from bundler.errors import DemoError
 from bundler.tune import TuneResult, tune
+from kernel_src.bundle import sha256_file
 from kernel_src.models import build_model
 from kernel_src.submission import read_masks
 
@@ -194,8 +205,13 @@ def _size_of(cfg: BundleConfig, entry: ModelEntry) -> Size:
 def training_key(cfg: BundleConfig, entry: ModelEntry, settings: TrainSettings, data_key: dict[str, Any]) -> Any:
     """What a checkpoint depends on; stored next to it so a second demo can reuse it."""
     s = entry.spec
-    model = {"kind": s.kind, "arch": s.arch, "encoder": s.encoder, "input_size": list(_size_of(cfg, entry))}
-    norm = {"mean": list(s.mean), "std": list(s.std)}
+    model: dict[str, Any] = {"kind": s.kind, "arch": s.arch, "encoder": s.encoder}
+    model["input_size"] = list(_size_of(cfg, entry))
+    norm: dict[str, Any] = {"mean": list(s.mean), "std": list(s.std)}
+    if entry.preprocess is not None:  # the pipeline decides size and normalisation
+        load_pipeline(entry.preprocess, (cfg.inference.image_height, cfg.inference.image_width))
+        model["input_size"] = None
+        norm = {"preprocess": sha256_file(entry.preprocess)}
     return json.loads(
         json.dumps(
             {
@@ -238,14 +254,20 @@ def train_demo_models(
     if not todo:
         return [], reused
 
-    sizes = sorted({_size_of(cfg, e) for e, _, _ in todo})
+    sizes = sorted({_size_of(cfg, e) for e, _, _ in todo if e.preprocess is None})
     labels = read_masks(data.train_labels, cfg.inference.num_classes, labels=True)
+    n = cfg.inference.num_classes
     with _progress(console) as progress:
         task = progress.add_task("loading train images", total=None, info=f"{len(data.train_ids)} images")
-        split = load_split(data.train_images, labels, data.train_ids, sizes, num_classes=cfg.inference.num_classes)
+        split = load_split(data.train_images, labels, data.train_ids, sizes, num_classes=n) if sizes else {}
         progress.update(task, total=1, completed=1)
         for entry, train, key in todo:
-            _train_one(cfg, entry, train, key, split[_size_of(cfg, entry)], progress)
+            if entry.preprocess is not None:  # trained on what its albumentations pipeline makes
+                pipeline = load_pipeline(entry.preprocess, (cfg.inference.image_height, cfg.inference.image_width))
+                own = load_split_albumentations(data.train_images, labels, data.train_ids, pipeline, num_classes=n)
+                _train_one(cfg, entry, train, key, own, progress)
+            else:
+                _train_one(cfg, entry, train, key, split[_size_of(cfg, entry)], progress)
     return [e.spec.name for e, _, _ in todo], reused
 
 
@@ -255,16 +277,17 @@ def _train_one(
     name = entry.spec.name
     torch.manual_seed(train.seed)
     model = build_model(entry.spec, cfg.inference.num_classes)
-    h, w = _size_of(cfg, entry)
-    task = progress.add_task(f"training {name} ({h}x{w})", total=None, info="")
+    h, w = data.images.shape[-2:]
+    source = f", {entry.preprocess.name}" if entry.preprocess is not None else ""
+    task = progress.add_task(f"training {name} ({h}x{w}{source})", total=None, info="")
 
     def step(done: int, total: int, loss: float) -> None:
         progress.update(task, completed=done, total=total, info=f"loss {loss:.3f}")
 
     task_kind: Task = "classifier" if entry.role == "classifier" else "segmenter"
-    report, optimizer = train_model(
-        model, task_kind, data, train, mean=entry.spec.mean, std=entry.spec.std, on_step=step
-    )
+    # a pipeline's images are normalised already: train_model's own normalisation is then the identity
+    mean, std = (entry.spec.mean, entry.spec.std) if entry.preprocess is None else ((0.0,) * 3, (1.0,) * 3)
+    report, optimizer = train_model(model, task_kind, data, train, mean=mean, std=std, on_step=step)
     save_checkpoint(entry.checkpoint, model, optimizer, epoch=report.epochs, metrics=report.metrics())
     _sidecar(entry).write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
     progress.update(task, info=f"loss {report.first_loss:.3f} -> {report.last_loss:.3f} in {report.seconds:.0f} s")

@@ -5,6 +5,11 @@ exactly as the kernel prepares them (`kernel_src.predict`): RGB, `x / 255`, bili
 model's `input_size` (`align_corners=False`), then `(x - mean) / std`. Masks are resized with area
 averaging, so a target pixel holds the fraction of defect it covers.
 
+A model with `preprocess` in bundle.toml is trained instead on what its albumentations validation
+pipeline makes of each image and mask (`load_split_albumentations`); when that file is missing the
+demo writes `demo_pipeline(...)` there first (longest side scaled, padded to multiples of 32,
+ImageNet normalisation), so the build has a real `A.save` file beside the checkpoint to translate.
+
 A checkpoint is what a user's training produces, not what the bundle ships:
 `{"model": state_dict, "optimizer": optimizer.state_dict(), "epoch": int, "metrics": {...}}`.
 `bundler build` strips everything but the model's tensors.
@@ -118,6 +123,65 @@ def load_split(
         )
         for size, pairs in out.items()
     }
+
+
+def demo_pipeline(image_size: Size) -> Any:
+    """The demo's albumentations validation pipeline for images of `image_size`: the longest side
+    to a fifth of the width (a multiple of 32, at least 64), padded to multiples of 32 (what smp
+    needs), ImageNet normalisation, a CHW tensor."""
+    import albumentations as A  # type: ignore[import-untyped]
+    from albumentations.pytorch import ToTensorV2  # type: ignore[import-untyped]
+
+    longest = max(64, round(max(image_size) / 5 / 32) * 32)
+    return A.Compose(
+        [
+            A.LongestMaxSize(max_size=longest),
+            A.PadIfNeeded(None, None, pad_height_divisor=32, pad_width_divisor=32, border_mode=cv2.BORDER_CONSTANT),
+            A.Normalize(),
+            ToTensorV2(),
+        ]
+    )
+
+
+def load_pipeline(path: Path, image_size: Size) -> Any:
+    """The albumentations pipeline saved at `path`, written first (`demo_pipeline`) when missing."""
+    import albumentations as A
+
+    from bundler.build.preprocess import data_format, load_pipeline_file
+
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        A.save(demo_pipeline(image_size), str(path), data_format=data_format(path))
+    try:
+        return load_pipeline_file(path)
+    except Exception as e:  # albumentations raises many kinds for a file it cannot use
+        raise DemoError(
+            f"{path}: albumentations cannot load it ({type(e).__name__}); delete it to get the demo's"
+        ) from None
+
+
+def load_split_albumentations(
+    images_dir: Path, labels: dict[str, list[str]], image_ids: Sequence[str], transform: Any, *, num_classes: int
+) -> SplitData:
+    """`image_ids` with their masks as `transform` (an albumentations validation pipeline) makes them:
+    the images are the model's input as is (already normalised), the masks follow its geometry."""
+    if not image_ids:
+        raise DemoError(f"{images_dir}: no images selected for training; generate more demo data")
+    images, masks = [], []
+    present = torch.zeros(len(image_ids), num_classes)
+    for i, image_id in enumerate(image_ids):
+        rgb = read_rgb(images_dir / image_id)
+        h, w = rgb.shape[:2]
+        rles = labels.get(image_id, [""] * num_classes)
+        full = np.stack([decode(r, (h, w), "F") for r in rles], axis=-1).astype(np.uint8)  # [H, W, C]
+        present[i] = torch.from_numpy(full.reshape(-1, num_classes).max(axis=0) > 0).float()
+        out = transform(image=rgb, mask=full)
+        image, mask = out["image"], out["mask"]
+        image = image.float() if isinstance(image, torch.Tensor) else torch.from_numpy(image.transpose(2, 0, 1))
+        mask = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(mask))
+        images.append(image.float())
+        masks.append(mask.permute(2, 0, 1).float())  # albumentations keeps masks HWC
+    return SplitData(images=torch.stack(images), masks=torch.stack(masks), present=present)
 
 
 def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -165,3 +165,61 @@ def test_resize_is_resized_back_and_bgr_swaps_channels() -> None:
     assert torch.equal(model_input(x, rgb, None), x)
     assert torch.equal(model_input(x, bgr, None), x[:, [2, 1, 0]])
     assert model_output(torch.zeros(1, 4, 8, 8), None, (16, 16)).shape == (1, 4, 16, 16)
+
+
+class Recorder(torch.nn.Module):
+    """Records what it is fed; answers a certain class 0 (logit 20) and nothing else, everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        out = torch.full((x.shape[0], 4, x.shape[2], x.shape[3]), -20.0)
+        out[:, 0] = 20.0
+        return out
+
+
+@pytest.mark.parametrize("channels", ["rgb", "bgr"])
+def test_the_engine_feeds_the_model_what_albumentations_made_and_maps_its_output_back(
+    tmp_path: Path, channels: str
+) -> None:
+    from kernel_src.devices import resolve_devices
+    from kernel_src.models import LoadedModel
+    from kernel_src.predict import Predictor
+    from kernel_src.profiler import Profiler
+    from kernel_src.spec import InferenceSpec
+
+    transform = A.Compose(
+        [
+            A.PadIfNeeded(min_height=96, min_width=192, border_mode=0, fill=0),
+            A.Crop(x_min=20, y_min=8, x_max=180, y_max=88),
+            A.Normalize(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)),
+            ToTensorV2(),
+        ]
+    )
+    _, translated = translate(saved(tmp_path, "p", transform), "k")
+    plan = Preprocess(translated.description["steps"])
+    spec = ModelSpec(name="rec", kind="torchscript", file="rec.pt", channels=channels)
+    recorder = Recorder()
+    model = LoadedModel(spec, (recorder,), ("identity",), preprocess=plan)
+    inference = InferenceSpec(image_height=SIZE[0], image_width=SIZE[1], segmenters=(spec,))
+    devices = resolve_devices("cpu", memory_format="contiguous", precision="fp32")
+    predictor = Predictor(inference, [], [model], devices, Profiler(0.0, torch_version=torch.__version__))
+    images = np.stack([image[: SIZE[0], : SIZE[1]] for image in sample_images(SIZE)[:1] * 2])
+    images[1] = images[1][::-1].copy()  # two different images
+    result = predictor.predict(images)
+
+    (fed,) = recorder.seen
+    for i, image in enumerate(images):
+        source = image[:, :, ::-1].copy() if channels == "bgr" else image  # trained on cv2.imread's order
+        want = transform(image=source)["image"].numpy()
+        level = (want.max(axis=(1, 2)) - want.min(axis=(1, 2)))[:, None, None] / 255.0
+        assert fed[i].shape == want.shape
+        assert (np.abs(fed[i].numpy() - want) / level).max() <= MAX_LEVELS + 1e-3
+    # the crop's window, in the image's frame: rows 8-16 .. 88-16, columns 20-16 .. 180-16 (pad 16 each side)
+    probs = result.probs
+    assert probs.shape == (2, 4, *SIZE)
+    inside = probs[:, 0, 0:72, 4:160]
+    assert np.all(inside > 0.99) and np.all(probs[:, 0, :, :4] == 0) and np.all(probs[:, 1:] < 1e-6)

@@ -227,3 +227,45 @@ def test_a_local_dry_run_installs_the_vendored_wheel_per_run_never_into_this_env
     assert _site_listing() == before
     with pytest.raises(importlib.metadata.PackageNotFoundError):
         importlib.metadata.version(VENDORED_PROBE)
+
+
+# --- papermill's engine with the notebook's kernelspec, on any machine -----------------------
+
+
+@pytest.mark.slow
+def test_papermill_runs_the_kernelspec_the_notebook_names_and_reports_the_failed_cell(tmp_path: Path) -> None:
+    import nbformat
+
+    from bundler.dryrun._child import run_notebook
+    from bundler.sandbox import NETWORK_AVAILABLE, Isolation
+
+    nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    nb.metadata["kernelspec"] = {"name": "bundler-test-kernel", "display_name": "test", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell("import sys\nprint('prefix', sys.prefix)"),  # type: ignore[no-untyped-call]
+        nbformat.v4.new_code_cell("raise ValueError('boom')"),  # type: ignore[no-untyped-call]
+        nbformat.v4.new_code_cell("print('never')"),  # type: ignore[no-untyped-call]
+    ]
+    notebook = tmp_path / "in.ipynb"
+    nbformat.write(nb, notebook)  # type: ignore[no-untyped-call]
+    overlay = make_overlay(local_runtime(), tmp_path / "run", "bundler-test-kernel")
+    console, buf = captured()
+    execution = run_notebook(
+        notebook,
+        tmp_path / "out" / "executed.ipynb",
+        cwd=tmp_path,
+        console=console,
+        isolation=Isolation(NETWORK_AVAILABLE, False, "not needed for this test"),
+        engine="papermill",
+        env={"JUPYTER_PATH": str(overlay.jupyter_path)},
+    )
+    assert (execution.status, execution.cell, execution.ename, execution.evalue) == (
+        "cell_failed",
+        1,
+        "ValueError",
+        "boom",
+    )
+    assert f"prefix {overlay.folder}" in execution.log.read_text()  # the overlay's kernel, streamed line by line
+    executed = json.loads((tmp_path / "out" / "executed.ipynb").read_text())
+    assert "papermill" in executed["metadata"]
+    assert "cell 0 done" in buf.getvalue()

@@ -112,3 +112,31 @@ def test_a_safetensors_file_refuses_a_key(tmp_path: Path) -> None:
     save_file(build_model(spec(), NUM_CLASSES).state_dict(), str(tmp_path / "w.safetensors"))
     with pytest.raises(WeightsError, match=r"safetensors file, which holds one set of tensors; remove"):
         shipped(tmp_path, tmp_path / "w.safetensors", "model_ema")
+
+
+def test_bundle_toml_types_the_new_model_keys(tmp_path: Path) -> None:
+    from bundler.config import load_config
+    from bundler.errors import ConfigError
+    from tests.projects import model_table, tiny_inference, tiny_project, write_project
+
+    def load(**changes: object) -> ModelEntry:
+        seg = model_table(
+            ModelSpec(name="s", kind="smp", file="s.safetensors", arch="Unet", encoder="resnet18"), "s.pth", **changes
+        )
+        inference = tiny_inference(gating={"mode": "off"})
+        cfg = load_config(write_project(tmp_path, tiny_project(inference=inference, segmenters=[seg])))
+        return cfg.models[0]
+
+    entry = load(checkpoint_key="model_ema", channels="bgr", tta=["identity", "scale:0.75"], tta_merge="max")
+    assert entry.checkpoint_key == "model_ema" and entry.preprocess is None
+    assert (entry.spec.channels, entry.spec.tta, entry.spec.tta_merge) == ("bgr", ("identity", "scale:0.75"), "max")
+    with pytest.raises(ConfigError, match=r"segmenters\[0\]\.checkpoint_key = 3 must be a string \(found an integer\)"):
+        load(checkpoint_key=3)
+    with pytest.raises(ConfigError, match=r"segmenters\[0\]\.preprocess = true must be a string"):
+        load(preprocess=True)
+    with pytest.raises(ConfigError, match=r"segmenters\[0\]\.tta: 'scale:9'.*factor in \[0.25, 4.0\]"):
+        load(tta=["scale:9"])
+    with pytest.raises(ConfigError, match=r"segmenters\[0\]\.input_size is set by segmenters\[0\]\.preprocess"):
+        load(preprocess="models/s.albu.json", input_size=[64, 256])
+    entry = load(preprocess="models/s.albu.json")
+    assert entry.preprocess == tmp_path / "models" / "s.albu.json" and entry.spec.preprocess == "s.preprocess.json"

@@ -140,3 +140,12 @@ def test_bundle_toml_types_the_new_model_keys(tmp_path: Path) -> None:
         load(preprocess="models/s.albu.json", input_size=[64, 256])
     entry = load(preprocess="models/s.albu.json")
     assert entry.preprocess == tmp_path / "models" / "s.albu.json" and entry.spec.preprocess == "s.preprocess.json"
+
+
+def test_a_torchscript_model_refuses_a_key(tmp_path: Path) -> None:
+    traced = torch.jit.trace(torch.nn.Conv2d(3, 4, 1), torch.zeros(1, 3, 8, 8))  # type: ignore[no-untyped-call]
+    traced.save(str(tmp_path / "m.pt"))
+    spec = ModelSpec(name="ts", kind="torchscript", file="ts.pt")
+    entry = ModelEntry(role="segmenter", checkpoint=tmp_path / "m.pt", fp16=False, spec=spec, checkpoint_key="ema")
+    with pytest.raises(WeightsError, match=r"TorchScript file holds one module; remove bundle.toml segmenters\[0\]"):
+        convert(entry, "segmenters[0]", NUM_CLASSES, tmp_path / "out")

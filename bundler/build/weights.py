@@ -99,6 +99,11 @@ def convert(
     say = step or (lambda _: None)
     check_checkpoint_path(entry, key)
     if entry.spec.kind == "torchscript":
+        if entry.checkpoint_key:
+            raise WeightsError(
+                f"model {entry.spec.name!r}: a TorchScript file holds one module; "
+                f"remove bundle.toml {key}.checkpoint_key"
+            )
         return _copy_torchscript(entry, key, dest, say, (num_classes, image_size))
     say("reading")
     state, taken = read_checkpoint(entry.checkpoint, entry.spec.name, key, entry.checkpoint_key)

@@ -28,6 +28,7 @@ The scenario (JSON; every key optional):
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -240,7 +241,8 @@ def serve(scenario: dict[str, Any], calls: Path) -> ThreadingHTTPServer:
 
 def main(argv: list[str]) -> int:
     scenario_path, workdir, commands_path = (Path(a) for a in argv)
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    ip = shutil.which("ip") or "/usr/sbin/ip"  # /usr/sbin is not on every PATH
+    subprocess.run([ip, "link", "set", "lo", "up"], check=True)
     scenario = json.loads(scenario_path.read_text())
     commands = json.loads(commands_path.read_text())
     server = serve(scenario, workdir / "calls.jsonl")

@@ -4,8 +4,10 @@
 - the rendered notebook, rendered for this bundle, this bundle.toml and this kernel_src
   -> `bundler render-notebook`;
 - the test images folder (present, not empty);
-- the sample submission (a layout the kernel reads, `num_classes` classes);
-- the labels (long train.csv form, valid RLEs, only images of the set);
+- the sample submission (the `[submission]` layout, or a Severstal one; `num_classes` classes;
+  ids matched to the folder's files by name, or by stem under `image_id = "stem"`);
+- the labels (long train.csv form, or the `[submission]` layout when one is named; RLEs valid at
+  each image's encode size; only images of the set);
 - the calibration profile (a Kaggle run's profile.json).
 
 `labels_of_the_set` keeps `dryrun.labels` from being applied to a `--test-dir` of another set.

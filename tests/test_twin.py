@@ -242,3 +242,12 @@ def test_pruning_keeps_the_most_recently_used_twins_and_new_building_folders(tmp
     assert sorted(p.name for p in removed) == [".building-abc-1", "older"]
     assert sorted(p.name for p in root.iterdir()) == [".building-abc-2", "new", "oldest", "oldest.log", "recent"]
     assert find_twin(plan, root) is not None
+
+
+def test_an_import_the_bundle_vendors_is_no_note(tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path / "w", "segmentation-models-pytorch", "0.6.0", ["timm>=1", "torch"])
+    baseline = write_baseline(tmp_path / "baseline.txt", PINS)
+    known = {**KNOWN, "segmentation_models_pytorch": ["segmentation_models_pytorch"]}
+    plan = plan_twin(_python(), str(baseline), [wheel], ENV, known=known)
+    assert not [n for n in plan.notes if "segmentation_models_pytorch" in n]
+    assert plan.vendored == {"segmentation-models-pytorch"} and plan.wanted["timm"] == "1.0.26"

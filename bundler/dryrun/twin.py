@@ -189,10 +189,11 @@ def plan_twin(
         raise DryRunError(f"target.baseline {baseline_spec!r} cannot be read ({e}); fix the path") from None
     vendored = frozenset(read_wheel(w).key for w in wheels)
     notes: list[str] = []
+    known = importlib.metadata.packages_distributions() if known is None else known
     mapped, unmapped = module_distributions(imported_modules(kernel_src), baseline, known)
     wanted_names: set[NormalizedName] = {d for dists in mapped.values() for d in dists}
     for module in unmapped:
-        provider = (known or {}).get(module) or [module]
+        provider = known.get(module) or [module]
         if not any(canonicalize_name(p) in vendored for p in provider):
             notes.append(
                 f"the notebook imports {module}, which neither the baseline {baseline.name} nor the bundle has: "

@@ -269,3 +269,14 @@ def test_papermill_runs_the_kernelspec_the_notebook_names_and_reports_the_failed
     executed = json.loads((tmp_path / "out" / "executed.ipynb").read_text())
     assert "papermill" in executed["metadata"]
     assert "cell 0 done" in buf.getvalue()
+
+
+def test_an_unknown_runtime_in_bundle_toml_names_the_key_and_the_choices(tmp_path: Path) -> None:
+    from bundler.errors import ConfigError
+
+    segmenter = {"name": "seg", "kind": "torchscript", "checkpoint": "seg.pt"}
+    data = tiny_project(
+        segmenters=[segmenter], inference=tiny_inference(gating={"mode": "off"}), dryrun={"runtime": "docker"}
+    )
+    with pytest.raises(ConfigError, match=r"dryrun.runtime = 'docker' must be one of image, local"):
+        parse_config(data, tmp_path)

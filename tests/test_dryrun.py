@@ -85,12 +85,15 @@ def test_within_budget_with_labels_passes_and_scores_the_written_submission(proj
     )
     assert summary["score"] == expected.mean
     assert summary["per_class_score"] == list(expected.per_class)
+    losses = summary["loss_breakdown"]  # where the points are lost, per class (bundler.dryrun.breakdown)
+    assert [c["score"] for c in losses] == pytest.approx(list(expected.per_class))
+    assert sum(c["lost"] for c in losses) == pytest.approx((1 - expected.mean) * expected.pairs)
     profile = json.loads((out / "profile.json").read_text())
     fixed, per = profile["fixed_s"], profile["per_image_s"]
     assert summary["projected_seconds"] == pytest.approx(fixed + per * DRYRUN_HIDDEN)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
-    assert "PASS" in html
+    assert "PASS" in html and "Where the points are lost" in html
     assert not list(out.glob(".kaggle-tree-*"))  # the temporary tree is gone
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith((".ok", "ok"))) == ["ok"]  # no stage left
     # the module cells' bundler_kernel_* folder was made in the tree's tmp/, and went with the tree

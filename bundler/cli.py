@@ -173,8 +173,10 @@ def tune_cmd(
     from bundler.tune import tune
 
     cfg = load_config(config_path)
-    overrides = {"test_dir": test_dir, "labels": labels}
-    cfg = _with_dryrun(cfg, {k: v.resolve() for k, v in overrides.items() if v is not None})
+    if test_dir is not None:  # dryrun.labels and sample_submission belong to dryrun.test_dir, not to this one
+        cfg = _with_dryrun(cfg, {"test_dir": test_dir.resolve(), "labels": None, "sample_submission": None})
+    if labels is not None:
+        cfg = _with_dryrun(cfg, {"labels": labels.resolve()})
     tune(
         cfg, console=console, folds=folds, margin=margin, write=write, config_path=config_path,
         out=out.resolve() if out is not None else None,

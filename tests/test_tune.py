@@ -134,3 +134,6 @@ def test_tune_refuses_missing_labels_and_bad_folds(tuned: tuple[BundleConfig, Pa
         tune(cfg, console=quiet(), folds=DRYRUN_IMAGES + 1)
     result = CliRunner().invoke(main, ["tune", "--config", str(config), "--margin", "1.5"])
     assert result.exit_code != 0 and "--margin" in result.output
+    # another holdout folder does not borrow dryrun.labels, which belong to dryrun.test_dir
+    result = CliRunner().invoke(main, ["tune", "--config", str(config), "--test-dir", str(cfg.dryrun.test_dir)])
+    assert result.exit_code != 0 and "--labels" in result.output

@@ -144,6 +144,7 @@ class Profiler:
         self.problem_examples: dict[str, list[str]] = {kind: [] for kind in IMAGE_PROBLEMS}
         self.error: str | None = None
         self.working_dir: Path | None = None  # the folder whose bytes profile.json reports (the run's out_dir)
+        self._resources: dict[str, Any] | None = None  # taken at finish(): every later to_dict() says the same
         self._stages: dict[str, list[float]] = {}  # name -> [seconds, calls]
 
     @contextmanager
@@ -192,8 +193,10 @@ class Profiler:
             examples.append(detail or str(item))
 
     def finish(self) -> None:
-        """Mark the end of the run (the submission is written)."""
+        """Mark the end of the run (the submission is written); the resources are measured now,
+        before profile.json itself is written."""
         self.finished_at = self.clock()
+        self._resources = self.resources()
 
     def to_dict(self) -> dict[str, Any]:
         """The `profile.json` document."""
@@ -236,7 +239,7 @@ class Profiler:
             "problems": {kind: list(items) for kind, items in self.problems.items()},
             "counts": {kind: len(self.problems[kind]) for kind in IMAGE_PROBLEMS},
             "problem_examples": {kind: list(items) for kind, items in self.problem_examples.items()},
-            "resources": self.resources(),
+            "resources": dict(self._resources) if self._resources is not None else self.resources(),
         }
         if self.error is not None:
             profile["error"] = self.error

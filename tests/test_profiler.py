@@ -164,3 +164,13 @@ def test_resources_on_cuda_give_each_device_its_peak(monkeypatch: pytest.MonkeyP
     assert "GPU cuda:0 3.00 GB, cuda:1 1.50 GB" in p.table()
     p.devices = {"kind": "cpu"}  # a CPU run on a machine with GPUs: explicitly none
     assert p.to_dict()["resources"]["gpu_peak_bytes"] is None
+
+
+def test_resources_are_taken_at_finish_so_profile_json_and_the_result_agree(tmp_path: Path) -> None:
+    p = Profiler(0.0)
+    p.working_dir = tmp_path
+    (tmp_path / "submission.csv").write_bytes(b"x" * 100)
+    p.finish()
+    first = p.to_dict()
+    (tmp_path / "profile.json").write_text(json.dumps(first))  # written after finish: not counted
+    assert p.to_dict()["resources"] == first["resources"] and first["resources"]["working_bytes"] == 100

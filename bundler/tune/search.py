@@ -6,8 +6,8 @@ min_component, min_area and gate. `choose(evidence, rows)` picks, from the pairs
 at `rows` ONLY, the choice of highest mean Dice:
 
 - off and per_class: each class independently; with a gate g, an image whose classifier
-  probability is below g gets the empty mask's Dice instead (`allowed @ dice + (1 - allowed) @
-  empty`, one matrix product per class for every gate x candidate at once);
+  probability is below g gets the empty mask's Dice instead (with the images sorted by that
+  probability, every gate's total for every candidate comes from one cumulative sum);
 - per_image: an image keeps every class when any class reaches its gate, which couples the
   classes' gates: coordinate ascent over the classes' gates (two rounds), each class's
   post-process the best for the images let through.
@@ -134,12 +134,32 @@ def _unflat(ev: Evidence, j: int) -> tuple[int, int, int]:
 
 
 def _best_given(
-    u: npt.NDArray[np.float64], e: npt.NDArray[np.float64], let: npt.NDArray[np.float64]
+    u: npt.NDArray[np.float64], e: npt.NDArray[np.float64], let: npt.NDArray[np.bool_]
 ) -> tuple[float, int]:
-    """(total, candidate) maximising sum(let * u + (1 - let) * e) for one class."""
-    totals = u @ let + float(e @ (1.0 - let))
+    """(total, candidate) maximising the sum of u over the pairs let through and e over the others,
+    for one class. Sums, not matrix products: BLAS threads on a busy 2-core machine cost more than
+    they save here."""
+    totals = u[:, let].sum(axis=1) + float(e[~let].sum())
     j = int(np.argmax(totals))
     return float(totals[j]), j
+
+
+def _gated_totals(
+    u: npt.NDArray[np.float64],
+    e: npt.NDArray[np.float64],
+    gate: npt.NDArray[np.float32],
+    g_values: npt.NDArray[np.float32],
+) -> npt.NDArray[np.float64]:
+    """[G, KMA]: each gate's total for every candidate of one class. Images sorted by classifier
+    probability, highest first: a gate lets through a prefix of them, so one cumulative sum
+    serves every gate."""
+    order = np.argsort(-gate, kind="stable")
+    cum_u = np.zeros((u.shape[0], len(order) + 1))
+    np.cumsum(u[:, order], axis=1, out=cum_u[:, 1:])
+    cum_e = np.concatenate(([0.0], np.cumsum(e[order])))
+    passed = np.count_nonzero(gate[None, :] >= g_values[:, None], axis=1)  # [G]: the prefix length
+    result: npt.NDArray[np.float64] = cum_u[:, passed].T + (cum_e[-1] - cum_e[passed])[:, None]
+    return result
 
 
 def _search_mode(ev: Evidence, mode: str, variant: int, rows: Rows) -> tuple[float, Choice]:
@@ -151,7 +171,7 @@ def _search_mode(ev: Evidence, mode: str, variant: int, rows: Rows) -> tuple[flo
     total = 0.0
     if mode == "off" or ev.gate is None:
         for u, e in zip(us, es, strict=True):
-            best, j = _best_given(u, e, np.ones(len(rows)))
+            best, j = _best_given(u, e, np.ones(len(rows), dtype=np.bool_))
             total += best
             post.append(j)
             gates.append(0)
@@ -159,8 +179,7 @@ def _search_mode(ev: Evidence, mode: str, variant: int, rows: Rows) -> tuple[flo
         g_values = np.asarray(ev.grid.gates, dtype=np.float32)
         gate = ev.gate[rows]
         for c, (u, e) in enumerate(zip(us, es, strict=True)):
-            lets = (gate[:, c][None, :] >= g_values[:, None]).astype(np.float64)  # [G, n]
-            totals = lets @ u.T + ((1.0 - lets) @ e)[:, None]  # [G, KMA]
+            totals = _gated_totals(u, e, gate[:, c], g_values)  # [G, KMA]
             best_g, best_j = np.unravel_index(int(np.argmax(totals)), totals.shape)
             total += float(totals[best_g, best_j])
             post.append(int(best_j))
@@ -182,7 +201,7 @@ def _coordinate_ascent(
     best for the images let through."""
 
     def evaluate(gs: Sequence[int]) -> tuple[float, list[int]]:
-        let: npt.NDArray[np.float64] = np.asarray((gate >= g_values[list(gs)][None, :]).any(axis=1), dtype=np.float64)
+        let: npt.NDArray[np.bool_] = np.asarray((gate >= g_values[list(gs)][None, :]).any(axis=1))
         results = [_best_given(u, e, let) for u, e in zip(us, es, strict=True)]
         return sum(r[0] for r in results), [r[1] for r in results]
 

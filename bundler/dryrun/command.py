@@ -61,7 +61,6 @@ from bundler.sandbox import Isolation, probe
 from kernel_src.profiler import folder_bytes, format_bytes
 from kernel_src.submission import SampleSubmission, read_csv_strings
 
-OUTPUTS = ("submission.csv", "profile.json", "summary.json", "report.html")
 SAMPLE_IMAGES = 6
 
 

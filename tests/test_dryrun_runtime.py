@@ -35,8 +35,10 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
 
 
-def _site_listing() -> dict[str, float]:
-    return {str(p): p.stat().st_mtime for site in local_sites() for p in site.iterdir()}
+def _site_listing() -> set[str]:
+    """What this environment has installed: its site folders' entries (a pip install adds a
+    dist-info and a package; names only, since another process may write bytecode meanwhile)."""
+    return {str(p) for site in local_sites() for p in site.iterdir() if p.name != "__pycache__"}
 
 
 # --- the drift guard -------------------------------------------------------------------------

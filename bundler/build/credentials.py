@@ -339,8 +339,9 @@ def _symbolic_load(data: bytes, start: int) -> tuple[Any, int]:
 
 
 def _join(path: str, key: Any) -> str:
+    """`cfg` + `key` -> `cfg.key`; `constants.pkl:` + `x` -> `constants.pkl:x`; an int index -> `[0]`."""
     if isinstance(key, str):
-        return f"{path}.{key}" if path else key
+        return f"{path}.{key}" if path and not path.endswith(":") else f"{path}{key}"
     return f"{path}[{key}]" if isinstance(key, int) else f"{path}[...]"
 
 

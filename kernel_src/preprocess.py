@@ -155,9 +155,22 @@ class Preprocess:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """The model's input for `x` [N,3,H,W], floats in [0, 1] (8-bit values / 255)."""
-        x = (x.float() * 255.0).round()
+        steps = self.steps
+        first = steps[0] if steps else {}
+        if (
+            first.get("op") in ("resize", "max_size")
+            and first["interpolation"] != "area"
+            and not first.get("area_for_downscale")
+        ):
+            # resizing is linear: resized first, then scaled to 8-bit values and rounded as OpenCV
+            # rounds its 8-bit result, the full-size image is never multiplied (not for area
+            # averaging, whose exact .5 ties only integer inputs round as OpenCV does)
+            x = (_resize_step(x.float(), steps[0]) * 255.0).round_().clamp_(0.0, 255.0)
+            steps = steps[1:]
+        else:
+            x = (x.float() * 255.0).round()
         eight_bit = True
-        for step in self.steps:
+        for step in steps:
             x, eight_bit = apply_step(x, step, eight_bit)
         return x
 
@@ -313,16 +326,22 @@ def _normalize(x: torch.Tensor, step: Mapping[str, Any]) -> torch.Tensor:
     return out.clamp(-PER_IMAGE_CLIP, PER_IMAGE_CLIP)
 
 
+def _resize_step(x: torch.Tensor, step: Mapping[str, Any]) -> torch.Tensor:
+    """A resize or max_size step, with no rounding."""
+    size = (x.shape[-2], x.shape[-1])
+    (g,) = Preprocess([step]).geometry(size)
+    interpolation = step["interpolation"]
+    if step.get("area_for_downscale") and (g.after[0] < size[0] or g.after[1] < size[1]):
+        interpolation = "area"
+    return _resize(x, g.after, interpolation)
+
+
 def apply_step(x: torch.Tensor, step: Mapping[str, Any], eight_bit: bool) -> tuple[torch.Tensor, bool]:
     """One step on `x` in albumentations' units; `eight_bit`: albumentations would hold uint8 here."""
     op = step["op"]
     size = (x.shape[-2], x.shape[-1])
     if op in ("resize", "max_size"):
-        (g,) = Preprocess([step]).geometry(size)
-        interpolation = step["interpolation"]
-        if step.get("area_for_downscale") and (g.after[0] < size[0] or g.after[1] < size[1]):
-            interpolation = "area"
-        x = _resize(x, g.after, interpolation)
+        x = _resize_step(x, step)
     elif op == "pad":
         x = _pad(x, _pad_amounts(step, *size), step["border"], step.get("fill") or [0.0])
     elif op in ("center_crop", "crop"):

@@ -11,7 +11,8 @@ albumentations' own output of the previous step and compared with albumentations
 step; then the whole chain is compared end to end. Tolerance, in units of one 8-bit level at that
 step (the step's output range / 255, so a Normalize's gain is counted): the largest difference
 at most `MAX_LEVELS` (one rounding of an 8-bit value the other way, which OpenCV's fixed-point
-arithmetic does at a few pixels), the mean difference at most `MEAN_LEVELS`. A step beyond it
+arithmetic does at a few pixels, plus 5 % for a per-image normalisation whose statistics move
+with it), the mean difference at most `MEAN_LEVELS`. A step beyond it
 fails the build naming the transform and the figures.
 
 The description is written into the bundle as `<name>.preprocess.json` (with the pipeline as
@@ -50,7 +51,7 @@ SUPPORTED = (
     "Normalize",
     "ToTensorV2",
 )
-MAX_LEVELS = 1.0  # largest |engine - albumentations|, in 8-bit levels of the step's output
+MAX_LEVELS = 1.05  # largest |engine - albumentations|, in 8-bit levels of the step's output
 MEAN_LEVELS = (
     0.25  # mean |engine - albumentations|: OpenCV's fixed-point 8-bit resize rounds ~1 pixel in 8 the other way
 )

@@ -162,9 +162,11 @@ def _gated_totals(
     return result
 
 
-def _search_mode(ev: Evidence, mode: str, variant: int, rows: Rows) -> tuple[float, Choice]:
+def _search_mode(
+    ev: Evidence, mode: str, variant: int, rows: Rows, us: list[npt.NDArray[np.float64]]
+) -> tuple[float, Choice]:
+    """The best choice of one mode and variant; `us` are `_flat` of each class (shared by the modes)."""
     c_n = ev.empty.shape[0]
-    us = [_flat(ev, variant, c, rows) for c in range(c_n)]
     es = [ev.empty[c, rows].astype(np.float64) for c in range(c_n)]
     post: list[int] = []
     gates: list[int] = []
@@ -229,10 +231,13 @@ def choose(ev: Evidence, rows: Rows, current: Choice) -> Choice:
         (m, x) for x in range(ev.variants) for m in modes if (m, x) != (current.mode, current.variant)
     ]
     best: tuple[float, Choice] | None = None
+    flat: dict[int, list[npt.NDArray[np.float64]]] = {}
     for mode, variant in order:
         if mode not in modes or variant >= ev.variants:
             continue
-        total, choice = _search_mode(ev, mode, variant, rows)
+        if variant not in flat:
+            flat[variant] = [_flat(ev, variant, c, rows) for c in range(ev.empty.shape[0])]
+        total, choice = _search_mode(ev, mode, variant, rows, flat[variant])
         if best is None or total > best[0] + 1e-9:
             best = (total, choice)
     assert best is not None

@@ -142,7 +142,7 @@ def test_the_plan_holds_the_imports_and_the_wheels_requirements_at_baseline_vers
     notes = " | ".join(plan.notes)
     assert "absent-dep" in notes  # neither the baseline nor the bundle has it: the twin lacks it, as the image does
     assert "segmentation_models_pytorch" in notes  # kernel_src imports it; this baseline lacks it
-    assert "torch 2.10.0+cu128 is installed as 2.10.0" in notes
+    assert plan.relabelled == ("torch 2.10.0+cu128 is installed as 2.10.0 from PyPI (same build, no label)",)
 
 
 def test_a_vendored_package_is_never_wanted_even_when_the_image_has_it(tmp_path: Path) -> None:

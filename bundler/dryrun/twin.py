@@ -79,7 +79,8 @@ class TwinPlan:
     baseline_sha256: str
     wanted: dict[str, str]  # canonical name -> version as PyPI serves it (local label dropped)
     vendored: frozenset[str]  # canonical names; never installed in the twin
-    notes: tuple[str, ...]  # what the twin cannot hold, local labels mapped
+    notes: tuple[str, ...]  # what the twin cannot hold (said at every run)
+    relabelled: tuple[str, ...] = ()  # local labels dropped (said when the twin is made, kept in twin.json)
 
     @property
     def key(self) -> str:
@@ -189,6 +190,7 @@ def plan_twin(
         raise DryRunError(f"target.baseline {baseline_spec!r} cannot be read ({e}); fix the path") from None
     vendored = frozenset(read_wheel(w).key for w in wheels)
     notes: list[str] = []
+    relabelled: list[str] = []
     known = importlib.metadata.packages_distributions() if known is None else known
     mapped, unmapped = module_distributions(imported_modules(kernel_src), baseline, known)
     wanted_names: set[NormalizedName] = {d for dists in mapped.values() for d in dists}
@@ -221,9 +223,11 @@ def plan_twin(
         assert pin is not None
         wanted[name] = pypi_version(pin.version)
         if wanted[name] != pin.version:
-            notes.append(f"{pin.name} {pin.version} is installed as {wanted[name]} from PyPI (same build, no label)")
+            relabelled.append(
+                f"{pin.name} {pin.version} is installed as {wanted[name]} from PyPI (same build, no label)"
+            )
     digest = hashlib.sha256(baseline_bytes).hexdigest()
-    return TwinPlan(python, baseline, digest, wanted, vendored, tuple(notes))
+    return TwinPlan(python, baseline, digest, wanted, vendored, tuple(notes), tuple(relabelled))
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -393,6 +397,8 @@ def create_twin(plan: TwinPlan, *, console: Console, root: Path | None = None) -
         f"{len(plan.wanted)} packages at the baseline {plan.baseline.name}'s versions -> {final}"
     )
     console.print(f"[yellow]note:[/] {FIRST_TIME_NOTE}")
+    for line in plan.relabelled:
+        console.print(f"[dim]twin: {line}[/]")
     steps = [
         ("venv", [*uv, "venv", "--relocatable", "--python", plan.python.path, "--no-python-downloads", str(venv)]),
         (
@@ -460,7 +466,7 @@ def create_twin(plan: TwinPlan, *, console: Console, root: Path | None = None) -
             "packages": dict(sorted(installed.items())),
             "moved_from_baseline": moved,
             "not_in_baseline": added,  # pulled in by a pinned package although the baseline lacks it
-            "notes": list(plan.notes),
+            "notes": [*plan.notes, *plan.relabelled],
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": seconds,
         }

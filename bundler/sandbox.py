@@ -12,6 +12,7 @@ caller runs the command unchanged, with the network still there, and says so.
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import shutil
 import subprocess
@@ -93,3 +94,14 @@ def isolated_argv(argv: Sequence[str], isolation: Isolation, readonly: Sequence[
     script = "\n".join(lines)
     ns = ["-n", "-m", "--propagation", "private"] if isolation.readonly else ["-n"]
     return [isolation.unshare, *ns, "--", "sh", "-c", script, "bundler-netns", *argv]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id exists (one that is not ours to signal still counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -42,6 +42,7 @@ from bundler.build.manifest import MANIFEST, METADATA, build_manifest, dataset_m
 from bundler.build.summary import print_report
 from bundler.config import BundleConfig, ModelEntry
 from bundler.errors import BuildError
+from bundler.sandbox import pid_alive
 
 if TYPE_CHECKING:
     from bundler.build.weights import WeightRecord
@@ -111,16 +112,6 @@ def _check_out(out: Path) -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale(out: Path) -> None:
     """Staging and set-aside folders left by builds whose process is gone."""
     if not out.parent.is_dir():
@@ -128,7 +119,7 @@ def _remove_stale(out: Path) -> None:
     pattern = re.compile(re.escape(out.name) + r"\.(?:partial|old)-(\d+)")
     for path in out.parent.iterdir():
         m = pattern.fullmatch(path.name)
-        if m and path.is_dir() and not _pid_alive(int(m.group(1))):
+        if m and path.is_dir() and not pid_alive(int(m.group(1))):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -20,21 +20,12 @@ import tempfile
 from pathlib import Path
 
 from bundler.dryrun.tree import remove_tree
+from bundler.sandbox import pid_alive
 
 
 def failed_dir(out: Path) -> Path:
     """Where a failing run's outputs land: `<out>.failed` beside `out`."""
     return out.with_name(out.name + ".failed")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stage_pattern(out: Path) -> re.Pattern[str]:
@@ -49,7 +40,7 @@ def remove_stale(out: Path) -> list[Path]:
     pattern = _stage_pattern(out)
     for path in out.parent.iterdir():
         m = pattern.fullmatch(path.name)
-        if m and path.is_dir() and not _pid_alive(int(m.group(1))):
+        if m and path.is_dir() and not pid_alive(int(m.group(1))):
             remove_tree(path)  # it may hold a read-only Kaggle-like tree
             removed.append(path)
     return removed

@@ -242,6 +242,10 @@ def test_ctrl_c_mid_run_exits_130_and_keeps_the_last_good_run(project: BundleCon
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a shell's foreground job: Ctrl-C reaches all of it
+        # a shell without job control starts background jobs with SIGINT ignored, and an ignored signal is
+        # inherited across exec (python then installs no KeyboardInterrupt handler): undo that, as a
+        # foreground terminal job has it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 180
     stage: Path | None = None

@@ -117,8 +117,9 @@ def test_a_saved_pipeline_is_built_proved_shipped_and_dry_run(tmp_path: Path) ->
 def test_an_unsupported_pipeline_fails_the_build_naming_it(tmp_path: Path) -> None:
     bad = A.Compose([A.RandomResizedCrop(size=(64, 128)), A.Normalize()])
     cfg = load_config(project(tmp_path, bad))
-    with pytest.raises(BuildError, match=r"segmenters\[0\]\.preprocess: RandomResizedCrop is not a deterministic"):
+    with pytest.raises(BuildError, match=r"segmenters\[0\]\.preprocess: RandomResizedCrop is not a deterministic") as e:
         build_dataset(cfg, console=quiet())
+    assert str(e.value).count("bundle.toml") == 1, str(e.value)  # the file read is named once, not twice
     assert not cfg.dataset.out.exists()  # nothing half-built was left
 
 

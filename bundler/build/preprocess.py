@@ -331,7 +331,7 @@ def build_preprocess(
 ) -> dict[str, Any]:
     """Translate, prove and write `entry`'s pipeline into `dest`; its bundle.json record."""
     assert entry.preprocess is not None
-    where = f"bundle.toml {key}.preprocess"
+    where = f"{key}.preprocess"  # key names the file read: "other.toml segmenters[0]"
     say("reading the albumentations pipeline")
     transform, translated = translate(entry.preprocess, where)
     say("proving the translation against albumentations")

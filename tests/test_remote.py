@@ -556,3 +556,28 @@ def test_an_unreadable_state_file_names_the_fix(tmp_path: Path) -> None:
     state.path.write_text("{broken")
     with pytest.raises(RemoteError, match=r"state\.json: unreadable .*delete it"):
         load_state(cfg)
+
+
+def test_waiting_lines_print_names_and_states_as_written() -> None:
+    """A name or a state from Kaggle with square brackets is not read as rich markup."""
+    import io
+
+    from rich.console import Console
+
+    from bundler.remote.wait import wait_for
+
+    out = io.StringIO()
+    states = iter(["[queued]", "models/[bold]ready"])
+    status, _ = wait_for(
+        lambda: next(states),
+        lambda s: s.endswith("ready"),
+        what="dataset [extra]/x",
+        interval=0.0,
+        timeout_s=10.0,
+        resume="run it again",
+        console=Console(file=out, width=200),
+    )
+    assert status == "models/[bold]ready"
+    text = out.getvalue()
+    assert "dataset [extra]/x: [queued] after" in text and "dataset [extra]/x: models/[bold]ready after" in text
+

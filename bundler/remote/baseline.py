@@ -177,7 +177,8 @@ def capture(
     console.print(
         f"[green]baseline[/] {shown_path(dest)}: python {python.group(1) if python else '?'}, {len(pins)} packages"
     )
-    console.print(f'compare it: bundler baseline diff {cfg.target.baseline} {rel}; use it: target.baseline = "{rel}"')
+    shown, baseline = escape(str(rel)), escape(str(cfg.target.baseline))
+    console.print(f'compare it: bundler baseline diff {baseline} {shown}; use it: target.baseline = "{shown}"')
     return CaptureResult(dest, python.group(1) if python else "", len(pins))
 
 

@@ -58,7 +58,7 @@ def _download(cfg: BundleConfig, kaggle: Kaggle, version: int, console: Console)
     dest = version_dir(cfg, version)
     files = kaggle.kernel_output(cfg.kernel.id, version, dest)
     names = ", ".join(p.name for p in files) or "nothing"
-    console.print(f"[green]downloaded[/] {shown_path(dest)}: {names}")
+    console.print(f"[green]downloaded[/] {escape(shown_path(dest))}: {escape(str(names))}")
     return files
 
 
@@ -73,7 +73,7 @@ def _report_failure(cfg: BundleConfig, version: int, message: str, files: list[P
             console.print(f"  {escape(line)}", soft_wrap=True)
     lines = tail(log)
     if lines:
-        console.print(f"[bold]log tail[/] ({len(lines)} lines of {shown_path(version_dir(cfg, version))}):")
+        console.print(f"[bold]log tail[/] ({len(lines)} lines of {escape(shown_path(version_dir(cfg, version)))}):")
         for line in lines:
             console.print(f"  {escape(line)}", soft_wrap=True)
     detail = f" ({message})" if message else ""
@@ -102,7 +102,7 @@ def settle(
         if not (version_dir(cfg, version) / "submission.csv").is_file():
             console.print(f"[yellow]warning:[/] v{version} completed without submission.csv: a submit would fail")
         if profile.is_file():
-            console.print(f"  {shown_path(profile)} is now the dry-run's default calibration")
+            console.print(f"  {escape(shown_path(profile))} is now the dry-run's default calibration")
         console.print(f"submit it with: [bold]bundler submit --version {version} --wait[/]")
     return StatusResult(version, status, tuple(files))
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from bundler.build.manifest import METADATA, manifest_files, read_manifest
 from bundler.config import BundleConfig
@@ -141,7 +142,7 @@ def push_dataset(
                 kaggle.create_dataset(cfg.dataset.out, public=not cfg.dataset.private)
             else:
                 message = version_message(cfg, bundle_hash)
-                console.print(f"dataset {ref}: new version from {folder}: {message}")
+                console.print(f"dataset {ref}: new version from {escape(str(folder))}: {escape(str(message))}")
                 kaggle.version_dataset(cfg.dataset.out, message)
         console.print(f"  uploaded {len(files)} files, {size_mb:,.1f} MB in {time.monotonic() - started:.0f} s")
         uploaded = True
@@ -169,7 +170,7 @@ def _fresh_notebook(cfg: BundleConfig, console: Console) -> None:
         return
     state = "stale" if path.is_file() else "missing"
     rendered = render_notebook(cfg, console=Console(file=io.StringIO()))  # its "push it with" hint is ours to do
-    console.print(f"notebook {shown_path(path)} was {state}: rendered for bundle {rendered.bundle_hash[:12]}")
+    console.print(f"notebook {escape(shown_path(path))} was {state}: rendered for bundle {rendered.bundle_hash[:12]}")
 
 
 def _invalid_sources(invalid: dict[str, list[str]]) -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from bundler.errors import RemoteError
@@ -50,7 +51,7 @@ def wait_for(
             status = poll()
             elapsed = time.monotonic() - started
             if status != last:
-                console.print(f"  {what}: {status or '?'} after {elapsed:.0f} s")
+                console.print(f"  {escape(what)}: {escape(status or '?')} after {elapsed:.0f} s")
                 last = status
             if done(status):
                 return status, elapsed

@@ -267,7 +267,7 @@ def tune(
     read_s = time.perf_counter() - began
     size = cache.size_bytes()
     what = "reused" if reused else f"written in {cache.first_pass_s:.1f} s"
-    console.print(f"holdout cache {shown_path(cache.folder)}: {size / 1e6:.1f} MB on disk, {what}")
+    console.print(f"holdout cache {escape(shown_path(cache.folder))}: {size / 1e6:.1f} MB on disk, {escape(str(what))}")
 
     shape = (spec.image_height, spec.image_width)
     truth = truth_masks(labels, ids, shape, spec.rle_order, spec.num_classes)
@@ -421,4 +421,4 @@ def print_tune(result: TuneResult, console: Console, *, write: bool) -> None:
         for key, value in result.values.items():
             mark = "" if value == result.current_values[key] else "   [yellow](changed)[/]"
             console.print(f"  {key} = {json.dumps(value)}{mark}")
-    console.print(f"report: {shown_path(result.report)}")
+    console.print(f"report: {escape(shown_path(result.report))}")

@@ -58,6 +58,22 @@ def parse_requirements(requirements: tuple[str, ...]) -> list[Requirement]:
     return parsed
 
 
+def compile_args(work: Path) -> list[str]:
+    """uv's arguments compiling `work`'s requirements.in into its resolved.txt, with its uv.toml and
+    overrides.txt (the files both the vendoring and `bundler baseline from-sources` write there)."""
+    return [
+        "--config-file",
+        str(work / "uv.toml"),
+        "pip",
+        "compile",
+        str(work / "requirements.in"),
+        "--output-file",
+        str(work / "resolved.txt"),
+        "--override",
+        str(work / "overrides.txt"),
+    ]
+
+
 def uv_command() -> list[str]:
     try:
         from uv import find_uv_bin
@@ -162,15 +178,7 @@ def resolve(
     (work / "constraints.txt").write_text("".join(f"{c}\n" for c in constraints), encoding="utf-8")
     argv = [
         *uv_command(),
-        "--config-file",
-        str(work / "uv.toml"),
-        "pip",
-        "compile",
-        str(work / "requirements.in"),
-        "--output-file",
-        str(work / "resolved.txt"),
-        "--override",
-        str(work / "overrides.txt"),
+        *compile_args(work),
         "--constraint",
         str(work / "constraints.txt"),
         "--find-links",

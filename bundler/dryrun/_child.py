@@ -79,32 +79,44 @@ def _error_of(nb: Any) -> tuple[int | None, str, str, str]:
     return None, "", "", ""
 
 
-def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float | None) -> int:
-    nb = nbformat.read(src, as_version=4)  # type: ignore[no-untyped-call]
-    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    emit("start", cells=len(nb.cells), code_cells=len(code_cells))
-    started = time.monotonic()
-    cell_started: dict[int, float] = {}
+class _CellEvents:
+    """The cell callbacks both engines take: each start and finish emitted for the parent, and the
+    cell running now (the one a timeout, a dead kernel or an interrupt is charged to)."""
 
-    def on_start(cell: Any, cell_index: int) -> None:
-        cell_started[cell_index] = time.monotonic()
+    def __init__(self, nb: Any) -> None:
+        self.code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        self.current = -1
+        self._started: dict[int, float] = {}
+        emit("start", cells=len(nb.cells), code_cells=len(self.code_cells))
+
+    def on_start(self, cell: Any, cell_index: int) -> None:
+        self.current = cell_index
+        self._started[cell_index] = time.monotonic()
         first = next((ln for ln in str(cell.source).splitlines() if ln.strip()), "")
-        emit("cell_start", cell=cell_index, code_cells=code_cells, first_line=first[:120])
+        emit("cell_start", cell=cell_index, code_cells=self.code_cells, first_line=first[:120])
 
-    def on_executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
+    def on_executed(self, cell: Any, cell_index: int, execute_reply: Any) -> None:
         # nbclient calls on_cell_complete as soon as the request is sent; on_cell_executed
         # comes with the reply, when the cell has really finished.
         t = time.monotonic()
-        emit("cell_executed", cell=cell_index, seconds=round(t - cell_started.get(cell_index, t), 3))
+        emit("cell_executed", cell=cell_index, seconds=round(t - self._started.get(cell_index, t), 3))
 
+    def running(self) -> int | None:
+        return self.current if self.current >= 0 else None
+
+
+def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float | None) -> int:
+    nb = nbformat.read(src, as_version=4)  # type: ignore[no-untyped-call]
+    cells = _CellEvents(nb)
+    started = time.monotonic()
     client = _StreamingClient(
         nb,
         timeout=int(timeout) if timeout else None,
         startup_timeout=120,
         allow_errors=False,
         resources={"metadata": {"path": str(cwd)}},
-        on_cell_start=on_start,
-        on_cell_executed=on_executed,
+        on_cell_start=cells.on_start,
+        on_cell_executed=cells.on_executed,
     )
     result: dict[str, Any] = {"status": "ok", "cell": None, "ename": "", "evalue": "", "traceback": ""}
     try:
@@ -129,8 +141,7 @@ def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float 
                 result["evalue"] = result["evalue"] or evalue
                 result["traceback"] = result["traceback"] or tb
             elif result["status"] in ("timeout", "kernel_died", "interrupted"):
-                running = max(cell_started, default=None)
-                result["cell"] = running
+                result["cell"] = cells.running()
         nbformat.write(nb, dest)  # type: ignore[no-untyped-call]
         result_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
         emit("done", status=result["status"], seconds=result["seconds"])
@@ -140,13 +151,13 @@ def execute(src: Path, dest: Path, result_path: Path, cwd: Path, timeout: float 
 class _StreamLines:
     """A file-like sink for papermill's stdout_file/stderr_file: each printed line becomes a `stream` event."""
 
-    def __init__(self, cell: list[int]) -> None:
-        self._cell = cell
+    def __init__(self, cells: _CellEvents) -> None:
+        self._cells = cells
 
     def write(self, text: str) -> int:
         for line in str(text).splitlines():
             if line.strip():
-                emit("stream", cell=self._cell[0], text=strip_ansi(line)[-300:])
+                emit("stream", cell=self._cells.current, text=strip_ansi(line)[-300:])
         return len(text)
 
     def flush(self) -> None:
@@ -159,22 +170,8 @@ def execute_papermill(src: Path, dest: Path, result_path: Path, cwd: Path, timeo
     from papermill.exceptions import PapermillExecutionError  # type: ignore[import-untyped]
 
     nb = nbformat.read(src, as_version=4)  # type: ignore[no-untyped-call]
-    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    emit("start", cells=len(nb.cells), code_cells=len(code_cells))
+    cells = _CellEvents(nb)
     started = time.monotonic()
-    cell_started: dict[int, float] = {}
-    current = [-1]
-
-    def on_start(cell: Any, cell_index: int) -> None:
-        current[0] = cell_index
-        cell_started[cell_index] = time.monotonic()
-        first = next((ln for ln in str(cell.source).splitlines() if ln.strip()), "")
-        emit("cell_start", cell=cell_index, code_cells=code_cells, first_line=first[:120])
-
-    def on_executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
-        t = time.monotonic()
-        emit("cell_executed", cell=cell_index, seconds=round(t - cell_started.get(cell_index, t), 3))
-
     result: dict[str, Any] = {"status": "ok", "cell": None, "ename": "", "evalue": "", "traceback": ""}
     try:
         papermill.execute_notebook(
@@ -184,12 +181,12 @@ def execute_papermill(src: Path, dest: Path, result_path: Path, cwd: Path, timeo
             cwd=str(cwd),
             progress_bar=False,
             log_output=False,
-            stdout_file=_StreamLines(current),
-            stderr_file=_StreamLines(current),
+            stdout_file=_StreamLines(cells),
+            stderr_file=_StreamLines(cells),
             start_timeout=120,
             execution_timeout=int(timeout) if timeout else None,
-            on_cell_start=on_start,
-            on_cell_executed=on_executed,
+            on_cell_start=cells.on_start,
+            on_cell_executed=cells.on_executed,
         )
     except PapermillExecutionError as e:
         tb = strip_ansi("\n".join(e.traceback)) if isinstance(e.traceback, list) else strip_ansi(str(e.traceback))
@@ -205,7 +202,7 @@ def execute_papermill(src: Path, dest: Path, result_path: Path, cwd: Path, timeo
     finally:
         result["seconds"] = round(time.monotonic() - started, 3)
         if result["status"] in ("timeout", "kernel_died", "interrupted") and result["cell"] is None:
-            result["cell"] = current[0] if current[0] >= 0 else None
+            result["cell"] = cells.running()
         if not dest.is_file():  # papermill saves as it goes; a run that never started leaves the input
             nbformat.write(nb, dest)  # type: ignore[no-untyped-call]
         result_path.write_text(json.dumps(result, indent=2), encoding="utf-8")

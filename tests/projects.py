@@ -124,28 +124,7 @@ def write_project(root: Path, data: Mapping[str, Any]) -> Path:
 def write_built_manifest(cfg: BundleConfig) -> dict[str, Any]:
     """bundle.json for the weights in `cfg.dataset.out`, as `bundler build` leaves it (no wheels:
     the venv has every library)."""
-    out = cfg.dataset.out
-    weights = [
-        {
-            "file": m.spec.file,
-            "model": m.spec.name,
-            "kind": m.spec.kind,
-            "sha256": sha256_file(out / m.spec.file),
-            "size": (out / m.spec.file).stat().st_size,
-        }
-        for m in cfg.models
-    ]
-    lines = sorted(f"{w['file']} {w['sha256']}" for w in weights)
-    manifest = {
-        "format": 1,
-        "bundle": cfg.name,
-        "hash": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
-        "created_by": "tests",
-        "wheels": [],
-        "weights": weights,
-    }
-    (out / "bundle.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    return write_manifest_with_wheels(cfg, [])
 
 
 def make_dryrun_project(root: Path, *, budget: float | None = None, labels: bool = True) -> BundleConfig:
@@ -331,7 +310,7 @@ def make_traced_segmenter(dest: Path, name: str = "traced-seg") -> ModelSpec:
     return spec
 
 
-def write_manifest_with_wheels(cfg: BundleConfig, wheels: list[Path]) -> None:
+def write_manifest_with_wheels(cfg: BundleConfig, wheels: list[Path]) -> dict[str, Any]:
     """bundle.json for the weights of `cfg`'s models and `wheels`, all in the dataset folder."""
     out = cfg.dataset.out
     weights = [
@@ -367,6 +346,7 @@ def write_manifest_with_wheels(cfg: BundleConfig, wheels: list[Path]) -> None:
         "weights": weights,
     }
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
 
 
 def make_vendoring_project(root: Path, requires: list[str], *, runtime: str) -> BundleConfig:

@@ -466,6 +466,47 @@ def test_format_end_to_end_through_the_rendered_notebook(name: str, tmp_path: Pa
 
 
 # --- Severstal's bytes, before and after ----------------------------------------------------
+#
+# What is meant to be exact is compared byte for byte: the submission written for GIVEN
+# probability maps (layout, RLE, row order, quoting). What goes through a network's floating point
+# is not: a convolution's last bits differ between CPUs (an AMD EPYC moved one RLE number of the
+# random tiny models' submission by one pixel) and between releases of torch and OpenCV, so such a
+# run is compared as decoded masks within a stated tolerance (issue 28).
+
+
+def _run_severstal(
+    folder: Path, classifiers: list[ModelSpec], segmenters: list[ModelSpec], images: Path, ids: list[str],
+    layout: str, named: bool, out: Path, sample: Path | None = None, **spec: Any,
+) -> Path:  # fmt: skip
+    from kernel_src.run import run
+    from tests.tiny import tiny_spec, write_sample
+
+    if named:
+        spec["submission"] = {"layout": f"severstal-{layout}"}
+    inference = tiny_spec(folder, classifiers=classifiers, segmenters=segmenters, **spec)
+    sample = sample or write_sample(out / "sample_submission.csv", ids, layout=layout)
+    result = run(inference, bundle_dir=folder, test_dir=images, sample_submission=sample, out_dir=out / "run",
+                 progress=False)  # fmt: skip
+    return result.submission_path
+
+
+@pytest.mark.parametrize(("layout", "named"), [("wide", False), ("long", False), ("long", True)])
+def test_severstal_bytes_are_those_of_main_before_issue_16(layout: str, named: bool, tmp_path: Path) -> None:
+    """tests/golden/severstal-exact-*.csv were written by main before [submission] existed (commit
+    3815c51, kernel_src of that commit with tests/tiny.py's exact models) from this exact run: a
+    scripted classifier and segmenter whose logits are -15.3 or +16.1 by colour (no pixel or gate near
+    a threshold), lossless 64x256 images, flip TTA, per-class gating, min_component and min_area.
+    The probability maps are therefore the same on every machine, and the bytes must be too;
+    `named` sets the preset layout explicitly instead of detecting it."""
+    from tests.tiny import make_exact_models, write_exact_images
+
+    classifier, segmenter = make_exact_models(tmp_path / "models")
+    ids = write_exact_images(tmp_path / "images")
+    submission = _run_severstal(
+        tmp_path / "models", [classifier], [segmenter], tmp_path / "images", ids, layout, named, tmp_path,
+        postprocess={"threshold": 0.5, "min_component": 20, "min_area": 100},
+    )  # fmt: skip
+    assert submission.read_bytes() == (GOLDEN / f"severstal-exact-{layout}.csv").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -477,30 +518,46 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Mo
     return folder, classifiers, segmenters
 
 
+def _severstal_masks(path: Path, layout: str, shape: tuple[int, int]) -> tuple[list[str], npt.NDArray[np.bool_]]:
+    """(row keys in file order, masks [rows, H, W]) of a Severstal submission, read here with csv."""
+    from kernel_src.rle import decode
+
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[1:]
+    if layout == "wide":
+        keyed = [(key, rle) for key, rle in rows]
+    else:
+        keyed = [(f"{image}_{cls}", rle) for image, rle, cls in rows]
+    masks = np.stack([decode(rle, shape, "F").astype(bool) for _, rle in keyed])
+    return [key for key, _ in keyed], masks
+
+
 @pytest.mark.parametrize(("layout", "named"), [("wide", False), ("long", False), ("long", True)])
-def test_severstal_bytes_are_those_of_main_before_issue_16(
+def test_severstal_random_models_match_main_before_issue_16_within_tolerance(
     layout: str, named: bool, tiny_models: tuple[Path, list[ModelSpec], list[ModelSpec]], tmp_path: Path
 ) -> None:
-    """tests/golden/severstal-*.csv were written by main before [submission] existed (commit
-    3815c51) from this exact run: tiny random models (seed 0), 6 synthetic 64x256 images (seed 3),
-    per-class gating; `named` sets the preset layout explicitly instead of detecting it."""
+    """tests/golden/severstal-*.csv were written by main before [submission] (commit 3815c51) from
+    this run: tiny random timm/smp models (seed 0), 6 synthetic 64x256 JPEGs (seed 3), per-class
+    gating. Their probabilities go through convolutions whose last bits depend on the CPU and the
+    releases installed, and a random model's pixels sit near the threshold, so the masks are
+    compared, not the bytes: the same rows in the same order, and at most 0.5% of all pixels
+    (and Dice >= 0.98 over the union) allowed to differ. On an AMD EPYC the bytes differed by one
+    RLE start; a layout or gating bug moves whole rows or masks."""
     from bundler.demo.synthetic import make_dataset
-    from kernel_src.run import run
-    from tests.tiny import tiny_spec
 
     folder, classifiers, segmenters = tiny_models
-    submission = {"layout": f"severstal-{layout}"} if named else {}
-    spec = tiny_spec(folder, classifiers=classifiers, segmenters=segmenters, submission=submission)
     data = make_dataset(tmp_path / "data", 6, height=64, width=256, seed=3, layout=layout)
-    result = run(
-        spec,
-        bundle_dir=folder,
-        test_dir=data.images_dir,
-        sample_submission=data.sample_submission,
-        out_dir=tmp_path / "out",
-        progress=False,
+    submission = _run_severstal(
+        folder, classifiers, segmenters, data.images_dir, [], layout, named, tmp_path, sample=data.sample_submission
     )
-    assert result.submission_path.read_bytes() == (GOLDEN / f"severstal-{layout}.csv").read_bytes()
+    keys, ours = _severstal_masks(submission, layout, (64, 256))
+    golden_keys, golden = _severstal_masks(GOLDEN / f"severstal-{layout}.csv", layout, (64, 256))
+    assert keys == golden_keys
+    differ = np.logical_xor(ours, golden).sum()
+    union = np.logical_or(ours, golden).sum()
+    assert differ <= 0.005 * ours.size, f"{differ} of {ours.size} pixels differ"
+    if union:
+        assert 2 * np.logical_and(ours, golden).sum() / (ours.sum() + golden.sum()) >= 0.98
 
 
 # --- the dry-run: bundle.toml -> render -> notebook executed offline -> scored in the format ---

@@ -518,3 +518,61 @@ class ForwardCalls:
             return model
 
         monkeypatch.setattr(models_module, "load_model", counting_load)
+
+
+# --- Exact models (issue 28): outputs no machine's floating point can move across a threshold ---
+
+EXACT_RECTS: tuple[tuple[tuple[int, int, int, int, int], ...], ...] = (
+    # per image: (channel, y0, y1, x0, x1) rectangles set to 230 over a background of 30
+    (),  # clean: every class gated off
+    ((0, 4, 20, 10, 60), (2, 30, 64, 200, 256)),  # red; blue touching the bottom-right corner
+    ((0, 10, 40, 100, 140), (1, 20, 50, 120, 180)),  # red and green overlapping: yellow fires class 4
+    ((1, 0, 64, 0, 8), (1, 60, 62, 30, 33)),  # a full-height green band; a 6-pixel speck (removed)
+    ((2, 8, 12, 8, 12),),  # a lone 16-pixel blue speck: removed by min_component, the mask left empty
+    ((0, 0, 64, 0, 256), (1, 32, 64, 128, 256), (2, 1, 63, 250, 255)),  # all red; a yellow quarter
+)
+
+
+class _ColourRule(nn.Module):
+    """Per-pixel logits for 4 classes: red, green, blue and yellow (red and green) bright.
+
+    Inputs are 30/255 or 230/255 (mean 0, std 1), so every logit is -15.3 or +16.1: no threshold is
+    near, and flips and the sigmoid cannot move a pixel across one on any machine."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red, green, blue = x[:, 0], x[:, 1], x[:, 2]
+        return (torch.stack([red, green, blue, torch.minimum(red, green)], dim=1) - 0.5) * 40.0
+
+
+class _ColourPresence(nn.Module):
+    """Image-level logits for the same 4 classes: the rule holds anywhere in the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rule = _ColourRule()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rule(x).amax(dim=(2, 3))
+
+
+def make_exact_models(dest: Path) -> tuple[ModelSpec, ModelSpec]:
+    """(classifier, segmenter): scripted models whose probabilities are exactly decided by colour."""
+    segmenter = _scripted(dest, "seg-colour", _ColourRule(), tta=("identity", "hflip", "vflip"))
+    return _scripted(dest, "cls-colour", _ColourPresence()), segmenter
+
+
+def write_exact_images(folder: Path) -> list[str]:
+    """`EXACT_RECTS` as 64x256 lossless images (PNG bytes under `.jpg` names; OpenCV decodes by
+    content) in `folder`; returns their ids in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i, rects in enumerate(EXACT_RECTS):
+        rgb = np.full((IMAGE_HEIGHT, IMAGE_WIDTH, 3), 30, dtype=np.uint8)
+        for channel, y0, y1, x0, x1 in rects:
+            rgb[y0:y1, x0:x1, channel] = 230
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        assert ok
+        image_id = f"exact{i:02d}.jpg"
+        (folder / image_id).write_bytes(buf.tobytes())
+        ids.append(image_id)
+    return ids

@@ -7,6 +7,7 @@ A `BundlerError` is a user's mistake or an unmet precondition: it is printed as 
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,17 +26,28 @@ console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI runner's or an editor's stop, `kill`), raised where the command is so that it
+    unwinds as Ctrl-C does: staging folders removed, the last good outputs kept."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(f"stopped by signal {signum}")
+
+
 def _reports_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
         except BundlerError as e:
             err_console.print(labelled("error:", str(e)), soft_wrap=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:  # Ctrl-C: what was finished is kept, the rest discarded; 128 + SIGINT as shells do
-            err_console.print("interrupted", soft_wrap=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:  # what was finished is kept, the rest discarded; 128 + the signal, as shells do
+            terminated = isinstance(e, Terminated)
+            err_console.print("terminated" if terminated else "interrupted", soft_wrap=True)
+            sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
 
     return wrapper  # type: ignore[return-value]
 

@@ -42,6 +42,7 @@ from bundler.build.manifest import MANIFEST, METADATA, build_manifest, dataset_m
 from bundler.build.summary import print_report
 from bundler.config import BundleConfig, ModelEntry
 from bundler.errors import BuildError
+from bundler.outdir import check_out_folder
 from bundler.sandbox import pid_alive
 
 if TYPE_CHECKING:
@@ -93,23 +94,16 @@ def _progress(console: Console, *, bytes_: bool = False) -> Progress:
 
 def _check_out(out: Path) -> None:
     """Refuse an `out` that cannot become the bundle folder: a path under a file (`--out
-    /etc/passwd/x`) or under a folder this user cannot write (the swap renames beside `out`), a
-    file, or a folder this tool did not build (a user's `--out ~/Documents`)."""
-    where = f"dataset folder {out} (dataset.out, or --out)"
-    above = next(p for p in out.parents if p.exists() or p == p.parent)
-    if not above.is_dir():
-        raise BuildError(f"{where}: {above} is a file, so no folder can be made under it; choose a path in a folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise BuildError(f"{where}: {above} is not writable by you; choose a folder you can write to")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise BuildError(f"dataset folder {out} is a file; set dataset.out (or --out) to a folder")
-    if any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise BuildError(
-            f"dataset folder {out} is not empty and holds no {MANIFEST}, so it is not a bundle this tool "
-            "built; refusing to replace it. Choose another dataset.out (or --out), or empty the folder."
-        )
+    /etc/passwd/x`) or under a folder that cannot be written (the swap renames beside `out`; a
+    read-only mount is found by writing, before any conversion), a file, or a folder this tool did
+    not build (a user's `--out ~/Documents`)."""
+    check_out_folder(
+        out,
+        what=f"dataset folder {out} (dataset.out, or --out)",
+        owned=lambda folder: (folder / MANIFEST).is_file(),
+        error=BuildError,
+        fix="choose another dataset.out (or --out)",
+    )
 
 
 def _remove_stale(out: Path) -> None:
@@ -257,6 +251,7 @@ def build_dataset(cfg: BundleConfig, *, console: Console, force: bool = False) -
     started = time.perf_counter()
     out = cfg.dataset.out
     _check_out(out)
+    _remove_stale(out)  # even when the build turns out up to date
     keys = [f"{cfg.source} {key}" for key in model_keys(cfg.models)]  # "other.toml segmenters[0]"
     checkpoint_sha = _checkpoint_hashes(cfg, keys, console)
     inputs = input_fingerprint(cfg, checkpoint_sha)
@@ -274,7 +269,6 @@ def build_dataset(cfg: BundleConfig, *, console: Console, force: bool = False) -
         return BuildResult(out, True, existing, total, seconds, {**timings, "total": seconds})
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
     with _staging(out) as staging:
         t = time.perf_counter()
         weights = _convert_weights(cfg, keys, staging, console)

@@ -39,9 +39,10 @@ from bundler.config import BundleConfig
 from bundler.display import shown_path
 from bundler.dryrun._child import Execution, run_notebook
 from bundler.dryrun.breakdown import submission_breakdown
+from bundler.dryrun.estimate import Estimate, target_estimate
 from bundler.dryrun.inputs import Inputs, check_inputs
 from bundler.dryrun.metric import mask_shapes, score_run
-from bundler.dryrun.outputs import discard, keep, new_stage
+from bundler.dryrun.outputs import check_out, discard, keep, new_stage
 from bundler.dryrun.projection import (
     NO_CALIBRATION,
     Calibration,
@@ -213,6 +214,7 @@ def dry_run(cfg: BundleConfig, *, console: Console) -> DryRunResult:
 
     The outputs go to a staging folder first, then where the verdict puts them (see the module doc);
     an interrupt (Ctrl-C) or an error in bundler itself leaves the last good run as it was."""
+    check_out(cfg.dryrun.out)
     inputs = check_inputs(cfg)
     for warning in inputs.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
@@ -265,10 +267,22 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
             calibration = _calibration(cfg, inputs, profile, console)
             calibration_note = calibration.describe()
             projection = project(
-                profile, hidden_images=cfg.competition.hidden_test_images, budget_s=budget, calibration=calibration
+                profile,
+                hidden_images=cfg.competition.hidden_test_images,
+                budget_s=budget,
+                calibration=calibration,
+                target_device="cuda" if cfg.kernel.enable_gpu else "cpu",
             )
         except DryRunError as e:
             failures.append(str(e))
+    estimate: Estimate | None = None
+    estimate_note = ""
+    if projection is not None and not projection.decides:
+        try:
+            estimate = target_estimate(cfg.inference, cfg.dataset.out, cfg.competition.hidden_test_images)
+            estimate_note = estimate.describe()
+        except Exception as e:  # an estimate beside the projection: never a reason to fail the run
+            estimate_note = f"no estimate for the target ({type(e).__name__}: {e})"
 
     score: float | None = None
     per_class: list[float] | None = None
@@ -299,6 +313,7 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
             resources=resources,
             other_failures=failures,
             other_warnings=inputs.warnings if profile is None else (),  # else the notebook's own counts say it
+            estimate=estimate_note,
         )
     )
     guard = (profile or {}).get("guard") or {}
@@ -326,6 +341,10 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
         "projected_per_image_s": None if projection is None else projection.per_image_s,
         "budget_seconds": budget,
         "within_budget": bool(projection is not None and projection.within_budget),
+        "projection_decides": bool(projection is not None and projection.decides),
+        "projection_basis": None if projection is None else projection.basis(),
+        "target_estimate_s": None if estimate is None else estimate.seconds,
+        "target_estimate_basis": estimate_note or None,
         "calibration": calibration_note,
         "score": score,
         "per_class_score": per_class,
@@ -375,6 +394,10 @@ def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
             f"projected {fmt(summary['projected_seconds'], ' s')} for {summary['hidden_test_images']} images "
             f"against {fmt(summary['budget_seconds'], ' s')} ({escape(summary['calibration'])})"
         )
+        if not summary.get("projection_decides"):
+            console.print(f"  that figure does not decide the verdict: {escape(str(summary['projection_basis']))}")
+            if summary.get("target_estimate_basis"):
+                console.print(f"  beside it: {escape(str(summary['target_estimate_basis']))}")
     if summary.get("images_missing"):
         console.print(
             f"{summary['images_missing']} of the listed images were missing from the test folder "

@@ -9,23 +9,57 @@ A run writes everything into `<parent>/.<out>.new-<pid>-<random>/` next to `out`
 - a run stopped by Ctrl-C, SIGTERM or an error in bundler is discarded.
 A run killed outright (SIGKILL) leaves its staging folder behind; the next dry-run deletes every
 staging folder whose process is gone.
+
+`check_out` runs before anything else: `out` (and `<out>.failed`) must be empty, missing, or a
+previous dry-run's outputs (its `summary.json`), in a folder that can be written; `--out .` in a
+project is refused, never replaced. A folder that cannot be renamed (a mount point, such as a
+Docker volume) gets its contents replaced instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
+from bundler.display import shown_path
 from bundler.dryrun.tree import remove_tree
+from bundler.errors import DryRunError
+from bundler.outdir import check_out_folder
 from bundler.sandbox import pid_alive
+
+SUMMARY = "summary.json"
+_SUMMARY_KEYS = {"ok", "reason", "bundle", "status"}  # what every dry-run's summary.json carries
 
 
 def failed_dir(out: Path) -> Path:
     """Where a failing run's outputs land: `<out>.failed` beside `out`."""
     return out.with_name(out.name + ".failed")
+
+
+def is_dryrun_output(folder: Path) -> bool:
+    """Whether `folder` holds a dry-run's outputs (its summary.json), so replacing it loses nothing of the user's."""
+    try:
+        summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.keys() >= _SUMMARY_KEYS
+
+
+def check_out(out: Path) -> None:
+    """Refuse an `out` whose swap would destroy what the user keeps there, or that cannot be written."""
+    for folder in (out, failed_dir(out)):
+        check_out_folder(
+            folder,
+            what=f"dry-run output folder {shown_path(folder)} ([dryrun] out, or --out)",
+            owned=is_dryrun_output,
+            error=DryRunError,
+            fix="choose another [dryrun] out (or --out), such as build/dryrun",
+        )
 
 
 def _stage_pattern(out: Path) -> re.Pattern[str]:
@@ -58,7 +92,12 @@ def _swap_into(stage: Path, dest: Path) -> None:
     old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-{os.getpid()}-", dir=dest.parent))
     had_old = dest.exists()
     if had_old:
-        dest.replace(old)  # onto the empty folder just made: an atomic rename
+        try:
+            dest.replace(old)  # onto the empty folder just made: an atomic rename
+        except OSError:  # a mount point (EBUSY) or a folder that cannot be renamed: replace what it holds
+            old.rmdir()
+            _replace_contents(stage, dest)
+            return
     try:
         stage.rename(dest)
     except BaseException:
@@ -68,6 +107,29 @@ def _swap_into(stage: Path, dest: Path) -> None:
             old.rmdir()
         raise
     remove_tree(old)
+
+
+def _replace_contents(stage: Path, dest: Path) -> None:
+    """`dest`'s entries set aside inside `dest` (the same filesystem), `stage`'s moved in (copied
+    across filesystems where needed), then the old ones deleted; on a failure the old ones come back."""
+    aside = Path(tempfile.mkdtemp(prefix=f".old-{os.getpid()}-", dir=dest))
+    for entry in [e for e in dest.iterdir() if e != aside]:
+        entry.replace(aside / entry.name)
+    try:
+        for entry in list(stage.iterdir()):
+            shutil.move(str(entry), str(dest / entry.name))
+    except BaseException:
+        for entry in [e for e in dest.iterdir() if e != aside]:
+            if entry.is_dir() and not entry.is_symlink():
+                remove_tree(entry)
+            else:
+                entry.unlink()
+        for entry in list(aside.iterdir()):
+            entry.replace(dest / entry.name)
+        aside.rmdir()
+        raise
+    remove_tree(aside)
+    remove_tree(stage)
 
 
 def keep(stage: Path, out: Path, *, ok: bool) -> Path:

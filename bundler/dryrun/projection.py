@@ -11,6 +11,11 @@ The local figures are scaled to the target by a calibration:
 - by default, the newest `profile.json` that `bundler status` downloaded from a Kaggle run
   (`build/kaggle/v<N>/profile.json`, highest N): "calibrated from Kaggle run vN of DATE";
 - none: the figure is for this machine, and says so.
+
+Whether the projection may decide the verdict (`Projection.decides`): only when it is calibrated,
+or when this run used the kind of device the kernel targets (`kernel.enable_gpu`: cuda). A CPU run
+projected to a GPU kernel is shown with its basis and the way to calibrate, never a FAIL by itself:
+the same bundle projected 292 s on a quiet machine and 3,970 s under load.
 """
 
 from __future__ import annotations
@@ -117,6 +122,25 @@ class Projection:
     within_budget: bool
     margin_s: float  # budget - projected (negative: over budget)
     calibration: Calibration
+    local_device: str = "cpu"  # the device kind this run used (profile.json "device")
+    target_device: str = "cpu"  # the device kind the kernel runs on at Kaggle (cuda when kernel.enable_gpu)
+
+    @property
+    def decides(self) -> bool:
+        """Calibrated, or measured on the target's kind of device: over budget is then a FAIL."""
+        return self.calibration.kind != "none" or self.local_device == self.target_device
+
+    def basis(self) -> str:
+        """Where the figure comes from, in words."""
+        if self.calibration.kind != "none":
+            return self.calibration.describe()
+        if self.decides:
+            return f"measured here on {self.local_device}, the kind of device the kernel targets"
+        return (
+            f"measured on this machine's {self.local_device}, while the kernel runs on {self.target_device} at "
+            "Kaggle: not evidence of Kaggle's time; calibrate it with a Kaggle run (`bundler push --wait`, then "
+            "`bundler status`) or --calibration (Kaggle seconds per local second)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -125,9 +149,15 @@ class Projection:
 
 
 def project(
-    local: Mapping[str, Any], *, hidden_images: int, budget_s: float, calibration: Calibration = NO_CALIBRATION
+    local: Mapping[str, Any],
+    *,
+    hidden_images: int,
+    budget_s: float,
+    calibration: Calibration = NO_CALIBRATION,
+    target_device: str | None = None,
 ) -> Projection:
-    """Project a local `profile.json` (as a mapping) to `hidden_images` images on the target."""
+    """Project a local `profile.json` (as a mapping) to `hidden_images` images on the target
+    (`target_device`: the kernel's kind of device; None: the one this run used)."""
     if hidden_images < 1:
         raise DryRunError(f"competition.hidden_test_images = {hidden_images}: must be a positive count")
     if not budget_s > 0:
@@ -146,4 +176,6 @@ def project(
         within_budget=projected <= budget_s,
         margin_s=float(budget_s) - projected,
         calibration=calibration,
+        local_device=str(local.get("device") or "cpu"),
+        target_device=target_device or str(local.get("device") or "cpu"),
     )

@@ -21,6 +21,7 @@ the bundle it will verify, so `bundler build` comes first.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from bundler.display import shown_path
 from bundler.errors import ManifestError, RenderError
 from bundler.notebook.kernel_metadata import read_existing, title_warning, write_metadata
 from bundler.notebook.parameters import PARAMETERS_TAG, config_source, notebook_config
+from bundler.outdir import write_problem
 from kernel_src.bundle import kernel_src_hash
 
 
@@ -163,7 +165,7 @@ def build_notebook(cfg: BundleConfig, manifest: Mapping[str, Any], src_dir: Path
     ]
     for path, name in zip(files, rel, strict=True):
         cell_id = "src-" + name.removesuffix(".py").replace("/", "-").replace("_", "-").strip("-")
-        cells.append(_cell(_code(f"%%writefile {{KERNEL_SRC_DIR}}/{name}\n" + _module_source(path)), cell_id))
+        cells.append(_cell(_code(f'%%writefile "{{KERNEL_SRC_DIR}}/{name}"\n' + _module_source(path)), cell_id))
     cells += [
         _cell(
             _code(
@@ -237,8 +239,38 @@ def write_notebook(nb: NotebookNode, path: Path) -> None:
     tmp.replace(path)
 
 
+def _written_by_bundler(path: Path) -> bool:
+    """Whether the file at `path` is a notebook this tool rendered (its metadata carries `bundler`)."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(nb, dict) and isinstance(nb.get("metadata"), dict) and "bundler" in nb["metadata"]
+
+
+def check_notebook_path(path: Path) -> None:
+    """Refuse a notebook path before anything is written: not `.ipynb`, a folder, a file this tool
+    did not render (`--out best_model.pth` must never replace a checkpoint), or a folder that
+    cannot be written."""
+    what = f"notebook path {shown_path(path)} (kernel.notebook, or --out)"
+    if path.is_dir():
+        example = shown_path(path / "inference.ipynb")
+        raise RenderError(f"{what} is a folder; give a file path ending in .ipynb, such as {example}")
+    if path.suffix != ".ipynb":
+        raise RenderError(f"{what} must end in .ipynb (Kaggle runs a notebook file), like inference.ipynb")
+    if path.exists() and not _written_by_bundler(path):
+        raise RenderError(f"{what} is a file bundler did not render, so it is not replaced; choose another path")
+    above = next(p for p in path.parents if p.exists() or p == p.parent)
+    if not above.is_dir():
+        raise RenderError(f"{what}: {above} is a file, so no folder can be made under it; choose another path")
+    problem = write_problem(above)
+    if problem:
+        raise RenderError(f"{what}: {above} cannot be written ({problem}); choose a path in a folder you can write to")
+
+
 def render_notebook(cfg: BundleConfig, *, console: Console) -> RenderResult:
     """Write the notebook (`kernel.notebook`) and kernel-metadata.json (`kernel.metadata`)."""
+    check_notebook_path(cfg.kernel.notebook)
     manifest = built_manifest(cfg)
     src_dir = kernel_src_dir()
     nb = build_notebook(cfg, manifest, src_dir)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -33,7 +34,10 @@ from bundler.build.wheels.target import TargetEnv, target_env
 from bundler.build.wheels.wheelhouse import ORIGIN, check_misfits, prepare, scan
 from bundler.config import TargetConfig
 from bundler.display import labelled
+from bundler.outdir import remove_stale_temp
 from kernel_src.bundle import sha256_file
+
+WORK_PREFIX = "bundler-wheels-"  # + pid: the resolver's work folder in $TMPDIR, removed when its process is gone
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,8 @@ def vendor_wheels(
     check_misfits(dropped, (canonicalize_name(r.name) for r in requirements), env)
     dest.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bundler-wheels-") as tmp:
+    remove_stale_temp(WORK_PREFIX)  # left by a build killed outright (SIGKILL) during this stage
+    with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-") as tmp:
         work = Path(tmp)
         with console.status(f"resolving {', '.join(target.requirements)} for {env.describe} ..."):
             resolved = resolve(

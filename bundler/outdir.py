@@ -1,0 +1,78 @@
+"""Output folders the user names (`--out`, `dataset.out`, `[dryrun] out`): checked before any work.
+
+Every command that replaces a folder checks it first, so a mistaken `--out .` or `--out build` is
+one line naming the folder and the fix, never a deleted project:
+- `check_out_folder`: the path is not under a file, its parent can be written (probed by creating a
+  file, which also catches read-only mounts that permission bits do not show, for root too), it is
+  not a file, and a folder that is not empty must be one this tool wrote (`owned`).
+- `remove_stale_temp`: temporary folders named `<prefix><pid>-...` whose process is gone (a
+  SIGKILL during the wheel stage leaves one in $TMPDIR).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from bundler.errors import BundlerError
+from bundler.sandbox import pid_alive
+
+
+def write_problem(folder: Path) -> str:
+    """Why nothing can be written into the existing `folder` ('' when a file can be created there)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bundler-write-probe-", dir=folder)
+    except OSError as e:
+        return e.strerror or str(e)
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        Path(probe).unlink()
+    return ""
+
+
+def check_out_folder(
+    out: Path, *, what: str, owned: Callable[[Path], bool], error: type[BundlerError], fix: str
+) -> None:
+    """Refuse `out` (named `what` in the message, e.g. "dry-run output folder build/dryrun ([dryrun]
+    out, or --out)") when it cannot become this tool's output: a path under a file, a parent that
+    cannot be written, a file, or a folder that holds something `owned` does not recognise as ours.
+    `fix` says what to change ("choose another [dryrun] out (or --out)")."""
+    above = next(p for p in out.parents if p.exists() or p == p.parent)
+    if not above.is_dir():
+        raise error(f"{what}: {above} is a file, so no folder can be made under it; {fix}")
+    problem = write_problem(above)
+    if problem:
+        raise error(f"{what}: {above} cannot be written ({problem}); {fix}, in a folder you can write to")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise error(f"{what} is a file; {fix}")
+    if any(out.iterdir()) and not owned(out):
+        raise error(
+            f"{what} is not empty and was not written by bundler, so it is not replaced; {fix}, or empty the folder"
+        )
+
+
+def stale_pattern(prefix: str) -> re.Pattern[str]:
+    """The names `<prefix><pid>-<anything>` that `remove_stale_temp` looks for."""
+    return re.compile(re.escape(prefix) + r"(\d+)-.*")
+
+
+def remove_stale_temp(prefix: str, folder: Path | None = None) -> list[Path]:
+    """Delete the folders `<prefix><pid>-...` in `folder` (default: the temporary folder) whose
+    process is gone; the ones removed."""
+    folder = Path(folder or tempfile.gettempdir())
+    pattern = stale_pattern(prefix)
+    removed: list[Path] = []
+    with contextlib.suppress(OSError):
+        for path in folder.iterdir():
+            m = pattern.fullmatch(path.name)
+            if m and path.is_dir() and not path.is_symlink() and not pid_alive(int(m.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed

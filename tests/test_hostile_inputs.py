@@ -1,0 +1,287 @@
+"""Hostile inputs, second sweep (issue 27): outputs that must not destroy the user's files, a verdict
+that must not flip with the machine's load, paths with spaces, stale leftovers, SIGTERM."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from click.testing import CliRunner
+from IPython.core.interactiveshell import InteractiveShell
+
+from bundler.cli import main as cli
+from bundler.dryrun.outputs import check_out, keep, new_stage
+from bundler.dryrun.projection import factor_calibration, project
+from bundler.dryrun.verdict import Facts, judge, resources_against_limits
+from bundler.errors import DryRunError, RenderError
+from bundler.notebook.render import kernel_src_dir, render_notebook
+from bundler.outdir import remove_stale_temp
+from tests.projects import demo_cfg, quiet
+
+# --- 1. dry-run --out never replaces a folder the user keeps things in ----------------------
+
+
+def _dryrun_cfg(root: Path, out: Path) -> Any:
+    cfg = demo_cfg(root)
+    return replace(cfg, dryrun=replace(cfg.dryrun, out=out))
+
+
+def test_dry_run_out_dot_in_a_project_is_refused_and_nothing_is_touched(tmp_path: Path) -> None:
+    from bundler.dryrun import dry_run
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "bundle.toml").write_text("# mine\n")
+    (project / "best.pth").write_bytes(b"weights")
+    cfg = _dryrun_cfg(tmp_path / "cfg", project)
+    with pytest.raises(DryRunError, match=r"is not empty and was not written by bundler, so it is not replaced"):
+        dry_run(cfg, console=quiet())
+    assert sorted(p.name for p in project.iterdir()) == ["best.pth", "bundle.toml"]
+    assert (project / "best.pth").read_bytes() == b"weights"
+
+
+def test_dry_run_out_build_via_the_cli_exits_1_naming_the_folder(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    build = cfg.dataset.out.parent  # holds the built dataset folder
+    result = CliRunner().invoke(cli, ["dry-run", "--config", str(cfg.source), "--out", str(build)])
+    assert result.exit_code == 1, result.output
+    assert "dry-run output folder" in result.output and "not replaced" in result.output
+    assert (cfg.dataset.out / "bundle.json").is_file()
+
+
+def test_a_previous_dry_runs_output_and_an_empty_folder_are_accepted(tmp_path: Path) -> None:
+    previous = tmp_path / "dryrun"
+    previous.mkdir()
+    (previous / "summary.json").write_text(json.dumps({"ok": True, "reason": "r", "bundle": "b", "status": "ok"}))
+    (previous / "submission.csv").write_text("x\n")
+    check_out(previous)
+    (tmp_path / "empty").mkdir()
+    check_out(tmp_path / "empty")
+    check_out(tmp_path / "not-yet")
+
+
+def test_a_failed_folder_the_user_owns_is_refused_too(tmp_path: Path) -> None:
+    failed = tmp_path / "dryrun.failed"
+    failed.mkdir()
+    (failed / "notes.md").write_text("mine")
+    with pytest.raises(DryRunError, match=r"dryrun\.failed"):
+        check_out(tmp_path / "dryrun")
+
+
+def test_an_unwritable_parent_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    def read_only(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(DryRunError, match=r"cannot be written \(Read-only file system\)"):
+        check_out(tmp_path / "dryrun")
+
+
+def test_an_out_that_cannot_be_renamed_gets_its_contents_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount point (a Docker volume) cannot be renamed (EBUSY): the swap replaces what it holds."""
+    out = tmp_path / "dryrun"
+    out.mkdir()
+    (out / "summary.json").write_text("old")
+    (out / "old-only.txt").write_text("old")
+    stage = new_stage(out)
+    (stage / "summary.json").write_text("new")
+    (stage / "report").mkdir()
+    (stage / "report" / "page.html").write_text("new")
+    real_replace = Path.replace
+
+    def busy(self: Path, target: Any) -> Path:
+        if self == out:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", busy)
+    assert keep(stage, out, ok=True) == out
+    assert sorted(p.name for p in out.iterdir()) == ["report", "summary.json"]
+    assert (out / "summary.json").read_text() == "new" and (out / "report" / "page.html").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dryrun"]  # no hidden .new/.old folders left
+
+
+# --- 2. render-notebook --out never overwrites what it did not write -------------------------
+
+
+def test_render_out_onto_a_checkpoint_is_refused_before_writing(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    checkpoint = tmp_path / "best_model.pth"
+    checkpoint.write_bytes(b"\x80weights")
+    result = CliRunner().invoke(cli, ["render-notebook", "--config", str(cfg.source), "--out", str(checkpoint)])
+    assert result.exit_code == 1 and "must end in .ipynb" in result.output, result.output
+    assert checkpoint.read_bytes() == b"\x80weights"
+
+
+def test_render_out_a_folder_or_a_foreign_notebook_is_refused(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    folder = tmp_path / "somedir"
+    folder.mkdir()
+    with pytest.raises(RenderError, match=r"is a folder; give a file path ending in \.ipynb"):
+        render_notebook(replace(cfg, kernel=replace(cfg.kernel, notebook=folder)), console=quiet())
+    assert list(tmp_path.glob("somedir*")) == [folder] and not any(folder.iterdir())
+    foreign = tmp_path / "analysis.ipynb"
+    foreign.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    with pytest.raises(RenderError, match=r"is a file bundler did not render"):
+        render_notebook(replace(cfg, kernel=replace(cfg.kernel, notebook=foreign)), console=quiet())
+    assert "bundler" not in foreign.read_text()
+
+
+def test_render_replaces_its_own_notebook(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    render_notebook(cfg, console=quiet())
+    render_notebook(cfg, console=quiet())  # its own: replaced (here: unchanged)
+    assert cfg.kernel.notebook.is_file()
+
+
+# --- 3. the verdict does not flip with the machine's load -------------------------------------
+
+PROFILE: dict[str, Any] = {
+    "device": "cpu",
+    "images": 10,
+    "images_predicted": 10,
+    "fixed_s": 20.0,
+    "per_image_s": 0.7,  # a loaded CPU
+    "counts": {},
+    "problems": {},
+    "guard": {"steps": [], "images_left_empty": 0},
+    "resources": {},
+}
+
+
+def _verdict(projection: Any, estimate: str = "") -> Any:
+    return judge(Facts("", "", PROFILE, projection, 10, resources_against_limits(PROFILE, None), estimate=estimate))  # type: ignore[arg-type]
+
+
+def test_a_cpu_projection_for_a_gpu_kernel_warns_with_its_basis_and_never_fails_by_itself() -> None:
+    projection = project(PROFILE, hidden_images=5506, budget_s=3300.0, target_device="cuda")
+    assert not projection.within_budget and not projection.decides
+    verdict = _verdict(projection, estimate="about 12 s of model compute on the target (stated rate)")
+    assert verdict.ok, verdict.reason
+    assert verdict.failures == ()
+    (warning,) = verdict.warnings
+    assert "over budget" in warning and "this machine's cpu" in warning and "--calibration" in warning
+    assert "about 12 s of model compute on the target" in warning
+
+
+def test_a_calibrated_or_same_device_projection_over_budget_still_fails() -> None:
+    calibrated = project(PROFILE, hidden_images=5506, budget_s=3300.0, calibration=factor_calibration(1.0),
+                         target_device="cuda")  # fmt: skip
+    same_device = project(PROFILE, hidden_images=5506, budget_s=3300.0, target_device="cpu")
+    for projection in (calibrated, same_device):
+        assert projection.decides
+        verdict = _verdict(projection)
+        assert not verdict.ok and verdict.reason.startswith("over budget by")
+
+
+def test_the_target_estimate_counts_every_model_and_view(tmp_path: Path) -> None:
+    from bundler.dryrun.estimate import T4_FP16_FLOPS, T4_GPUS, model_flops, target_estimate
+    from tests.tiny import tiny_spec
+
+    spec = tiny_spec(tmp_path)
+    flops = model_flops(spec, tmp_path)
+    assert flops > 0
+    fewer = replace(spec, segmenters=spec.segmenters[:1])
+    assert model_flops(fewer, tmp_path) < flops
+    estimate = target_estimate(spec, tmp_path, 1000)
+    assert estimate.seconds == pytest.approx(1000 * flops / (T4_FP16_FLOPS * T4_GPUS))
+    assert "T4 x2" in estimate.describe()
+
+
+# --- 9. a project folder whose path holds a space ---------------------------------------------
+
+
+def test_the_module_cells_write_into_a_folder_whose_path_holds_spaces(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    render_notebook(cfg, console=quiet())
+    nb = nbformat.read(cfg.kernel.notebook, as_version=4)
+    target = tmp_path / "My Projects" / "OneDrive - X" / "kernel_src"
+    target.mkdir(parents=True)
+    shell = InteractiveShell.instance()
+    shell.user_ns["KERNEL_SRC_DIR"] = target
+    cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("%%writefile")]
+    assert cells
+    for cell in cells:
+        result = shell.run_cell(cell.source, silent=True)
+        assert result.success, result.error_in_exec or result.error_before_exec
+    source = kernel_src_dir()
+    for written in target.rglob("*.py"):
+        assert written.read_bytes() == (source / written.relative_to(target)).read_bytes()
+    assert len(list(target.rglob("*.py"))) == len(cells)
+
+
+# --- 11. leftovers and SIGTERM -----------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_wheel_work_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = tmp_path / f"bundler-wheels-{_dead_pid()}-abc"
+    alive = tmp_path / f"bundler-wheels-{os.getpid()}-def"
+    other = tmp_path / "bundler-wheels-notapid"
+    for folder in (dead, alive, other):
+        folder.mkdir()
+    assert remove_stale_temp("bundler-wheels-", tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_an_up_to_date_build_still_removes_a_dead_builds_staging_folder(tmp_path: Path) -> None:
+    from bundler.dataset import dataset_folder
+
+    out = tmp_path / "dataset"
+    out.mkdir()
+    stale = tmp_path / f"dataset.partial-{_dead_pid()}"
+    stale.mkdir()
+    dataset_folder._remove_stale(out)
+    assert not stale.exists()
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_exits_143(tmp_path: Path) -> None:
+    """A command stopped with SIGTERM says so, exits 128 + 15 and runs its cleanup (here: a
+    `finally` inside the command, as the build's staging and the dry-run's stage have)."""
+    marker = tmp_path / "cleaned"
+    script = f"""
+import sys, time
+from pathlib import Path
+import bundler.cli as cli
+
+@cli._reports_errors
+def command():
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    finally:
+        Path({str(marker)!r}).write_text("yes")
+
+command()
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    _out, err = child.communicate(timeout=60)
+    assert child.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    assert marker.read_text() == "yes"
+
+
+def test_a_second_sigterm_handler_is_not_left_behind_by_a_returned_command() -> None:
+    time.sleep(0)  # the handler is installed per command; a finished command leaves Python's default restorable
+    assert signal.getsignal(signal.SIGTERM) is not None

@@ -64,7 +64,7 @@ def main() -> None:
 @_reports_errors
 def build(config_path: Path, out: Path | None, no_index: bool, force: bool) -> None:
     """Vendor the wheels the Kaggle image lacks and the model weights into one dataset folder."""
-    from bundler.build import build_dataset
+    from bundler.dataset import build_dataset
 
     cfg = load_config(config_path)
     if out is not None:
@@ -218,7 +218,7 @@ def baseline() -> None:
 @_reports_errors
 def baseline_from_sources(**opts: Any) -> None:
     """Make a baseline from the public files the image is built from (reaches PyPI; for maintainers)."""
-    from bundler.build.wheels.baseline_sources import from_sources_command
+    from bundler.dataset.wheels.baseline_sources import from_sources_command
 
     from_sources_command(opts, sys.argv, console=console)
 

@@ -11,9 +11,11 @@ from click.testing import CliRunner
 from packaging.tags import Tag
 from packaging.version import Version
 
-from bundler.build.wheels import baseline_sources
-from bundler.build.wheels.baseline import BASELINES_DIR, is_protected, load_baseline, parse_freeze, shipped_baselines
-from bundler.build.wheels.baseline_sources import (
+from bundler.cli import main
+from bundler.config import TargetConfig
+from bundler.dataset.wheels import baseline_sources
+from bundler.dataset.wheels.baseline import BASELINES_DIR, is_protected, load_baseline, parse_freeze, shipped_baselines
+from bundler.dataset.wheels.baseline_sources import (
     DOCKERFILE_CRITICAL,
     DOCKERFILE_FORCED,
     DOCKERFILE_UNINSTALLED,
@@ -33,10 +35,8 @@ from bundler.build.wheels.baseline_sources import (
     render,
     uv_inputs,
 )
-from bundler.build.wheels.resolve import REQUESTED, Resolved, parse_compile_output
-from bundler.build.wheels.target import target_env
-from bundler.cli import main
-from bundler.config import TargetConfig
+from bundler.dataset.wheels.resolve import REQUESTED, Resolved, parse_compile_output
+from bundler.dataset.wheels.target import target_env
 from bundler.errors import WheelsError
 
 SHIPPED = TargetConfig().baseline

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bundler.build.wheels import interpreter
 from bundler.config import BundleConfig, parse_config
+from bundler.dataset.wheels import interpreter
 from bundler.dryrun import runtime as runtime_module
 from bundler.dryrun.runtime import choose_runtime, local_runtime, local_sites, make_overlay
 from bundler.errors import DryRunError

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from bundler.build.manifest import dataset_metadata, write_json
-from bundler.build.wheels.baseline import parse_freeze
 from bundler.config import BundleConfig
+from bundler.dataset.manifest import dataset_metadata, write_json
+from bundler.dataset.wheels.baseline import parse_freeze
 from bundler.dryrun.projection import kaggle_run_calibration, latest_kaggle_profile
 from bundler.errors import DryRunError, RemoteError
 from bundler.remote.baseline import capture_notebook, diff

@@ -1,5 +1,5 @@
 """The twin of the image without creating one: finding the target Python, the package set, the key
-and the cache lookup (bundler.build.wheels.interpreter, bundler.dryrun.twin)."""
+and the cache lookup (bundler.dataset.wheels.interpreter, bundler.dryrun.twin)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bundler.build.wheels import interpreter
-from bundler.build.wheels.interpreter import TargetPython, TargetPythonError, find_target_python
-from bundler.build.wheels.target import target_env
 from bundler.config import TargetConfig
+from bundler.dataset.wheels import interpreter
+from bundler.dataset.wheels.interpreter import TargetPython, TargetPythonError, find_target_python
+from bundler.dataset.wheels.target import target_env
 from bundler.dryrun import twin
 from bundler.dryrun.twin import (
     TwinPlan,

@@ -8,10 +8,10 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bundler.build.wheels.baseline import Baseline, parse_freeze
-from bundler.build.wheels.check import check_closure, read_wheel
-from bundler.build.wheels.target import target_env
 from bundler.config import TargetConfig
+from bundler.dataset.wheels.baseline import Baseline, parse_freeze
+from bundler.dataset.wheels.check import check_closure, read_wheel
+from bundler.dataset.wheels.target import target_env
 from bundler.errors import WheelsError
 from tests.wheelhouse import make_wheel
 

@@ -316,7 +316,7 @@ def run_demo(
     config_path: Path, *, console: Console, dry_run: bool = True, settings: DemoSettings | None = None
 ) -> DemoResult:
     """Everything `bundler demo` does; returns where things are and the figures it printed."""
-    from bundler.build.dataset_folder import build_dataset
+    from bundler.dataset.dataset_folder import build_dataset
     from bundler.dryrun.command import dry_run as run_dry_run
     from bundler.notebook.render import render_notebook
 

@@ -55,7 +55,7 @@ class Inputs:
 
 
 def _manifest(cfg: BundleConfig) -> dict[str, Any]:
-    from bundler.build.manifest import read_manifest
+    from bundler.dataset.manifest import read_manifest
 
     try:
         return read_manifest(cfg.dataset.out, cfg.name)

@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bundler.build.wheels.baseline import Baseline, is_protected, load_baseline, parse_freeze
 from bundler.config import BundleConfig
+from bundler.dataset.wheels.baseline import Baseline, is_protected, load_baseline, parse_freeze
 from bundler.display import shown_path
 from bundler.errors import ManifestError, RemoteError, WheelsError
 from bundler.remote.client import Kaggle, connect, poll_interval
@@ -232,7 +232,7 @@ def _wheel_requires(path: Path) -> list[NormalizedName]:
 
 def _bundle_needs(cfg: BundleConfig, console: Console) -> tuple[dict[NormalizedName, str], set[NormalizedName]]:
     """(vendored name -> version, names the bundle needs from somewhere) of the built bundle."""
-    from bundler.build.manifest import read_manifest
+    from bundler.dataset.manifest import read_manifest
 
     needed = {canonicalize_name(Requirement(r).name) for r in cfg.target.requirements}
     try:

@@ -138,7 +138,7 @@ def _metric_rule(spec: InferenceSpec) -> float:
 
 
 def _model_hashes(cfg: BundleConfig) -> dict[str, str]:
-    from bundler.build.manifest import read_manifest
+    from bundler.dataset.manifest import read_manifest
 
     manifest = read_manifest(cfg.dataset.out, cfg.name)
     # weights, and the translated preprocessing pipelines a model may carry beside them

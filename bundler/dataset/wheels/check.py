@@ -22,10 +22,10 @@ from packaging.tags import Tag
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
-from bundler.build.wheels.baseline import Baseline, is_protected
-from bundler.build.wheels.fetch import wheel_tags
-from bundler.build.wheels.resolve import REQUESTED
-from bundler.build.wheels.target import TargetEnv
+from bundler.dataset.wheels.baseline import Baseline, is_protected
+from bundler.dataset.wheels.fetch import wheel_tags
+from bundler.dataset.wheels.resolve import REQUESTED
+from bundler.dataset.wheels.target import TargetEnv
 from bundler.errors import WheelsError
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from bundler.build.wheels.baseline import Baseline, is_protected
-from bundler.build.wheels.target import TargetEnv
+from bundler.dataset.wheels.baseline import Baseline, is_protected
+from bundler.dataset.wheels.target import TargetEnv
 from bundler.errors import WheelsError
 
 REQUESTED = "target.requirements"

@@ -31,7 +31,7 @@ from typing import Any
 from packaging.utils import InvalidWheelFilename, NormalizedName, parse_wheel_filename
 from packaging.version import Version
 
-from bundler.build.wheels.target import TargetEnv
+from bundler.dataset.wheels.target import TargetEnv
 from bundler.errors import WheelsError
 
 CACHE_LIST = ".bundler-cache"  # names of the wheels bundler stored here, one per line

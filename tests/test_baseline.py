@@ -13,9 +13,10 @@ from packaging.version import Version
 
 from bundler.cli import main
 from bundler.config import TargetConfig
-from bundler.dataset.wheels import baseline_sources
-from bundler.dataset.wheels.baseline import BASELINES_DIR, is_protected, load_baseline, parse_freeze, shipped_baselines
-from bundler.dataset.wheels.baseline_sources import (
+from bundler.errors import WheelsError
+from bundler.target import baseline_sources
+from bundler.target.baseline import BASELINES_DIR, is_protected, load_baseline, parse_freeze, shipped_baselines
+from bundler.target.baseline_sources import (
     DOCKERFILE_CRITICAL,
     DOCKERFILE_FORCED,
     DOCKERFILE_UNINSTALLED,
@@ -35,9 +36,8 @@ from bundler.dataset.wheels.baseline_sources import (
     render,
     uv_inputs,
 )
-from bundler.dataset.wheels.resolve import REQUESTED, Resolved, parse_compile_output
-from bundler.dataset.wheels.target import target_env
-from bundler.errors import WheelsError
+from bundler.target.env import target_env
+from bundler.target.resolve import REQUESTED, Resolved, parse_compile_output
 
 SHIPPED = TargetConfig().baseline
 

@@ -9,10 +9,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bundler.config import TargetConfig
-from bundler.dataset.wheels.baseline import Baseline, parse_freeze
 from bundler.dataset.wheels.check import check_closure, read_wheel
-from bundler.dataset.wheels.target import target_env
 from bundler.errors import WheelsError
+from bundler.target.baseline import Baseline, parse_freeze
+from bundler.target.env import target_env
 from tests.wheelhouse import make_wheel
 
 ENV = target_env(TargetConfig())

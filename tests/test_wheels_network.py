@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from bundler.config import TargetConfig
-from bundler.dataset.wheels.baseline import load_baseline
 from bundler.dataset.wheels.vendor import vendor_wheels
+from bundler.target.baseline import load_baseline
 
 
 @pytest.mark.network

@@ -10,11 +10,11 @@ import pytest
 from rich.console import Console
 
 from bundler.config import TargetConfig
-from bundler.dataset.wheels.baseline import Baseline, parse_freeze
 from bundler.dataset.wheels.rehearse import SKIP_ENV, find_target_python, rehearse_install
-from bundler.dataset.wheels.target import target_env
 from bundler.dataset.wheels.vendor import vendor_wheels
 from bundler.errors import WheelsError
+from bundler.target.baseline import Baseline, parse_freeze
+from bundler.target.env import target_env
 from tests.wheelhouse import make_wheel, write_baseline
 
 F = TypeVar("F", bound=Callable[..., Any])

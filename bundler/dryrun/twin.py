@@ -52,12 +52,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bundler.dataset.wheels.baseline import Baseline, baseline_path, load_baseline
 from bundler.dataset.wheels.check import read_wheel
-from bundler.dataset.wheels.interpreter import TargetPython
-from bundler.dataset.wheels.resolve import uv_command
-from bundler.dataset.wheels.target import TargetEnv
 from bundler.errors import DryRunError
+from bundler.target import Baseline, TargetEnv, TargetPython, baseline_path, load_baseline, uv_command
 
 TWIN_DIR_ENV = "BUNDLER_TWIN_DIR"
 TWIN_FORMAT = 1

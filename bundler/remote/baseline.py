@@ -30,13 +30,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from bundler.config import BundleConfig
-from bundler.dataset.wheels.baseline import Baseline, is_protected, load_baseline, parse_freeze
 from bundler.display import shown_path
 from bundler.errors import ManifestError, RemoteError, WheelsError
 from bundler.remote.client import Kaggle, connect, poll_interval
 from bundler.remote.diagnose import read_log, tail
 from bundler.remote.state import kaggle_dir
 from bundler.remote.wait import spinner, wait_for
+from bundler.target import Baseline, is_protected, load_baseline, parse_freeze
 
 BASELINE_SLUG = "bundler-image-baseline"
 BASELINE_TITLE = "bundler image baseline"

@@ -22,9 +22,9 @@ from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from bundler.dataset.wheels.target import TargetEnv
 from bundler.dataset.wheels.wheelhouse import store
 from bundler.errors import WheelsError
+from bundler.target import TargetEnv
 
 CACHED, COPIED, DOWNLOADED, BUILT = "cached", "from target.find_links", "downloaded", "built from sdist"
 

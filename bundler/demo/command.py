@@ -43,8 +43,8 @@ from bundler.demo.train import (
     train_model,
 )
 from bundler.display import shown_path
-from bundler.dryrun.metric import dice_score
 from bundler.errors import DemoError
+from bundler.scoring import dice_score
 from bundler.tune import TuneResult, tune
 from kernel_src.bundle import sha256_file
 from kernel_src.models import build_model

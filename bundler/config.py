@@ -70,7 +70,7 @@ class TargetConfig:
         "manylinux2014_x86_64",
         "linux_x86_64",
     )
-    baseline: str = "kaggle-2026-08-12"  # a name shipped under bundler/build/wheels/baselines/, or a path
+    baseline: str = "kaggle-2026-08-12"  # a name shipped under bundler/target/baselines/, or a path
     requirements: tuple[str, ...] = ("segmentation-models-pytorch",)
     find_links: tuple[Path, ...] = ()  # local wheelhouses searched before the index
     wheelhouse: Path = Path("wheels")  # the local wheelhouse: cached downloads, and wheels you drop there

@@ -117,7 +117,7 @@ def _record_problem(record: Any) -> str | None:
 
 def manifest_problem(data: Any) -> str | None:
     """What keeps `data` from being a bundle manifest (None: it is one). The one contract of
-    bundle.json, kept by the notebook (`read_manifest`) and by bundler (`bundler.build.manifest`):
+    bundle.json, kept by the notebook (`read_manifest`) and by bundler (`bundler.dataset.manifest`):
     format `MANIFEST_FORMAT`, a "bundle" name, a 64-hex "hash", and "wheels"/"weights" lists of
     records with a flat "file" name, a 64-hex "sha256" and a byte "size"."""
     if not isinstance(data, Mapping) or not isinstance(data.get("bundle"), str) or not data["bundle"]:

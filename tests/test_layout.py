@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from bundler.config import parse_config
-from bundler.dryrun.metric import dice_score
 from bundler.errors import ConfigError
+from bundler.scoring.metric import dice_score
 from kernel_src.errors import SpecError
 from kernel_src.images import PixelSettings, decode_image, image_paths
 from kernel_src.layout import SubmissionSpec

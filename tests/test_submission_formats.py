@@ -438,8 +438,8 @@ def _project(root: Path, case: Case, dryrun: dict[str, Any] | None = None) -> An
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_format_end_to_end_through_the_rendered_notebook(name: str, tmp_path: Path) -> None:
-    from bundler.dryrun.metric import score_run
     from bundler.notebook.parameters import notebook_parameters
+    from bundler.scoring.metric import score_run
     from kernel_src.notebook import main, setup
 
     case = CASES[name]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from bundler.build.weights import read_state_dict
 from bundler.config import ModelEntry
+from bundler.dataset.weights import read_state_dict
 from bundler.demo.synthetic import make_dataset
 from bundler.demo.train import (
     SplitData,

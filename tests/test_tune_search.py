@@ -10,8 +10,8 @@ import numpy.typing as npt
 import pandas as pd
 import pytest
 
-from bundler.dryrun.breakdown import loss_breakdown
-from bundler.dryrun.metric import dice_score
+from bundler.scoring.breakdown import loss_breakdown
+from bundler.scoring.metric import dice_score
 from bundler.tune import search
 from bundler.tune.evidence import Evidence, Grid, image_dice
 from kernel_src.postprocess import postprocess

@@ -43,8 +43,8 @@ from bundler.demo.train import (
     train_model,
 )
 from bundler.display import shown_path
-from bundler.dryrun.metric import dice_score
 from bundler.errors import DemoError
+from bundler.scoring import dice_score
 from bundler.tune import TuneResult, tune
 from kernel_src.bundle import sha256_file
 from kernel_src.models import build_model
@@ -316,7 +316,7 @@ def run_demo(
     config_path: Path, *, console: Console, dry_run: bool = True, settings: DemoSettings | None = None
 ) -> DemoResult:
     """Everything `bundler demo` does; returns where things are and the figures it printed."""
-    from bundler.build.dataset_folder import build_dataset
+    from bundler.dataset.dataset_folder import build_dataset
     from bundler.dryrun.command import dry_run as run_dry_run
     from bundler.notebook.render import render_notebook
 

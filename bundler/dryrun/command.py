@@ -38,9 +38,7 @@ from rich.table import Table
 from bundler.config import BundleConfig
 from bundler.display import shown_path
 from bundler.dryrun._child import Execution, run_notebook
-from bundler.dryrun.breakdown import submission_breakdown
 from bundler.dryrun.inputs import Inputs, check_inputs
-from bundler.dryrun.metric import mask_shapes, score_run
 from bundler.dryrun.outputs import discard, keep, new_stage
 from bundler.dryrun.projection import (
     NO_CALIBRATION,
@@ -58,6 +56,7 @@ from bundler.dryrun.tree import make_tree, remove_tree
 from bundler.dryrun.verdict import Facts, judge, problem_summary, resources_against_limits
 from bundler.errors import DryRunError
 from bundler.sandbox import Isolation, probe
+from bundler.scoring import mask_shapes, score_run, submission_breakdown
 from kernel_src.profiler import folder_bytes, format_bytes
 from kernel_src.submission import SampleSubmission, read_csv_strings
 
@@ -272,7 +271,7 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
 
     score: float | None = None
     per_class: list[float] | None = None
-    losses: list[dict[str, Any]] | None = None  # where the points are lost (bundler.dryrun.breakdown)
+    losses: list[dict[str, Any]] | None = None  # where the points are lost (bundler.scoring.breakdown)
     if inputs.labels is not None and submission.is_file() and not incomplete:
         try:
             # layout, RLE order, each image's encode size and the empty-pair rule from the spec (issue 16)

@@ -25,9 +25,9 @@ import nbformat
 from nbformat import NotebookNode
 
 from bundler.config import BundleConfig
-from bundler.dryrun.metric import mask_shapes
 from bundler.dryrun.tree import image_files
 from bundler.errors import DryRunError, ManifestError, RenderError
+from bundler.scoring import mask_shapes
 from kernel_src import rle
 from kernel_src.bundle import kernel_src_hash
 from kernel_src.submission import (
@@ -55,7 +55,7 @@ class Inputs:
 
 
 def _manifest(cfg: BundleConfig) -> dict[str, Any]:
-    from bundler.build.manifest import read_manifest
+    from bundler.dataset.manifest import read_manifest
 
     try:
         return read_manifest(cfg.dataset.out, cfg.name)

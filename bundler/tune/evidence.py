@@ -30,6 +30,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from bundler import scoring
 from bundler.tune.cache import QUANT, HoldoutCache
 from kernel_src.rle import decode
 
@@ -215,7 +216,7 @@ def image_dice(
     lowest = min(grid.thresholds)
     for c in range(c_n):
         t_area = int(np.count_nonzero(truth[c]))
-        clean = empty_pair if t_area == 0 else 0.0
+        clean = float(scoring.dice(0, 0, t_area, empty_pair))  # every empty candidate's Dice
         dice[:, c] = clean
         above = probs[c] > lowest
         ys, xs = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
@@ -242,7 +243,7 @@ def image_dice(
                 p = keep @ areas  # [M]
                 i = keep @ inter
                 ne = p[:, None] >= areas_needed  # [M, A]
-                d = np.where(ne, 2.0 * i[:, None] / np.maximum(p[:, None] + t_area, 1), clean)
+                d = np.where(ne, scoring.dice(i[:, None], p[:, None], t_area, clean), clean)
                 dice[x, c, k], nonempty[x, c, k] = d, ne
     return dice, nonempty
 

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bundler.build.checkpoint_file import ACCEPTED, check_checkpoint_path, sniff
 from bundler.config import ModelEntry
+from bundler.dataset.checkpoint_file import ACCEPTED, check_checkpoint_path, sniff
 from bundler.errors import WeightsError
 from kernel_src.bundle import sha256_file
 from kernel_src.errors import ModelError

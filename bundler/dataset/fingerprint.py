@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bundler import __version__
-from bundler.build.wheels import wheelhouse
-from bundler.build.wheels.baseline import baseline_path
 from bundler.config import BundleConfig
+from bundler.dataset.wheels import wheelhouse
+from bundler.target import baseline_path
 from kernel_src.bundle import sha256_file
 
 BUILD_FORMAT = 1  # bump when the build writes other bytes from the same inputs

@@ -76,7 +76,7 @@ def pyenv_candidates(version: str, root: Path | None = None) -> list[str]:
 def uv_candidate(version: str) -> str | None:
     """What `uv python find VERSION` reports with downloads off, or None (no uv, nothing found)."""
     try:
-        from bundler.build.wheels.resolve import uv_command
+        from bundler.target.resolve import uv_command
 
         uv = uv_command()
     except Exception:  # no uv at all: this source simply has nothing

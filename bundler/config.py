@@ -16,7 +16,8 @@ from bundler.display import shown_path
 from bundler.errors import ConfigError
 from kernel_src.errors import SpecError
 from kernel_src.layout import SubmissionSpec
-from kernel_src.spec import CLS_KINDS, PREPROCESS_SUFFIX, RENAMED_SETTINGS, SEG_KINDS, InferenceSpec, ModelSpec
+from kernel_src.model_kinds import MODEL_KINDS, kinds_for
+from kernel_src.spec import PREPROCESS_SUFFIX, RENAMED_SETTINGS, InferenceSpec, ModelSpec
 
 DEFAULT_CONFIG = Path("bundle.toml")
 # The one home of these patterns (the wheels' target reads PYTHON_VERSION from here).
@@ -209,7 +210,7 @@ def _id(section: str, table: Mapping[str, Any], what: str) -> str:
 
 def _models(raw: Mapping[str, Any], root: Path) -> tuple[ModelEntry, ...]:
     entries: list[ModelEntry] = []
-    for role, table, kinds in (("classifier", "classifiers", CLS_KINDS), ("segmenter", "segmenters", SEG_KINDS)):
+    for role, table in (("classifier", "classifiers"), ("segmenter", "segmenters")):
         items = raw.get(table, [])
         if not isinstance(items, list):
             raise ConfigError(f"{table} must be an array of tables ([[{table}]])")
@@ -240,10 +241,10 @@ def _models(raw: Mapping[str, Any], root: Path) -> tuple[ModelEntry, ...]:
             name = _get(key, data, "name", str, "")
             if not NAME.fullmatch(name):
                 raise ConfigError(f"{key}.name = {name!r}: give each model a name of letters, digits, '_', '.', '-'")
-            ext = "pt" if data.get("kind") == "torchscript" else "safetensors"
-            data["file"] = f"{name}.{ext}"
+            kind = MODEL_KINDS.get(data["kind"]) if isinstance(data.get("kind"), str) else None
+            data["file"] = name + (kind.weights.suffix if kind else "")  # another kind is refused just below
             try:
-                spec = ModelSpec.from_dict(data, key, kinds)
+                spec = ModelSpec.from_dict(data, key, kinds_for(role))
             except SpecError as e:
                 raise ConfigError(f"{e.key}: {e.message}") from None
             entries.append(

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from .errors import SpecError
 from .layout import SubmissionSpec
+from .model_kinds import MODEL_KINDS, kinds_for
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip")  # the flips kernel_src.tta applies
 SCALE_VIEW = "scale:"  # "scale:0.75": the image resized by 0.75 (kernel_src.tta), the output resized back
@@ -23,8 +24,8 @@ TTA_MERGES = ("mean", "gmean", "max", "logit_mean")  # how a model's views are m
 CHANNEL_ORDERS = ("rgb", "bgr")  # the channel order a model was trained on ("bgr": cv2.imread's)
 PREPROCESS_SUFFIX = ".preprocess.json"  # <model name> + this: the translated pipeline in the bundle
 GATING_MODES = ("off", "per_class", "per_image")
-SEG_KINDS = ("smp", "torchscript")
-CLS_KINDS = ("timm", "torchscript")
+SEG_KINDS = kinds_for("segmenter")  # the model kinds (kernel_src.model_kinds) a segmenter may be
+CLS_KINDS = kinds_for("classifier")
 RLE_ORDERS = ("F", "C")  # column-major (Severstal), row-major: kernel_src.rle
 DEVICES = ("auto", "cpu", "cuda")  # kernel_src.devices.resolve_devices
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # "auto": channels_last on CUDA, contiguous on CPU
@@ -148,7 +149,7 @@ class ModelSpec:
     """One model in the bundle. `file` is relative to the bundle folder."""
 
     name: str
-    kind: str  # "smp" | "timm" | "torchscript"
+    kind: str  # a kernel_src.model_kinds.MODEL_KINDS name: "smp" | "timm" | "torchscript"
     file: str
     arch: str = ""  # smp architecture ("Unet", "FPN", ...) or timm model name
     encoder: str = ""  # smp encoder name; unused for timm and torchscript
@@ -176,10 +177,7 @@ class ModelSpec:
         kind = typed(f"{key}.kind", data["kind"], str)
         if kind not in kinds:
             raise SpecError(f"{key}.kind", f"{kind!r} is not one of {list(kinds)}")
-        if kind != "torchscript" and not data.get("arch"):
-            raise SpecError(f"{key}.arch", f"is required for kind {kind!r}")
-        if kind == "smp" and not data.get("encoder"):
-            raise SpecError(f"{key}.encoder", "is required for kind 'smp' (e.g. 'resnet34')")
+        MODEL_KINDS[kind].check_keys(data, key)
         tta = tuple(typed(f"{key}.tta", v, str) for v in _array(f"{key}.tta", data.get("tta", ("identity",))))
         if not tta:
             raise SpecError(f"{key}.tta", f"needs at least one view from {list(TTA_VIEWS)}")

@@ -47,6 +47,7 @@ from bundler.errors import DemoError
 from bundler.scoring import dice_score
 from bundler.tune import TuneResult, tune
 from kernel_src.bundle import sha256_file
+from kernel_src.model_kinds import MODEL_KINDS
 from kernel_src.models import build_model
 from kernel_src.submission import read_masks
 
@@ -238,10 +239,14 @@ def train_demo_models(
     todo: list[tuple[ModelEntry, TrainSettings, Any]] = []
     reused: list[str] = []
     for entry in cfg.models:
-        if entry.spec.kind not in ("smp", "timm"):
+        if MODEL_KINDS[entry.spec.kind].builder is None:  # nothing to train: the file is the model
+            trained = " and ".join(
+                f"{k.name!r} {' or '.join(role + 's' for role in k.roles)}"
+                for k in MODEL_KINDS.values()
+                if k.builder is not None
+            )
             raise DemoError(
-                f"bundle.toml: model {entry.spec.name!r} has kind {entry.spec.kind!r}; the demo trains only "
-                "'smp' segmenters and 'timm' classifiers"
+                f"bundle.toml: model {entry.spec.name!r} has kind {entry.spec.kind!r}; the demo trains only {trained}"
             )
         train = settings.classifier if entry.role == "classifier" else settings.segmenter
         key = training_key(cfg, entry, train, data_key)

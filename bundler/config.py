@@ -48,8 +48,8 @@ def _key(
     missing: Any = MISSING,
     resolve: Callable[[Path, str], Any] | None = None,
 ) -> dict[str, Any]:
-    """A bundle.toml key's metadata: kernel_src.settings.setting's, the rules its value must meet, and
-    `resolve(root, value)` where a string becomes something else than a path or itself."""
+    """A bundle.toml key's metadata: kernel_src.settings.setting's, the rules its value must meet (in
+    order), and `resolve(root, value)` where the field holds neither the string nor a path against root."""
     return {**setting(help, shown=shown, missing=missing), "rules": rules, "resolve": resolve}
 
 
@@ -64,18 +64,17 @@ def _baseline(root: Path, value: str) -> str:
     return value
 
 
-_SLUG = Rule(lambda v: bool(SLUG_ID.match(v)), "{key} = {value!r} must be 'owner/slug', the {what} on Kaggle", "")
-_REQUIRED_NAME = Rule(
+def _owner_slug(what: str) -> Rule:
+    """An id on Kaggle: "owner/slug"."""
+    message = f"{{key}} = {{value!r}} must be 'owner/slug', the {what} on Kaggle"
+    return Rule(lambda v: bool(SLUG_ID.match(v)), message, "`owner/slug`")
+
+
+_NAME_RULE = Rule(
     lambda v: bool(NAME.fullmatch(v)),
     "{key} = {value!r}: a short name of letters, digits, '_', '.', '-' is required",
     "letters, digits, `_`, `.`, `-`",
 )
-
-
-def _slug(what: str) -> Rule:
-    return Rule(_SLUG.test, _SLUG.message.replace("{what}", what), "`owner/slug`")
-
-
 _GB = _positive("{key} = {value!r} must be a positive number of GB")
 
 
@@ -146,7 +145,7 @@ class DatasetConfig:
     id: str = field(
         metadata=_key(
             "the Kaggle dataset carrying wheels and weights.",
-            _slug("dataset that carries the wheels and weights"),
+            _owner_slug("dataset that carries the wheels and weights"),
             Rule(
                 lambda v: 6 <= len(v.split("/")[1]) <= 50,
                 "{key} slug {slug!r} must be 6 to 50 characters (Kaggle's rule)",
@@ -229,7 +228,7 @@ class KernelConfig:
     """The notebook on Kaggle. `enable_internet` is always written `false` (a code competition refuses a
     notebook with internet on)."""
 
-    id: str = field(metadata=_key("the notebook on Kaggle.", _slug("notebook")))
+    id: str = field(metadata=_key("the notebook on Kaggle.", _owner_slug("notebook")))
     title: str = field(
         metadata=_key(
             "the notebook's title.",
@@ -325,7 +324,7 @@ class BundleConfig:
     """The whole bundle.toml. `name` is `[bundle] name`."""
 
     root: Path  # folder holding bundle.toml; relative paths are resolved against it
-    name: str = field(metadata=_key("written to `bundle.json` and matched by the notebook.", _REQUIRED_NAME))
+    name: str = field(metadata=_key("written to `bundle.json` and matched by the notebook.", _NAME_RULE))
     competition: CompetitionConfig
     dataset: DatasetConfig
     target: TargetConfig

@@ -3,7 +3,9 @@
 `bundler` builds these objects from `bundle.toml`; the rendered notebook receives them as
 plain JSON data (`InferenceSpec.to_dict()`) and rebuilds them with `InferenceSpec.from_dict`.
 Every validation error is a `SpecError` whose `key` is the dotted path of the bad value, so
-`bundler` can name the `bundle.toml` key and the notebook can name the setting.
+`bundler` can name the `bundle.toml` key and the notebook can name the setting. Each setting's
+default and help are its field's (`kernel_src.settings.setting`); `from_dict` reads a missing
+key's value from there, and bundler writes docs/config.md from the same fields.
 """
 
 from __future__ import annotations

@@ -228,7 +228,9 @@ class KernelConfig:
     """The notebook on Kaggle. `enable_internet` is always written `false` (a code competition refuses a
     notebook with internet on)."""
 
-    id: str = field(metadata=_key("the notebook on Kaggle.", _owner_slug("notebook")))
+    id: str = field(
+        metadata=_key("the notebook on Kaggle (Kaggle wants a slug of at least 5 characters).", _owner_slug("notebook"))
+    )
     title: str = field(
         metadata=_key(
             "the notebook's title.",

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import SpecError
+from .settings import setting
 
 LAYOUT_NAMES = ("auto", "severstal-wide", "severstal-long", "custom")
 IMAGE_IDS = ("file", "stem")
@@ -65,17 +66,61 @@ class SubmissionFormatError(ValueError):
 class SubmissionSpec:
     """The `[submission]` settings (see the module docstring); defaults are today's Severstal."""
 
-    layout: str = "auto"
-    key_column: str = "ImageId"
-    key: str = "{image}"
-    class_column: str = ""
-    image_id: str = "file"
-    classes: tuple[str, ...] = ()  # () = "1".."C"
-    mask_column: str = "EncodedPixels"
-    empty: str = ""
-    rle_starts: str = "absolute"
-    rows: str = "per_class"
-    empty_pair: str = "one"
+    layout: str = field(
+        default="auto",
+        metadata=setting(
+            '`"severstal-wide"` (`ImageId_ClassId,EncodedPixels`, keys `<image>_<1..C>`), `"severstal-long"` '
+            '(`ImageId,ClassId,EncodedPixels`), or `"custom"`: the keys below, which apply to `"custom"` only. '
+            '`"auto"`: a Severstal layout told from the sample\'s header.',
+            choices=LAYOUT_NAMES,
+        ),
+    )
+    key_column: str = field(default="ImageId", metadata=setting("the column holding the key."))
+    key: str = field(
+        default="{image}",
+        metadata=setting(
+            'how a key is made: `{image}` and, when the class is part of the key, `{class}` (`"{image}_{class}"`).'
+        ),
+    )
+    class_column: str = field(
+        default="",
+        metadata=setting('a column of its own for the class token (`""`: in the key, or one class).'),
+    )
+    image_id: str = field(
+        default="file",
+        metadata=setting(
+            'the image part of a key: `"file"` (the test file\'s name) or `"stem"` (without its extension; '
+            "the file is found by its stem).",
+            choices=IMAGE_IDS,
+        ),
+    )
+    classes: tuple[str, ...] = field(  # () = "1".."C"
+        default=(), metadata=setting("the class tokens in class order, e.g. names.", shown='`["1", ..., "C"]`')
+    )
+    mask_column: str = field(default="EncodedPixels", metadata=setting("the RLE column."))
+    empty: str = field(default="", metadata=setting('what an empty mask is written as (`""` or `"-1"`).'))
+    rle_starts: str = field(
+        default="absolute",
+        metadata=setting(
+            '`"relative"`: each start counted from the end of the previous run (SIIM-ACR).', choices=RLE_STARTS
+        ),
+    )
+    rows: str = field(
+        default="per_class",
+        metadata=setting(
+            '`"per_object"`: one row per connected component (8-connected), one row with the empty value for an '
+            "image x class without any.",
+            choices=ROWS,
+        ),
+    )
+    empty_pair: str = field(
+        default="one",
+        metadata=setting(
+            'what the dry-run\'s Dice gives an image x class empty on both sides: `"one"`, `"zero"`, or '
+            '`"skip"` (left out of the mean).',
+            choices=EMPTY_PAIRS,
+        ),
+    )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], num_classes: int) -> SubmissionSpec:

@@ -159,6 +159,16 @@ class SubmissionSpec:
         """The class tokens in class order."""
         return self.classes or tuple(str(c) for c in range(1, num_classes + 1))
 
+    @property
+    def per_object(self) -> bool:
+        """Whether the layout these settings select writes one row per object: a named preset's
+        own `rows`; "auto" only when every detected preset's is per_object."""
+        if self.layout == CUSTOM:
+            return self.rows == "per_object"
+        if self.layout == AUTO:
+            return all(p.settings.rows == "per_object" for p in PRESETS.values() if p.detected)
+        return PRESETS[self.layout].settings.rows == "per_object"
+
 
 def _plain(value: Any) -> Any:
     """Lists and tuples compare alike (to_dict writes lists)."""

@@ -41,7 +41,7 @@ from typing import NamedTuple, TextIO
 
 import pandas as pd
 
-from .layout import AUTO, CUSTOM, LABELS, PRESETS, Layout, SubmissionSpec, accepted, resolve
+from .layout import AUTO, LABELS, PRESETS, Layout, SubmissionSpec, accepted, resolve
 from .layout import SubmissionFormatError as SubmissionFormatError  # its home is kernel_src.layout
 from .layout import class_number as class_number  # its home is kernel_src.layout
 from .rle import from_relative, to_relative, union
@@ -63,8 +63,10 @@ class SampleSubmission:
     resolved: Layout = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        if self.resolved is None:
-            preset = next(p for p in PRESETS.values() if p.detected and p.word == self.layout)
+        if self.resolved is None:  # a detected preset's: the layouts "auto" gives by name alone
+            preset = next((p for p in PRESETS.values() if p.detected and p.word == self.layout), None)
+            if preset is None:
+                raise ValueError(f"SampleSubmission {self.layout!r}: give its resolved Layout (named: {list(LAYOUTS)})")
             object.__setattr__(self, "resolved", preset.layout(self.num_classes))
 
     @property
@@ -196,7 +198,7 @@ def read_masks(
 ) -> dict[str, list[str]]:
     """`masks_by_image` of the submission (or, with `labels`, the labels file) at `path`."""
     rows = read_mask_rows(path, num_classes, labels=labels, submission=submission)
-    merge = submission is not None and submission.layout == CUSTOM and submission.rows == "per_object"
+    merge = submission is not None and submission.per_object
     return masks_by_image(rows, num_classes, str(path), merge=merge)
 
 

@@ -65,6 +65,7 @@ def test_its_settings_resolve_to_its_layout(preset: Preset) -> None:
     n = _classes(preset)
     selection = preset.selection()
     assert resolve(selection, tuple(reversed(preset.header)), n, "sample.csv") == preset.layout(n)
+    assert selection.per_object == preset.layout(n).per_object  # what the notebook encodes per object
     table = {"layout": selection.layout} | {
         k: getattr(selection, k) for k in SubmissionSpec.__dataclass_fields__ if k != "layout"
     }

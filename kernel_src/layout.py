@@ -237,7 +237,7 @@ class Layout:
         """The header in its canonical order: key, class, mask (a file may order them otherwise)."""
         return tuple(c for c in (self.key_column, self.class_column, self.mask_column) if c)
 
-    @property
+    @cached_property
     def class_in_key(self) -> bool:
         return "{class}" in self.spec.key
 
@@ -271,19 +271,24 @@ class Layout:
     def split_key(self, key: str) -> tuple[str, int | None]:
         """(image id, 0-based class or None when the class is not in the key) of a key; ValueError
         saying what is wrong when the key does not have the configured form."""
-        match = self._pattern.fullmatch(key)
-        index = None
-        if match is not None and self.class_in_key:
-            index = self.class_index(match.group("cls"))
-        if match is None or not match.group("image") or (self.class_in_key and index is None):
-            raise ValueError(f"key {key!r} is not of the form {self.spec.key!r} with a class in {list(self.tokens)}")
-        return match.group("image"), index
+        if self._image_only:  # the common "{image}" key: no pattern to match
+            if key:
+                return key, None
+        else:
+            match = self._pattern.fullmatch(key)
+            if match is not None:
+                image = match["image"]
+                index = self.class_index(match["cls"]) if self.class_in_key else None
+                if image and (index is not None or not self.class_in_key):
+                    return image, index
+        raise ValueError(f"key {key!r} is not of the form {self.spec.key!r} with a class in {list(self.tokens)}")
 
-    def read_key(self, key: str, where: str) -> tuple[str, int | None]:
-        """`split_key`, or a SubmissionFormatError naming `where` (the file and line) and what to fix."""
+    def read_key(self, key: str, source: str, line: int) -> tuple[str, int | None]:
+        """`split_key`, or a SubmissionFormatError naming `source`, the `line` and what to fix."""
         try:
             image, index = self.split_key(key)
         except ValueError as e:
+            where = f"{source} line {line}"
             if not self.numbered:
                 raise SubmissionFormatError(f"{where}: {e}; check submission.key and submission.classes") from None
             if not self.class_in_key:
@@ -298,11 +303,13 @@ class Layout:
             ) from None
         return image, index
 
-    def read_class(self, token: str, image_id: str, where: str) -> int:
-        """The 0-based class of a class column's cell, or a SubmissionFormatError naming `where`."""
+    def read_class(self, token: str, image_id: str, source: str, line: int) -> int:
+        """The 0-based class of a class column's cell, or a SubmissionFormatError naming `source`
+        and the `line`."""
         index = self.class_index(token)
         if index is not None:
             return index
+        where = f"{source} line {line}"
         if self.numbered:
             raise SubmissionFormatError(
                 f"{where}: image {image_id!r} has {self.class_column} {token!r}; expected an integer in "
@@ -325,6 +332,10 @@ class Layout:
             f"{source}: image {image_id!r} lacks the keys for classes {[self.tokens[i] for i in missing]}; "
             "check submission.classes and num_classes"
         )
+
+    @cached_property
+    def _image_only(self) -> bool:
+        return self.spec.key == "{image}"
 
     @cached_property
     def _pattern(self) -> re.Pattern[str]:

@@ -141,10 +141,9 @@ def rows_in(frame: pd.DataFrame, layout: Layout, source: str) -> list[MaskRow]:
     tokens = frame[layout.class_column].tolist() if layout.class_column else [None] * len(keys)
     empty = layout.empty.strip()
     for line, (key, token, rle) in enumerate(zip(keys, tokens, masks, strict=True), 2):
-        where = f"{source} line {line}"
-        image_id, index = layout.read_key(str(key), where)
+        image_id, index = layout.read_key(str(key), source, line)
         if token is not None:
-            index = layout.read_class(str(token), image_id, where)
+            index = layout.read_class(str(token), image_id, source, line)
         text = str(rle)
         if empty and text.strip() == empty:
             text = ""
@@ -152,7 +151,7 @@ def rows_in(frame: pd.DataFrame, layout: Layout, source: str) -> list[MaskRow]:
             try:
                 text = from_relative(text)
             except ValueError as e:
-                raise SubmissionFormatError(f"{where}: {e}; check submission.rle_starts") from None
+                raise SubmissionFormatError(f"{source} line {line}: {e}; check submission.rle_starts") from None
         rows.append(MaskRow(line, image_id, (index or 0) + 1, text))
     return rows
 
@@ -207,7 +206,7 @@ def sample_in(frame: pd.DataFrame, layout: Layout, columns: tuple[str, ...], sou
     with the class in the key, every image must list every class once."""
     seen: dict[str, set[int]] = {}
     for line, key in enumerate(frame[layout.key_column].tolist(), 2):
-        image_id, index = layout.read_key(str(key), f"{source} line {line}")
+        image_id, index = layout.read_key(str(key), source, line)
         classes = seen.setdefault(image_id, set())
         if index is not None:
             if index in classes and not layout.per_object:
@@ -255,6 +254,8 @@ class SubmissionWriter:
         self._closed = False
         self._empty: tuple[str | tuple[str, ...], ...] = ("",) * sample.num_classes
         self._objects = sample.resolved.per_object
+        self._relative = sample.resolved.relative
+        self._columns = [c.strip() for c in sample.columns]  # the sample's order, as the Layout names them
         self._file: TextIO = self.path.open("w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file, lineterminator="\n")
         self._csv.writerow(sample.columns)
@@ -312,14 +313,13 @@ class SubmissionWriter:
             self._next += 1
 
     def _write_image(self, image_id: str, rles: tuple[str | tuple[str, ...], ...]) -> None:
-        columns = self.sample.columns
         layout = self.sample.resolved
         for index, rle in enumerate(rles):
             for text in (rle,) if isinstance(rle, str) else (rle or ("",)):
-                if layout.relative:
+                if self._relative:
                     text = to_relative(text)
                 values = layout.row(image_id, index, text if text.strip() else layout.empty)
-                self._csv.writerow([values[c.strip()] for c in columns])
+                self._csv.writerow([values[c] for c in self._columns])
                 self._rows += 1
 
     def close(self) -> int:

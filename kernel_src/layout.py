@@ -405,9 +405,10 @@ class Preset:
         """The `[submission]` settings that select this preset."""
         return SubmissionSpec(layout=self.name) if self.named else self.settings
 
-    def layout(self, num_classes: int, empty_pair: str = "one") -> Layout:
-        """The Layout of this preset for `num_classes` classes."""
-        spec = replace(self.settings, layout=self.name if self.named else CUSTOM, empty_pair=empty_pair)
+    def layout(self, num_classes: int, empty_pair: str | None = None) -> Layout:
+        """The Layout of this preset for `num_classes` classes (`empty_pair`: the user's, for the metric)."""
+        layout = self.name if self.named else CUSTOM
+        spec = replace(self.settings, layout=layout, empty_pair=empty_pair or self.settings.empty_pair)
         return Layout(self.word, spec, spec.tokens(num_classes), self.numbered)
 
 

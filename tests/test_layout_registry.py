@@ -63,6 +63,7 @@ def test_its_settings_resolve_to_its_layout(preset: Preset) -> None:
     """What bundle.toml writes to select the preset resolves, against its header, to its Layout;
     a named preset's settings are its name alone, a custom one's pass the settings' own checks."""
     n = _classes(preset)
+    preset.settings.check(n)  # the entry's own settings agree with each other
     selection = preset.selection()
     assert resolve(selection, tuple(reversed(preset.header)), n, "sample.csv") == preset.layout(n)
     assert selection.per_object == preset.layout(n).per_object  # what the notebook encodes per object

@@ -23,7 +23,7 @@ from bundler.config import (
     model_keys,
     table_keys,
 )
-from kernel_src.settings import missing_value
+from kernel_src.settings import choices_of, missing_value
 from kernel_src.spec import GatingSpec, InferenceSpec, ModelSpec, PostprocessSpec
 
 HEADER = """\
@@ -177,8 +177,8 @@ def _line(name: str, f: Field[Any], type_: Any) -> str:
     if default is MISSING:
         about.append("required")
     about += [rule.text for rule in f.metadata.get("rules", ())]
-    if f.metadata["choices"]:
-        about.append("one of " + ", ".join(f"`{_toml(c)}`" for c in f.metadata["choices"]))
+    if choices_of(f):
+        about.append("one of " + ", ".join(f"`{_toml(c)}`" for c in choices_of(f)))
     shown = f.metadata["shown"]
     if shown is None and default is not MISSING:
         shown = "none" if default is None else f"`{_toml(default)}`"

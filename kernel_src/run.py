@@ -210,7 +210,7 @@ class _Engine:
                 for j in keep
             }
         with self.profiler.stage("rle"):
-            objects = self.spec.submission.layout == "custom" and self.spec.submission.rows == "per_object"
+            objects = self.spec.submission.per_object
             for j, mask in masks.items():
                 order = self.spec.rle_order
                 if objects:

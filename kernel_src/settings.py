@@ -13,7 +13,7 @@ bundle.toml's keys from these declarations and writes docs/config.md from them; 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .errors import SpecError
@@ -25,20 +25,28 @@ WANTED: dict[type, str] = {int: "an integer", float: "a number", bool: "true or 
 def setting(
     help: str,  # nbclient's word for it
     *,
-    choices: Sequence[Any] = (),
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] = (),
     shown: str | None = None,
     missing: Any = dataclasses.MISSING,
     by_build: bool = False,
 ) -> dict[str, Any]:
-    """A field's metadata: `help` (markdown, one paragraph), the values it may take (`choices`),
+    """A field's metadata: `help` (markdown, one paragraph), the values it may take (`choices`; a
+    function where they come from a registry defined after the field, read by `choices_of`),
     how the reference shows its default where the literal would mislead (`shown`; "": none shown,
     the help says it), the value a missing key takes where it is not the field's default
     (`missing`, e.g. one threshold for every class), and `by_build`: filled in by the build,
     never written by the user."""
-    meta: dict[str, Any] = {"help": help, "choices": tuple(choices), "shown": shown, "by_build": by_build}
+    listed = choices if callable(choices) else tuple(choices)
+    meta: dict[str, Any] = {"help": help, "choices": listed, "shown": shown, "by_build": by_build}
     if missing is not dataclasses.MISSING:
         meta["missing"] = missing
     return meta
+
+
+def choices_of(f: dataclasses.Field[Any]) -> tuple[Any, ...]:
+    """The values the setting `f` may take (() when any value of its type may be given)."""
+    listed = f.metadata["choices"]
+    return tuple(listed() if callable(listed) else listed)
 
 
 def settings(cls: type) -> tuple[dataclasses.Field[Any], ...]:

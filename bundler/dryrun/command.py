@@ -144,7 +144,7 @@ def _calibration(cfg: BundleConfig, inputs: Inputs, profile: Mapping[str, Any], 
 def _complete(submission: Path, sample: SampleSubmission) -> str:
     """'' when `submission` has every row the sample asks for, else what is wrong."""
     frame = read_csv_strings(submission)
-    if sample.custom is not None and sample.custom.per_object:  # one row per object: at least one per pair
+    if sample.resolved.per_object:  # one row per object: at least one per pair
         if len(frame) < sample.rows:
             return f"submission.csv has {len(frame)} rows, the sample submission needs at least {sample.rows}"
     elif len(frame) != sample.rows:

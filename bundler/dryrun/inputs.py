@@ -157,7 +157,7 @@ def _labels(cfg: BundleConfig, sample: SampleSubmission, images: tuple[str, ...]
     layout = cfg.inference.submission  # labels are read in the [submission] layout (long form under "auto")
     try:
         rows = read_mask_rows(path, n, labels=True, submission=layout)
-        merge = layout.layout == "custom" and layout.rows == "per_object"
+        merge = layout.per_object
         masks_by_image(rows, n, str(path), merge=merge)  # one mask per image x class
     except SubmissionFormatError as e:
         raise DryRunError(f"labels {e}") from None

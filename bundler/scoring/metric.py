@@ -55,7 +55,7 @@ def _pairs(
         rows = mask_rows(frame, _source(data), num_classes, labels=labels, submission=submission)
     else:
         rows = read_mask_rows(Path(data), num_classes, labels=labels, submission=submission)
-    merge = submission is not None and submission.layout == "custom" and submission.rows == "per_object"
+    merge = submission is not None and submission.per_object
     masks = masks_by_image(rows, num_classes, _source(data), merge=merge)
     found = {(image, c): rle for image, rles in masks.items() for c, rle in enumerate(rles, 1) if rle.strip()}
     return found, list(masks)

@@ -24,6 +24,22 @@ SLUG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9-]*$")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # bundle.name and each model's name (fullmatch)
 PYTHON_VERSION = re.compile(r"3\.\d+")  # target.python, e.g. "3.12" (fullmatch)
 DRYRUN_RUNTIMES = ("image", "local")  # dryrun.runtime, `bundler dry-run --runtime`
+# Kaggle's rules for names, checked here and again on kernel-metadata.json (bundler.notebook.kernel_metadata)
+KERNEL_NAME_MIN = 5  # a notebook's title and the slug of its id: at least this many characters
+DATASET_NAME_CHARS = (6, 50)  # a dataset's title and the slug of its id: this many characters, ends included
+KAGGLE_DIR = Path("build", "kaggle")  # what bundler keeps of its Kaggle rounds, beside bundle.toml
+_RUN_FOLDER = re.compile(r"v(\d+)")  # a kernel version's downloaded outputs: build/kaggle/v<N>/
+
+
+def kaggle_run_dir(root: Path, version: int) -> Path:
+    """Where kernel version `version`'s outputs are downloaded: `build/kaggle/v<N>/` of the project `root`."""
+    return root / KAGGLE_DIR / f"v{version}"
+
+
+def kaggle_run_dirs(root: Path) -> dict[int, Path]:
+    """Every `build/kaggle/v<N>/` folder of the project `root`, by N."""
+    folders = (root / KAGGLE_DIR).glob("v*")
+    return {int(m.group(1)): p for p in folders if (m := _RUN_FOLDER.fullmatch(p.name)) and p.is_dir()}
 
 
 @dataclass(frozen=True)
@@ -333,10 +349,15 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
         private=_get("dataset", ds, "private", bool, True),
         out=_path(root, _get("dataset", ds, "out", str, "build/dataset")),
     )
-    if not 6 <= len(dataset.title) <= 50:
-        raise ConfigError(f"dataset.title = {dataset.title!r} must be 6 to 50 characters (Kaggle's rule)")
-    if not 6 <= len(dataset.id.split("/")[1]) <= 50:
-        raise ConfigError(f"dataset.id slug {dataset.id.split('/')[1]!r} must be 6 to 50 characters (Kaggle's rule)")
+    shortest, longest = DATASET_NAME_CHARS
+    if not shortest <= len(dataset.title) <= longest:
+        raise ConfigError(
+            f"dataset.title = {dataset.title!r} must be {shortest} to {longest} characters (Kaggle's rule)"
+        )
+    if not shortest <= len(dataset.id.split("/")[1]) <= longest:
+        raise ConfigError(
+            f"dataset.id slug {dataset.id.split('/')[1]!r} must be {shortest} to {longest} characters (Kaggle's rule)"
+        )
 
     tg = _section(raw, "target", _fields(TargetConfig))
     defaults = TargetConfig()
@@ -361,8 +382,10 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
         enable_gpu=_get("kernel", kn, "enable_gpu", bool, True),
         machine_shape=_get("kernel", kn, "machine_shape", str, "NvidiaTeslaT4"),
     )
-    if len(kernel.title) < 5:
-        raise ConfigError(f"kernel.title = {kernel.title!r} must be at least 5 characters (Kaggle's rule)")
+    if len(kernel.title) < KERNEL_NAME_MIN:
+        raise ConfigError(
+            f"kernel.title = {kernel.title!r} must be at least {KERNEL_NAME_MIN} characters (Kaggle's rule)"
+        )
 
     models = _models(raw, root)
     # renamed keys pass through so InferenceSpec.from_dict can name what replaces them

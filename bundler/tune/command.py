@@ -46,6 +46,7 @@ from bundler.tune.plan import (
     recommend,
 )
 from bundler.tune.report import write_tune_report
+from kernel_src.paths import PROFILE_FILE
 from kernel_src.spec import InferenceSpec
 from kernel_src.submission import SubmissionFormatError, read_masks, read_sample_submission
 
@@ -196,7 +197,7 @@ def full_plan(spec: InferenceSpec) -> Plan:
 
 
 def _costs(cfg: BundleConfig, cache: HoldoutCache) -> tuple[Costs, Calibration]:
-    profile_path = cfg.dryrun.out / "profile.json"
+    profile_path = cfg.dryrun.out / PROFILE_FILE
     profile: dict[str, Any] | None = None
     if profile_path.is_file():
         try:

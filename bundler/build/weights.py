@@ -169,11 +169,6 @@ def _architecture(entry: ModelEntry) -> str:
     return "TorchScript" if spec.kind == "torchscript" else "/".join(p for p in (spec.arch, spec.encoder) if p)
 
 
-def read_state_dict(path: Path, name: str, key: str) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, unwrapped from a training checkpoint when needed."""
-    return read_checkpoint(path, name, key)[0]
-
-
 def read_checkpoint(
     path: Path, name: str, key: str, checkpoint_key: str = ""
 ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:

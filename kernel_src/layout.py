@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SpecError
+from .errors import SpecError, SubmissionFormatError
 
 LAYOUT_NAMES = ("auto", "severstal-wide", "severstal-long", "custom")
 IMAGE_IDS = ("file", "stem")
@@ -55,10 +55,6 @@ CUSTOM_KEYS = (
 RLE_STARTS = ("absolute", "relative")
 _WIDE_HEADER = ("ImageId_ClassId", "EncodedPixels")
 _LONG_HEADER = ("ImageId", "ClassId", "EncodedPixels")
-
-
-class SubmissionFormatError(ValueError):
-    """A sample submission (or a submission being scored) does not have the configured layout."""
 
 
 @dataclass(frozen=True)

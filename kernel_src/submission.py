@@ -50,8 +50,8 @@ from typing import NamedTuple, TextIO
 
 import pandas as pd
 
+from .errors import SubmissionFormatError
 from .layout import Layout, SubmissionSpec, resolve
-from .layout import SubmissionFormatError as SubmissionFormatError  # its home is kernel_src.layout
 from .rle import from_relative, to_relative, union
 
 WIDE_COLUMNS = ("ImageId_ClassId", "EncodedPixels")

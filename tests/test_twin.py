@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bundler.build.wheels import interpreter
-from bundler.build.wheels.interpreter import TargetPython, TargetPythonError, find_target_python
+from bundler.build.wheels.interpreter import TargetPython, find_target_python
 from bundler.build.wheels.target import target_env
 from bundler.config import TargetConfig
 from bundler.dryrun import twin
@@ -24,7 +24,7 @@ from bundler.dryrun.twin import (
     pypi_version,
     twins_dir,
 )
-from bundler.errors import DryRunError
+from bundler.errors import DryRunError, TargetPythonError
 from tests.wheelhouse import make_wheel, write_baseline
 
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"

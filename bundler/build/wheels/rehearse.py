@@ -23,7 +23,7 @@ from pathlib import Path
 from bundler.build.wheels import interpreter
 from bundler.build.wheels.baseline import Baseline, is_protected
 from bundler.build.wheels.target import TargetEnv
-from bundler.errors import WheelsError
+from bundler.errors import TargetPythonError, WheelsError
 from bundler.sandbox import isolated_argv, probe
 
 SKIP_ENV = "BUNDLER_SKIP_REHEARSAL"
@@ -42,7 +42,7 @@ def find_target_python(version: str) -> tuple[str, str] | None:
     (`bundler.build.wheels.interpreter` looks in BUNDLER_TARGET_PYTHON, PATH, pyenv and uv)."""
     try:
         found = interpreter.find_target_python(version)
-    except interpreter.TargetPythonError as e:
+    except TargetPythonError as e:
         raise WheelsError(f"{e} (or set {SKIP_ENV}=1 to skip the rehearsal)") from None
     return None if found is None else (found.path, found.version)
 

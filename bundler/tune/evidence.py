@@ -1,11 +1,12 @@
 """From the cache and the labels: the ensemble's probabilities, and every candidate's Dice per pair.
 
 `ensemble(cache, plan, rows)` rebuilds what the engine's `Predictor` computes for those images:
-each segmenter's views merged (its `tta_merge`, by the engine's `kernel_src.tta.merge`), resized to the image size (bilinear, as the
-engine), averaged over segmenters with their weights, a segmenter whose output held NaN for an
-image left out of that image (weights renormalised); an image every segmenter failed, or one
-that could not be read, has no prediction (`failed`). `gate_probs` is the classifiers' weighted
-mean, NaN dropped per image; an image every classifier gave NaN for passes every gate.
+each segmenter's views merged (its `tta_merge`, by the engine's own `kernel_src.tta.merge`),
+resized to the image size (bilinear, as the engine), averaged over segmenters with their weights,
+a segmenter whose output held NaN for an image left out of that image (weights renormalised); an
+image every segmenter failed, or one that could not be read, has no prediction (`failed`).
+`gate_probs` is the classifiers' weighted mean, NaN dropped per image; an image every classifier
+gave NaN for passes every gate.
 
 `build_evidence` then computes, once per image and class, for every pixel threshold of the grid:
 the 8-connected components of the thresholded map (the engine's `cv2.connectedComponentsWithStats`)

@@ -30,6 +30,23 @@ SLUG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9-]*$")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # bundle.name and each model's name (fullmatch)
 PYTHON_VERSION = re.compile(r"3\.\d+")  # target.python, e.g. "3.12" (fullmatch)
 DRYRUN_RUNTIMES = ("image", "local")  # dryrun.runtime, `bundler dry-run --runtime`
+# Kaggle's rules for names, checked here and again on kernel-metadata.json (bundler.notebook.kernel_metadata)
+KERNEL_NAME_MIN = 5  # a notebook's title and the slug of its id: at least this many characters
+DATASET_NAME_CHARS = (6, 50)  # a dataset's title and the slug of its id: this many characters, ends included
+_DATASET_CHARS = f"{DATASET_NAME_CHARS[0]} to {DATASET_NAME_CHARS[1]}"
+KAGGLE_DIR = Path("build", "kaggle")  # what bundler keeps of its Kaggle rounds, beside bundle.toml
+_RUN_FOLDER = re.compile(r"v(\d+)")  # a kernel version's downloaded outputs: build/kaggle/v<N>/
+
+
+def kaggle_run_dir(root: Path, version: int) -> Path:
+    """Where kernel version `version`'s outputs are downloaded: `build/kaggle/v<N>/` of the project `root`."""
+    return root / KAGGLE_DIR / f"v{version}"
+
+
+def kaggle_run_dirs(root: Path) -> dict[int, Path]:
+    """Every `build/kaggle/v<N>/` folder of the project `root`, by N."""
+    folders = (root / KAGGLE_DIR).glob("v*")
+    return {int(m.group(1)): p for p in folders if (m := _RUN_FOLDER.fullmatch(p.name)) and p.is_dir()}
 
 
 @dataclass(frozen=True)
@@ -148,9 +165,9 @@ class DatasetConfig:
             "the Kaggle dataset carrying wheels and weights.",
             _owner_slug("dataset that carries the wheels and weights"),
             Rule(
-                lambda v: 6 <= len(v.split("/")[1]) <= 50,
-                "{key} slug {slug!r} must be 6 to 50 characters (Kaggle's rule)",
-                "slug 6 to 50 characters",
+                lambda v: DATASET_NAME_CHARS[0] <= len(v.split("/")[1]) <= DATASET_NAME_CHARS[1],
+                "{key} slug {slug!r} must be " + _DATASET_CHARS + " characters (Kaggle's rule)",
+                f"slug {_DATASET_CHARS} characters",
             ),
         )
     )
@@ -158,9 +175,9 @@ class DatasetConfig:
         metadata=_key(
             "the dataset's title.",
             Rule(
-                lambda v: 6 <= len(v) <= 50,
-                "{key} = {value!r} must be 6 to 50 characters (Kaggle's rule)",
-                "6 to 50 characters",
+                lambda v: DATASET_NAME_CHARS[0] <= len(v) <= DATASET_NAME_CHARS[1],
+                "{key} = {value!r} must be " + _DATASET_CHARS + " characters (Kaggle's rule)",
+                f"{_DATASET_CHARS} characters",
             ),
         )
     )
@@ -230,15 +247,18 @@ class KernelConfig:
     notebook with internet on)."""
 
     id: str = field(
-        metadata=_key("the notebook on Kaggle (Kaggle wants a slug of at least 5 characters).", _owner_slug("notebook"))
+        metadata=_key(
+            f"the notebook on Kaggle (Kaggle wants a slug of at least {KERNEL_NAME_MIN} characters).",
+            _owner_slug("notebook"),
+        )
     )
     title: str = field(
         metadata=_key(
             "the notebook's title.",
             Rule(
-                lambda v: len(v) >= 5,
-                "{key} = {value!r} must be at least 5 characters (Kaggle's rule)",
-                "at least 5 characters",
+                lambda v: len(v) >= KERNEL_NAME_MIN,
+                "{key} = {value!r} must be at least " + str(KERNEL_NAME_MIN) + " characters (Kaggle's rule)",
+                f"at least {KERNEL_NAME_MIN} characters",
             ),
         )
     )

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from .errors import SpecError
+from .errors import SpecError, SubmissionFormatError
 from .settings import setting
 
 AUTO, CUSTOM = "auto", "custom"  # the two values of submission.layout that are not a preset's name
@@ -57,10 +57,6 @@ CUSTOM_KEYS = (
     "rows",
 )
 RLE_STARTS = ("absolute", "relative")
-
-
-class SubmissionFormatError(ValueError):
-    """A sample submission (or a submission being scored) does not have the configured layout."""
 
 
 @dataclass(frozen=True)

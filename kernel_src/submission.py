@@ -41,8 +41,8 @@ from typing import NamedTuple, TextIO
 
 import pandas as pd
 
+from .errors import SubmissionFormatError as SubmissionFormatError  # its home is kernel_src.errors
 from .layout import AUTO, LABELS, PRESETS, Layout, SubmissionSpec, accepted, resolve
-from .layout import SubmissionFormatError as SubmissionFormatError  # its home is kernel_src.layout
 from .layout import class_number as class_number  # its home is kernel_src.layout
 from .rle import from_relative, to_relative, union
 

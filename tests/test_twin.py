@@ -21,10 +21,10 @@ from bundler.dryrun.twin import (
     pypi_version,
     twins_dir,
 )
-from bundler.errors import DryRunError
+from bundler.errors import DryRunError, TargetPythonError
 from bundler.target import interpreter
 from bundler.target.env import target_env
-from bundler.target.interpreter import TargetPython, TargetPythonError, find_target_python
+from bundler.target.interpreter import TargetPython, find_target_python
 from tests.wheelhouse import make_wheel, write_baseline
 
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -177,11 +177,6 @@ def _architecture(entry: ModelEntry) -> str:
     return get_kind(entry.spec.kind).describe(entry.spec)
 
 
-def read_state_dict(path: Path, name: str, key: str) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, unwrapped from a training checkpoint when needed."""
-    return read_checkpoint(path, name, key)[0]
-
-
 def read_checkpoint(
     path: Path, name: str, key: str, checkpoint_key: str = ""
 ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:

@@ -57,6 +57,7 @@ from bundler.dryrun.verdict import Facts, judge, problem_summary, resources_agai
 from bundler.errors import DryRunError
 from bundler.sandbox import Isolation, probe
 from bundler.scoring import mask_shapes, score_run, submission_breakdown
+from kernel_src.paths import PROFILE_FILE, SUBMISSION_FILE
 from kernel_src.profiler import folder_bytes, format_bytes
 from kernel_src.submission import SampleSubmission, read_csv_strings
 
@@ -122,7 +123,7 @@ def _execute(
             engine=runtime.engine,
             env={"TMPDIR": str(kernel_tmp), "JUPYTER_PATH": jupyter_path},
         )
-        for name in ("submission.csv", "profile.json"):
+        for name in (SUBMISSION_FILE, PROFILE_FILE):
             if (tree.working / name).is_file():
                 shutil.copyfile(tree.working / name, out / name)
         return execution, folder_bytes(tree.working)
@@ -249,8 +250,8 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
     console.print(f"runtime: {escape(runtime.describe())}: {escape(runtime.detail)}")
     execution, working_bytes = _execute(cfg, inputs, executed, isolation, console, runtime)
     cell_id = _cell_id(executed, execution.cell)
-    profile = _read_json(stage / "profile.json")
-    submission = stage / "submission.csv"
+    profile = _read_json(stage / PROFILE_FILE)
+    submission = stage / SUBMISSION_FILE
     incomplete = "" if not submission.is_file() else _complete(submission, inputs.sample)
     if execution.ok and not submission.is_file():
         incomplete = "the notebook ran but wrote no submission.csv"

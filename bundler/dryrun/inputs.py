@@ -30,13 +30,8 @@ from bundler.errors import DryRunError, ManifestError, RenderError
 from bundler.scoring import mask_shapes
 from kernel_src import rle
 from kernel_src.bundle import kernel_src_hash
-from kernel_src.submission import (
-    SampleSubmission,
-    SubmissionFormatError,
-    masks_by_image,
-    read_mask_rows,
-    read_sample_submission,
-)
+from kernel_src.errors import SubmissionFormatError
+from kernel_src.submission import SampleSubmission, masks_by_image, read_mask_rows, read_sample_submission
 
 RENDER = "run `bundler render-notebook`"
 

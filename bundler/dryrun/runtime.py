@@ -33,8 +33,8 @@ from rich.console import Console
 
 from bundler.config import DRYRUN_RUNTIMES, BundleConfig
 from bundler.dryrun.twin import ensure_twin, plan_twin
-from bundler.errors import BundlerError, DryRunError
-from bundler.target import TargetPythonError, find_target_python, how_to_get, target_env
+from bundler.errors import BundlerError, DryRunError, TargetPythonError
+from bundler.target import find_target_python, how_to_get, target_env
 
 RUNTIMES = DRYRUN_RUNTIMES
 ENGINE_PAPERMILL = "papermill"

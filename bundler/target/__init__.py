@@ -6,7 +6,7 @@ resolved against it with uv. Used by the dataset, dry-run and remote stages; imp
 from bundler.target.baseline import Baseline, Pin, baseline_path, is_protected, load_baseline, parse_freeze
 from bundler.target.baseline_sources import MadeBaseline, from_sources_command
 from bundler.target.env import TargetEnv, target_env
-from bundler.target.interpreter import TargetPython, TargetPythonError, find_target_python, how_to_get
+from bundler.target.interpreter import TargetPython, find_target_python, how_to_get
 from bundler.target.resolve import REQUESTED, Resolved, parse_requirements, resolve, uv_command
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "Resolved",
     "TargetEnv",
     "TargetPython",
-    "TargetPythonError",
     "baseline_path",
     "find_target_python",
     "from_sources_command",

@@ -46,8 +46,10 @@ from bundler.tune.plan import (
     recommend,
 )
 from bundler.tune.report import write_tune_report
+from kernel_src.errors import SubmissionFormatError
+from kernel_src.paths import PROFILE_FILE
 from kernel_src.spec import InferenceSpec
-from kernel_src.submission import SubmissionFormatError, read_masks, read_sample_submission
+from kernel_src.submission import read_masks, read_sample_submission
 
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))  # 0.30 .. 0.80
 MIN_COMPONENTS = (0, 10, 30, 100, 200, 400, 800, 1600)
@@ -196,7 +198,7 @@ def full_plan(spec: InferenceSpec) -> Plan:
 
 
 def _costs(cfg: BundleConfig, cache: HoldoutCache) -> tuple[Costs, Calibration]:
-    profile_path = cfg.dryrun.out / "profile.json"
+    profile_path = cfg.dryrun.out / PROFILE_FILE
     profile: dict[str, Any] | None = None
     if profile_path.is_file():
         try:

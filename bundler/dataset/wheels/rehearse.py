@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundler.errors import WheelsError
+from bundler.errors import TargetPythonError, WheelsError
 from bundler.sandbox import isolated_argv, probe
 from bundler.target import Baseline, TargetEnv, interpreter, is_protected
 
@@ -40,7 +40,7 @@ def find_target_python(version: str) -> tuple[str, str] | None:
     (`bundler.target.interpreter` looks in BUNDLER_TARGET_PYTHON, PATH, pyenv and uv)."""
     try:
         found = interpreter.find_target_python(version)
-    except interpreter.TargetPythonError as e:
+    except TargetPythonError as e:
         raise WheelsError(f"{e} (or set {SKIP_ENV}=1 to skip the rehearsal)") from None
     return None if found is None else (found.path, found.version)
 

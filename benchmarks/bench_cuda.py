@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from kernel_src.models import build_model
+from kernel_src.paths import SUBMISSION_FILE
 from kernel_src.spec import InferenceSpec, ModelSpec
 
 from .bench_pipeline import compare_submissions
@@ -130,7 +131,7 @@ def bench_cuda(
             used = len(visible.split(",")) if device == "cuda" else 0
             out = root / f"out-{precision}-{used}"
             report = measure(spec, bundle, images, out, torch.get_num_threads(), env)
-            first = first or (report, out / "submission.csv")
+            first = first or (report, out / SUBMISSION_FILE)
             rate = float(report["per_image_s"])
             per_image[(precision, used)] = rate
             minutes = (float(report["fixed_s"]) + HIDDEN_IMAGES * rate) / 60

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler.demo.synthetic import SyntheticSet
+from kernel_src.paths import SUBMISSION_FILE
 from kernel_src.spec import InferenceSpec
 
 from .naive import NaiveResult, run_naive
@@ -86,7 +87,7 @@ def compare_once(
     """Ours then naive on the same inputs; raises when their submissions differ."""
     ours_s, profile = run_ours(spec, bundle, images, out / "ours")
     naive = _naive(spec, bundle, images, out / "naive")
-    rows, differ, same_bytes = compare_submissions(out / "ours" / "submission.csv", naive.submission_path)
+    rows, differ, same_bytes = compare_submissions(out / "ours" / SUBMISSION_FILE, naive.submission_path)
     if differ:
         raise AssertionError(
             f"pipeline_vs_naive (gating {spec.gating.mode}): {differ} of {rows} submission rows differ between "

@@ -103,8 +103,8 @@ def _bundler_command() -> list[str]:
 
 
 def bench_rebuild(*, quick: bool, tiny: bool = False) -> BenchResult:
-    from bundler.build.dataset_folder import build_dataset
     from bundler.config import load_config
+    from bundler.dataset.dataset_folder import build_dataset
 
     result = BenchResult("noop_rebuild_s")
     with tempfile.TemporaryDirectory(prefix="bench-rebuild-") as tmp:

@@ -76,7 +76,7 @@ def main() -> None:
 @_reports_errors
 def build(config_path: Path, out: Path | None, no_index: bool, force: bool) -> None:
     """Vendor the wheels the Kaggle image lacks and the model weights into one dataset folder."""
-    from bundler.build import build_dataset
+    from bundler.dataset import build_dataset
 
     cfg = load_config(config_path)
     if out is not None:
@@ -132,8 +132,7 @@ def dry_run_cmd(
     runtime: str | None,
 ) -> None:
     """Run the rendered notebook here, offline and timed; project it to the hidden test set."""
-    from bundler.dryrun import dry_run
-    from bundler.dryrun.inputs import labels_of_the_set
+    from bundler.dryrun import dry_run, labels_of_the_set
 
     cfg = load_config(config_path)
     if test_dir is not None and labels is None:
@@ -230,7 +229,7 @@ def baseline() -> None:
 @_reports_errors
 def baseline_from_sources(**opts: Any) -> None:
     """Make a baseline from the public files the image is built from (reaches PyPI; for maintainers)."""
-    from bundler.build.wheels.baseline_sources import from_sources_command
+    from bundler.target import from_sources_command
 
     from_sources_command(opts, sys.argv, console=console)
 
@@ -316,7 +315,7 @@ def submit_cmd(
 @_reports_errors
 def baseline_capture(config_path: Path, poll_s: float | None, timeout_s: float | None) -> None:
     """Run a tiny internet-off notebook on Kaggle that records the image's Python and pip freeze."""
-    from bundler.remote.baseline import capture
+    from bundler.remote import capture
 
     capture(load_config(config_path), console=console, poll_s=poll_s, timeout_s=timeout_s)
 
@@ -328,7 +327,7 @@ def baseline_capture(config_path: Path, poll_s: float | None, timeout_s: float |
 @_reports_errors
 def baseline_diff(old: str, new: str, config_path: Path) -> None:
     """What changed between two baselines (shipped names or files), and what it means for the bundle."""
-    from bundler.remote.baseline import diff
+    from bundler.remote import diff
 
     cfg = load_config(config_path) if config_path.is_file() else None
     if cfg is None:

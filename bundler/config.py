@@ -1,22 +1,28 @@
 """`bundle.toml` -> typed, frozen, validated objects. Every error names the key and the fix.
 
-Relative paths in `bundle.toml` are resolved against the folder that holds it.
+Each key is declared once, as a dataclass field: its default, its help and the rules its value
+must meet sit with the field (`_key`; kernel_src.settings.setting for the kernel's `[inference]`,
+`[submission]` and model settings). `_read` reads any table from those declarations, and
+bundler.config_reference writes docs/config.md from them. Relative paths in `bundle.toml` are
+resolved against the folder that holds it.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, get_args, get_origin, get_type_hints
 
 from bundler.display import shown_path
 from bundler.errors import ConfigError
 from kernel_src.errors import SpecError
 from kernel_src.layout import SubmissionSpec
-from kernel_src.spec import CLS_KINDS, PREPROCESS_SUFFIX, RENAMED_SETTINGS, SEG_KINDS, InferenceSpec, ModelSpec
+from kernel_src.model_kinds import MODEL_KINDS, kinds_for
+from kernel_src.settings import found, missing_value, setting, settings, typed, wrong
+from kernel_src.spec import PREPROCESS_SUFFIX, RENAMED_SETTINGS, InferenceSpec, ModelSpec
 
 DEFAULT_CONFIG = Path("bundle.toml")
 # The one home of these patterns (the wheels' target reads PYTHON_VERSION from here).
@@ -24,95 +30,324 @@ SLUG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9-]*$")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # bundle.name and each model's name (fullmatch)
 PYTHON_VERSION = re.compile(r"3\.\d+")  # target.python, e.g. "3.12" (fullmatch)
 DRYRUN_RUNTIMES = ("image", "local")  # dryrun.runtime, `bundler dry-run --runtime`
+# Kaggle's rules for names, checked here and again on kernel-metadata.json (bundler.notebook.kernel_metadata)
+KERNEL_NAME_MIN = 5  # a notebook's title and the slug of its id: at least this many characters
+DATASET_NAME_CHARS = (6, 50)  # a dataset's title and the slug of its id: this many characters, ends included
+_DATASET_CHARS = f"{DATASET_NAME_CHARS[0]} to {DATASET_NAME_CHARS[1]}"
+KAGGLE_DIR = Path("build", "kaggle")  # what bundler keeps of its Kaggle rounds, beside bundle.toml
+_RUN_FOLDER = re.compile(r"v(\d+)")  # a kernel version's downloaded outputs: build/kaggle/v<N>/
+
+
+def kaggle_run_dir(root: Path, version: int) -> Path:
+    """Where kernel version `version`'s outputs are downloaded: `build/kaggle/v<N>/` of the project `root`."""
+    return root / KAGGLE_DIR / f"v{version}"
+
+
+def kaggle_run_dirs(root: Path) -> dict[int, Path]:
+    """Every `build/kaggle/v<N>/` folder of the project `root`, by N."""
+    folders = (root / KAGGLE_DIR).glob("v*")
+    return {int(m.group(1)): p for p in folders if (m := _RUN_FOLDER.fullmatch(p.name)) and p.is_dir()}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A condition a key's value must meet: `test(value)`; else the error `message` (formatted with
+    `key`, `value` and `slug`, the part after the value's '/'); `text`: the condition in the reference."""
+
+    test: Callable[[Any], bool]
+    message: str
+    text: str
+
+
+def _key(
+    help: str,  # nbclient's word for it
+    *rules: Rule,
+    shown: str | None = None,
+    missing: Any = MISSING,
+    resolve: Callable[[Path, str], Any] | None = None,
+) -> dict[str, Any]:
+    """A bundle.toml key's metadata: kernel_src.settings.setting's, the rules its value must meet (in
+    order), and `resolve(root, value)` where the field holds neither the string nor a path against root."""
+    return {**setting(help, shown=shown, missing=missing), "rules": rules, "resolve": resolve}
+
+
+def _positive(message: str) -> Rule:
+    return Rule(lambda v: v > 0, message, "> 0")
+
+
+def _baseline(root: Path, value: str) -> str:
+    """A shipped baseline's name stays a name; anything that looks like a path is resolved."""
+    if "/" in value or "\\" in value or value.endswith(".txt"):
+        return str(_path(root, value))
+    return value
+
+
+def _owner_slug(what: str) -> Rule:
+    """An id on Kaggle: "owner/slug"."""
+    message = f"{{key}} = {{value!r}} must be 'owner/slug', the {what} on Kaggle"
+    return Rule(lambda v: bool(SLUG_ID.match(v)), message, "`owner/slug`")
+
+
+_NAME_RULE = Rule(
+    lambda v: bool(NAME.fullmatch(v)),
+    "{key} = {value!r}: a short name of letters, digits, '_', '.', '-' is required",
+    "letters, digits, `_`, `.`, `-`",
+)
+_GB = _positive("{key} = {value!r} must be a positive number of GB")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A model as the user declares it: where their checkpoint is, and its kernel spec."""
+    """A model as the user declares it: where their checkpoint is, and its kernel spec. The fields
+    declared with `_key` are the model table's keys beside ModelSpec's."""
 
     role: str  # "classifier" | "segmenter"
-    checkpoint: Path  # the user's file: state dict, training checkpoint or TorchScript
-    fp16: bool  # store the weights as float16 in the bundle
+    checkpoint: Path = field(
+        metadata=_key(
+            "your weights file: a state dict, a training checkpoint or TorchScript.",
+            Rule(bool, "{key} is required: the path of the trained weights", ""),
+        )
+    )
+    fp16: bool = field(metadata=_key("store the weights as float16 in the bundle.", missing=False))
     spec: ModelSpec  # `spec.file` is its file inside the (flat) bundle folder: <name>.<ext>
-    checkpoint_key: str = ""  # the checkpoint's key whose tensors ship (e.g. "model_ema"); "": found by the build
-    preprocess: Path | None = None  # the user's albumentations pipeline file (A.save), translated by the build
+    checkpoint_key: str = field(
+        default="",
+        metadata=_key(
+            'the key of a training checkpoint whose tensors ship, e.g. `"model_ema"`, `"ema"`, '
+            '`"state_dict_ema"`, `"ema_shadow"`, `"swa_model"`.',
+            shown="found by the build",
+        ),
+    )
+    preprocess: Path | None = field(
+        default=None,
+        metadata=_key(
+            "the model's albumentations validation pipeline as `A.save` wrote it (`.json` or `.yaml`), translated "
+            'by the build; replaces `input_size`, `mean` and `std` (setting both is refused). See "Preprocessing '
+            'as trained" in the README.',
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class CompetitionConfig:
-    slug: str = "severstal-steel-defect-detection"
-    sample_submission: str = "sample_submission.csv"  # file name looked for under /kaggle/input
-    test_images: str = "test_images"  # folder name looked for under /kaggle/input
-    hidden_test_images: int = 5506  # size of the scored rerun's test set, for the projection
-    time_limit_s: float = 3600.0  # the competition's notebook limit
+    """The competition the notebook is for."""
+
+    slug: str = field(
+        default="severstal-steel-defect-detection",
+        metadata=_key("the competition; its data is found under `/kaggle/input` at run time, wherever it is mounted."),
+    )
+    sample_submission: str = field(
+        default="sample_submission.csv", metadata=_key("file name looked for under `/kaggle/input`.")
+    )
+    test_images: str = field(default="test_images", metadata=_key("folder name looked for under `/kaggle/input`."))
+    hidden_test_images: int = field(
+        default=5506,
+        metadata=_key(
+            "images on the scored rerun, for the projection.",
+            _positive("{key} must be a positive count of images"),
+        ),
+    )
+    time_limit_s: float = field(
+        default=3600.0,
+        metadata=_key(
+            "the competition's notebook limit in seconds.",
+            Rule(lambda v: not v <= 0, "{key} must be positive seconds", "> 0"),
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    id: str  # "owner/slug" of the Kaggle dataset that carries wheels and weights
-    title: str
-    license: str = "CC0-1.0"
-    private: bool = True
-    out: Path = Path("build/dataset")
+    """The Kaggle dataset that carries the wheels and weights."""
+
+    id: str = field(
+        metadata=_key(
+            "the Kaggle dataset carrying wheels and weights.",
+            _owner_slug("dataset that carries the wheels and weights"),
+            Rule(
+                lambda v: DATASET_NAME_CHARS[0] <= len(v.split("/")[1]) <= DATASET_NAME_CHARS[1],
+                "{key} slug {slug!r} must be " + _DATASET_CHARS + " characters (Kaggle's rule)",
+                f"slug {_DATASET_CHARS} characters",
+            ),
+        )
+    )
+    title: str = field(
+        metadata=_key(
+            "the dataset's title.",
+            Rule(
+                lambda v: DATASET_NAME_CHARS[0] <= len(v) <= DATASET_NAME_CHARS[1],
+                "{key} = {value!r} must be " + _DATASET_CHARS + " characters (Kaggle's rule)",
+                f"{_DATASET_CHARS} characters",
+            ),
+        )
+    )
+    license: str = field(default="CC0-1.0", metadata=_key("recorded in `dataset-metadata.json`."))
+    private: bool = field(
+        default=True,
+        metadata=_key(
+            "recorded in `dataset-metadata.json`; the CLI's `create` makes a dataset public only with `--public`."
+        ),
+    )
+    out: Path = field(default=Path("build/dataset"), metadata=_key("the dataset folder."))
 
 
 @dataclass(frozen=True)
 class TargetConfig:
-    python: str = "3.12"
-    platforms: tuple[str, ...] = (
-        "manylinux_2_35_x86_64",
-        "manylinux_2_34_x86_64",
-        "manylinux_2_28_x86_64",
-        "manylinux_2_27_x86_64",
-        "manylinux_2_26_x86_64",
-        "manylinux_2_24_x86_64",
-        "manylinux_2_17_x86_64",
-        "manylinux2014_x86_64",
-        "linux_x86_64",
+    """The Kaggle image the bundle is for."""
+
+    python: str = field(
+        default="3.12",
+        metadata=_key(
+            "the image's Python.",
+            Rule(lambda v: bool(PYTHON_VERSION.fullmatch(v)), "{key} = {value!r} must look like '3.12'", "like `3.12`"),
+        ),
     )
-    baseline: str = "kaggle-2026-08-12"  # a name shipped under bundler/build/wheels/baselines/, or a path
-    requirements: tuple[str, ...] = ("segmentation-models-pytorch",)
-    find_links: tuple[Path, ...] = ()  # local wheelhouses searched before the index
-    wheelhouse: Path = Path("wheels")  # the local wheelhouse: cached downloads, and wheels you drop there
-    no_index: bool = False  # True: never reach an index (local wheelhouses only)
+    platforms: tuple[str, ...] = field(
+        default=(
+            "manylinux_2_35_x86_64",
+            "manylinux_2_34_x86_64",
+            "manylinux_2_28_x86_64",
+            "manylinux_2_27_x86_64",
+            "manylinux_2_26_x86_64",
+            "manylinux_2_24_x86_64",
+            "manylinux_2_17_x86_64",
+            "manylinux2014_x86_64",
+            "linux_x86_64",
+        ),
+        metadata=_key("wheel tags accepted."),
+    )
+    baseline: str = field(
+        default="kaggle-2026-08-12",
+        metadata=_key(
+            "what the image already has: a baseline shipped in `bundler/target/baselines/`, or the path of "
+            "your own `pip freeze --all` file (see the README's baselines).",
+            resolve=_baseline,
+        ),
+    )
+    requirements: tuple[str, ...] = field(
+        default=("segmentation-models-pytorch",),
+        metadata=_key("what the notebook needs; the build vendors their whole closure minus the baseline."),
+    )
+    find_links: tuple[Path, ...] = field(default=(), metadata=_key("local wheelhouses searched before the index."))
+    wheelhouse: Path = field(
+        default=Path("wheels"),
+        metadata=_key(
+            "the local wheelhouse: the build's wheel cache, and the wheels you drop there to ship them (see the "
+            'README\'s "Your own wheels").'
+        ),
+    )
+    no_index: bool = field(
+        default=False, metadata=_key("`true`: never reach an index (same as `bundler build --no-index`).")
+    )
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    id: str
-    title: str
-    notebook: Path = Path("build/inference.ipynb")
-    metadata: Path = Path("kernel-metadata.json")
-    enable_gpu: bool = True
-    machine_shape: str = "NvidiaTeslaT4"
+    """The notebook on Kaggle. `enable_internet` is always written `false` (a code competition refuses a
+    notebook with internet on)."""
+
+    id: str = field(
+        metadata=_key(
+            f"the notebook on Kaggle (Kaggle wants a slug of at least {KERNEL_NAME_MIN} characters).",
+            _owner_slug("notebook"),
+        )
+    )
+    title: str = field(
+        metadata=_key(
+            "the notebook's title.",
+            Rule(
+                lambda v: len(v) >= KERNEL_NAME_MIN,
+                "{key} = {value!r} must be at least " + str(KERNEL_NAME_MIN) + " characters (Kaggle's rule)",
+                f"at least {KERNEL_NAME_MIN} characters",
+            ),
+        )
+    )
+    notebook: Path = field(default=Path("build/inference.ipynb"), metadata=_key("the rendered notebook."))
+    metadata: Path = field(
+        default=Path("kernel-metadata.json"), metadata=_key("`kernel-metadata.json` (the folder you push from).")
+    )
+    enable_gpu: bool = field(default=True, metadata=_key("run the notebook with a GPU."))
+    machine_shape: str = field(default="NvidiaTeslaT4", metadata=_key("Kaggle's machine shape."))
 
 
 @dataclass(frozen=True)
 class DryRunConfig:
-    test_dir: Path | None = None
-    sample_submission: Path | None = None
-    labels: Path | None = None
-    out: Path = Path("build/dryrun")
-    time_budget_s: float | None = None  # None: the inference budget
-    calibration: float | None = None  # seconds on Kaggle per second here (e.g. 0.1 on a T4)
-    calibration_profile: Path | None = None  # a profile.json from a real Kaggle run
-    runtime: str | None = None  # "image" (a twin of the Kaggle image) | "local"; None: image where one can be made
+    """`bundler dry-run`'s inputs and outputs; CLI flags override them."""
+
+    test_dir: Path | None = field(default=None, metadata=_key("a local test set's images (`--test-dir`).", shown=""))
+    sample_submission: Path | None = field(
+        default=None, metadata=_key("its sample submission (`--sample-submission`).", shown="")
+    )
+    labels: Path | None = field(
+        default=None,
+        metadata=_key(
+            "its labels, in the long train.csv form, or in the `[submission]` layout when one is named; optional, "
+            "enables the score (`--labels`).",
+            shown="",
+        ),
+    )
+    out: Path = field(default=Path("build/dryrun"), metadata=_key("the dry-run's folder."))
+    time_budget_s: float | None = field(
+        default=None, metadata=_key("the dry-run's budget (`--time-budget`).", shown="the inference budget")
+    )
+    calibration: float | None = field(
+        default=None,
+        metadata=_key(
+            "Kaggle seconds per local second, e.g. 0.1 on a T4 (`--calibration`).",
+            Rule(
+                lambda v: not v <= 0,
+                "{key} must be a positive factor (Kaggle seconds per local second)",
+                "> 0",
+            ),
+            shown="none",
+        ),
+    )
+    calibration_profile: Path | None = field(
+        default=None, metadata=_key("a `profile.json` from a real Kaggle run (`--calibrate`).", shown="none")
+    )
+    runtime: str | None = field(
+        default=None,
+        metadata=_key(
+            "`image`: the twin of the Kaggle image; `local`: the Python bundler runs from (`--runtime`).",
+            Rule(
+                lambda v: v in DRYRUN_RUNTIMES,
+                f"{{key}} = {{value!r}} must be one of {', '.join(DRYRUN_RUNTIMES)} "
+                "(image: a twin of the Kaggle image; local: this Python, quick)",
+                "one of " + ", ".join(f'`"{r}"`' for r in DRYRUN_RUNTIMES),
+            ),
+            shown="`image` where a Python of `target.python` is found, else `local`, said in one line",
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class MachineConfig:
     """The target machine's limits the dry-run holds a run to (GB = 10^9 bytes; the low end of what
-    Kaggle reports: a run over any of them is "Notebook Exceeded Allowed Compute", a zero)."""
+    Kaggle reports for the default "T4 x2" machine: a run over any of them is "Notebook Exceeded
+    Allowed Compute", a zero)."""
 
-    ram_gb: float = 29.0  # RAM of the notebook's machine (Kaggle reports 29-32 GB)
-    gpu_memory_gb: float = 15.0  # usable memory of EACH GPU (a T4 has 16 GB, about 15 usable)
-    working_disk_gb: float = 20.0  # what /kaggle/working keeps
+    ram_gb: float = field(
+        default=29.0,
+        metadata=_key("RAM (Kaggle reports 29-32 GB); compared with the notebook process's peak resident memory.", _GB),
+    )
+    gpu_memory_gb: float = field(
+        default=15.0,
+        metadata=_key(
+            "usable memory of EACH GPU (a T4 has 16 GB, about 15 usable); compared with torch's peak per device.",
+            _GB,
+        ),
+    )
+    working_disk_gb: float = field(
+        default=20.0, metadata=_key("what `/kaggle/working` keeps; compared with the bytes written there.", _GB)
+    )
 
 
 @dataclass(frozen=True)
 class BundleConfig:
+    """The whole bundle.toml. `name` is `[bundle] name`."""
+
     root: Path  # folder holding bundle.toml; relative paths are resolved against it
-    name: str
+    name: str = field(metadata=_key("written to `bundle.json` and matched by the notebook.", _NAME_RULE))
     competition: CompetitionConfig
     dataset: DatasetConfig
     target: TargetConfig
@@ -124,138 +359,141 @@ class BundleConfig:
     source: str = DEFAULT_CONFIG.name  # the file read, as shown to the user: errors name it, not "bundle.toml"
 
 
-_Scalar = TypeVar("_Scalar", int, float, bool, str)
-_WANTED: dict[type, str] = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-_FOUND = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"), (list, "an array"))
+# bundle.toml's tables: [name] -> the dataclass whose settings are its keys (BundleConfig: [bundle] name)
+TABLES: dict[str, type] = {
+    "bundle": BundleConfig,
+    "competition": CompetitionConfig,
+    "dataset": DatasetConfig,
+    "target": TargetConfig,
+    "kernel": KernelConfig,
+    "inference": InferenceSpec,
+    "submission": SubmissionSpec,
+    "dryrun": DryRunConfig,
+    "machine": MachineConfig,
+}
+MODEL_TABLES = {  # [[name]]: (role, the model kinds it may take)
+    "classifiers": ("classifier", kinds_for("classifier")),
+    "segmenters": ("segmenter", kinds_for("segmenter")),
+}
+# [submission] rle_order is inference.rle_order, given in either place
+SUBMISSION_RLE_ORDER = "the same setting as `inference.rle_order` (give it in one place)."
 
 
-def _found(value: Any) -> str:
-    """What a TOML value is, in the words of the TOML spec (a boolean is not reported as an integer)."""
-    for type_, words in _FOUND:
-        if isinstance(value, type_):
-            return words
-    return "a table" if isinstance(value, Mapping) else f"a {type(value).__name__}"
+def table_keys(cls: type) -> dict[str, Field[Any]]:
+    """The keys of the table `cls` declares, by name: its settings, less those the build fills in."""
+    return {f.name: f for f in settings(cls) if not f.metadata["by_build"]}
 
 
-def _wrong_type(key: str, value: Any, wanted: str) -> ConfigError:
-    shown = ("true" if value else "false") if isinstance(value, bool) else repr(value)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return ConfigError(f"{key} = {shown} must be {wanted} (found {_found(value)})")
+def model_keys() -> dict[str, Field[Any]]:
+    """A [[classifiers]] or [[segmenters]] table's keys: ModelSpec's settings, then ModelEntry's."""
+    entry = table_keys(ModelEntry)
+    return {**{k: f for k, f in table_keys(ModelSpec).items() if k not in entry}, **entry}
 
 
-@overload
-def _get(section: str, table: Mapping[str, Any], key: str, type_: type[_Scalar], default: _Scalar) -> _Scalar: ...
-@overload
-def _get(section: str, table: Mapping[str, Any], key: str, type_: type[_Scalar], default: None) -> _Scalar | None: ...
-def _get(section: str, table: Mapping[str, Any], key: str, type_: type[_Scalar], default: Any) -> Any:
-    """`table[key]` if present, else `default`; a value of another type is refused naming `section.key`.
-
-    Integers refuse floats and booleans (TOML's `true` is no count); numbers (`float`) take integers
-    too; booleans refuse the strings "true"/"false"; strings refuse everything else (paths are strings).
-    """
-    if key not in table:
-        return default
-    value = table[key]
-    if type_ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, type_) or (type_ is not bool and isinstance(value, bool)):
-        raise _wrong_type(f"{section}.{key}", value, _WANTED[type_])
-    return value
-
-
-def _get_strings(section: str, table: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    """An array of strings (`requirements = ["pkg==1.0"]`); a bare string is refused, not read per character."""
-    if key not in table:
-        return default
-    value = table[key]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _wrong_type(f"{section}.{key}", value, 'an array of strings, e.g. ["a", "b"]')
-    return tuple(value)
-
-
-def _section(raw: Mapping[str, Any], name: str, known: set[str]) -> dict[str, Any]:
+def _section(raw: Mapping[str, Any], name: str, known: Iterable[str], renamed: Iterable[str] = ()) -> dict[str, Any]:
+    """The table `[name]` of `raw` ({} when absent); a key outside `known` is refused naming them. A
+    `renamed` key passes, for the kernel's spec to name what replaces it (it is not offered as known)."""
     value = raw.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"[{name}] must be a table (found {_found(value)})")
-    unknown = set(value) - known
+        raise ConfigError(f"[{name}] must be a table (found {found(value)})")
+    unknown = set(value) - set(known) - set(renamed)
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigError(f"unknown key {name}.{key}; known keys: {', '.join(sorted(known))}")
     return value
 
 
-def _fields(cls: type) -> set[str]:
-    return set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+def _typed(key: str, value: Any, type_: type) -> Any:
+    """`value` checked against bundle.toml's types: a scalar, a path (a string), an array of strings or paths."""
+    try:
+        if get_origin(type_) is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise wrong(key, value, 'an array of strings, e.g. ["a", "b"]')
+            return tuple(value)
+        return typed(key, value, str if type_ is Path else type_)
+    except SpecError as e:
+        raise ConfigError(f"{e.key} = {e.message}") from None
 
 
-def _path(root: Path, value: str) -> Path:
+def _read(cls: type, section: str, table: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """The values of `cls`'s keys in `table`, by field name: each one typed, held to its rules and
+    resolved (paths against `root`); a missing key takes its default, a required one is read as ""
+    (its rules say what it needs), an optional path given as "" is None."""
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, f in table_keys(cls).items():
+        key, type_ = f"{section}.{name}", hints[name]
+        optional = type(None) in get_args(type_)
+        if optional:  # `X | None`
+            type_ = next(t for t in get_args(type_) if t is not type(None))
+        value = _typed(key, table[name], type_) if name in table else missing_value(f)
+        if value is MISSING:
+            value = ""
+        if value is not None:
+            for rule in f.metadata["rules"]:
+                if not rule.test(value):
+                    slug = value.rpartition("/")[2] if isinstance(value, str) else ""
+                    raise ConfigError(rule.message.format(key=key, value=value, slug=slug))
+        if optional and value == "":
+            value = None
+        values[name] = _resolve(root, value, type_, f.metadata["resolve"])
+    return values
+
+
+def _resolve(root: Path, value: Any, type_: Any, resolve: Callable[[Path, str], Any] | None) -> Any:
+    """A read value as its field holds it: a path (or paths) resolved against `root`, or `resolve`'s."""
+    if value is None:
+        return None
+    if resolve is not None:
+        return resolve(root, value)
+    if type_ is Path:
+        return _path(root, value)
+    if get_args(type_) == (Path, ...):
+        return tuple(_path(root, v) for v in value)
+    return value
+
+
+def _path(root: Path, value: str | Path) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else root / p
 
 
-def _baseline(root: Path, value: str) -> str:
-    """A shipped baseline's name stays a name; anything that looks like a path is resolved."""
-    if "/" in value or "\\" in value or value.endswith(".txt"):
-        return str(_path(root, value))
-    return value
-
-
-def _id(section: str, table: Mapping[str, Any], what: str) -> str:
-    key, text = f"{section}.id", _get(section, table, "id", str, "")
-    if not SLUG_ID.match(text):
-        raise ConfigError(f"{key} = {text!r} must be 'owner/slug', the {what} on Kaggle")
-    return text
-
-
 def _models(raw: Mapping[str, Any], root: Path) -> tuple[ModelEntry, ...]:
     entries: list[ModelEntry] = []
-    for role, table, kinds in (("classifier", "classifiers", CLS_KINDS), ("segmenter", "segmenters", SEG_KINDS)):
+    known = model_keys()
+    by_build = {f.name for f in settings(ModelSpec) if f.metadata["by_build"]} - set(known)
+    for table, (role, kinds) in MODEL_TABLES.items():
         items = raw.get(table, [])
         if not isinstance(items, list):
             raise ConfigError(f"{table} must be an array of tables ([[{table}]])")
         for i, item in enumerate(items):
             key = f"{table}[{i}]"
             if not isinstance(item, dict):
-                raise ConfigError(f"{key} must be a table ([[{table}]]) (found {_found(item)})")
-            data = dict(item)
-            checkpoint = _get(key, data, "checkpoint", str, "")
-            if not checkpoint:
-                raise ConfigError(f"{key}.checkpoint is required: the path of the trained weights")
-            fp16 = _get(key, data, "fp16", bool, False)
-            del data["checkpoint"]
-            data.pop("fp16", None)
-            checkpoint_key = _get(key, data, "checkpoint_key", str, "")
-            preprocess = _get(key, data, "preprocess", str, "")
-            data.pop("checkpoint_key", None)
-            data.pop("preprocess", None)
-            if preprocess:  # the pipeline decides size and normalisation: two sources would disagree
+                raise ConfigError(f"{key} must be a table ([[{table}]]) (found {found(item)})")
+            entry = _read(ModelEntry, key, item, root)
+            data = {k: v for k, v in item.items() if k not in entry}
+            if entry["preprocess"]:  # the pipeline decides size and normalisation: two sources would disagree
                 for clash in ("mean", "std", "input_size"):
                     if clash in data:
                         raise ConfigError(
                             f"{key}.{clash} is set by {key}.preprocess (the albumentations pipeline); remove one"
                         )
-                data["preprocess"] = f"{_get(key, data, 'name', str, '')}{PREPROCESS_SUFFIX}"
-            if "file" in data:
-                raise ConfigError(f"{key}.file is set by the build; give checkpoint instead")
-            name = _get(key, data, "name", str, "")
+                data["preprocess"] = f"{_typed(f'{key}.name', data.get('name', ''), str)}{PREPROCESS_SUFFIX}"
+            for built in sorted(by_build & set(item)):
+                raise ConfigError(f"{key}.{built} is set by the build; give checkpoint instead")
+            unknown = set(item) - set(known)
+            if unknown:
+                raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown setting; known: {sorted(known)}")
+            name = _typed(f"{key}.name", data.get("name", ""), str)
             if not NAME.fullmatch(name):
                 raise ConfigError(f"{key}.name = {name!r}: give each model a name of letters, digits, '_', '.', '-'")
-            ext = "pt" if data.get("kind") == "torchscript" else "safetensors"
-            data["file"] = f"{name}.{ext}"
+            kind = MODEL_KINDS.get(data["kind"]) if isinstance(data.get("kind"), str) else None
+            data["file"] = name + (kind.weights.suffix if kind else "")  # another kind is refused just below
             try:
                 spec = ModelSpec.from_dict(data, key, kinds)
             except SpecError as e:
                 raise ConfigError(f"{e.key}: {e.message}") from None
-            entries.append(
-                ModelEntry(
-                    role=role,
-                    checkpoint=_path(root, checkpoint),
-                    fp16=fp16,
-                    spec=spec,
-                    checkpoint_key=checkpoint_key,
-                    preprocess=_path(root, preprocess) if preprocess else None,
-                )
-            )
+            entries.append(ModelEntry(role=role, spec=spec, **entry))
     return tuple(entries)
 
 
@@ -289,87 +527,26 @@ def parse_config(raw: Mapping[str, Any], root: Path, source: str = DEFAULT_CONFI
 
 
 def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
-    top_known = {
-        "bundle",
-        "competition",
-        "dataset",
-        "target",
-        "kernel",
-        "inference",
-        "classifiers",
-        "segmenters",
-        "dryrun",
-        "submission",
-        "machine",
-    }
-    unknown = set(raw) - top_known
+    known = {*TABLES, *MODEL_TABLES}
+    unknown = set(raw) - known
     if unknown:
-        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(sorted(top_known))}")
+        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(sorted(known))}")
 
-    bundle = _section(raw, "bundle", {"name"})
-    name = _get("bundle", bundle, "name", str, "")
-    if not NAME.fullmatch(name):
-        raise ConfigError(f"bundle.name = {name!r}: a short name of letters, digits, '_', '.', '-' is required")
+    def read(name: str) -> dict[str, Any]:
+        cls = TABLES[name]
+        return _read(cls, name, _section(raw, name, table_keys(cls)), root)
 
-    comp_raw = _section(raw, "competition", _fields(CompetitionConfig))
-    d_comp = CompetitionConfig
-    competition = CompetitionConfig(
-        slug=_get("competition", comp_raw, "slug", str, d_comp.slug),
-        sample_submission=_get("competition", comp_raw, "sample_submission", str, d_comp.sample_submission),
-        test_images=_get("competition", comp_raw, "test_images", str, d_comp.test_images),
-        hidden_test_images=_get("competition", comp_raw, "hidden_test_images", int, d_comp.hidden_test_images),
-        time_limit_s=_get("competition", comp_raw, "time_limit_s", float, d_comp.time_limit_s),
-    )
-    if competition.hidden_test_images < 1:
-        raise ConfigError("competition.hidden_test_images must be a positive count of images")
-    if competition.time_limit_s <= 0:
-        raise ConfigError("competition.time_limit_s must be positive seconds")
-
-    ds = _section(raw, "dataset", _fields(DatasetConfig))
-    dataset = DatasetConfig(
-        id=_id("dataset", ds, "dataset that carries the wheels and weights"),
-        title=_get("dataset", ds, "title", str, ""),
-        license=_get("dataset", ds, "license", str, "CC0-1.0"),
-        private=_get("dataset", ds, "private", bool, True),
-        out=_path(root, _get("dataset", ds, "out", str, "build/dataset")),
-    )
-    if not 6 <= len(dataset.title) <= 50:
-        raise ConfigError(f"dataset.title = {dataset.title!r} must be 6 to 50 characters (Kaggle's rule)")
-    if not 6 <= len(dataset.id.split("/")[1]) <= 50:
-        raise ConfigError(f"dataset.id slug {dataset.id.split('/')[1]!r} must be 6 to 50 characters (Kaggle's rule)")
-
-    tg = _section(raw, "target", _fields(TargetConfig))
-    defaults = TargetConfig()
-    target = TargetConfig(
-        python=_get("target", tg, "python", str, defaults.python),
-        platforms=_get_strings("target", tg, "platforms", defaults.platforms),
-        baseline=_baseline(root, _get("target", tg, "baseline", str, defaults.baseline)),
-        requirements=_get_strings("target", tg, "requirements", defaults.requirements),
-        find_links=tuple(_path(root, p) for p in _get_strings("target", tg, "find_links", ())),
-        wheelhouse=_path(root, _get("target", tg, "wheelhouse", str, "wheels")),
-        no_index=_get("target", tg, "no_index", bool, False),
-    )
-    if not PYTHON_VERSION.fullmatch(target.python):
-        raise ConfigError(f"target.python = {target.python!r} must look like '3.12'")
-
-    kn = _section(raw, "kernel", _fields(KernelConfig))
-    kernel = KernelConfig(
-        id=_id("kernel", kn, "notebook"),
-        title=_get("kernel", kn, "title", str, ""),
-        notebook=_path(root, _get("kernel", kn, "notebook", str, "build/inference.ipynb")),
-        metadata=_path(root, _get("kernel", kn, "metadata", str, "kernel-metadata.json")),
-        enable_gpu=_get("kernel", kn, "enable_gpu", bool, True),
-        machine_shape=_get("kernel", kn, "machine_shape", str, "NvidiaTeslaT4"),
-    )
-    if len(kernel.title) < 5:
-        raise ConfigError(f"kernel.title = {kernel.title!r} must be at least 5 characters (Kaggle's rule)")
+    bundle = read("bundle")
+    competition = CompetitionConfig(**read("competition"))
+    dataset = DatasetConfig(**read("dataset"))
+    target = TargetConfig(**read("target"))
+    kernel = KernelConfig(**read("kernel"))
 
     models = _models(raw, root)
     # renamed keys pass through so InferenceSpec.from_dict can name what replaces them
-    inference_keys = set(InferenceSpec.__dataclass_fields__) - {"classifiers", "segmenters", "submission"}
-    inf = dict(_section(raw, "inference", inference_keys | set(RENAMED_SETTINGS)))
+    inf = dict(_section(raw, "inference", table_keys(InferenceSpec), RENAMED_SETTINGS))
     # [submission] (kernel_src.layout): the file's shape; its rle_order is inference.rle_order
-    sub = dict(_section(raw, "submission", set(SubmissionSpec.__dataclass_fields__) | {"rle_order"}))
+    sub = dict(_section(raw, "submission", [*table_keys(SubmissionSpec), "rle_order"]))
     if "rle_order" in sub:
         order = sub.pop("rle_order")
         if "rle_order" in inf and inf["rle_order"] != order:
@@ -387,42 +564,15 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
         prefix = "" if e.key.startswith(("classifiers", "segmenters", "submission")) else "inference."
         raise ConfigError(f"{prefix}{e.key}: {e.message}") from None
 
-    dr = _section(raw, "dryrun", _fields(DryRunConfig))
-    opt = {
-        k: _path(root, v)
-        for k in ("test_dir", "sample_submission", "labels", "calibration_profile")
-        if (v := _get("dryrun", dr, k, str, ""))
-    }
-    dryrun = DryRunConfig(
-        out=_path(root, _get("dryrun", dr, "out", str, "build/dryrun")),
-        time_budget_s=_get("dryrun", dr, "time_budget_s", float, None),
-        calibration=_get("dryrun", dr, "calibration", float, None),
-        runtime=_get("dryrun", dr, "runtime", str, None),
-        **opt,
-    )
-    if dryrun.runtime is not None and dryrun.runtime not in DRYRUN_RUNTIMES:
-        raise ConfigError(
-            f"dryrun.runtime = {dryrun.runtime!r} must be one of {', '.join(DRYRUN_RUNTIMES)} "
-            "(image: a twin of the Kaggle image; local: this Python, quick)"
-        )
-    if dryrun.calibration is not None and dryrun.calibration <= 0:
-        raise ConfigError("dryrun.calibration must be a positive factor (Kaggle seconds per local second)")
-
-    mc = _section(raw, "machine", _fields(MachineConfig))
-    machine = MachineConfig(**{k: _get("machine", mc, k, float, getattr(MachineConfig, k)) for k in mc})
-    for key in _fields(MachineConfig):
-        if not getattr(machine, key) > 0:
-            raise ConfigError(f"machine.{key} = {getattr(machine, key)!r} must be a positive number of GB")
-
     return BundleConfig(
         root=root,
-        name=name,
+        name=bundle["name"],
         competition=competition,
         dataset=dataset,
         target=target,
         kernel=kernel,
         models=models,
         inference=inference,
-        dryrun=dryrun,
-        machine=machine,
+        dryrun=DryRunConfig(**read("dryrun")),
+        machine=MachineConfig(**read("machine")),
     )

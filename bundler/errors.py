@@ -31,6 +31,16 @@ class WheelsError(BuildError):
     """The wheel closure cannot be resolved, downloaded, built or installed offline."""
 
 
+class PreprocessError(BuildError):
+    """A model's albumentations pipeline cannot be read, translated, or proved equal."""
+
+
+class TargetPythonError(BundlerError):
+    """`BUNDLER_TARGET_PYTHON` names something that is not a working Python of the version wanted.
+
+    The rehearsal and the dry-run's runtime turn it into their own error, adding their way out."""
+
+
 class ManifestError(BundlerError):
     """A built bundle's `bundle.json` is missing, unreadable, malformed, or of another bundle."""
 

@@ -1,7 +1,7 @@
 """Inside the notebook, before anything is imported: find the bundle, verify it, install it.
 
 STDLIB ONLY: this module runs before the vendored wheels are installed, so it may import
-nothing that is not part of Python itself, and from kernel_src only `errors` (stdlib only too).
+nothing that is not part of Python itself, and from kernel_src only `errors` and `paths` (stdlib only too).
 
 - `find_bundle` looks for the dataset folder whose `bundle.json` names the bundle, under the
   input root at any depth up to 3 (`/kaggle/input/<slug>/`, `/kaggle/input/datasets/<owner>/<slug>/`).
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .paths import INPUT_ROOT
 
 MANIFEST = "bundle.json"
 MANIFEST_FORMAT = 1  # bundle.json's "format"; bundler writes it, the notebook and bundler read it
@@ -117,7 +118,7 @@ def _record_problem(record: Any) -> str | None:
 
 def manifest_problem(data: Any) -> str | None:
     """What keeps `data` from being a bundle manifest (None: it is one). The one contract of
-    bundle.json, kept by the notebook (`read_manifest`) and by bundler (`bundler.build.manifest`):
+    bundle.json, kept by the notebook (`read_manifest`) and by bundler (`bundler.dataset.manifest`):
     format `MANIFEST_FORMAT`, a "bundle" name, a 64-hex "hash", and "wheels"/"weights" lists of
     records with a flat "file" name, a 64-hex "sha256" and a byte "size"."""
     if not isinstance(data, Mapping) or not isinstance(data.get("bundle"), str) or not data["bundle"]:
@@ -417,7 +418,7 @@ def prepare(config: Mapping[str, Any], required: Iterable[str] = ()) -> Prepared
     set_offline_env()
     name = str(config["bundle_name"])
     expected = str(config.get("bundle_hash") or "")
-    input_root = Path(str(config.get("input_root") or "/kaggle/input"))
+    input_root = Path(str(config.get("input_root") or INPUT_ROOT))
     bundle_dir = find_bundle(input_root, name, _optional_path(config, "bundle_dir"), expected)
     manifest = verify_bundle(bundle_dir, required=required)
     if expected and manifest.get("hash") != expected:

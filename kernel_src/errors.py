@@ -1,7 +1,7 @@
 """The kernel's exceptions: one base, `KernelError`, and one class per kind of failure.
 
 Standard library only: `kernel_src.bundle` raises these before any wheel is installed. Each
-error also derives from the built-in it replaced (`ValueError` for a bad setting,
+error also derives from the built-in it replaced (`ValueError` for a bad setting or file layout,
 `RuntimeError` for the rest), so `except ValueError` / `except RuntimeError` still catch them.
 Every one pickles (the dry-run executes the notebook in another process), keeping its message
 and attributes.
@@ -28,6 +28,11 @@ class SpecError(KernelError, ValueError):
 
     def __reduce__(self) -> tuple[type[SpecError], tuple[str, str]]:
         return type(self), (self.key, self.message)
+
+
+class SubmissionFormatError(KernelError, ValueError):
+    """A sample submission (or a submission being scored) does not have the configured layout. The
+    message names the file, the line and the setting to change."""
 
 
 class ModelError(KernelError, RuntimeError):

@@ -13,9 +13,8 @@ far, at one that runs out of memory, or once measuring has taken `CALL_SIZE_BUDG
 estimated time of one call of the largest size. The fastest per image wins; the choice and the
 seconds per call are recorded in profile.json `call_sizes`.
 
-Nothing here reaches the network: smp encoders are built with `encoder_weights=None` and timm
-models with `pretrained=False`; weights come from the bundle (safetensors for smp and timm,
-TorchScript files for `kind = "torchscript"`).
+How a model is built and its weight file read depends on its kind: `kernel_src.model_kinds`
+(offline: no pretrained weights are downloaded; weights come from the bundle).
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ from torch import nn
 
 from .devices import DeviceSet
 from .errors import ModelError
+from .model_kinds import ROLES, get_kind
+from .model_kinds import load_state_dict_into as load_state_dict_into  # the build and tests load through it
 from .preprocess import Preprocess, load_preprocess
 from .profiler import Profiler
 from .spec import InferenceSpec, ModelSpec
@@ -38,77 +39,8 @@ from .tta import scaled_size, view_groups
 
 
 def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
-    """An untrained model of the declared architecture (not used for TorchScript)."""
-    if spec.kind == "smp":
-        import segmentation_models_pytorch as smp
-
-        arch = {name.lower(): name for name in _smp_archs()}.get(spec.arch.lower())
-        if arch is None:
-            raise ModelError(
-                f"model {spec.name!r}: arch {spec.arch!r} is not a segmentation_models_pytorch "
-                f"architecture; choose one of {sorted(_smp_archs())}"
-            )
-        try:
-            model: nn.Module = getattr(smp, arch)(
-                encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=num_classes
-            )
-        except (KeyError, ValueError) as e:
-            raise ModelError(
-                f"model {spec.name!r}: encoder {spec.encoder!r} cannot be built for {arch} ({e}); "
-                "see segmentation_models_pytorch's list of encoders"
-            ) from None
-        return model
-    if spec.kind == "timm":
-        import timm
-
-        if not timm.is_model(spec.arch):
-            raise ModelError(
-                f"model {spec.name!r}: arch {spec.arch!r} is not a timm model name (timm.list_models() lists them)"
-            )
-        return timm.create_model(spec.arch, pretrained=False, num_classes=num_classes)
-    raise ModelError(f"model {spec.name!r}: kind {spec.kind!r} has no architecture to build")
-
-
-def _smp_archs() -> list[str]:
-    import segmentation_models_pytorch as smp
-
-    names = (
-        "Unet",
-        "UnetPlusPlus",
-        "FPN",
-        "PSPNet",
-        "DeepLabV3",
-        "DeepLabV3Plus",
-        "Linknet",
-        "MAnet",
-        "PAN",
-        "UPerNet",
-        "Segformer",
-        "DPT",
-    )
-    return [n for n in names if hasattr(smp, n)]
-
-
-def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-    """Strict load that turns PyTorch's long mismatch report into one clear sentence."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} tensors have other shapes (e.g. {k}: checkpoint "
-                f"{tuple(state[k].shape)}, model {tuple(own[k].shape)}; is the class count or encoder right?)"
-            )
-        if missing:
-            parts.append(f"{len(missing)} tensors missing from the checkpoint (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} tensors the architecture does not have (e.g. {unexpected[0]})")
-        raise ModelError(f"model {name!r}: the checkpoint does not fit the declared architecture: " + "; ".join(parts))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    """An untrained model of the declared architecture, built offline (none for a TorchScript kind)."""
+    return get_kind(spec.kind).build(spec, num_classes)
 
 
 def load_model(spec: ModelSpec, bundle_dir: Path, num_classes: int, device: torch.device) -> nn.Module:
@@ -118,17 +50,7 @@ def load_model(spec: ModelSpec, bundle_dir: Path, num_classes: int, device: torc
         raise ModelError(
             f"model {spec.name!r}: weight file {path} is missing from the bundle; rebuild it with `bundler build`"
         )
-    if spec.kind == "torchscript":
-        try:
-            model: nn.Module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
-        except RuntimeError as e:
-            raise ModelError(f"model {spec.name!r}: {path} is not a TorchScript file ({e})") from None
-        return model.eval()
-    from safetensors.torch import load_file
-
-    model = build_model(spec, num_classes)
-    load_state_dict_into(model, load_file(str(path)), spec.name)
-    return model.to(device).eval()
+    return get_kind(spec.kind).load(spec, path, num_classes, device)
 
 
 CALL_SIZE_TIMINGS = 2  # timed calls per measured size; the fastest counts
@@ -174,7 +96,7 @@ def load_models(
     """
     loaded: dict[str, list[LoadedModel]] = {"classifier": [], "segmenter": []}
     classifiers = spec.classifiers if spec.gating.mode != "off" else ()
-    for kind, specs in (("classifier", classifiers), ("segmenter", spec.segmenters)):
+    for role, specs in (("classifier", classifiers), ("segmenter", spec.segmenters)):
         for m in specs:
             begin = time.perf_counter()
             replicas = []
@@ -186,7 +108,7 @@ def load_models(
                 replicas.append(model)
             plan = load_preprocess(Path(bundle_dir) / m.preprocess, m.name) if m.preprocess else None
             entry = LoadedModel(m, tuple(replicas), m.tta, preprocess=plan)
-            _test_forward(entry, kind, spec, devices)
+            _test_forward(entry, role, spec, devices)
             devices.synchronize()
             largest = -(-spec.batch_size // devices.replicas) * len(m.tta)
             if spec.images_per_call > 0:
@@ -199,7 +121,7 @@ def load_models(
                 "reduced_by_oom": [],
             }
             profiler.model_loaded(m.name, time.perf_counter() - begin)
-            loaded[kind].append(entry)
+            loaded[role].append(entry)
     return loaded["classifier"], loaded["segmenter"]
 
 
@@ -283,7 +205,7 @@ def measure_call_size(
 
 
 @torch.inference_mode()
-def _test_forward(entry: LoadedModel, kind: str, spec: InferenceSpec, devices: DeviceSet) -> None:
+def _test_forward(entry: LoadedModel, role: str, spec: InferenceSpec, devices: DeviceSet) -> None:
     m = entry.spec
     base = input_size(entry, spec)
     # one forward per input size its views make (a scale view feeds another size)
@@ -303,13 +225,14 @@ def _test_forward(entry: LoadedModel, kind: str, spec: InferenceSpec, devices: D
             raise ModelError(
                 f"model {m.name!r}: returns {type(out).__name__}, not a tensor; export a single-output model"
             )
-        check_output(m.name, kind, out, 1, spec.num_classes)
+        check_output(m.name, role, out, 1, spec.num_classes)
 
 
-def check_output(model: str, kind: str, out: torch.Tensor, rows: int, num_classes: int) -> None:
-    """ModelError unless `out` is [rows, classes] (classifier) or [rows, classes, H, W] (segmenter)."""
-    want = "[N, classes]" if kind == "classifier" else "[N, classes, H, W]"
-    ok = (out.dim() == 2 if kind == "classifier" else out.dim() == 4) and out.shape[0] == rows
+def check_output(model: str, role: str, out: torch.Tensor, rows: int, num_classes: int) -> None:
+    """ModelError unless `out` has the shape of `role`'s output (`model_kinds.ROLES`): [rows, classes]
+    (classifier) or [rows, classes, H, W] (segmenter)."""
+    dims, want = ROLES[role]
+    ok = out.dim() == dims and out.shape[0] == rows
     if not ok or out.shape[1] != num_classes:
         raise ModelError(
             f"model {model!r}: output shape {tuple(out.shape)} is not {want} with {num_classes} classes "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bundle import Prepared, prepare
 from .errors import BundleError, SpecError
+from .paths import WORKING_DIR
 from .spec import InferenceSpec
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def main(config: Mapping[str, Any], *, started_at: float | None = None, prepared
     spec = check_config(config)
     if prepared is None:
         prepared = setup(config)
-    out_dir = Path(str(config.get("working_dir") or "/kaggle/working"))
+    out_dir = Path(str(config.get("working_dir") or WORKING_DIR))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     from .run import run  # torch and the model libraries are imported from here on

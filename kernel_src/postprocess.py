@@ -20,11 +20,6 @@ import numpy.typing as npt
 from kernel_src.spec import PostprocessSpec
 
 
-def empty_masks(num_classes: int, h: int, w: int) -> npt.NDArray[np.bool_]:
-    """All-False masks [num_classes, h, w]."""
-    return np.zeros((num_classes, h, w), dtype=np.bool_)
-
-
 def _check(probs: npt.NDArray[np.floating], spec: PostprocessSpec) -> int:
     if probs.ndim != 3:
         raise ValueError(f"postprocess expects probabilities [classes, height, width], got shape {probs.shape}")

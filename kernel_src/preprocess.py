@@ -1,7 +1,7 @@
 """Preprocessing as trained: a model's input made as its albumentations validation pipeline made it,
 on tensors (on the GPU when there is one), and the pipeline's geometry undone on its output.
 
-The build (`bundler.build.preprocess`) translates the user's `A.save` file into a small JSON
+The build (`bundler.dataset.preprocess`) translates the user's `A.save` file into a small JSON
 description, `<model>.preprocess.json` in the bundle, and proves the translation against
 albumentations on sample images; this module reads that description and never imports
 albumentations. The description: `{"format": 1, "model": ..., "steps": [...], ...}`, each step a

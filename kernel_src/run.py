@@ -46,6 +46,7 @@ from .errors import BundleError, ModelRunError
 from .guard import BudgetGuard
 from .images import ImageLoader, LoadedImage, PixelSettings, image_paths
 from .models import load_models
+from .paths import PROFILE_FILE, SUBMISSION_FILE
 from .postprocess import postprocess
 from .predict import BatchResult, Predictor
 from .profiler import Profiler
@@ -210,7 +211,7 @@ class _Engine:
                 for j in keep
             }
         with self.profiler.stage("rle"):
-            objects = self.spec.submission.layout == "custom" and self.spec.submission.rows == "per_object"
+            objects = self.spec.submission.per_object
             for j, mask in masks.items():
                 order = self.spec.rle_order
                 if objects:
@@ -297,7 +298,7 @@ def run(
     started = time.time() if started_at is None else started_at
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    submission_path, profile_path = out_dir / "submission.csv", out_dir / "profile.json"
+    submission_path, profile_path = out_dir / SUBMISSION_FILE, out_dir / PROFILE_FILE
     reporter = _Reporter(progress)
     profiler = Profiler(started, torch_version=torch.__version__)
     profiler.guard_record["budget_s"] = spec.time_budget_s

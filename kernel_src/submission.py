@@ -1,38 +1,29 @@
 """The sample submission found at run time, and a streaming writer that always completes it.
 
-Layouts, told apart by the header of `sample_submission.csv` (columns in any order):
-
-- wide: `ImageId_ClassId,EncodedPixels`, one row per image x class, keys `<image>_<class>` with
-  class 1..C (Severstal during the competition);
-- long: `ImageId,ClassId,EncodedPixels` (or `ImageId,EncodedPixels,ClassId`, Severstal's re-cut
-  data). The sample's ClassId and EncodedPixels values are placeholders (Kaggle lists each test
-  image once with `1 1` and class 0), so only its ImageIds and column order are used;
-- custom: whatever `[submission]` describes (`kernel_src.layout`): the header must have exactly
-  its key, class and mask columns (any order), keys made by its template from the image id and
-  the class tokens; a class column's values in the sample are not read (placeholders), a key's
-  class token is. `SampleSubmission.custom` holds the resolved `Layout`. Given a
-  `SubmissionSpec`, a Severstal preset is checked against the header too ("auto" detects it).
+Every file is read and written through one `kernel_src.layout.Layout`: the one its header
+resolves to under `[submission]` (`resolve`; None or "auto": a preset detected from the header,
+Severstal's wide `ImageId_ClassId,EncodedPixels` or long `ImageId,ClassId,EncodedPixels`, columns
+in any order). `SampleSubmission.resolved` holds it. A sample's class column is not read (Kaggle's
+samples carry placeholders: Severstal's long sample lists each test image once with `1 1` and
+class 0); a key's class token is, and with the class in the key every image must list every
+class once.
 
 The one reader of submissions and labels files (`read_mask_rows`, `read_masks`; the dry-run's
-inputs, metric and report and the demo use it): a class is a decimal integer string in 1..C
-(`class_number`), in a wide key's `_<class>` suffix as in a long ClassId column; anything else
-is a SubmissionFormatError naming the file, the line and the value. Labels are the long
-train.csv form, or (a `SubmissionSpec` with a named layout given) that layout; in a custom layout
-the empty value reads as "", relative RLEs as standard ones, and per-object rows are united per
-image x class (`masks_by_image(merge=True)`).
+inputs, metric and report and the demo use it): each row's key, class and mask are read by the
+Layout, so a bad one is a SubmissionFormatError naming the file, the line and the value. In
+Severstal's layouts a class is a decimal integer string in 1..C (`class_number`), in a wide key's
+`_<class>` suffix as in a long ClassId column. Labels are the long train.csv form, or (a
+`SubmissionSpec` with a named layout given) that layout; the empty value reads as "", relative
+RLEs as standard ones, and per-object rows are united per image x class
+(`masks_by_image(merge=True)`).
 
-What `SubmissionWriter` writes, byte-deterministically (csv module, `\\n` line endings, empty
-strings for no defect, never NaN):
-
-- wide: for every image in sample order, the rows `<image>_1` .. `<image>_C`;
-- long: for every image in sample order, one row per class 1..C, with an empty EncodedPixels when
-  there is no defect, columns in the sample header's order. Writing every image x class pair
-  (rather than defect rows only) keeps the row count fixed at images x classes, which is what
-  Kaggle's scorer counts, and scores the same as omitting the empty pairs.
-
-- custom: for every image in sample order, one row per class token (per-object rows: one per
-  object, or one with the empty value), the empty value (`""`, `"-1"`) for an empty mask,
-  relative starts when `rle_starts = "relative"`, columns in the sample header's order.
+What `SubmissionWriter` writes, byte-deterministically (csv module, `\\n` line endings, never NaN):
+for every image in sample order, one row per class in class order (wide: keys `<image>_1` ..
+`<image>_C`; long: ClassId 1..C), or in a per-object layout one row per object (none: one row),
+columns in the sample header's order, the layout's empty value (`""`, `"-1"`) for an empty mask,
+relative starts when `rle_starts = "relative"`. Writing every image x class pair (rather than
+defect rows only) keeps the row count fixed at images x classes, which is what Kaggle's scorer
+counts, and scores the same as omitting the empty pairs.
 
 The file always has every row: images never passed to `add` get empty masks on `close()`, which
 the context manager calls even when the `with` block raises. Rows are streamed in sample order;
@@ -43,75 +34,45 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple, TextIO
 
 import pandas as pd
 
-from .layout import Layout, SubmissionSpec, resolve
-from .layout import SubmissionFormatError as SubmissionFormatError  # its home is kernel_src.layout
+from .errors import SubmissionFormatError as SubmissionFormatError  # its home is kernel_src.errors
+from .layout import AUTO, LABELS, PRESETS, Layout, SubmissionSpec, accepted, resolve
+from .layout import class_number as class_number  # its home is kernel_src.layout
 from .rle import from_relative, to_relative, union
 
-WIDE_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
-LONG_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
-LAYOUTS = ("wide", "long")
-_ACCEPTED = "wide 'ImageId_ClassId,EncodedPixels' or long 'ImageId,ClassId,EncodedPixels' (any column order)"
+LAYOUTS = tuple(p.word for p in PRESETS.values() if p.detected)  # what "auto" tells apart: wide, long
 
 
 @dataclass(frozen=True)
 class SampleSubmission:
-    """What a submission must contain: `layout` ("wide" | "long"), the header `columns` in file
-    order, the unique `image_ids` in first-appearance order and `num_classes`."""
+    """What a submission must contain: `layout` (the Layout's name: "wide", "long", "custom"), the
+    header `columns` in file order, the unique `image_ids` in first-appearance order,
+    `num_classes`, and `resolved`, the Layout its rows are read and written in (given: the detected
+    preset named by `layout`)."""
 
     layout: str
     columns: tuple[str, ...]
     image_ids: tuple[str, ...]
     num_classes: int
-    custom: Layout | None = None  # the resolved [submission] layout when it is "custom"
+    resolved: Layout = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.resolved is None:  # a detected preset's: the layouts "auto" gives by name alone
+            preset = next((p for p in PRESETS.values() if p.detected and p.word == self.layout), None)
+            if preset is None:
+                raise ValueError(f"SampleSubmission {self.layout!r}: give its resolved Layout (named: {list(LAYOUTS)})")
+            object.__setattr__(self, "resolved", preset.layout(self.num_classes))
 
     @property
     def rows(self) -> int:
         """Data rows a complete submission has: images x classes (per-object layouts: at least)."""
         return len(self.image_ids) * self.num_classes
-
-
-def detect_layout(columns: Sequence[str], source: str) -> str:
-    """'wide' or 'long' from a header; SubmissionFormatError naming `source` otherwise."""
-    names = sorted(str(c).strip() for c in columns)
-    if names == sorted(WIDE_COLUMNS):
-        return "wide"
-    if names == sorted(LONG_COLUMNS):
-        return "long"
-    raise SubmissionFormatError(
-        f"{source}: unknown header {list(columns)}; expected {_ACCEPTED}, or describe this file in bundle.toml's "
-        "[submission] (layout = 'custom', key_column, mask_column, ...)"
-    )
-
-
-def class_number(text: str, num_classes: int) -> int | None:
-    """The one ClassId rule: a decimal integer string ("1", "2", ...) in 1..num_classes; else None.
-
-    "1.0", " 1", "0", "+1", "" and any class above `num_classes` are refused, in a wide key's
-    `_<class>` suffix as in a long file's ClassId column.
-    """
-    if not (text.isascii() and text.isdigit()):
-        return None
-    value = int(text)
-    return value if 1 <= value <= num_classes else None
-
-
-def _split_wide_key(key: str, num_classes: int, where: str) -> tuple[str, int]:
-    """`abc.jpg_3` -> ("abc.jpg", 3); SubmissionFormatError naming `where` unless the key ends `_<1..C>`."""
-    image_id, sep, suffix = key.rpartition("_")
-    class_id = class_number(suffix, num_classes) if sep and image_id else None
-    if class_id is None:
-        raise SubmissionFormatError(
-            f"{where}: ImageId_ClassId key {key!r} does not end with _<class> for a class in 1..{num_classes}; "
-            f"write keys like 'abc.jpg_1' with a plain class number (not '_1.0'), and check num_classes"
-        )
-    return image_id, class_id
 
 
 def read_csv_strings(path: Path) -> pd.DataFrame:
@@ -123,7 +84,25 @@ def _read_frame(path: Path) -> pd.DataFrame:
     try:
         return read_csv_strings(path)
     except pd.errors.EmptyDataError:
-        raise SubmissionFormatError(f"{path}: the file is empty (no header); expected {_ACCEPTED}") from None
+        raise SubmissionFormatError(f"{path}: the file is empty (no header); expected {accepted()}") from None
+
+
+def _stripped(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.rename(columns=lambda c: str(c).strip())
+
+
+def layout_of(
+    columns: Sequence[str], source: str, num_classes: int, submission: SubmissionSpec | None, *, labels: bool = False
+) -> Layout:
+    """The Layout of a file with this header: `resolve` under `submission` (None: "auto"). Labels
+    under "auto" must be in the long train.csv form; under a named or custom layout, in that one."""
+    spec = submission or SubmissionSpec()
+    if labels and spec.layout == AUTO and not LABELS.fits(columns):
+        raise SubmissionFormatError(
+            f"{source}: header {list(columns)}; labels must be in the {LABELS.word} train.csv form "
+            f"{','.join(LABELS.header)}"
+        )
+    return resolve(spec, columns, num_classes, source)
 
 
 class MaskRow(NamedTuple):
@@ -143,67 +122,28 @@ def mask_rows(
     labels: bool = False,
     submission: SubmissionSpec | None = None,
 ) -> list[MaskRow]:
-    """Every row of a submission (wide or long) or, with `labels`, of a long train.csv-form labels
-    frame, as MaskRows in file order. Cells must be strings (see `read_csv_strings`); row i of the
-    frame is line i + 2 of its CSV. Each ClassId follows `class_number`; a bad one, an empty
-    ImageId or a labels file in another layout is a SubmissionFormatError naming `source`, the
-    line and the value.
+    """Every row of a submission or, with `labels`, of a labels frame, as MaskRows in file order
+    (`rows_in` of the frame's Layout). Cells must be strings (see `read_csv_strings`); row i of the
+    frame is line i + 2 of its CSV. A bad key or class, an empty ImageId or a labels file in
+    another layout is a SubmissionFormatError naming `source`, the line and the value.
 
     With a `submission` spec whose layout is not "auto", the file (labels too) must have that
-    layout; a custom layout's empty value reads as "" and its class tokens as classes 1..C."""
-    if submission is not None and submission.layout != "auto":
-        resolved = resolve(submission, [str(c) for c in frame.columns], num_classes, source)
-        if resolved.name == "custom":
-            return _custom_rows(frame.rename(columns=lambda c: str(c).strip()), resolved, source)
-        labels = False  # a named Severstal preset: labels in that layout too
-    columns = [str(c) for c in frame.columns]
-    if labels and sorted(c.strip() for c in columns) != sorted(LONG_COLUMNS):
-        raise SubmissionFormatError(
-            f"{source}: header {columns}; labels must be in the long train.csv form ImageId,ClassId,EncodedPixels"
-        )
-    layout = detect_layout(columns, source)
-    frame = frame.rename(columns=lambda c: str(c).strip())
-    rows: list[MaskRow] = []
-    if layout == "wide":
-        for line, (key, rle) in enumerate(zip(frame["ImageId_ClassId"], frame["EncodedPixels"], strict=True), 2):
-            image_id, class_id = _split_wide_key(str(key), num_classes, f"{source} line {line}")
-            rows.append(MaskRow(line, image_id, class_id, str(rle)))
-        return rows
-    for line, (image_id, value, rle) in enumerate(
-        zip(frame["ImageId"], frame["ClassId"], frame["EncodedPixels"], strict=True), 2
-    ):
-        if not str(image_id):
-            raise SubmissionFormatError(f"{source} line {line}: the ImageId is empty; give the image's file name")
-        number = class_number(str(value), num_classes)
-        if number is None:
-            raise SubmissionFormatError(
-                f"{source} line {line}: image {image_id!r} has ClassId {value!r}; expected an integer in "
-                f"1..{num_classes} written as plain digits ('3', not '3.0'); fix the file or num_classes"
-            )
-        rows.append(MaskRow(line, str(image_id), number, str(rle)))
-    return rows
+    layout; its empty value reads as "" and its class tokens as classes 1..C."""
+    layout = layout_of([str(c) for c in frame.columns], source, num_classes, submission, labels=labels)
+    return rows_in(_stripped(frame), layout, source)
 
 
-def _custom_rows(frame: pd.DataFrame, layout: Layout, source: str) -> list[MaskRow]:
-    """MaskRows of a frame in a custom layout (columns already stripped)."""
+def rows_in(frame: pd.DataFrame, layout: Layout, source: str) -> list[MaskRow]:
+    """MaskRows of a frame in `layout` (columns already stripped): the one row reader."""
     rows: list[MaskRow] = []
     keys = frame[layout.key_column].tolist()
     masks = frame[layout.mask_column].tolist()
     tokens = frame[layout.class_column].tolist() if layout.class_column else [None] * len(keys)
     empty = layout.empty.strip()
     for line, (key, token, rle) in enumerate(zip(keys, tokens, masks, strict=True), 2):
-        where = f"{source} line {line}"
-        try:
-            image_id, index = layout.split_key(str(key))
-        except ValueError as e:
-            raise SubmissionFormatError(f"{where}: {e}; check submission.key and submission.classes") from None
+        image_id, index = layout.read_key(str(key), source, line)
         if token is not None:
-            index = layout.class_index(str(token))
-            if index is None:
-                raise SubmissionFormatError(
-                    f"{where}: {layout.class_column} {token!r} is not one of the class tokens {list(layout.tokens)}; "
-                    "check submission.classes"
-                )
+            index = layout.read_class(str(token), image_id, source, line)
         text = str(rle)
         if empty and text.strip() == empty:
             text = ""
@@ -211,7 +151,7 @@ def _custom_rows(frame: pd.DataFrame, layout: Layout, source: str) -> list[MaskR
             try:
                 text = from_relative(text)
             except ValueError as e:
-                raise SubmissionFormatError(f"{where}: {e}; check submission.rle_starts") from None
+                raise SubmissionFormatError(f"{source} line {line}: {e}; check submission.rle_starts") from None
         rows.append(MaskRow(line, image_id, (index or 0) + 1, text))
     return rows
 
@@ -257,20 +197,16 @@ def read_masks(
 ) -> dict[str, list[str]]:
     """`masks_by_image` of the submission (or, with `labels`, the labels file) at `path`."""
     rows = read_mask_rows(path, num_classes, labels=labels, submission=submission)
-    merge = submission is not None and submission.layout == "custom" and submission.rows == "per_object"
+    merge = submission is not None and submission.per_object
     return masks_by_image(rows, num_classes, str(path), merge=merge)
 
 
-def _custom_sample(frame: pd.DataFrame, layout: Layout, columns: tuple[str, ...], source: str) -> SampleSubmission:
-    """The images of a sample in a custom layout; with the class in the key, every image must list
-    every class token once. A class column's values are not read (samples carry placeholders)."""
+def sample_in(frame: pd.DataFrame, layout: Layout, columns: tuple[str, ...], source: str) -> SampleSubmission:
+    """The images of a sample in `layout` (columns already stripped; `columns` as in the file);
+    with the class in the key, every image must list every class once."""
     seen: dict[str, set[int]] = {}
     for line, key in enumerate(frame[layout.key_column].tolist(), 2):
-        try:
-            image_id, index = layout.split_key(str(key))
-        except ValueError as e:
-            where = f"{source} line {line}"
-            raise SubmissionFormatError(f"{where}: {e}; check submission.key and submission.classes") from None
+        image_id, index = layout.read_key(str(key), source, line)
         classes = seen.setdefault(image_id, set())
         if index is not None:
             if index in classes and not layout.per_object:
@@ -279,51 +215,20 @@ def _custom_sample(frame: pd.DataFrame, layout: Layout, columns: tuple[str, ...]
     if layout.class_in_key:
         for image_id, classes in seen.items():
             if len(classes) != len(layout.tokens):
-                missing = [t for i, t in enumerate(layout.tokens) if i not in classes]
-                raise SubmissionFormatError(
-                    f"{source}: image {image_id!r} lacks the keys for classes {missing}; check submission.classes "
-                    "and num_classes"
-                )
-    return SampleSubmission("custom", columns, tuple(seen), len(layout.tokens), layout)
+                raise layout.missing_classes(source, image_id, classes)
+    return SampleSubmission(layout.name, columns, tuple(seen), len(layout.tokens), layout)
 
 
 def read_sample_submission(path: Path, num_classes: int, submission: SubmissionSpec | None = None) -> SampleSubmission:
-    """Read `path`, check its header against `submission` (None or layout "auto": a Severstal
-    layout detected from the header), and list its images."""
+    """Read `path`, check its header against `submission` (None or layout "auto": a preset
+    detected from the header), and list its images."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     source = str(path)
     frame = _read_frame(path)
     columns = tuple(str(c) for c in frame.columns)
-    if submission is not None and submission.layout != "auto":
-        resolved = resolve(submission, columns, num_classes, source)
-        if resolved.name == "custom":
-            frame.columns = pd.Index([c.strip() for c in columns])
-            return _custom_sample(frame, resolved, columns, source)
-    layout = detect_layout(columns, source)
-    frame.columns = pd.Index([c.strip() for c in columns])
-    if layout == "wide":
-        seen: dict[str, set[int]] = {}
-        for line, key in enumerate(frame["ImageId_ClassId"].tolist(), 2):
-            image_id, class_id = _split_wide_key(str(key), num_classes, f"{source} line {line}")
-            classes = seen.setdefault(image_id, set())
-            if class_id in classes:
-                raise SubmissionFormatError(f"{source}: key {key!r} is listed twice; each image x class once")
-            classes.add(class_id)
-        for image_id, classes in seen.items():
-            if len(classes) != num_classes:
-                missing = sorted(set(range(1, num_classes + 1)) - classes)
-                raise SubmissionFormatError(
-                    f"{source}: image {image_id!r} lacks the keys for classes {missing}; the wide layout lists "
-                    f"every image x class 1..{num_classes} (is num_classes right?)"
-                )
-        image_ids = tuple(seen)
-    else:
-        ids = frame["ImageId"].tolist()
-        if any(not str(i) for i in ids):
-            raise SubmissionFormatError(f"{source}: a row has an empty ImageId")
-        image_ids = tuple(dict.fromkeys(str(i) for i in ids))
-    return SampleSubmission(layout=layout, columns=columns, image_ids=image_ids, num_classes=num_classes)
+    layout = layout_of(columns, source, num_classes, submission)
+    return sample_in(_stripped(frame), layout, columns, source)
 
 
 class SubmissionWriter:
@@ -348,7 +253,9 @@ class SubmissionWriter:
         self._rows = 0
         self._closed = False
         self._empty: tuple[str | tuple[str, ...], ...] = ("",) * sample.num_classes
-        self._objects = sample.custom is not None and sample.custom.per_object
+        self._objects = sample.resolved.per_object
+        self._relative = sample.resolved.relative
+        self._columns = [c.strip() for c in sample.columns]  # the sample's order, as the Layout names them
         self._file: TextIO = self.path.open("w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file, lineterminator="\n")
         self._csv.writerow(sample.columns)
@@ -406,29 +313,14 @@ class SubmissionWriter:
             self._next += 1
 
     def _write_image(self, image_id: str, rles: tuple[str | tuple[str, ...], ...]) -> None:
-        columns = self.sample.columns
-        custom = self.sample.custom
-        if custom is not None:
-            for index, rle in enumerate(rles):
-                values = {custom.key_column: custom.make_key(image_id, index)}
-                if custom.class_column:
-                    values[custom.class_column] = custom.tokens[index]
-                for text in (rle,) if isinstance(rle, str) else (rle or ("",)):
-                    if custom.relative:
-                        text = to_relative(text)
-                    values[custom.mask_column] = text if text.strip() else custom.empty
-                    self._csv.writerow([values[c.strip()] for c in columns])
-                    self._rows += 1
-            return
-        for class_id, rle in enumerate(rles, start=1):
-            if not isinstance(rle, str):
-                raise TypeError(f"{image_id}: several objects for one class need a per-object [submission] layout")
-            if self.sample.layout == "wide":
-                values = {"ImageId_ClassId": f"{image_id}_{class_id}", "EncodedPixels": rle}
-            else:
-                values = {"ImageId": image_id, "ClassId": str(class_id), "EncodedPixels": rle}
-            self._csv.writerow([values[c.strip()] for c in columns])
-            self._rows += 1
+        layout = self.sample.resolved
+        for index, rle in enumerate(rles):
+            for text in (rle,) if isinstance(rle, str) else (rle or ("",)):
+                if self._relative:
+                    text = to_relative(text)
+                values = layout.row(image_id, index, text if text.strip() else layout.empty)
+                self._csv.writerow([values[c] for c in self._columns])
+                self._rows += 1
 
     def close(self) -> int:
         """Write every remaining image (empty masks where none was added); the data row count."""

@@ -16,9 +16,11 @@ merges per `mode` (`kernel_src.spec.TTA_MERGES`), returning probabilities:
 - "max": the largest probability of any view;
 - "logit_mean": the sigmoid of the mean logit.
 Each view is undone in the merge's own domain (probabilities, log-probabilities or logits), so a
-mean of resized maps is the resized mean. Outputs may come in any memory layout (smp answers a
-channels_last input with a channels_last output): only slicing, `torch.flip`, interpolation and
-arithmetic touch them here, never a flat `view`.
+mean of resized maps is the resized mean. With `probabilities=True` the outputs are already
+probabilities: `bundler tune` merges its cache of undone views so, with this same merge.
+Outputs may come in any memory layout (smp answers a channels_last input with a channels_last
+output): only slicing, `torch.flip`, interpolation and arithmetic touch them here, never a flat
+`view`.
 """
 
 from __future__ import annotations
@@ -150,30 +152,36 @@ def merge_views(out: torch.Tensor, views: Sequence[str], n: int) -> torch.Tensor
     return total / len(views)
 
 
-def _domain(logits: torch.Tensor, mode: str) -> torch.Tensor:
-    """A view's raw output in the space `mode` merges in."""
+def _domain(output: torch.Tensor, mode: str, probabilities: bool) -> torch.Tensor:
+    """A view's output (logits, or probabilities) in the space `mode` merges in."""
     if mode == "logit_mean":
-        return logits
+        return torch.logit(output) if probabilities else output
     if mode == "gmean":
-        return F.logsigmoid(logits)
-    return torch.sigmoid(logits)
+        return torch.log(output) if probabilities else F.logsigmoid(output)
+    return output if probabilities else torch.sigmoid(output)
 
 
 def merge(
-    outputs: Sequence[torch.Tensor], views: Sequence[str], mode: str = "mean", size: tuple[int, int] | None = None
+    outputs: Sequence[torch.Tensor],
+    views: Sequence[str],
+    mode: str = "mean",
+    size: tuple[int, int] | None = None,
+    *,
+    probabilities: bool = False,
 ) -> torch.Tensor:
     """Probabilities [N,K,H,W] (or [N,K]) from each view's raw output (`outputs[i]` computed on
     `apply_view(x, views[i])`), every view undone (`invert_view`, `size` being x's (H, W)) and merged
-    per `mode`, as the module docstring says."""
+    per `mode`, as the module docstring says. `probabilities`: the outputs are probabilities, not
+    logits (gmean and logit_mean need them inside (0, 1))."""
     if mode not in TTA_MERGES:
         raise ValueError(f"unknown TTA merge {mode!r}; choose from {list(TTA_MERGES)}")
     if not views or len(outputs) != len(views):
         raise ValueError(f"merge got {len(outputs)} outputs for {len(views)} views; give one output per view")
-    total = invert_view(_domain(outputs[0].float(), mode), views[0], size)
+    total = invert_view(_domain(outputs[0].float(), mode, probabilities), views[0], size)
     if len(views) > 1:
         total = total.clone()
         for out, view in zip(outputs[1:], views[1:], strict=True):
-            undone = invert_view(_domain(out.float(), mode), view, size)
+            undone = invert_view(_domain(out.float(), mode, probabilities), view, size)
             if undone.shape != total.shape:
                 raise ValueError(
                     f"view {view!r} gave shape {tuple(undone.shape)} where {tuple(total.shape)} was expected"

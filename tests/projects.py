@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from bundler.build.dataset_folder import BuildResult, build_dataset
 from bundler.config import BundleConfig, load_config, parse_config
+from bundler.dataset.dataset_folder import BuildResult, build_dataset
 from kernel_src.bundle import sha256_file
 from kernel_src.models import build_model
 from kernel_src.spec import ModelSpec

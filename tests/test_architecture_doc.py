@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bundler.build.manifest import build_manifest
-from bundler.build.weights import WeightRecord
-from bundler.build.wheels.vendor import VendoredWheel
+from bundler.dataset.manifest import build_manifest
+from bundler.dataset.weights import WeightRecord
+from bundler.dataset.wheels.vendor import VendoredWheel
 from bundler.notebook.parameters import notebook_config, parse_assignment
 from kernel_src.notebook import CONFIG_KEYS
 from kernel_src.run import run

@@ -11,9 +11,12 @@ from click.testing import CliRunner
 from packaging.tags import Tag
 from packaging.version import Version
 
-from bundler.build.wheels import baseline_sources
-from bundler.build.wheels.baseline import BASELINES_DIR, is_protected, load_baseline, parse_freeze, shipped_baselines
-from bundler.build.wheels.baseline_sources import (
+from bundler.cli import main
+from bundler.config import TargetConfig
+from bundler.errors import WheelsError
+from bundler.target import baseline_sources
+from bundler.target.baseline import BASELINES_DIR, is_protected, load_baseline, parse_freeze, shipped_baselines
+from bundler.target.baseline_sources import (
     DOCKERFILE_CRITICAL,
     DOCKERFILE_FORCED,
     DOCKERFILE_UNINSTALLED,
@@ -33,11 +36,8 @@ from bundler.build.wheels.baseline_sources import (
     render,
     uv_inputs,
 )
-from bundler.build.wheels.resolve import REQUESTED, Resolved, parse_compile_output
-from bundler.build.wheels.target import target_env
-from bundler.cli import main
-from bundler.config import TargetConfig
-from bundler.errors import WheelsError
+from bundler.target.env import target_env
+from bundler.target.resolve import REQUESTED, Resolved, parse_compile_output
 
 SHIPPED = TargetConfig().baseline
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bundler.dryrun.breakdown import loss_section, submission_breakdown
+from bundler.scoring.breakdown import loss_section, submission_breakdown
 from kernel_src.rle import encode
 
 H, W = 8, 10

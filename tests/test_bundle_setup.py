@@ -54,9 +54,11 @@ def make_bundle(folder: Path, name: str = "demo", files: dict[str, bytes] | None
     return folder
 
 
-@pytest.mark.parametrize(("module", "kernel_src_imports"), [("bundle", {"errors"}), ("errors", set())])
+@pytest.mark.parametrize(
+    ("module", "kernel_src_imports"), [("bundle", {"errors", "paths"}), ("errors", set()), ("paths", set())]
+)
 def test_module_imports_only_the_standard_library(module: str, kernel_src_imports: set[str]) -> None:
-    """bundle.py runs before the wheels are installed: it and the one module it imports are stdlib only."""
+    """bundle.py runs before the wheels are installed: it and the modules it imports are stdlib only."""
     tree = ast.parse((ROOT / "kernel_src" / f"{module}.py").read_text())
     absolute = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level and n.module]
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

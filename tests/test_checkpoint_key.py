@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bundler.build.weights import convert, select_state_dict
 from bundler.config import ModelEntry
+from bundler.dataset.weights import convert, select_state_dict
 from bundler.errors import WeightsError
 from kernel_src.models import build_model
 from kernel_src.spec import ModelSpec

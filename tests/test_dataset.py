@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bundler.build.manifest import bundle_hash
 from bundler.config import load_config
+from bundler.dataset.manifest import bundle_hash
 from bundler.errors import BuildError, CredentialError, WeightsError
 from kernel_src.bundle import sha256_file
 from tests.projects import build, leftovers, save_checkpoints, snapshot, write_bundle
@@ -117,7 +117,7 @@ def test_interrupted_build_leaves_the_previous_folder_intact(
     out = cfg.dataset.out
     before = snapshot(out)
 
-    from bundler.build import weights
+    from bundler.dataset import weights
 
     real = weights.convert
     calls: list[str] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundler.build.credentials import (
+from bundler.dataset.credentials import (
     check_content,
     check_input,
     check_name,
@@ -67,7 +67,7 @@ def test_documentation_examples_and_noise_pass(text: bytes) -> None:
 
 
 def test_key_across_a_chunk_boundary_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bundler.build.credentials as credentials
+    import bundler.dataset.credentials as credentials
 
     monkeypatch.setattr(credentials, "_CHUNK", 64)
     path = tmp_path / "weights.bin"

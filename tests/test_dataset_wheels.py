@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bundler.build.dataset_folder import build_dataset
-from bundler.build.wheels import fetch as wheels_fetch
-from bundler.build.wheels.rehearse import SKIP_ENV, find_target_python
 from bundler.config import load_config
+from bundler.dataset.dataset_folder import build_dataset
+from bundler.dataset.wheels import fetch as wheels_fetch
+from bundler.dataset.wheels.rehearse import SKIP_ENV, find_target_python
 from bundler.errors import CredentialError, WheelsError
 from tests.projects import build, captured, leftovers, snapshot, write_bundle
 from tests.wheelhouse import make_wheel

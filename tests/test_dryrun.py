@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from bundler.config import BundleConfig
-from bundler.dryrun.metric import dice_score
 from bundler.sandbox import NETWORK_AVAILABLE, Isolation, probe
+from bundler.scoring.metric import dice_score
 from kernel_src.submission import read_csv_strings
 from tests.projects import DRYRUN_HIDDEN, DRYRUN_IMAGES, make_dryrun_project, quiet
 from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH
@@ -85,7 +85,7 @@ def test_within_budget_with_labels_passes_and_scores_the_written_submission(proj
     )
     assert summary["score"] == expected.mean
     assert summary["per_class_score"] == list(expected.per_class)
-    losses = summary["loss_breakdown"]  # where the points are lost, per class (bundler.dryrun.breakdown)
+    losses = summary["loss_breakdown"]  # where the points are lost, per class (bundler.scoring.breakdown)
     assert [c["score"] for c in losses] == pytest.approx(list(expected.per_class))
     assert sum(c["lost"] for c in losses) == pytest.approx((1 - expected.mean) * expected.pairs)
     profile = json.loads((out / "profile.json").read_text())

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bundler.build.wheels import interpreter
 from bundler.config import BundleConfig, parse_config
 from bundler.dryrun import runtime as runtime_module
 from bundler.dryrun.runtime import choose_runtime, local_runtime, local_sites, make_overlay
 from bundler.errors import DryRunError
+from bundler.target import interpreter
 from kernel_src.bundle import FIX_DRIFT, check_requirements, unmet_requirements
 from kernel_src.errors import BundleError
 from tests.projects import VENDORED_PROBE, captured, make_vendoring_project, tiny_inference, tiny_project

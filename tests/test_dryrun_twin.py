@@ -4,7 +4,7 @@ The twin is real: a venv of the target Python holding the baseline's versions, c
 the user's cache folder (`bundler.dryrun.twin.twins_dir()`) and reused by every later run on this
 machine. Its first creation downloads torch and its CUDA wheels (about 3 GB, a few minutes);
 these tests create it when it is missing and are skipped only where no Python of the target's
-version exists (`bundler.build.wheels.interpreter`).
+version exists (`bundler.target.interpreter`).
 
 The tiny bundle (tests.projects.make_vendoring_project): a traced TorchScript segmenter (torch is
 all it needs) and a vendored wheel the twin lacks, which the notebook's setup cell installs
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bundler.build.wheels.interpreter import find_target_python
 from bundler.dryrun.twin import twins_dir
+from bundler.target.interpreter import find_target_python
 from tests.projects import VENDORED_PROBE, make_vendoring_project
 
 TARGET = "3.12"

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from bundler.config import parse_config
-from bundler.dryrun.metric import dice_score
 from bundler.errors import ConfigError
-from kernel_src.errors import SpecError
+from bundler.scoring.metric import dice_score
+from kernel_src.errors import SpecError, SubmissionFormatError
 from kernel_src.images import PixelSettings, decode_image, image_paths
 from kernel_src.layout import SubmissionSpec
 from kernel_src.rle import decode, encode, encode_objects, from_relative, to_relative, union
 from kernel_src.spec import InferenceSpec
-from kernel_src.submission import SubmissionFormatError, SubmissionWriter, read_masks, read_sample_submission
+from kernel_src.submission import SubmissionWriter, read_masks, read_sample_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOUDS = {"layout": "custom", "key_column": "Image_Label", "key": "{image}_{class}",

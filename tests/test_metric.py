@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bundler.dryrun.metric import MetricResult, dice_of_intervals, dice_score
+from bundler.scoring import MetricResult, dice, dice_of_intervals, dice_score
 from kernel_src.rle import encode, parse
 from kernel_src.submission import SubmissionWriter, read_sample_submission
 
@@ -149,6 +149,14 @@ def test_interval_dice_equals_mask_dice(pair: tuple[npt.NDArray[np.bool_], ...],
     size = a.size
     got = dice_of_intervals(parse(encode(a, order), size), parse(encode(b, order), size))
     assert got == pytest.approx(mask_dice(a, b))
+
+
+def test_the_one_dice_from_pixel_counts_elementwise_with_the_empty_pair_rule() -> None:
+    # intersection, predicted area, true area: partial, a miss, a false positive, empty on empty
+    inter, pred, true = np.array([2, 0, 0, 0]), np.array([3, 0, 5, 0]), np.array([5, 4, 0, 0])
+    assert dice(inter, pred, true).tolist() == [0.5, 0.0, 0.0, 1.0]
+    assert dice(inter, pred, true, empty_pair=0.0).tolist() == [0.5, 0.0, 0.0, 0.0]
+    assert float(dice(3, 3, 3)) == 1.0 and float(dice(0, 0, 0, empty_pair=0.25)) == 0.25
 
 
 def test_severstal_sized_masks_against_decoded_dice() -> None:

@@ -87,8 +87,8 @@ def test_setup_refuses_a_model_the_manifest_does_not_list(tmp_path: Path) -> Non
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny project built and rendered once: real tiny models (a timm classifier gating an smp Unet
     with flip TTA), no wheels, synthetic test images."""
-    from bundler.build.dataset_folder import build_dataset
     from bundler.config import load_config
+    from bundler.dataset.dataset_folder import build_dataset
     from bundler.demo.synthetic import make_dataset
     from bundler.notebook.render import render_notebook
     from tests.tiny import make_tiny_models

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kernel_src.postprocess import empty_masks, postprocess
+from kernel_src.postprocess import postprocess
 from kernel_src.spec import PostprocessSpec
 
 
@@ -116,11 +116,6 @@ def test_severstal_sized_input() -> None:
     out = postprocess(probs, s)
     np.testing.assert_array_equal(out[1], probs[1] > 0.6)
     assert not out[3].any()  # 1% of pixels in tiny components: all removed
-
-
-def test_empty_masks() -> None:
-    masks = empty_masks(4, 3, 5)
-    assert masks.shape == (4, 3, 5) and masks.dtype == np.bool_ and not masks.any()
 
 
 def test_spec_that_does_not_fit_the_classes_is_refused() -> None:

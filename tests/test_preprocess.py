@@ -12,7 +12,8 @@ import pytest
 import torch
 from albumentations.pytorch import ToTensorV2  # type: ignore[import-untyped]
 
-from bundler.build.preprocess import MAX_LEVELS, SUPPORTED, PreprocessError, prove, sample_images, translate
+from bundler.dataset.preprocess import MAX_LEVELS, SUPPORTED, prove, sample_images, translate
+from bundler.errors import PreprocessError
 from kernel_src.errors import ModelError
 from kernel_src.preprocess import Preprocess, load_preprocess, model_input, model_output
 from kernel_src.spec import ModelSpec

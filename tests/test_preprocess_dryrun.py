@@ -13,8 +13,8 @@ import torch
 from albumentations.pytorch import ToTensorV2  # type: ignore[import-untyped]
 from rich.console import Console
 
-from bundler.build.dataset_folder import build_dataset
 from bundler.config import load_config
+from bundler.dataset.dataset_folder import build_dataset
 from bundler.errors import BuildError
 from kernel_src.models import build_model
 from kernel_src.preprocess import load_preprocess

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from bundler.build.manifest import dataset_metadata, write_json
-from bundler.build.wheels.baseline import parse_freeze
 from bundler.config import BundleConfig
+from bundler.dataset.manifest import dataset_metadata, write_json
 from bundler.dryrun.projection import kaggle_run_calibration, latest_kaggle_profile
 from bundler.errors import DryRunError, RemoteError
 from bundler.remote.baseline import capture_notebook, diff
@@ -36,6 +35,7 @@ from bundler.remote.diagnose import (
 from bundler.remote.push import version_message
 from bundler.remote.state import load_state
 from bundler.sandbox import probe
+from bundler.target.baseline import parse_freeze
 from tests.projects import ROOT, captured, demo_cfg, write_fake_manifest
 from tests.wheelhouse import make_wheel
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from kernel_src.errors import SubmissionFormatError
 from kernel_src.submission import (
     SampleSubmission,
-    SubmissionFormatError,
     SubmissionWriter,
     class_number,
     mask_rows,

@@ -438,8 +438,8 @@ def _project(root: Path, case: Case, dryrun: dict[str, Any] | None = None) -> An
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_format_end_to_end_through_the_rendered_notebook(name: str, tmp_path: Path) -> None:
-    from bundler.dryrun.metric import score_run
     from bundler.notebook.parameters import notebook_parameters
+    from bundler.scoring.metric import score_run
     from kernel_src.notebook import main, setup
 
     case = CASES[name]
@@ -622,11 +622,11 @@ def test_dry_run_completeness_counts_per_object_rows_as_at_least_one_per_pair(tm
     assert "needs 2" in _complete(three, per_class)
 
 
-def test_the_readme_table_gives_the_settings_these_cases_use() -> None:
-    """README's competition -> [submission] table is the settings these tests prove."""
+def test_the_formats_table_gives_the_settings_these_cases_use() -> None:
+    """docs/formats.md's competition -> [submission] table is the settings these tests prove."""
     import tomllib
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "formats.md").read_text(encoding="utf-8")
     names = {
         "Understanding Clouds": "clouds",
         "Carvana": "carvana",
@@ -635,7 +635,7 @@ def test_the_readme_table_gives_the_settings_these_cases_use() -> None:
         "UW-Madison GI tract": "uw-madison",
     }
     found: dict[str, dict[str, Any]] = {}
-    for line in readme.splitlines():
+    for line in doc.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 3 and cells[0] in names:
             pairs = re.findall(r"`([a-z_]+ = [^`]+)`", cells[1])

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from bundler.demo.synthetic import NUM_CLASSES, make_dataset, make_image
-from bundler.dryrun.metric import dice_score
 from bundler.errors import ConfigError
+from bundler.scoring.metric import dice_score
 from kernel_src.rle import decode, encode
 from kernel_src.submission import read_masks, read_sample_submission
 

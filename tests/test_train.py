@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from bundler.build.weights import read_state_dict
 from bundler.config import ModelEntry
+from bundler.dataset.weights import read_checkpoint
 from bundler.demo.synthetic import make_dataset
 from bundler.demo.train import (
     SplitData,
@@ -169,7 +169,7 @@ def test_checkpoint_keeps_optimizer_and_loads_with_the_build_loader(tmp_path: Pa
     assert not list(path.parent.glob("*.tmp"))
 
     entry = ModelEntry(role="segmenter", checkpoint=path, fp16=False, spec=spec)
-    state = read_state_dict(entry.checkpoint, spec.name, "segmenters[0]")
+    state, _ = read_checkpoint(entry.checkpoint, spec.name, "segmenters[0]")
     fresh = build_model(spec, 4)
     load_state_dict_into(fresh, state, spec.name)
     for k, v in model.state_dict().items():

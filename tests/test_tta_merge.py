@@ -104,6 +104,17 @@ def test_a_pixelwise_model_is_unchanged_by_flips_and_scales_in_every_mode(mode: 
     torch.testing.assert_close(merged, torch.sigmoid(x * 2.0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", TTA_MERGES)
+def test_probabilities_merge_as_their_logits_do(mode: str) -> None:
+    # bundler tune merges its cache of probabilities with probabilities=True: the same merge
+    # (logits within +-8, so that no probability rounds to 0 or 1 in float32)
+    x = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(2))
+    views = ("identity", "hflip", "hvflip", "scale:0.5", "scale:1.25")
+    outs = run_views(lambda t: flip_ramp(t).clamp(-8.0, 8.0), x, views)
+    want = merge(outs, views, mode, (H, W))
+    got = merge([torch.sigmoid(o) for o in outs], views, mode, (H, W), probabilities=True)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=5e-5)  # float32 logit(sigmoid(z)) near |z| = 8
+
 def test_classifier_outputs_merge_without_a_frame() -> None:
     x = torch.randn(4, 3, H, W, generator=torch.Generator().manual_seed(2))
     views = ("identity", "hflip", "scale:0.5")

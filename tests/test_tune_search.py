@@ -10,12 +10,14 @@ import numpy.typing as npt
 import pandas as pd
 import pytest
 
-from bundler.dryrun.breakdown import loss_breakdown
-from bundler.dryrun.metric import dice_score
+from bundler.scoring.breakdown import loss_breakdown
+from bundler.scoring.metric import dice_score
 from bundler.tune import search
-from bundler.tune.evidence import Evidence, Grid, image_dice
+from bundler.tune.cache import QUANT
+from bundler.tune.evidence import Evidence, Grid, Models, Plan, ensemble, image_dice
 from kernel_src.postprocess import postprocess
 from kernel_src.rle import encode
+from kernel_src.spec import TTA_MERGES
 
 H, W = 24, 40
 GRID = Grid(
@@ -168,3 +170,41 @@ def test_the_tune_benchmark_runs_at_a_tiny_size() -> None:
     result = bench_tune(quick=True, n=6, height=64, width=256)
     figures = {f.key: f.value for f in result.figures}
     assert figures["tune_s_per_1000"] > 0 and figures["tune_plans_s_per_1000"] > 0
+
+
+class _Cache:
+    """What `ensemble` reads of a HoldoutCache: one segmenter's stored views at the image size."""
+
+    def __init__(self, views: dict[str, npt.NDArray[np.uint8]]) -> None:
+        self.views = views
+        self.height, self.width = next(iter(views.values())).shape[-2:]
+
+    def view_probs(self, name: str, view: str) -> npt.NDArray[np.uint8]:
+        return self.views[view]
+
+    def nan_images(self, name: str) -> npt.NDArray[np.bool_]:
+        return np.zeros(len(next(iter(self.views.values()))), dtype=np.bool_)
+
+    def readable(self) -> npt.NDArray[np.bool_]:
+        return ~self.nan_images("")
+
+
+@pytest.mark.parametrize("mode", TTA_MERGES)
+def test_ensemble_merges_the_cached_views_by_each_modes_closed_form(mode: str) -> None:
+    rng = np.random.default_rng(3)
+    stored = {v: rng.integers(0, QUANT + 1, (3, 2, H, W)).astype(np.uint8) for v in ("identity", "hflip", "vflip")}
+    for s in stored.values():
+        s[:, :, :2] = 0  # saturated stretches, as a confident model's
+        s[:, :, -2:] = QUANT
+    plan = Plan((("seg", tuple(stored)),), ())
+    probs, failed = ensemble(_Cache(stored), plan, Models({"seg": 1.0}, {"seg": mode}), range(3))  # type: ignore[arg-type]
+    p = np.stack(list(stored.values())).astype(np.float64) / QUANT
+    clipped = np.clip(p, 0.5 / QUANT, 1 - 0.5 / QUANT)  # a stored 0 or QUANT in log space: half a step inside
+    want = {
+        "mean": p.mean(0),
+        "gmean": np.exp(np.log(clipped).mean(0)),
+        "max": p.max(0),
+        "logit_mean": 1 / (1 + np.exp(-(np.log(clipped) - np.log1p(-clipped)).mean(0))),
+    }[mode]
+    assert not failed.any()
+    np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)

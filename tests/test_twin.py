@@ -1,5 +1,5 @@
 """The twin of the image without creating one: finding the target Python, the package set, the key
-and the cache lookup (bundler.build.wheels.interpreter, bundler.dryrun.twin)."""
+and the cache lookup (bundler.target.interpreter, bundler.dryrun.twin)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bundler.build.wheels import interpreter
-from bundler.build.wheels.interpreter import TargetPython, TargetPythonError, find_target_python
-from bundler.build.wheels.target import target_env
 from bundler.config import TargetConfig
 from bundler.dryrun import twin
 from bundler.dryrun.twin import (
@@ -24,7 +21,10 @@ from bundler.dryrun.twin import (
     pypi_version,
     twins_dir,
 )
-from bundler.errors import DryRunError
+from bundler.errors import DryRunError, TargetPythonError
+from bundler.target import interpreter
+from bundler.target.env import target_env
+from bundler.target.interpreter import TargetPython, find_target_python
 from tests.wheelhouse import make_wheel, write_baseline
 
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"

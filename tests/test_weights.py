@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bundler.build.dataset_folder import model_keys
-from bundler.build.weights import convert, extract_state_dict, fit_to_model
 from bundler.config import ModelEntry
+from bundler.dataset.dataset_folder import model_keys
+from bundler.dataset.weights import convert, extract_state_dict, fit_to_model
 from bundler.errors import WeightsError
 from kernel_src.bundle import sha256_file
 from kernel_src.models import build_model, load_state_dict_into

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bundler.build.wheels import fetch as wheels_fetch
-from bundler.build.wheels.vendor import WheelPlan, vendor_wheels
 from bundler.config import TargetConfig
+from bundler.dataset.wheels import fetch as wheels_fetch
+from bundler.dataset.wheels.vendor import WheelPlan, vendor_wheels
 from bundler.errors import WheelsError
 from tests.wheelhouse import make_sdist, make_wheel, write_baseline
 

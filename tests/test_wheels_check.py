@@ -8,11 +8,11 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bundler.build.wheels.baseline import Baseline, parse_freeze
-from bundler.build.wheels.check import check_closure, read_wheel
-from bundler.build.wheels.target import target_env
 from bundler.config import TargetConfig
+from bundler.dataset.wheels.check import check_closure, read_wheel
 from bundler.errors import WheelsError
+from bundler.target.baseline import Baseline, parse_freeze
+from bundler.target.env import target_env
 from tests.wheelhouse import make_wheel
 
 ENV = target_env(TargetConfig())

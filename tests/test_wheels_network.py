@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bundler.build.wheels.baseline import load_baseline
-from bundler.build.wheels.vendor import vendor_wheels
 from bundler.config import TargetConfig
+from bundler.dataset.wheels.vendor import vendor_wheels
+from bundler.target.baseline import load_baseline
 
 
 @pytest.mark.network

@@ -9,12 +9,12 @@ from typing import Any, TypeVar
 import pytest
 from rich.console import Console
 
-from bundler.build.wheels.baseline import Baseline, parse_freeze
-from bundler.build.wheels.rehearse import SKIP_ENV, find_target_python, rehearse_install
-from bundler.build.wheels.target import target_env
-from bundler.build.wheels.vendor import vendor_wheels
 from bundler.config import TargetConfig
+from bundler.dataset.wheels.rehearse import SKIP_ENV, find_target_python, rehearse_install
+from bundler.dataset.wheels.vendor import vendor_wheels
 from bundler.errors import WheelsError
+from bundler.target.baseline import Baseline, parse_freeze
+from bundler.target.env import target_env
 from tests.wheelhouse import make_wheel, write_baseline
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -43,10 +43,11 @@ from bundler.demo.train import (
     train_model,
 )
 from bundler.display import shown_path
-from bundler.dryrun.metric import dice_score
 from bundler.errors import DemoError
+from bundler.scoring import dice_score
 from bundler.tune import TuneResult, tune
 from kernel_src.bundle import sha256_file
+from kernel_src.model_kinds import MODEL_KINDS
 from kernel_src.models import build_model
 from kernel_src.submission import read_masks
 
@@ -238,10 +239,14 @@ def train_demo_models(
     todo: list[tuple[ModelEntry, TrainSettings, Any]] = []
     reused: list[str] = []
     for entry in cfg.models:
-        if entry.spec.kind not in ("smp", "timm"):
+        if MODEL_KINDS[entry.spec.kind].builder is None:  # nothing to train: the file is the model
+            trained = " and ".join(
+                f"{k.name!r} {' or '.join(role + 's' for role in k.roles)}"
+                for k in MODEL_KINDS.values()
+                if k.builder is not None
+            )
             raise DemoError(
-                f"bundle.toml: model {entry.spec.name!r} has kind {entry.spec.kind!r}; the demo trains only "
-                "'smp' segmenters and 'timm' classifiers"
+                f"bundle.toml: model {entry.spec.name!r} has kind {entry.spec.kind!r}; the demo trains only {trained}"
             )
         train = settings.classifier if entry.role == "classifier" else settings.segmenter
         key = training_key(cfg, entry, train, data_key)
@@ -316,7 +321,7 @@ def run_demo(
     config_path: Path, *, console: Console, dry_run: bool = True, settings: DemoSettings | None = None
 ) -> DemoResult:
     """Everything `bundler demo` does; returns where things are and the figures it printed."""
-    from bundler.build.dataset_folder import build_dataset
+    from bundler.dataset.dataset_folder import build_dataset
     from bundler.dryrun.command import dry_run as run_dry_run
     from bundler.notebook.render import render_notebook
 

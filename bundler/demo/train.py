@@ -147,7 +147,7 @@ def load_pipeline(path: Path, image_size: Size) -> Any:
     """The albumentations pipeline saved at `path`, written first (`demo_pipeline`) when missing."""
     import albumentations as A
 
-    from bundler.build.preprocess import data_format, load_pipeline_file
+    from bundler.dataset.preprocess import data_format, load_pipeline_file
 
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

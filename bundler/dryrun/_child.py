@@ -25,7 +25,6 @@ import argparse
 import ctypes
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -42,19 +41,15 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from rich.console import Console
 from rich.markup import escape
 
+from bundler.display import strip_ansi
 from bundler.sandbox import Isolation, isolated_argv
 
 EVENT_PREFIX = "@@bundler-event "
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def emit(event: str, **fields: Any) -> None:
     sys.stdout.write(EVENT_PREFIX + json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
-
-
-def strip_ansi(text: str) -> str:
-    return ANSI.sub("", text)
 
 
 class _StreamingClient(NotebookClient):  # type: ignore[misc]

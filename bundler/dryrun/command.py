@@ -38,10 +38,8 @@ from rich.table import Table
 from bundler.config import BundleConfig
 from bundler.display import shown_path
 from bundler.dryrun._child import Execution, run_notebook
-from bundler.dryrun.breakdown import submission_breakdown
 from bundler.dryrun.estimate import Estimate, target_estimate
 from bundler.dryrun.inputs import Inputs, check_inputs
-from bundler.dryrun.metric import mask_shapes, score_run
 from bundler.dryrun.outputs import check_out, discard, keep, new_stage
 from bundler.dryrun.projection import (
     NO_CALIBRATION,
@@ -59,6 +57,8 @@ from bundler.dryrun.tree import make_tree, remove_tree
 from bundler.dryrun.verdict import Facts, judge, problem_summary, resources_against_limits
 from bundler.errors import DryRunError
 from bundler.sandbox import Isolation, probe
+from bundler.scoring import mask_shapes, score_run, submission_breakdown
+from kernel_src.paths import PROFILE_FILE, SUBMISSION_FILE
 from kernel_src.profiler import folder_bytes, format_bytes
 from kernel_src.submission import SampleSubmission, read_csv_strings
 
@@ -124,7 +124,7 @@ def _execute(
             engine=runtime.engine,
             env={"TMPDIR": str(kernel_tmp), "JUPYTER_PATH": jupyter_path},
         )
-        for name in ("submission.csv", "profile.json"):
+        for name in (SUBMISSION_FILE, PROFILE_FILE):
             if (tree.working / name).is_file():
                 shutil.copyfile(tree.working / name, out / name)
         return execution, folder_bytes(tree.working)
@@ -146,7 +146,7 @@ def _calibration(cfg: BundleConfig, inputs: Inputs, profile: Mapping[str, Any], 
 def _complete(submission: Path, sample: SampleSubmission) -> str:
     """'' when `submission` has every row the sample asks for, else what is wrong."""
     frame = read_csv_strings(submission)
-    if sample.custom is not None and sample.custom.per_object:  # one row per object: at least one per pair
+    if sample.resolved.per_object:  # one row per object: at least one per pair
         if len(frame) < sample.rows:
             return f"submission.csv has {len(frame)} rows, the sample submission needs at least {sample.rows}"
     elif len(frame) != sample.rows:
@@ -252,8 +252,8 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
     console.print(f"runtime: {escape(runtime.describe())}: {escape(runtime.detail)}")
     execution, working_bytes = _execute(cfg, inputs, executed, isolation, console, runtime)
     cell_id = _cell_id(executed, execution.cell)
-    profile = _read_json(stage / "profile.json")
-    submission = stage / "submission.csv"
+    profile = _read_json(stage / PROFILE_FILE)
+    submission = stage / SUBMISSION_FILE
     incomplete = "" if not submission.is_file() else _complete(submission, inputs.sample)
     if execution.ok and not submission.is_file():
         incomplete = "the notebook ran but wrote no submission.csv"
@@ -286,7 +286,7 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
 
     score: float | None = None
     per_class: list[float] | None = None
-    losses: list[dict[str, Any]] | None = None  # where the points are lost (bundler.dryrun.breakdown)
+    losses: list[dict[str, Any]] | None = None  # where the points are lost (bundler.scoring.breakdown)
     if inputs.labels is not None and submission.is_file() and not incomplete:
         try:
             # layout, RLE order, each image's encode size and the empty-pair rule from the spec (issue 16)

@@ -25,18 +25,13 @@ import nbformat
 from nbformat import NotebookNode
 
 from bundler.config import BundleConfig
-from bundler.dryrun.metric import mask_shapes
 from bundler.dryrun.tree import image_files
 from bundler.errors import DryRunError, ManifestError, RenderError
+from bundler.scoring import mask_shapes
 from kernel_src import rle
 from kernel_src.bundle import kernel_src_hash
-from kernel_src.submission import (
-    SampleSubmission,
-    SubmissionFormatError,
-    masks_by_image,
-    read_mask_rows,
-    read_sample_submission,
-)
+from kernel_src.errors import SubmissionFormatError
+from kernel_src.submission import SampleSubmission, masks_by_image, read_mask_rows, read_sample_submission
 
 RENDER = "run `bundler render-notebook`"
 
@@ -55,7 +50,7 @@ class Inputs:
 
 
 def _manifest(cfg: BundleConfig) -> dict[str, Any]:
-    from bundler.build.manifest import read_manifest
+    from bundler.dataset.manifest import read_manifest
 
     try:
         return read_manifest(cfg.dataset.out, cfg.name)
@@ -157,7 +152,7 @@ def _labels(cfg: BundleConfig, sample: SampleSubmission, images: tuple[str, ...]
     layout = cfg.inference.submission  # labels are read in the [submission] layout (long form under "auto")
     try:
         rows = read_mask_rows(path, n, labels=True, submission=layout)
-        merge = layout.layout == "custom" and layout.rows == "per_object"
+        merge = layout.per_object
         masks_by_image(rows, n, str(path), merge=merge)  # one mask per image x class
     except SubmissionFormatError as e:
         raise DryRunError(f"labels {e}") from None

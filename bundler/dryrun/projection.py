@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bundler.config import kaggle_run_dirs
 from bundler.errors import DryRunError
+from kernel_src.paths import PROFILE_FILE
 
 NO_CALIBRATION_NOTE = "none: figure is for this machine"
 
@@ -88,12 +89,9 @@ def profile_calibration(kaggle: Mapping[str, Any], local: Mapping[str, Any], sou
 
 def latest_kaggle_profile(root: Path) -> Path | None:
     """The newest `build/kaggle/v<N>/profile.json` under the project `root` (highest N), if any."""
-    found = [
-        (int(m.group(1)), p)
-        for p in (root / "build" / "kaggle").glob("v*/profile.json")
-        if (m := re.fullmatch(r"v(\d+)", p.parent.name))
-    ]
-    return max(found)[1] if found else None
+    runs = kaggle_run_dirs(root)
+    found = [n for n, folder in runs.items() if (folder / PROFILE_FILE).is_file()]
+    return runs[max(found)] / PROFILE_FILE if found else None
 
 
 def kaggle_run_calibration(path: Path, local: Mapping[str, Any]) -> Calibration:

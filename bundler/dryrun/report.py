@@ -26,7 +26,7 @@ import numpy.typing as npt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bundler.dryrun.breakdown import loss_section
+from bundler.scoring import loss_section
 from kernel_src import rle
 from kernel_src.images import image_paths
 from kernel_src.layout import SubmissionSpec
@@ -64,7 +64,7 @@ def load_mask_samples(
     submission_spec: SubmissionSpec | None = None,
 ) -> list[MaskSample]:
     """Up to `limit` images, those with a predicted or true defect first, in name order. `shape` is
-    the masks' size, or one per image id (`bundler.dryrun.metric.mask_shapes`); both files are read
+    the masks' size, or one per image id (`bundler.scoring.metric.mask_shapes`); both files are read
     in the `submission_spec` layout (issue 16)."""
     predicted = read_masks(submission, num_classes, submission=submission_spec)
     truth = read_masks(labels, num_classes, labels=True, submission=submission_spec) if labels is not None else None

@@ -31,11 +31,10 @@ from typing import Any
 
 from rich.console import Console
 
-from bundler.build.wheels.interpreter import TargetPythonError, find_target_python, how_to_get
-from bundler.build.wheels.target import target_env
 from bundler.config import DRYRUN_RUNTIMES, BundleConfig
 from bundler.dryrun.twin import ensure_twin, plan_twin
-from bundler.errors import BundlerError, DryRunError
+from bundler.errors import BundlerError, DryRunError, TargetPythonError
+from bundler.target import find_target_python, how_to_get, target_env
 
 RUNTIMES = DRYRUN_RUNTIMES
 ENGINE_PAPERMILL = "papermill"

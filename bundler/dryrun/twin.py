@@ -52,12 +52,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bundler.build.wheels.baseline import Baseline, baseline_path, load_baseline
-from bundler.build.wheels.check import read_wheel
-from bundler.build.wheels.interpreter import TargetPython
-from bundler.build.wheels.resolve import uv_command
-from bundler.build.wheels.target import TargetEnv
+from bundler.dataset.wheels.check import read_wheel
 from bundler.errors import DryRunError
+from bundler.target import Baseline, TargetEnv, TargetPython, baseline_path, load_baseline, uv_command
 
 TWIN_DIR_ENV = "BUNDLER_TWIN_DIR"
 TWIN_FORMAT = 1

@@ -36,12 +36,6 @@ from bundler.dryrun.projection import Projection
 from kernel_src.profiler import format_bytes
 
 GB = 1e9
-KIND_WORDS = {
-    "unreadable": "unreadable image file(s) (empty masks)",
-    "missing": "listed image(s) missing from the test folder (empty masks, not counted as predicted)",
-    "nonfinite": "image(s) every segmenter gave NaN for (empty masks)",
-    "converted": "image(s) converted before prediction (grey, RGBA, 16-bit or another size)",
-}
 
 
 @dataclass(frozen=True)

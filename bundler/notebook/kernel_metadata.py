@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bundler.config import BundleConfig
+from bundler.config import KERNEL_NAME_MIN, BundleConfig
 from bundler.errors import MetadataError
 
 LANGUAGES = ("python", "r", "rmarkdown")
@@ -126,11 +126,13 @@ def validate_metadata(meta: Mapping[str, Any], folder: Path) -> list[str]:
         parts = str(kernel_id).split("/")
         if not isinstance(kernel_id, str) or len(parts) != 2 or not all(parts):
             problems.append(f"id {kernel_id!r} must be 'owner/slug' (kernel.id in bundle.toml)")
-        elif len(parts[1]) < 5:
-            problems.append(f"id {kernel_id!r}: the slug must be at least 5 characters (kernel.id in bundle.toml)")
+        elif len(parts[1]) < KERNEL_NAME_MIN:
+            problems.append(
+                f"id {kernel_id!r}: the slug must be at least {KERNEL_NAME_MIN} characters (kernel.id in bundle.toml)"
+            )
     title = meta.get("title")
-    if title is not None and (not isinstance(title, str) or len(title) < 5):
-        problems.append(f"title {title!r} must be at least 5 characters (kernel.title in bundle.toml)")
+    if title is not None and (not isinstance(title, str) or len(title) < KERNEL_NAME_MIN):
+        problems.append(f"title {title!r} must be at least {KERNEL_NAME_MIN} characters (kernel.title in bundle.toml)")
     code_file = meta.get("code_file")
     kernel_type = meta.get("kernel_type")
     if not code_file or not isinstance(code_file, str):
@@ -150,7 +152,13 @@ def validate_metadata(meta: Mapping[str, Any], folder: Path) -> list[str]:
     if kernel_type not in KERNEL_TYPES:
         problems.append(f"kernel_type {kernel_type!r} must be one of {list(KERNEL_TYPES)}")
     _check_sources(meta, "dataset_sources", r"[^/\s]+/[^/\s]+(/[^/\s]+)?", "'owner/slug[/version]'", problems)
-    _check_sources(meta, "kernel_sources", r"[^/\s]+/[^/\s]{5,}", "'owner/slug' (slug >= 5 characters)", problems)
+    _check_sources(
+        meta,
+        "kernel_sources",
+        rf"[^/\s]+/[^/\s]{{{KERNEL_NAME_MIN},}}",
+        f"'owner/slug' (slug >= {KERNEL_NAME_MIN} characters)",
+        problems,
+    )
     _check_sources(
         meta,
         "model_sources",

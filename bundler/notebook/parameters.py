@@ -24,6 +24,7 @@ from nbformat.v4 import new_code_cell
 from bundler.config import BundleConfig
 from bundler.errors import RenderError
 from kernel_src.bundle import MANIFEST
+from kernel_src.paths import INPUT_ROOT, WORKING_DIR
 
 CONFIG_NAME = "CONFIG"
 PARAMETERS_TAG = "parameters"
@@ -54,8 +55,8 @@ def notebook_config(cfg: BundleConfig, manifest: Mapping[str, Any]) -> dict[str,
         "bundle_hash": str(manifest["hash"]),
         "dataset_id": cfg.dataset.id,
         "bundle_dir": None,
-        "input_root": "/kaggle/input",
-        "working_dir": "/kaggle/working",
+        "input_root": INPUT_ROOT,
+        "working_dir": WORKING_DIR,
         "data_dir": None,
         "sample_submission": cfg.competition.sample_submission,
         "test_images": cfg.competition.test_images,

@@ -34,8 +34,8 @@ from rich.console import Console
 
 import kernel_src
 from bundler import __version__
-from bundler.build.manifest import read_manifest
 from bundler.config import BundleConfig
+from bundler.dataset.manifest import read_manifest
 from bundler.display import shown_path
 from bundler.errors import ManifestError, RenderError
 from bundler.notebook.kernel_metadata import read_existing, title_warning, write_metadata
@@ -82,7 +82,7 @@ def _module_source(path: Path) -> str:
 
 
 def built_manifest(cfg: BundleConfig) -> dict[str, Any]:
-    """The built bundle's manifest (`bundler.build.manifest.read_manifest`): the notebook verifies that bundle."""
+    """The built bundle's manifest (`bundler.dataset.manifest.read_manifest`): the notebook verifies that bundle."""
     try:
         return read_manifest(cfg.dataset.out, cfg.name)
     except ManifestError as e:

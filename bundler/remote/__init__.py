@@ -4,8 +4,20 @@ Every call goes through `bundler.remote.client` (the one importer of `kaggle`); 
 remembers between commands is `build/kaggle/state.json` (`bundler.remote.state`).
 """
 
+from bundler.remote.baseline import CaptureResult, DiffResult, capture, diff
 from bundler.remote.kernel import StatusResult, kernel_status
 from bundler.remote.push import PushResult, push
 from bundler.remote.submit import SubmitResult, submit
 
-__all__ = ["PushResult", "StatusResult", "SubmitResult", "kernel_status", "push", "submit"]
+__all__ = [
+    "CaptureResult",
+    "DiffResult",
+    "PushResult",
+    "StatusResult",
+    "SubmitResult",
+    "capture",
+    "diff",
+    "kernel_status",
+    "push",
+    "submit",
+]

@@ -29,7 +29,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bundler.build.wheels.baseline import Baseline, is_protected, load_baseline, parse_freeze
 from bundler.config import BundleConfig
 from bundler.display import shown_path
 from bundler.errors import ManifestError, RemoteError, WheelsError
@@ -37,6 +36,7 @@ from bundler.remote.client import Kaggle, connect, poll_interval
 from bundler.remote.diagnose import read_log, tail
 from bundler.remote.state import kaggle_dir
 from bundler.remote.wait import spinner, wait_for
+from bundler.target import Baseline, is_protected, load_baseline, parse_freeze
 
 BASELINE_SLUG = "bundler-image-baseline"
 BASELINE_TITLE = "bundler image baseline"
@@ -232,7 +232,7 @@ def _wheel_requires(path: Path) -> list[NormalizedName]:
 
 def _bundle_needs(cfg: BundleConfig, console: Console) -> tuple[dict[NormalizedName, str], set[NormalizedName]]:
     """(vendored name -> version, names the bundle needs from somewhere) of the built bundle."""
-    from bundler.build.manifest import read_manifest
+    from bundler.dataset.manifest import read_manifest
 
     needed = {canonicalize_name(Requirement(r).name) for r in cfg.target.requirements}
     try:

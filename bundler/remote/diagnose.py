@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+from bundler.display import strip_ansi
+
 _ENCOUNTERED = re.compile(r'Exception encountered at "(In \[\d+\])"')
 TAIL_LINES = 20
 
@@ -79,10 +80,10 @@ def log_text(raw: str) -> str:
     try:
         records = json.loads(raw)
     except ValueError:
-        return ANSI.sub("", raw)
+        return strip_ansi(raw)
     if isinstance(records, list) and all(isinstance(r, Mapping) for r in records):
-        return ANSI.sub("", "".join(str(r.get("data", "")) for r in records))
-    return ANSI.sub("", raw)
+        return strip_ansi("".join(str(r.get("data", "")) for r in records))
+    return strip_ansi(raw)
 
 
 def tail(text: str, lines: int = TAIL_LINES) -> list[str]:
@@ -105,7 +106,7 @@ def _from_notebook(path: Path) -> CellFailure | None:
     for cell in nb.get("cells", []) if isinstance(nb, Mapping) else []:
         for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
             if out.get("output_type") == "error":
-                trace = [ANSI.sub("", str(t)) for t in out.get("traceback", [])]
+                trace = [strip_ansi(str(t)) for t in out.get("traceback", [])]
                 lines = [line for t in trace for line in t.splitlines()]
                 return CellFailure(str(cell.get("id", "?")), str(out.get("ename")), str(out.get("evalue")), lines)
     return None

@@ -25,6 +25,7 @@ from bundler.remote.client import Kaggle, connect, poll_interval
 from bundler.remote.diagnose import classify, failing_cell, read_log, tail
 from bundler.remote.state import RemoteState, load_state, version_dir
 from bundler.remote.wait import wait_for
+from kernel_src.paths import PROFILE_FILE, SUBMISSION_FILE
 
 ENDED = ("complete", "error", "cancel_acknowledged")
 DEFAULT_POLL_S = 30.0
@@ -98,9 +99,9 @@ def settle(
     if status == "cancel_acknowledged":
         raise RemoteError(f"notebook {cfg.kernel.id} v{version} was cancelled on Kaggle; push it again")
     if status == "complete":
-        profile = version_dir(cfg, version) / "profile.json"
-        if not (version_dir(cfg, version) / "submission.csv").is_file():
-            console.print(f"[yellow]warning:[/] v{version} completed without submission.csv: a submit would fail")
+        profile = version_dir(cfg, version) / PROFILE_FILE
+        if not (version_dir(cfg, version) / SUBMISSION_FILE).is_file():
+            console.print(f"[yellow]warning:[/] v{version} completed without {SUBMISSION_FILE}: a submit would fail")
         if profile.is_file():
             console.print(f"  {escape(shown_path(profile))} is now the dry-run's default calibration")
         console.print(f"submit it with: [bold]bundler submit --version {version} --wait[/]")

@@ -25,8 +25,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from bundler.build.manifest import METADATA, manifest_files, read_manifest
 from bundler.config import BundleConfig
+from bundler.dataset.manifest import METADATA, manifest_files, read_manifest
 from bundler.display import shown_path
 from bundler.errors import RemoteError
 from bundler.notebook.kernel_metadata import check_metadata, read_existing, write_metadata

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bundler.config import BundleConfig
+from bundler.config import KAGGLE_DIR, BundleConfig, kaggle_run_dir
 from bundler.errors import RemoteError
 
 STATE_FILE = "state.json"
@@ -26,12 +26,12 @@ STATE_FORMAT = 1
 
 def kaggle_dir(cfg: BundleConfig) -> Path:
     """`build/kaggle/` of the project (beside bundle.toml)."""
-    return cfg.root / "build" / "kaggle"
+    return cfg.root / KAGGLE_DIR
 
 
 def version_dir(cfg: BundleConfig, version: int) -> Path:
     """Where kernel version `version`'s outputs are downloaded."""
-    return kaggle_dir(cfg) / f"v{version}"
+    return kaggle_run_dir(cfg.root, version)
 
 
 @dataclass

@@ -21,8 +21,8 @@ from bundler.remote.diagnose import classify
 from bundler.remote.kernel import resolve_version
 from bundler.remote.state import load_state
 from bundler.remote.wait import wait_for
+from kernel_src.paths import SUBMISSION_FILE
 
-SUBMISSION_FILE = "submission.csv"
 DEFAULT_POLL_S = 30.0
 DEFAULT_TIMEOUT_S = 12 * 3600.0  # the longest a scored rerun may take
 

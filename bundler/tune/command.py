@@ -5,7 +5,7 @@
    the models, their specs, the holdout and kernel_src are unchanged.
 2. Every candidate's Dice per image x class pair (`bundler.tune.evidence`), then the k-fold
    search (`bundler.tune.search`): current vs tuned, per class and overall, with the fold spread.
-3. Where the points are lost (`bundler.dryrun.breakdown`), for the current and tuned settings.
+3. Where the points are lost (`bundler.scoring.breakdown`), for the current and tuned settings.
 4. The ensemble plans (`bundler.tune.plan`): score and projected time, the recommended plan.
 5. `tune.json` and `report.html` in the output folder; with `write`, bundle.toml updated in place
    (`bundler.tune.write`) and the diff printed, else the proposed values printed.
@@ -30,9 +30,9 @@ from rich.table import Table
 
 from bundler.config import BundleConfig
 from bundler.display import shown_path
-from bundler.dryrun.breakdown import ClassLosses, loss_breakdown
 from bundler.dryrun.projection import NO_CALIBRATION, Calibration, factor_calibration, profile_calibration
 from bundler.errors import DryRunError, TuneError
+from bundler.scoring import ClassLosses, loss_breakdown
 from bundler.tune import search
 from bundler.tune.cache import HoldoutCache, cache_key, first_pass, holdout_fingerprint, read_cache
 from bundler.tune.evidence import Evidence, Grid, Models, Plan, build_evidence, grid_with, truth_masks
@@ -46,8 +46,10 @@ from bundler.tune.plan import (
     recommend,
 )
 from bundler.tune.report import write_tune_report
+from kernel_src.errors import SubmissionFormatError
+from kernel_src.paths import PROFILE_FILE
 from kernel_src.spec import InferenceSpec
-from kernel_src.submission import SubmissionFormatError, read_masks, read_sample_submission
+from kernel_src.submission import read_masks, read_sample_submission
 
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))  # 0.30 .. 0.80
 MIN_COMPONENTS = (0, 10, 30, 100, 200, 400, 800, 1600)
@@ -138,7 +140,7 @@ def _metric_rule(spec: InferenceSpec) -> float:
 
 
 def _model_hashes(cfg: BundleConfig) -> dict[str, str]:
-    from bundler.build.manifest import read_manifest
+    from bundler.dataset.manifest import read_manifest
 
     manifest = read_manifest(cfg.dataset.out, cfg.name)
     # weights, and the translated preprocessing pipelines a model may carry beside them
@@ -196,7 +198,7 @@ def full_plan(spec: InferenceSpec) -> Plan:
 
 
 def _costs(cfg: BundleConfig, cache: HoldoutCache) -> tuple[Costs, Calibration]:
-    profile_path = cfg.dryrun.out / "profile.json"
+    profile_path = cfg.dryrun.out / PROFILE_FILE
     profile: dict[str, Any] | None = None
     if profile_path.is_file():
         try:

@@ -1,11 +1,12 @@
 """From the cache and the labels: the ensemble's probabilities, and every candidate's Dice per pair.
 
 `ensemble(cache, plan, rows)` rebuilds what the engine's `Predictor` computes for those images:
-each segmenter's views merged (its `tta_merge`), resized to the image size (bilinear, as the
-engine), averaged over segmenters with their weights, a segmenter whose output held NaN for an
-image left out of that image (weights renormalised); an image every segmenter failed, or one
-that could not be read, has no prediction (`failed`). `gate_probs` is the classifiers' weighted
-mean, NaN dropped per image; an image every classifier gave NaN for passes every gate.
+each segmenter's views merged (its `tta_merge`, by the engine's own `kernel_src.tta.merge`),
+resized to the image size (bilinear, as the engine), averaged over segmenters with their weights,
+a segmenter whose output held NaN for an image left out of that image (weights renormalised); an
+image every segmenter failed, or one that could not be read, has no prediction (`failed`).
+`gate_probs` is the classifiers' weighted mean, NaN dropped per image; an image every classifier
+gave NaN for passes every gate.
 
 `build_evidence` then computes, once per image and class, for every pixel threshold of the grid:
 the 8-connected components of the thresholded map (the engine's `cv2.connectedComponentsWithStats`)
@@ -30,8 +31,10 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from bundler import scoring
 from bundler.tune.cache import QUANT, HoldoutCache
 from kernel_src.rle import decode
+from kernel_src.tta import merge
 
 Floats = npt.NDArray[np.float32]
 Bools = npt.NDArray[np.bool_]
@@ -60,39 +63,23 @@ class Models:
     merges: Mapping[str, str]
 
 
-def merge(views: Floats, mode: str) -> Floats:
-    """[V, n, C, h, w] probabilities -> [n, C, h, w], as the engine merges a model's views."""
-    result: Floats
-    if views.shape[0] == 1:
-        result = views[0]
-    elif mode == "mean":
-        result = views.mean(axis=0, dtype=np.float32)
-    elif mode == "max":
-        result = views.max(axis=0)
-    elif mode in ("gmean", "logit_mean"):
-        clipped = np.clip(views, EPS, 1.0 - EPS)
-        if mode == "gmean":
-            result = np.exp(np.log(clipped).mean(axis=0)).astype(np.float32)
-        else:
-            logits = np.log(clipped) - np.log1p(-clipped)
-            result = (1.0 / (1.0 + np.exp(-logits.mean(axis=0)))).astype(np.float32)
-    else:
-        raise ValueError(f"unknown TTA merge {mode!r}")
-    return result
-
-
 def _merged(cache: HoldoutCache, name: str, views: Sequence[str], mode: str, index: npt.NDArray[np.int64]) -> Floats:
-    """A segmenter's views merged, [n, C, h, w] float32 at its model size, in units of 1/QUANT."""
+    """A segmenter's views merged by the engine's own merge (`kernel_src.tta.merge`), [n, C, h, w]
+    float32 at its model size, in units of 1/QUANT.
+
+    The cache holds each view already undone, as a probability: the merge is given them as
+    probabilities, seen through "identity" (nothing is left to undo). Where it works in log or
+    logit space (gmean, logit_mean) a stored 0 or QUANT is taken as EPS from 0 or 1, the nearest
+    value it can stand for, so that one saturated view does not make the merge 0 or NaN."""
     stored = [np.asarray(cache.view_probs(name, v)[index]) for v in views]
-    if len(stored) == 1:
+    if len(stored) == 1:  # one view: nothing to merge, every mode gives it back
         return stored[0].astype(np.float32)
-    if mode == "mean":  # exact in integers, then one scaling
-        total = np.zeros(stored[0].shape, dtype=np.uint16)
-        for s in stored:
-            total += s
-        return total.astype(np.float32) * np.float32(1.0 / len(stored))
-    probs = np.stack(stored).astype(np.float32) * np.float32(1.0 / QUANT)
-    return merge(probs, mode) * np.float32(QUANT)
+    probs = [torch.from_numpy(s).float().mul_(1.0 / QUANT) for s in stored]
+    if mode in ("gmean", "logit_mean"):
+        probs = [p.clamp_(EPS, 1.0 - EPS) for p in probs]
+    merged = merge(probs, ("identity",) * len(probs), mode, probabilities=True)
+    result: Floats = merged.numpy() * np.float32(QUANT)
+    return result
 
 
 def ensemble(cache: HoldoutCache, plan: Plan, models: Models, rows: Sequence[int]) -> tuple[Floats, Bools]:
@@ -215,7 +202,7 @@ def image_dice(
     lowest = min(grid.thresholds)
     for c in range(c_n):
         t_area = int(np.count_nonzero(truth[c]))
-        clean = empty_pair if t_area == 0 else 0.0
+        clean = float(scoring.dice(0, 0, t_area, empty_pair))  # every empty candidate's Dice
         dice[:, c] = clean
         above = probs[c] > lowest
         ys, xs = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
@@ -242,7 +229,7 @@ def image_dice(
                 p = keep @ areas  # [M]
                 i = keep @ inter
                 ne = p[:, None] >= areas_needed  # [M, A]
-                d = np.where(ne, 2.0 * i[:, None] / np.maximum(p[:, None] + t_area, 1), clean)
+                d = np.where(ne, scoring.dice(i[:, None], p[:, None], t_area, clean), clean)
                 dice[x, c, k], nonempty[x, c, k] = d, ne
     return dice, nonempty
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bundler import scoring
 from bundler.dryrun.projection import Calibration, project
 from bundler.tune.cache import HoldoutCache
 from bundler.tune.evidence import BATCH, Bools, Models, Plan, ensemble, gate_probs
@@ -131,8 +132,7 @@ def _pair_dice(masks: Bools, truth: Bools, empty_pair: float) -> tuple[npt.NDArr
     m, t = masks.reshape(c_n, -1), truth.reshape(c_n, -1)
     inter = np.count_nonzero(m & t, axis=1)
     p, q = np.count_nonzero(m, axis=1), np.count_nonzero(t, axis=1)
-    dice = np.where(p + q == 0, empty_pair, 2.0 * inter / np.maximum(p + q, 1))
-    return dice, p > 0
+    return scoring.dice(inter, p, q, empty_pair), p > 0
 
 
 def evaluate_plans(

@@ -19,7 +19,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bundler.dryrun.breakdown import loss_section
+from bundler.scoring import loss_section
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; color: #222; }

@@ -1,6 +1,6 @@
 """Get one wheel for the target into the local wheelhouse: reuse, download a binary wheel, or build a pure sdist.
 
-The wheelhouse (`target.wheelhouse`, see `bundler.build.wheels.wheelhouse`) is a flat folder of
+The wheelhouse (`target.wheelhouse`, see `bundler.dataset.wheels.wheelhouse`) is a flat folder of
 wheels; a wheel found there for the right name, version and tags (cached or dropped by the user)
 is used as is, so a second build downloads and builds nothing.
 Downloads go through pip (`pip download --no-deps --only-binary=:all:` with the target's
@@ -22,9 +22,9 @@ from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from bundler.build.wheels.target import TargetEnv
-from bundler.build.wheels.wheelhouse import store
+from bundler.dataset.wheels.wheelhouse import store
 from bundler.errors import WheelsError
+from bundler.target import TargetEnv
 
 CACHED, COPIED, DOWNLOADED, BUILT = "cached", "from target.find_links", "downloaded", "built from sdist"
 

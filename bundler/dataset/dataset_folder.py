@@ -36,18 +36,18 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from bundler.build import credentials
-from bundler.build.fingerprint import HashCache, input_fingerprint
-from bundler.build.manifest import MANIFEST, METADATA, build_manifest, dataset_metadata, up_to_date, write_json
-from bundler.build.summary import print_report
 from bundler.config import BundleConfig, ModelEntry
+from bundler.dataset import credentials
+from bundler.dataset.fingerprint import HashCache, input_fingerprint
+from bundler.dataset.manifest import MANIFEST, METADATA, build_manifest, dataset_metadata, up_to_date, write_json
+from bundler.dataset.summary import print_report
 from bundler.errors import BuildError
 from bundler.outdir import check_out_folder
 from bundler.sandbox import pid_alive
 
 if TYPE_CHECKING:
-    from bundler.build.weights import WeightRecord
-    from bundler.build.wheels.vendor import WheelPlan
+    from bundler.dataset.weights import WeightRecord
+    from bundler.dataset.wheels.vendor import WheelPlan
 
 CACHE_DIR = Path("build/.cache")  # under the folder of bundle.toml
 
@@ -168,7 +168,7 @@ def _assert_contents(folder: Path, expected: set[str]) -> None:
 
 def _checkpoint_hashes(cfg: BundleConfig, keys: list[str], console: Console) -> list[str]:
     """Check each checkpoint exists and is not a credential file by name, then hash it (cached)."""
-    from bundler.build.checkpoint_file import check_checkpoint_path
+    from bundler.dataset.checkpoint_file import check_checkpoint_path
 
     for entry, key in zip(cfg.models, keys, strict=True):
         check_checkpoint_path(entry, key)
@@ -186,7 +186,7 @@ def _checkpoint_hashes(cfg: BundleConfig, keys: list[str], console: Console) -> 
 
 
 def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console: Console) -> list[WeightRecord]:
-    from bundler.build.weights import convert
+    from bundler.dataset.weights import convert
 
     records = []
     with _progress(console, bytes_=True) as progress:
@@ -216,8 +216,8 @@ def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console:
 
 
 def _preprocessing(cfg: BundleConfig, keys: list[str], staging: Path, console: Console) -> list[dict[str, Any]]:
-    """Each model's albumentations pipeline translated, proved and written (bundler.build.preprocess)."""
-    from bundler.build.preprocess import build_preprocess
+    """Each model's albumentations pipeline translated, proved and written (bundler.dataset.preprocess)."""
+    from bundler.dataset.preprocess import build_preprocess
 
     todo = [(entry, key) for entry, key in zip(cfg.models, keys, strict=True) if entry.preprocess is not None]
     if not todo:
@@ -238,7 +238,7 @@ def _preprocessing(cfg: BundleConfig, keys: list[str], staging: Path, console: C
 
 
 def _vendor(cfg: BundleConfig, staging: Path, console: Console) -> WheelPlan:
-    from bundler.build.wheels.vendor import vendor_wheels
+    from bundler.dataset.wheels.vendor import vendor_wheels
 
     return vendor_wheels(
         cfg.target, staging, wheelhouse=cfg.target.wheelhouse, uv_cache=cache_dir(cfg) / "uv", console=console

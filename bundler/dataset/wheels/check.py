@@ -22,11 +22,9 @@ from packaging.tags import Tag
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
-from bundler.build.wheels.baseline import Baseline, is_protected
-from bundler.build.wheels.fetch import wheel_tags
-from bundler.build.wheels.resolve import REQUESTED
-from bundler.build.wheels.target import TargetEnv
+from bundler.dataset.wheels.fetch import wheel_tags
 from bundler.errors import WheelsError
+from bundler.target import REQUESTED, Baseline, TargetEnv, is_protected
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Every image x class pair scores 1 at best (mean Dice). A pair loses:
 
 `loss_breakdown` takes per-pair arrays (what `bundler tune` computes from its cache);
 `submission_breakdown` computes them from a submission and the labels with the metric's own
-interval arithmetic (`bundler.dryrun.metric`), for the dry-run's report.
+interval arithmetic (`bundler.scoring.metric`), for the dry-run's report.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bundler.dryrun.metric import dice_of_intervals
+from bundler.scoring.metric import dice_of_intervals
 from kernel_src.layout import SubmissionSpec
 from kernel_src.rle import parse
 from kernel_src.submission import read_masks

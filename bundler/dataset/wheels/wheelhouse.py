@@ -31,8 +31,8 @@ from typing import Any
 from packaging.utils import InvalidWheelFilename, NormalizedName, parse_wheel_filename
 from packaging.version import Version
 
-from bundler.build.wheels.target import TargetEnv
 from bundler.errors import WheelsError
+from bundler.target import TargetEnv
 
 CACHE_LIST = ".bundler-cache"  # names of the wheels bundler stored here, one per line
 GITIGNORE = "*\n!.gitignore\n"

@@ -55,7 +55,7 @@ def _pairs(
         rows = mask_rows(frame, _source(data), num_classes, labels=labels, submission=submission)
     else:
         rows = read_mask_rows(Path(data), num_classes, labels=labels, submission=submission)
-    merge = submission is not None and submission.layout == "custom" and submission.rows == "per_object"
+    merge = submission is not None and submission.per_object
     masks = masks_by_image(rows, num_classes, _source(data), merge=merge)
     found = {(image, c): rle for image, rles in masks.items() for c, rle in enumerate(rles, 1) if rle.strip()}
     return found, list(masks)
@@ -75,16 +75,26 @@ def _covered_before(
     return result
 
 
+def dice(
+    intersection: npt.ArrayLike, predicted: npt.ArrayLike, true: npt.ArrayLike, empty_pair: float = 1.0
+) -> npt.NDArray[np.float64]:
+    """Dice `2 I / (P + T)` from pixel counts (intersection, predicted area, true area), elementwise
+    over arrays or for one pair; a pair empty on both sides scores `empty_pair`. The one Dice: the
+    metric, its breakdown and tune's search and plans all score through it."""
+    total = np.add(predicted, true)
+    ratio = 2.0 * np.asarray(intersection) / np.maximum(total, 1)
+    scores: npt.NDArray[np.float64] = np.where(total == 0, empty_pair, ratio)
+    return scores
+
+
 def dice_of_intervals(a: Intervals, b: Intervals) -> float:
     """Dice of two run lists (sorted, non-overlapping, [start, end)); 1.0 when both are empty."""
     size_a = int((a[1] - a[0]).sum())
     size_b = int((b[1] - b[0]).sum())
-    if size_a == 0 and size_b == 0:
-        return 1.0
-    if size_a == 0 or size_b == 0:
-        return 0.0
-    inter = int((_covered_before(*a, b[1]) - _covered_before(*a, b[0])).sum())
-    return 2.0 * inter / (size_a + size_b)
+    inter = 0
+    if size_a and size_b:
+        inter = int((_covered_before(*a, b[1]) - _covered_before(*a, b[0])).sum())
+    return float(dice(inter, size_a, size_b))
 
 
 def dice_score(

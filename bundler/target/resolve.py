@@ -27,9 +27,9 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from bundler.build.wheels.baseline import Baseline, is_protected
-from bundler.build.wheels.target import TargetEnv
 from bundler.errors import WheelsError
+from bundler.target.baseline import Baseline, is_protected
+from bundler.target.env import TargetEnv
 
 REQUESTED = "target.requirements"
 _PIN_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(\S+)")

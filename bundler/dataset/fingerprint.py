@@ -19,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from bundler import __version__
-from bundler.build.wheels import wheelhouse
-from bundler.build.wheels.baseline import baseline_path
 from bundler.config import BundleConfig
+from bundler.dataset.wheels import wheelhouse
+from bundler.target import baseline_path
 from kernel_src.bundle import sha256_file
+from kernel_src.model_kinds import MODEL_KINDS
 
 BUILD_FORMAT = 1  # bump when the build writes other bytes from the same inputs
-LIBRARIES = ("torch", "timm", "segmentation-models-pytorch", "safetensors", "albumentations")
+# the distributions whose versions change what a build writes: torch, each model kind's library, ...
+LIBRARIES = tuple(
+    dict.fromkeys(("torch", *(k.library for k in MODEL_KINDS.values() if k.library), "safetensors", "albumentations"))
+)
 
 
 def sha256_text(text: str) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
+from bundler.errors import TargetPythonError
+
 PYTHON_ENV = "BUNDLER_TARGET_PYTHON"
 SOURCES = ("BUNDLER_TARGET_PYTHON", "PATH", "pyenv", "uv")
 
@@ -28,10 +30,6 @@ class TargetPython:
     path: str  # the interpreter, as found (a symlink is kept: venvs made from it follow it)
     version: str  # its full version, e.g. "3.12.1"
     source: str  # one of SOURCES: where it was found
-
-
-class TargetPythonError(Exception):
-    """`BUNDLER_TARGET_PYTHON` names something that is not a working Python of the version wanted."""
 
 
 def how_to_get(version: str) -> str:
@@ -76,7 +74,7 @@ def pyenv_candidates(version: str, root: Path | None = None) -> list[str]:
 def uv_candidate(version: str) -> str | None:
     """What `uv python find VERSION` reports with downloads off, or None (no uv, nothing found)."""
     try:
-        from bundler.build.wheels.resolve import uv_command
+        from bundler.target.resolve import uv_command
 
         uv = uv_command()
     except Exception:  # no uv at all: this source simply has nothing

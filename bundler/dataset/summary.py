@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bundler.build.manifest import MANIFEST, METADATA
 from bundler.config import BundleConfig
+from bundler.dataset.manifest import MANIFEST, METADATA
 from bundler.display import shown_path
 
 

@@ -20,11 +20,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundler.build.wheels import interpreter
-from bundler.build.wheels.baseline import Baseline, is_protected
-from bundler.build.wheels.target import TargetEnv
-from bundler.errors import WheelsError
+from bundler.errors import TargetPythonError, WheelsError
 from bundler.sandbox import isolated_argv, probe
+from bundler.target import Baseline, TargetEnv, interpreter, is_protected
 
 SKIP_ENV = "BUNDLER_SKIP_REHEARSAL"
 PYTHON_ENV = interpreter.PYTHON_ENV
@@ -39,10 +37,10 @@ class Rehearsal:
 
 def find_target_python(version: str) -> tuple[str, str] | None:
     """(interpreter, its full version) for Python `version`, or None when there is none here
-    (`bundler.build.wheels.interpreter` looks in BUNDLER_TARGET_PYTHON, PATH, pyenv and uv)."""
+    (`bundler.target.interpreter` looks in BUNDLER_TARGET_PYTHON, PATH, pyenv and uv)."""
     try:
         found = interpreter.find_target_python(version)
-    except interpreter.TargetPythonError as e:
+    except TargetPythonError as e:
         raise WheelsError(f"{e} (or set {SKIP_ENV}=1 to skip the rehearsal)") from None
     return None if found is None else (found.path, found.version)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bundler import __version__
-from bundler.build.fingerprint import sha256_text
 from bundler.config import BundleConfig, DatasetConfig
+from bundler.dataset.fingerprint import sha256_text
 from bundler.errors import ManifestError
 from kernel_src.bundle import MANIFEST as MANIFEST  # the one definition of the file name
 from kernel_src.bundle import MANIFEST_FORMAT, manifest_problem
@@ -54,7 +54,7 @@ def build_manifest(
     preprocess: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The manifest of a bundle folder; `wheels`, `weights` and `preprocess` (the models' translated
-    albumentations pipelines, bundler.build.preprocess) are its file records."""
+    albumentations pipelines, bundler.dataset.preprocess) are its file records."""
     files = [(str(w["file"]), str(w["sha256"])) for w in (*wheels, *weights, *preprocess)]
     return {
         "format": MANIFEST_FORMAT,

@@ -34,7 +34,7 @@ import numpy.typing as npt
 import torch
 
 from bundler.config import ModelEntry
-from bundler.errors import BuildError
+from bundler.errors import PreprocessError
 from kernel_src.bundle import sha256_file
 from kernel_src.preprocess import FORMAT, Preprocess, apply_step
 
@@ -57,10 +57,6 @@ MEAN_LEVELS = (
 )
 _INTERPOLATIONS = {0: "nearest", 1: "linear", 2: "cubic", 3: "area", 5: "linear", 6: "nearest_exact"}
 _BORDERS = {0: "constant", 1: "replicate", 2: "reflect", 3: "wrap", 4: "reflect101"}
-
-
-class PreprocessError(BuildError):
-    """A model's albumentations pipeline cannot be read, translated, or proved equal."""
 
 
 @dataclass(frozen=True)

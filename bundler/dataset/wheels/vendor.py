@@ -25,16 +25,24 @@ from packaging.version import Version
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bundler.build.wheels.baseline import Baseline, is_protected, load_baseline
-from bundler.build.wheels.check import ClosureReport, check_closure, read_wheel
-from bundler.build.wheels.fetch import Fetched, fetch_wheel
-from bundler.build.wheels.rehearse import rehearse_install
-from bundler.build.wheels.resolve import REQUESTED, Resolved, parse_requirements, resolve
-from bundler.build.wheels.target import TargetEnv, target_env
-from bundler.build.wheels.wheelhouse import ORIGIN, check_misfits, prepare, scan
 from bundler.config import TargetConfig
+from bundler.dataset.wheels.check import ClosureReport, check_closure, read_wheel
+from bundler.dataset.wheels.fetch import Fetched, fetch_wheel
+from bundler.dataset.wheels.rehearse import rehearse_install
+from bundler.dataset.wheels.wheelhouse import ORIGIN, check_misfits, prepare, scan
 from bundler.display import labelled
 from bundler.outdir import remove_stale_temp
+from bundler.target import (
+    REQUESTED,
+    Baseline,
+    Resolved,
+    TargetEnv,
+    is_protected,
+    load_baseline,
+    parse_requirements,
+    resolve,
+    target_env,
+)
 from kernel_src.bundle import sha256_file
 
 WORK_PREFIX = "bundler-wheels-"  # + pid: the resolver's work folder in $TMPDIR, removed when its process is gone

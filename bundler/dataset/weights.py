@@ -6,12 +6,13 @@ wrapper prefix (`model.`, `module.`, `net.`, `_orig_mod.`: stripped when that ma
 safetensors file, or (for `kind = "torchscript"`) a TorchScript file. Pickles are read with
 `torch.load(weights_only=True)`: nothing in them is executed.
 
-smp/timm weights are loaded into `kernel_src.models.build_model(spec, num_classes)` here, so a
-mismatch fails at build time naming the model and the tensor; only the model's own tensors are
-written (`<name>.safetensors`, float16 when `fp16 = true`). TorchScript files are verified with
-`torch.jit.load` and copied as `<name>.pt`. Either kind then gets one forward of a zero image at
-the size the notebook will feed it (`forward_check`), so a size its architecture cannot take
-fails the build, not the dry-run.
+How a checkpoint is shipped depends on its model kind's weights form
+(`kernel_src.model_kinds`), each with its converter in `CONVERTERS`: "state_dict" (smp, timm) loads
+the checkpoint's tensors into the kind's architecture here, so a mismatch fails at build time
+naming the model and the tensor, and writes only the model's own tensors (`<name>.safetensors`,
+float16 when `fp16 = true`); "torchscript" verifies the file with `torch.jit.load` and copies it
+(`<name>.pt`). Either then gets one forward of a zero image at the size the notebook will feed it
+(`forward_check`), so a size its architecture cannot take fails the build, not the dry-run.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from bundler.build.checkpoint_file import ACCEPTED, check_checkpoint_path, sniff
 from bundler.config import ModelEntry
+from bundler.dataset.checkpoint_file import ACCEPTED, check_checkpoint_path, sniff
 from bundler.errors import WeightsError
 from kernel_src.bundle import sha256_file
 from kernel_src.errors import ModelError
+from kernel_src.model_kinds import get_kind
 from kernel_src.models import build_model, check_output, load_state_dict_into
 from kernel_src.tta import scaled_size, view_groups
 
@@ -84,6 +86,10 @@ class WeightRecord:
         }
 
 
+# (entry, key, num_classes, dest folder, step, image size or None) -> the written file's record
+Converter = Callable[[ModelEntry, str, int, Path, Step, tuple[int, int] | None], WeightRecord]
+
+
 def convert(
     entry: ModelEntry,
     key: str,
@@ -96,18 +102,21 @@ def convert(
     ([inference] image_height x image_width), first run `forward_check` on the loaded model.
     `key` names where the model is declared, for errors: the config file read and the model's key
     (`bundle.toml segmenters[0]`)."""
-    say = step or (lambda _: None)
     check_checkpoint_path(entry, key)
-    if entry.spec.kind == "torchscript":
-        if entry.checkpoint_key:
-            raise WeightsError(
-                f"model {entry.spec.name!r}: a TorchScript file holds one module; "
-                f"remove bundle.toml {key}.checkpoint_key"
-            )
-        return _copy_torchscript(entry, key, dest, say, (num_classes, image_size))
+    try:
+        kind = get_kind(entry.spec.kind)
+    except ModelError as e:
+        raise WeightsError(f"{key}: {e}") from None
+    return CONVERTERS[kind.weights.name](entry, key, num_classes, dest, step or (lambda _: None), image_size)
+
+
+def _convert_state_dict(
+    entry: ModelEntry, key: str, num_classes: int, dest: Path, say: Step, image_size: tuple[int, int] | None
+) -> WeightRecord:
+    """The checkpoint's tensors, fitted into the kind's architecture, written as safetensors."""
     say("reading")
     state, taken = read_checkpoint(entry.checkpoint, entry.spec.name, key, entry.checkpoint_key)
-    say("loading into " + (f"{entry.spec.arch}/{entry.spec.encoder}" if entry.spec.encoder else entry.spec.arch))
+    say(f"loading into {_architecture(entry)}")
     try:
         model = build_model(entry.spec, num_classes)
     except ModelError as e:
@@ -165,13 +174,7 @@ def forward_check(model: nn.Module, entry: ModelEntry, key: str, num_classes: in
 
 
 def _architecture(entry: ModelEntry) -> str:
-    spec = entry.spec
-    return "TorchScript" if spec.kind == "torchscript" else "/".join(p for p in (spec.arch, spec.encoder) if p)
-
-
-def read_state_dict(path: Path, name: str, key: str) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, unwrapped from a training checkpoint when needed."""
-    return read_checkpoint(path, name, key)[0]
+    return get_kind(entry.spec.kind).describe(entry.spec)
 
 
 def read_checkpoint(
@@ -402,8 +405,13 @@ def _record(
 
 
 def _copy_torchscript(
-    entry: ModelEntry, key: str, dest: Path, say: Step, forward: tuple[int, tuple[int, int] | None]
+    entry: ModelEntry, key: str, num_classes: int, dest: Path, say: Step, image_size: tuple[int, int] | None
 ) -> WeightRecord:
+    """The TorchScript file, verified by loading it and checked by a forward, copied as it is."""
+    if entry.checkpoint_key:
+        raise WeightsError(
+            f"model {entry.spec.name!r}: a TorchScript file holds one module; remove bundle.toml {key}.checkpoint_key"
+        )
     say("verifying TorchScript")
     try:
         module = torch.jit.load(str(entry.checkpoint), map_location="cpu")  # type: ignore[no-untyped-call]
@@ -414,7 +422,6 @@ def _copy_torchscript(
             f"torch.jit.save(torch.jit.trace(model, example), path), or set {key}.kind to the "
             "model's library"
         ) from None
-    num_classes, image_size = forward
     if image_size is not None:
         say(f"test forward at {_fed_size(entry, image_size)}")
         forward_check(module, entry, key, num_classes, image_size)
@@ -423,3 +430,7 @@ def _copy_torchscript(
     shutil.copyfile(entry.checkpoint, path)
     notes = ("fp16 is ignored for TorchScript: the file is copied as it is",) if entry.fp16 else ()
     return _record(entry, path, module.state_dict(), sum(p.numel() for p in module.parameters()), notes)
+
+
+# a model kind's weights form (kernel_src.model_kinds.WeightsForm.name) -> how its checkpoint is shipped
+CONVERTERS: dict[str, Converter] = {"state_dict": _convert_state_dict, "torchscript": _copy_torchscript}

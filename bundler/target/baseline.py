@@ -1,6 +1,6 @@
 """The Kaggle image's baseline: what `pip freeze --all` printed in a Kaggle notebook.
 
-A baseline is data, not code. `bundler/build/wheels/baselines/<name>.txt` holds the snapshots shipped
+A baseline is data, not code. `bundler/target/baselines/<name>.txt` holds the snapshots shipped
 with bundler; `target.baseline` names one of them or is the path of the user's own file.
 Lines are `name==version` (or `name===version`); `name @ URL` lines are accepted when the
 URL's file name carries the version; comments, blank lines and `-e`/option lines are ignored.

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from click.testing import CliRunner
 from IPython.core.interactiveshell import InteractiveShell
 
 from bundler.cli import main as cli
+from bundler.config import MachineConfig
 from bundler.dryrun.outputs import check_out, keep, new_stage
 from bundler.dryrun.projection import factor_calibration, project
 from bundler.dryrun.verdict import Facts, judge, resources_against_limits
@@ -164,7 +164,8 @@ PROFILE: dict[str, Any] = {
 
 
 def _verdict(projection: Any, estimate: str = "") -> Any:
-    return judge(Facts("", "", PROFILE, projection, 10, resources_against_limits(PROFILE, None), estimate=estimate))  # type: ignore[arg-type]
+    resources = resources_against_limits(PROFILE, MachineConfig())
+    return judge(Facts("", "", PROFILE, projection, 10, resources, estimate=estimate))
 
 
 def test_a_cpu_projection_for_a_gpu_kernel_warns_with_its_basis_and_never_fails_by_itself() -> None:
@@ -280,8 +281,3 @@ command()
     assert child.returncode == 143, err
     assert "terminated" in err and "Traceback" not in err
     assert marker.read_text() == "yes"
-
-
-def test_a_second_sigterm_handler_is_not_left_behind_by_a_returned_command() -> None:
-    time.sleep(0)  # the handler is installed per command; a finished command leaves Python's default restorable
-    assert signal.getsignal(signal.SIGTERM) is not None

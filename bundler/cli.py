@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from bundler.config import DEFAULT_CONFIG, BundleConfig, load_config
+from bundler.config import DEFAULT_CONFIG, DRYRUN_RUNTIMES, BundleConfig, load_config
 from bundler.display import labelled
 from bundler.errors import BundlerError
 
@@ -115,7 +115,7 @@ def render_notebook_cmd(config_path: Path, out: Path | None) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: dryrun.out).")
 @click.option(
     "--runtime",
-    type=click.Choice(["image", "local"]),
+    type=click.Choice(DRYRUN_RUNTIMES),
     default=None,
     help="image: a cached twin of the Kaggle image (default where a target Python is found); local: this Python.",
 )

@@ -29,7 +29,10 @@ DEFAULT_CONFIG = Path("bundle.toml")
 SLUG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9-]*$")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # bundle.name and each model's name (fullmatch)
 PYTHON_VERSION = re.compile(r"3\.\d+")  # target.python, e.g. "3.12" (fullmatch)
-DRYRUN_RUNTIMES = ("image", "local")  # dryrun.runtime, `bundler dry-run --runtime`
+# The one home of the dry-run's runtime names (`bundler.dryrun.runtime` makes them).
+RUNTIME_IMAGE = "image"  # the notebook run in a twin of the Kaggle image
+RUNTIME_LOCAL = "local"  # the notebook run in the Python bundler runs from
+DRYRUN_RUNTIMES = (RUNTIME_IMAGE, RUNTIME_LOCAL)  # dryrun.runtime, `bundler dry-run --runtime`
 # Kaggle's rules for names, checked here and again on kernel-metadata.json (bundler.notebook.kernel_metadata)
 KERNEL_NAME_MIN = 5  # a notebook's title and the slug of its id: at least this many characters
 DATASET_NAME_CHARS = (6, 50)  # a dataset's title and the slug of its id: this many characters, ends included

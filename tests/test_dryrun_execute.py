@@ -12,7 +12,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from rich.console import Console
 
-from bundler.dryrun._child import run_notebook
+from bundler.dryrun.execution import run_notebook
+from bundler.notebook.failure import MARKER_TAG
 from bundler.sandbox import NETWORK_AVAILABLE, Isolation, probe
 
 ISOLATION = probe()
@@ -50,7 +51,7 @@ def test_runs_in_cwd_and_keeps_outputs(tmp_path: Path) -> None:
     console, buf = _console()
     ex = run_notebook(nb, tmp_path / "out" / "a.ipynb", cwd=work, console=console, isolation=ISOLATION)
     assert ex.ok, ex
-    assert ex.cell is None
+    assert ex.failure is None
     assert (work / "out.txt").read_text() == "hi"
     done = nbformat.read(tmp_path / "out" / "a.ipynb", as_version=4)
     assert f"cwd {work}" in done.cells[1].outputs[0]["text"]
@@ -65,15 +66,20 @@ def test_failing_cell_is_reported_with_its_traceback(tmp_path: Path) -> None:
     console, _ = _console()
     out = tmp_path / "out" / "b.ipynb"
     ex = run_notebook(nb, out, cwd=tmp_path, console=console, isolation=NO_ISOLATION)
-    assert ex.status == "cell_failed"
-    assert ex.cell == 2
-    assert ex.ename == "ValueError"
-    assert ex.evalue == "bad threshold"
-    assert "boom()" in ex.traceback
-    assert "\x1b[" not in ex.traceback
-    done = nbformat.read(out, as_version=4)  # saved although it failed
-    assert done.cells[2].outputs[-1]["output_type"] == "error"
-    assert not done.cells[3].get("outputs")
+    assert ex.status == "cell_failed" and ex.failure is not None
+    assert ex.failure.index == 2
+    assert ex.failure.ename == "ValueError"
+    assert ex.failure.evalue == "bad threshold"
+    traceback = "\n".join(ex.failure.traceback)
+    assert "boom()" in traceback
+    assert "\x1b[" not in traceback
+    done = nbformat.read(out, as_version=4)  # saved although it failed, the failed cell marked (papermill's way)
+    tagged = [i for i, c in enumerate(done.cells) if MARKER_TAG in c.metadata.get("tags", [])]
+    assert tagged == [0, 3]  # at the top, and just before the failing cell (cell 2 before the markers)
+    assert all(done.cells[i].cell_type == "markdown" for i in tagged)
+    assert f"(`{ex.failure.cell}`): ValueError: bad threshold" in done.cells[3].source
+    assert done.cells[4].outputs[-1]["output_type"] == "error"
+    assert not done.cells[5].get("outputs")
 
 
 @pytest.mark.skipif(not ISOLATION.isolated, reason=f"no network namespace here: {ISOLATION.reason}")
@@ -81,10 +87,10 @@ def test_socket_to_outside_fails_without_network(tmp_path: Path) -> None:
     nb = _notebook(tmp_path / "c.ipynb", "print('kernel up over loopback')", SOCKET_CELL)
     console, _ = _console()
     ex = run_notebook(nb, tmp_path / "out" / "c.ipynb", cwd=tmp_path, console=console, isolation=ISOLATION)
-    assert ex.status == "cell_failed", ex
-    assert ex.cell == 2
-    assert ex.ename == "OSError"
-    assert "unreachable" in ex.evalue.lower()
+    assert ex.status == "cell_failed" and ex.failure is not None, ex
+    assert ex.failure.index == 2
+    assert ex.failure.ename == "OSError"
+    assert "unreachable" in ex.failure.evalue.lower()
 
 
 def test_kernel_death_is_reported(tmp_path: Path) -> None:
@@ -92,7 +98,7 @@ def test_kernel_death_is_reported(tmp_path: Path) -> None:
     console, _ = _console()
     ex = run_notebook(nb, tmp_path / "out" / "d.ipynb", cwd=tmp_path, console=console, isolation=NO_ISOLATION)
     assert ex.status == "kernel_died", json.dumps(ex.__dict__, default=str)
-    assert ex.cell == 1
+    assert ex.failure is not None and ex.failure.index == 1
 
 
 @pytest.mark.slow
@@ -103,4 +109,4 @@ def test_a_cell_past_the_time_limit_is_stopped_and_named(tmp_path: Path) -> None
         nb, tmp_path / "out" / "e.ipynb", cwd=tmp_path, console=console, isolation=NO_ISOLATION, timeout_s=3
     )
     assert ex.status == "timeout"
-    assert ex.cell == 2
+    assert ex.failure is not None and ex.failure.index == 2

@@ -49,7 +49,7 @@ PARENT = """
 import io, sys
 from pathlib import Path
 from rich.console import Console
-from bundler.dryrun._child import run_notebook
+from bundler.dryrun.execution import run_notebook
 from bundler.sandbox import probe
 nb, work = Path(sys.argv[1]), Path(sys.argv[2])
 run_notebook(nb, work / "out" / "n.ipynb", cwd=work, console=Console(file=io.StringIO()), isolation=probe())
@@ -151,7 +151,7 @@ def test_the_kernel_writes_its_temporary_files_where_it_is_told(tmp_path: Path) 
 
     from rich.console import Console
 
-    from bundler.dryrun._child import run_notebook
+    from bundler.dryrun.execution import run_notebook
     from bundler.sandbox import NETWORK_AVAILABLE, Isolation
 
     source = textwrap.dedent("""

@@ -238,7 +238,7 @@ def test_a_local_dry_run_installs_the_vendored_wheel_per_run_never_into_this_env
 def test_papermill_runs_the_kernelspec_the_notebook_names_and_reports_the_failed_cell(tmp_path: Path) -> None:
     import nbformat
 
-    from bundler.dryrun._child import run_notebook
+    from bundler.dryrun.execution import run_notebook
     from bundler.sandbox import NETWORK_AVAILABLE, Isolation
 
     nb = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
@@ -261,12 +261,9 @@ def test_papermill_runs_the_kernelspec_the_notebook_names_and_reports_the_failed
         engine="papermill",
         env={"JUPYTER_PATH": str(overlay.jupyter_path)},
     )
-    assert (execution.status, execution.cell, execution.ename, execution.evalue) == (
-        "cell_failed",
-        1,
-        "ValueError",
-        "boom",
-    )
+    failure = execution.failure
+    assert failure is not None
+    assert (execution.status, failure.index, failure.ename, failure.evalue) == ("cell_failed", 1, "ValueError", "boom")
     assert f"prefix {overlay.folder}" in execution.log.read_text()  # the overlay's kernel, streamed line by line
     executed = json.loads((tmp_path / "out" / "executed.ipynb").read_text())
     assert "papermill" in executed["metadata"]

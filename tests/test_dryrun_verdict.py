@@ -199,16 +199,19 @@ def test_an_interrupted_run_is_discarded_and_a_killed_one_cleaned_next_time(tmp_
 
 
 def test_a_failed_offline_install_is_named_as_such(tmp_path: Path) -> None:
-    from bundler.dryrun._child import Execution
     from bundler.dryrun.command import _reason_of_failure
+    from bundler.dryrun.execution import Execution
+    from bundler.notebook.failure import CellFailure
 
     pip = "pip could not install the vendored wheel(s) timm-1.0.26-py3-none-any.whl from /kaggle/input/x (exit 1)"
-    ex = Execution("cell_failed", 3.0, 9, "BundleError", pip, "Traceback ...", tmp_path / "n.log")
+    setup = CellFailure("setup", "BundleError", pip, traceback=["Traceback ..."], index=9)
+    ex = Execution("cell_failed", 3.0, setup, tmp_path / "n.log")
     named = "the setup cell's offline install of the vendored wheels failed"
-    assert _reason_of_failure(ex, "setup") == f"{named}: BundleError: {pip}"
-    other = Execution("cell_failed", 3.0, 10, "ModelError", "unet: bad weights", "", tmp_path / "n.log")
-    assert _reason_of_failure(other, "run") == "cell 10 ('run') failed: ModelError: unet: bad weights"
-    assert _judge(None, execution_failure=_reason_of_failure(ex, "setup")).reason.startswith("the setup cell's")
+    assert _reason_of_failure(ex) == f"{named}: BundleError: {pip}"
+    run = CellFailure("run", "ModelError", "unet: bad weights", index=10)
+    other = Execution("cell_failed", 3.0, run, tmp_path / "n.log")
+    assert _reason_of_failure(other) == "cell 10 ('run') failed: ModelError: unet: bad weights"
+    assert _judge(None, execution_failure=_reason_of_failure(ex)).reason.startswith("the setup cell's")
 
 
 def test_a_run_that_predicted_no_image_prints_no_projection() -> None:

@@ -108,7 +108,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _execute(project: dict[str, Any], bundle_src: Path, where: Path) -> tuple[Any, Any, Path]:
-    from bundler.dryrun._child import run_notebook
+    from bundler.dryrun.execution import run_notebook
     from bundler.dryrun.tree import make_tree
     from bundler.notebook.parameters import with_parameters
     from bundler.sandbox import probe
@@ -144,7 +144,7 @@ def test_notebook_submission_is_byte_identical_to_kernel_src(project: dict[str, 
     cfg, data = project["cfg"], project["data"]
     ex, tree, executed = _execute(project, cfg.dataset.out, tmp_path)
     try:
-        assert ex.ok, f"{ex.status} in cell {ex.cell}: {ex.evalue}\n{ex.traceback}\n{ex.log.read_text()[-3000:]}"
+        assert ex.ok, f"{ex.status}: {ex.failure}\n{ex.log.read_text()[-3000:]}"
         config = notebook_parameters(nbformat.read(cfg.kernel.notebook, as_version=4))
         spec = InferenceSpec.from_dict(config["inference"])
         direct = run(
@@ -171,6 +171,7 @@ def test_notebook_submission_is_byte_identical_to_kernel_src(project: dict[str, 
 @pytest.mark.slow
 def test_missing_wheel_and_weight_stop_the_notebook_in_setup(project: dict[str, Any], tmp_path: Path) -> None:
     from bundler.dryrun.tree import remove_tree
+    from bundler.notebook.failure import own_cells
 
     cfg = project["cfg"]
     broken = tmp_path / "broken"
@@ -183,13 +184,14 @@ def test_missing_wheel_and_weight_stop_the_notebook_in_setup(project: dict[str, 
     (broken / "unet-mnv3.safetensors").unlink()
     ex, tree, executed = _execute(project, broken, tmp_path)
     try:
-        assert ex.status == "cell_failed", ex
+        assert ex.status == "cell_failed" and ex.failure is not None, ex
+        failure = ex.failure
         done = nbformat.read(executed, as_version=4)
-        assert done.cells[ex.cell].id == "setup"
-        assert ex.ename == "BundleError"
-        assert "wheel tinydep-1.0-py3-none-any.whl is missing" in ex.evalue
-        assert "weight file unet-mnv3.safetensors is missing" in ex.evalue
-        assert "kaggle datasets version" in ex.evalue
+        assert failure.cell == "setup" and own_cells(done)[failure.index or 0].id == "setup"
+        assert failure.ename == "BundleError"
+        assert "wheel tinydep-1.0-py3-none-any.whl is missing" in failure.evalue
+        assert "weight file unet-mnv3.safetensors is missing" in failure.evalue
+        assert "kaggle datasets version" in failure.evalue
         assert not any(c.get("outputs") for c in done.cells if c.id == "run")
         assert not (tree.working / "submission.csv").exists()
     finally:

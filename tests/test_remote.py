@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from bundler.config import BundleConfig
 from bundler.dataset.manifest import dataset_metadata, write_json
 from bundler.dryrun.projection import kaggle_run_calibration, latest_kaggle_profile
 from bundler.errors import DryRunError, RemoteError
+from bundler.notebook.failure import failing_cell
 from bundler.remote.baseline import capture_notebook, diff
 from bundler.remote.client import poll_interval
 from bundler.remote.diagnose import (
@@ -29,7 +31,6 @@ from bundler.remote.diagnose import (
     OUT_OF_RESOURCES,
     TIMEOUT,
     classify,
-    failing_cell,
     log_text,
 )
 from bundler.remote.push import version_message
@@ -391,6 +392,37 @@ def test_the_failing_cell_comes_from_the_executed_notebook_first(tmp_path: Path)
     assert failure is not None and (failure.cell, failure.ename, failure.traceback) == ("run", "KeyError", ["KeyError"])
     from_log = failing_cell([], "x\nTraceback (most recent call last):\n  File 'a'\nValueError: nope\nafter\n")
     assert from_log is not None and (from_log.cell, from_log.ename, from_log.evalue) == ("log", "ValueError", "nope")
+
+
+def test_status_reports_the_dry_runs_cell_failure_from_a_marked_notebook(tmp_path: Path) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from bundler.notebook.failure import failure_in_notebook, mark_failure
+    from bundler.remote.kernel import _report_failure
+    from bundler.remote.state import version_dir
+
+    cfg = demo_cfg(tmp_path / "project", manifest=False)
+    error = new_output("error", ename="ValueError", evalue="threshold 2", traceback=["\x1b[31mValueError\x1b[0m: x"])
+    nb = new_notebook(cells=[new_code_cell("setup()", id="setup"), new_code_cell("run()", id="run", outputs=[error])])
+    failure = failure_in_notebook(nb)
+    assert failure is not None
+    mark_failure(nb, failure)  # saved as the dry-run saves it: marker cells before the failing one
+    out = version_dir(cfg, 3)
+    out.mkdir(parents=True)
+    nbformat.write(nb, out / "__notebook__.ipynb")
+    records = [{"stream_name": "stdout", "time": 1, "data": f"line {i}\n"} for i in range(30)]
+    (out / "run.log").write_text(json.dumps(records))
+    files = [out / "__notebook__.ipynb", out / "run.log"]
+    assert failing_cell(files, log_text((out / "run.log").read_text())) == replace(
+        failure, log_tail=[f"line {i}" for i in range(10, 30)]
+    )
+    console, buf = captured()
+    error_line = str(_report_failure(cfg, 3, "", files, console))
+    printed = buf.getvalue()
+    assert "failing cell (cell run): ValueError: threshold 2" in printed
+    assert "log tail (20 lines of" in printed and "line 29" in printed and "line 9\n" not in printed
+    assert error_line.endswith("likely Notebook Threw Exception; " + EXCEPTION.fix)
 
 
 CAPTURED = (

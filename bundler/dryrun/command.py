@@ -37,8 +37,8 @@ from rich.table import Table
 
 from bundler.config import BundleConfig
 from bundler.display import shown_path
-from bundler.dryrun._child import Execution, run_notebook
 from bundler.dryrun.estimate import Estimate, target_estimate
+from bundler.dryrun.execution import Execution, run_notebook
 from bundler.dryrun.inputs import Inputs, check_inputs
 from bundler.dryrun.outputs import check_out, discard, keep, new_stage
 from bundler.dryrun.projection import (
@@ -56,6 +56,7 @@ from bundler.dryrun.runtime import Runtime, choose_runtime, make_overlay
 from bundler.dryrun.tree import make_tree, remove_tree
 from bundler.dryrun.verdict import Facts, judge, problem_summary, resources_against_limits
 from bundler.errors import DryRunError
+from bundler.notebook.failure import CellFailure
 from bundler.sandbox import Isolation, probe
 from bundler.scoring import mask_shapes, score_run, submission_breakdown
 from kernel_src.paths import PROFILE_FILE, SUBMISSION_FILE
@@ -156,37 +157,29 @@ def _complete(submission: Path, sample: SampleSubmission) -> str:
     return ""
 
 
-def _cell_id(executed: Path, index: int | None) -> str | None:
-    """The stable id ("setup", "run", "src-predict", ...) of cell `index` of the executed notebook."""
-    if index is None or not executed.is_file():
+def _failed_cell(ex: Execution) -> dict[str, Any] | None:
+    """summary.json's `failed_cell`: the run's `CellFailure` and status."""
+    if ex.failure is None:
         return None
-    try:
-        nb = nbformat.read(executed, as_version=4)  # type: ignore[no-untyped-call]
-        return str(nb.cells[index].get("id")) if 0 <= index < len(nb.cells) else None
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _failed_cell(ex: Execution, cell_id: str | None) -> dict[str, Any] | None:
-    if ex.ok:
-        return None
+    f = ex.failure
     return {
-        "index": ex.cell,
-        "id": cell_id,
+        "index": f.index,
+        "id": f.cell,
         "status": ex.status,
-        "ename": ex.ename,
-        "evalue": ex.evalue,
-        "traceback": ex.traceback,
+        "ename": f.ename,
+        "evalue": f.evalue,
+        "traceback": "\n".join(f.traceback),
+        "log_tail": list(f.log_tail),
     }
 
 
-def _reason_of_failure(ex: Execution, cell_id: str | None = None) -> str:
-    where = f"cell {ex.cell}" if ex.cell is not None else "the notebook"
-    if cell_id:
-        where += f" ({cell_id!r})"
-    error = f"{ex.ename}: {ex.evalue}".strip(": ") or "no message"
-    first = error.splitlines()[0] if error else ""
-    if ex.status == "cell_failed" and cell_id == "setup" and "pip" in ex.evalue and "install" in ex.evalue:
+def _reason_of_failure(ex: Execution) -> str:
+    f = ex.failure or CellFailure(None, "", "")
+    where = f"cell {f.index}" if f.index is not None else "the notebook"
+    if f.cell:
+        where += f" ({f.cell!r})"
+    first = f.message.splitlines()[0] if f.message else "no message"
+    if ex.status == "cell_failed" and f.cell == "setup" and "pip" in f.evalue and "install" in f.evalue:
         return f"the setup cell's offline install of the vendored wheels failed: {first}"
     if ex.status == "kernel_died":
         return f"the kernel died in {where} ({first}); see {ex.log.name}"
@@ -251,7 +244,6 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
     runtime = choose_runtime(cfg, inputs.manifest, console=console)
     console.print(f"runtime: {escape(runtime.describe())}: {escape(runtime.detail)}")
     execution, working_bytes = _execute(cfg, inputs, executed, isolation, console, runtime)
-    cell_id = _cell_id(executed, execution.cell)
     profile = _read_json(stage / PROFILE_FILE)
     submission = stage / SUBMISSION_FILE
     incomplete = "" if not submission.is_file() else _complete(submission, inputs.sample)
@@ -305,7 +297,7 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
     resources = resources_against_limits(profile, cfg.machine, working_bytes)
     verdict = judge(
         Facts(
-            execution_failure="" if execution.ok else _reason_of_failure(execution, cell_id),
+            execution_failure="" if execution.ok else _reason_of_failure(execution),
             incomplete=incomplete,
             profile=profile,
             projection=projection,
@@ -355,7 +347,7 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
         "network_note": isolation.reason,
         "guard_steps": list(guard.get("steps") or []),
         "images_left_empty": guard.get("images_left_empty"),
-        "failed_cell": _failed_cell(execution, cell_id),
+        "failed_cell": _failed_cell(execution),
         "problems": problem_summary(profile),
         "resources": resources,
     }

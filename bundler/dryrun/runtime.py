@@ -31,23 +31,22 @@ from typing import Any
 
 from rich.console import Console
 
-from bundler.config import DRYRUN_RUNTIMES, BundleConfig
+from bundler.config import DRYRUN_RUNTIMES, RUNTIME_IMAGE, RUNTIME_LOCAL, BundleConfig
+from bundler.dryrun.engines import NbclientEngine, PapermillEngine
 from bundler.dryrun.twin import ensure_twin, plan_twin
 from bundler.errors import BundlerError, DryRunError, TargetPythonError
 from bundler.target import find_target_python, how_to_get, target_env
 
 RUNTIMES = DRYRUN_RUNTIMES
-ENGINE_PAPERMILL = "papermill"
-ENGINE_NBCLIENT = "nbclient"
 OVERLAY_PTH = "_bundler_overlay.pth"
 
 
 @dataclass(frozen=True)
 class Runtime:
-    name: str  # "image" | "local"
+    name: str  # RUNTIME_IMAGE | RUNTIME_LOCAL
     python: Path  # the interpreter the overlay is made from
     sites: tuple[Path, ...]  # the package folders the overlay sees
-    engine: str  # ENGINE_PAPERMILL | ENGINE_NBCLIENT
+    engine: str  # the registered engine that runs the notebook (bundler.dryrun.engines)
     versions: dict[str, str | None]  # python, torch, numpy
     detail: str  # the twin's folder, or "the environment bundler runs from"
     readonly: tuple[Path, ...] = ()  # mounted read-only for the run, where it can be
@@ -85,10 +84,10 @@ def local_sites() -> tuple[Path, ...]:
 def local_runtime(notes: tuple[str, ...] = ()) -> Runtime:
     sites = local_sites()
     return Runtime(
-        name="local",
+        name=RUNTIME_LOCAL,
         python=Path(sys.executable),
         sites=sites,
-        engine=ENGINE_NBCLIENT,
+        engine=NbclientEngine.name,
         versions={
             "python": platform.python_version(),
             "torch": _dist_version("torch"),
@@ -105,7 +104,7 @@ def choose_runtime(cfg: BundleConfig, manifest: Mapping[str, Any], *, console: C
     asked = cfg.dryrun.runtime
     if asked is not None and asked not in RUNTIMES:
         raise DryRunError(f"dryrun.runtime = {asked!r} must be one of {', '.join(RUNTIMES)}")
-    if asked == "local":
+    if asked == RUNTIME_LOCAL:
         return local_runtime()
     version = cfg.target.python
     try:
@@ -113,7 +112,7 @@ def choose_runtime(cfg: BundleConfig, manifest: Mapping[str, Any], *, console: C
     except TargetPythonError as e:
         raise DryRunError(f"{e} (or run with `--runtime local`)") from None
     if found is None:
-        if asked == "image":
+        if asked == RUNTIME_IMAGE:
             raise DryRunError(
                 f"--runtime image needs a Python {version} for the twin of the Kaggle image and none was found "
                 f"(BUNDLER_TARGET_PYTHON, PATH, pyenv, uv): {how_to_get(version)}; or run with `--runtime local`"
@@ -132,10 +131,10 @@ def choose_runtime(cfg: BundleConfig, manifest: Mapping[str, Any], *, console: C
         console.print(f"[dim]twin: {note}[/]")
     twin = ensure_twin(plan, console=console)
     return Runtime(
-        name="image",
+        name=RUNTIME_IMAGE,
         python=twin.python,
         sites=(twin.site_packages,),
-        engine=ENGINE_PAPERMILL,
+        engine=PapermillEngine.name,
         versions={"python": found.version, "torch": twin.version("torch"), "numpy": twin.version("numpy")},
         detail=str(twin.path),
         readonly=(twin.path,),

@@ -32,8 +32,9 @@ from rich.table import Table
 from bundler.config import BundleConfig
 from bundler.display import shown_path
 from bundler.errors import ManifestError, RemoteError, WheelsError
+from bundler.notebook.failure import tail
 from bundler.remote.client import Kaggle, connect, poll_interval
-from bundler.remote.diagnose import read_log, tail
+from bundler.remote.diagnose import read_log
 from bundler.remote.state import kaggle_dir
 from bundler.remote.wait import spinner, wait_for
 from bundler.target import Baseline, is_protected, load_baseline, parse_freeze

@@ -1,10 +1,10 @@
-"""Why a Kaggle run failed: the failing cell's traceback, the log's tail, the likely Kaggle error class.
+"""Why a Kaggle run failed: the log's text, the likely Kaggle error class.
 
 A Kaggle session log (`<slug>.log`, what `kaggle kernels output` downloads) is a JSON list of
 `{"stream_name", "time", "data"}` records; `log_text` joins their data (plain text is taken as
-it is). The failing cell comes from the executed notebook when the outputs carry one (the first
-code cell with an `error` output: its id, ename, evalue and traceback), else from the last
-`Traceback` block of the log. `error_class` names the error Kaggle shows for it, with the fix:
+it is). The failing cell is the dry-run's `CellFailure`, found by `bundler.notebook.failure`
+(the executed notebook among the outputs first, else the log's last traceback). `classify`
+names the error Kaggle shows for it, with the fix:
 
 - timeout ("Notebook Timeout"): the run outlived the competition's limit;
 - out of memory or disk ("Notebook Exceeded Allowed Compute"): RAM, GPU memory or disk ran out;
@@ -22,9 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bundler.display import strip_ansi
-
-_ENCOUNTERED = re.compile(r'Exception encountered at "(In \[\d+\])"')
-TAIL_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -84,63 +81,6 @@ def log_text(raw: str) -> str:
     if isinstance(records, list) and all(isinstance(r, Mapping) for r in records):
         return strip_ansi("".join(str(r.get("data", "")) for r in records))
     return strip_ansi(raw)
-
-
-def tail(text: str, lines: int = TAIL_LINES) -> list[str]:
-    return text.rstrip().splitlines()[-lines:]
-
-
-@dataclass(frozen=True)
-class CellFailure:
-    cell: str  # the cell's id (e.g. "setup", "run"), or "log" when taken from the log
-    ename: str
-    evalue: str
-    traceback: list[str]
-
-
-def _from_notebook(path: Path) -> CellFailure | None:
-    try:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for cell in nb.get("cells", []) if isinstance(nb, Mapping) else []:
-        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
-            if out.get("output_type") == "error":
-                trace = [strip_ansi(str(t)) for t in out.get("traceback", [])]
-                lines = [line for t in trace for line in t.splitlines()]
-                return CellFailure(str(cell.get("id", "?")), str(out.get("ename")), str(out.get("evalue")), lines)
-    return None
-
-
-def _from_log(text: str) -> CellFailure | None:
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line]
-    if not starts:
-        return None
-    cell = "log"
-    for line in reversed(lines[: starts[-1] + 1]):
-        found = _ENCOUNTERED.search(line)  # papermill names the cell: Exception encountered at "In [5]"
-        if found:
-            cell = found.group(1)
-            break
-    block = lines[starts[-1] :]
-    end = next(
-        (i for i, line in enumerate(block[1:], 1) if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line)), None
-    )
-    block = block[: end + 1] if end is not None else block[:40]
-    last = block[-1]
-    ename, _, evalue = last.partition(":")
-    return CellFailure(cell, ename.split()[0] if ename.strip() else "", evalue.strip(), block)
-
-
-def failing_cell(files: Sequence[Path], log: str) -> CellFailure | None:
-    """The failure from an executed notebook among `files`, else from the log's last traceback."""
-    for path in files:
-        if path.suffix == ".ipynb":
-            found = _from_notebook(path)
-            if found:
-                return found
-    return _from_log(log)
 
 
 def read_log(files: Sequence[Path]) -> str:

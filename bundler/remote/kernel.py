@@ -21,8 +21,9 @@ from rich.markup import escape
 from bundler.config import BundleConfig
 from bundler.display import shown_path
 from bundler.errors import RemoteError
+from bundler.notebook.failure import FROM_LOG, failing_cell, tail
 from bundler.remote.client import Kaggle, connect, poll_interval
-from bundler.remote.diagnose import classify, failing_cell, read_log, tail
+from bundler.remote.diagnose import classify, read_log
 from bundler.remote.state import RemoteState, load_state, version_dir
 from bundler.remote.wait import wait_for
 from kernel_src.paths import PROFILE_FILE, SUBMISSION_FILE
@@ -68,11 +69,11 @@ def _report_failure(cfg: BundleConfig, version: int, message: str, files: list[P
     failure = failing_cell(files, log)
     cls = classify(message, log, "\n".join(failure.traceback) if failure else "")
     if failure is not None:
-        where = "from the log" if failure.cell == "log" else f"cell {failure.cell}"
+        where = "from the log" if failure.cell == FROM_LOG else f"cell {failure.cell or '?'}"
         console.print(f"[bold red]failing cell[/] ({where}): {escape(failure.ename)}: {escape(failure.evalue)}")
         for line in failure.traceback[-30:]:
             console.print(f"  {escape(line)}", soft_wrap=True)
-    lines = tail(log)
+    lines = failure.log_tail if failure is not None else tail(log)
     if lines:
         console.print(f"[bold]log tail[/] ({len(lines)} lines of {escape(shown_path(version_dir(cfg, version)))}):")
         for line in lines:

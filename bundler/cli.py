@@ -39,6 +39,9 @@ def _reports_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         signal.signal(signal.SIGTERM, _terminate)
+        # Ctrl-C's KeyboardInterrupt even where SIGINT was inherited ignored (a job started in the background
+        # by a shell without job control, some CI runners): a SIGINT sent to the process group stops bundler
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return fn(*args, **kwargs)
         except BundlerError as e:

@@ -173,3 +173,58 @@ def test_the_kernel_writes_its_temporary_files_where_it_is_told(tmp_path: Path) 
     )
     assert ex.ok, ex
     assert [p.name.startswith("bundler_kernel_") for p in tmp.iterdir()] == [True]
+
+
+GROUP_PARENT = """
+import io, sys
+from pathlib import Path
+from rich.console import Console
+import bundler.cli as cli
+from bundler.dryrun.execution import run_notebook
+from bundler.sandbox import probe
+nb, work = Path(sys.argv[1]), Path(sys.argv[2])
+
+@cli._reports_errors
+def command():
+    ex = run_notebook(nb, work / "out" / "n.ipynb", cwd=work, console=Console(file=io.StringIO()), isolation=probe())
+    print(f"returned {ex.status}", flush=True)
+
+command()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and PR_SET_PDEATHSIG as on Linux")
+def test_sigint_to_the_whole_process_group_is_an_interrupt_not_a_failed_cell(tmp_path: Path) -> None:
+    """Issue 27 item 4: a CI runner's or an editor's stop sends SIGINT to the whole process group, to a
+    bundler that may have inherited SIGINT ignored. It must exit 130 "interrupted", with the notebook's
+    runner and kernel gone, not report the kernel's interrupted cell as the notebook's failure."""
+    nb = new_notebook(cells=[new_code_cell(CELL)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def ignore_sigint_in_own_group() -> None:
+        os.setpgrp()  # its own group, so that the group signal below reaches nothing of pytest's
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job of a shell without job control
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", GROUP_PARENT, str(tmp_path / "n.ipynb"), str(tmp_path)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint_in_own_group,
+    )  # fmt: skip
+    pids_file = tmp_path / "pids.json"
+    deadline = time.monotonic() + 120
+    while not pids_file.exists() and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+    assert pids_file.exists(), "the notebook's cell never started"
+    pids = json.loads(pids_file.read_text())
+    os.killpg(parent.pid, signal.SIGINT)
+    out, err = parent.communicate(timeout=120)
+    deadline = time.monotonic() + 30
+    while (_alive(pids["kernel"]) or _alive(pids["child"])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = {name: pid for name, pid in pids.items() if _alive(pid)}
+    for pid in survivors.values():
+        os.kill(pid, signal.SIGKILL)
+    assert parent.returncode == 130, (out, err)
+    assert "interrupted" in err and "returned" not in out and "Traceback" not in err
+    assert survivors == {}, f"still running after the interrupt: {survivors}"

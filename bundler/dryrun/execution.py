@@ -167,6 +167,10 @@ def run_notebook(
         text=True,
         errors="replace",
         preexec_fn=_die_with(os.getpid()) if sys.platform.startswith("linux") else None,
+        # its own session: a SIGINT sent to bundler's whole process group (a CI runner's or an editor's stop)
+        # reaches bundler only, which stops the child as it does on Ctrl-C; the kernel is never interrupted
+        # mid-cell into a failure that would be read as the notebook's
+        start_new_session=True,
     )
     deadline = None if timeout_s is None else timeout_s + 120.0
     _follow(proc, log, console, deadline)

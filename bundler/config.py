@@ -291,7 +291,13 @@ class DryRunConfig:
     )
     out: Path = field(default=Path("build/dryrun"), metadata=_key("the dry-run's folder."))
     time_budget_s: float | None = field(
-        default=None, metadata=_key("the dry-run's budget (`--time-budget`).", shown="the inference budget")
+        default=None,
+        metadata=_key(
+            "the dry-run's budget (`--time-budget`).",
+            Rule(lambda v: v > 0, "{key} = {value:g} must be positive seconds (or leave it out: the inference budget)",
+                 "> 0"),
+            shown="the inference budget",
+        ),
     )
     calibration: float | None = field(
         default=None,

@@ -281,3 +281,33 @@ command()
     assert child.returncode == 143, err
     assert "terminated" in err and "Traceback" not in err
     assert marker.read_text() == "yes"
+
+
+# --- 5. a budget that is not positive seconds is named as the user wrote it ---------------------
+
+
+def test_a_negative_dryrun_budget_in_bundle_toml_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    from bundler.config import parse_config
+    from bundler.errors import ConfigError
+    from tests.projects import tiny_inference, tiny_project
+
+    segmenter = {"name": "unet", "kind": "smp", "arch": "Unet", "encoder": "resnet18", "checkpoint": "unet.pth"}
+    data = tiny_project(inference=tiny_inference(gating={"mode": "off"}), segmenters=[segmenter],
+                        dryrun={"time_budget_s": -5})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"dryrun\.time_budget_s = -5 must be positive seconds"):
+        parse_config(data, tmp_path / "bundle.toml")
+
+
+@pytest.mark.parametrize("command", ["dry-run", "tune"])
+def test_a_negative_time_budget_flag_exits_2_naming_the_flag_before_anything_runs(tmp_path: Path, command: str) -> None:
+    cfg = demo_cfg(tmp_path)
+    args = [command, "--config", str(cfg.source)]
+    if command == "dry-run":
+        args += ["--time-budget", "-5"]
+    else:
+        text = cfg.source.read_text()
+        cfg.source.write_text(text.replace("[dryrun]", "[dryrun]\ntime_budget_s = -5", 1) if "[dryrun]" in text
+                              else text + "\n[dryrun]\ntime_budget_s = -5\n")  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "time_budget_s" in result.output and "-5" in result.output and "CONFIG['inference']" not in result.output

@@ -55,7 +55,7 @@ from bundler.dryrun.report import load_mask_samples, write_report
 from bundler.dryrun.runtime import Runtime, choose_runtime, make_overlay
 from bundler.dryrun.tree import make_tree, remove_tree
 from bundler.dryrun.verdict import Facts, judge, problem_summary, resources_against_limits
-from bundler.errors import DryRunError
+from bundler.errors import ConfigError, DryRunError
 from bundler.notebook.failure import CellFailure
 from bundler.sandbox import Isolation, probe
 from bundler.scoring import mask_shapes, score_run, submission_breakdown
@@ -75,8 +75,12 @@ class DryRunResult:
 
 
 def budget_of(cfg: BundleConfig) -> float:
-    """`--time-budget` (dryrun.time_budget_s), else the inference budget."""
-    return float(cfg.dryrun.time_budget_s if cfg.dryrun.time_budget_s is not None else cfg.inference.time_budget_s)
+    """`--time-budget` (dryrun.time_budget_s), else the inference budget; a budget that is not positive
+    seconds is the user's setting at fault, named as they wrote it (exit 2), before anything runs."""
+    given = cfg.dryrun.time_budget_s
+    if given is not None and not given > 0:  # `--time-budget` passes no config check
+        raise ConfigError(f"--time-budget (dryrun.time_budget_s) = {given:g} must be positive seconds")
+    return float(given if given is not None else cfg.inference.time_budget_s)
 
 
 def _execute(
@@ -208,6 +212,7 @@ def dry_run(cfg: BundleConfig, *, console: Console) -> DryRunResult:
     The outputs go to a staging folder first, then where the verdict puts them (see the module doc);
     an interrupt (Ctrl-C) or an error in bundler itself leaves the last good run as it was."""
     check_out(cfg.dryrun.out)
+    budget_of(cfg)
     inputs = check_inputs(cfg)
     for warning in inputs.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")

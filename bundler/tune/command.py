@@ -258,6 +258,7 @@ def tune(
 
     if not 0.0 <= margin < 1.0:
         raise TuneError(f"--margin {margin} must be a share of the budget in [0, 1), e.g. 0.15")
+    budget_of(cfg)  # a budget that is not positive seconds is named as the user wrote it, before the first pass
     out = out or cfg.root / OUT
     spec = cfg.inference
     empty_pair = _metric_rule(spec)

@@ -53,7 +53,7 @@ def test_dry_run_out_dot_in_a_project_is_refused_and_nothing_is_touched(tmp_path
 def test_dry_run_out_build_via_the_cli_exits_1_naming_the_folder(tmp_path: Path) -> None:
     cfg = demo_cfg(tmp_path)
     build = cfg.dataset.out.parent  # holds the built dataset folder
-    result = CliRunner().invoke(cli, ["dry-run", "--config", str(cfg.source), "--out", str(build)])
+    result = CliRunner().invoke(cli, ["dry-run", "--config", str(cfg.root / "bundle.toml"), "--out", str(build)])
     assert result.exit_code == 1, result.output
     assert "dry-run output folder" in result.output and "not replaced" in result.output
     assert (cfg.dataset.out / "bundle.json").is_file()
@@ -122,7 +122,8 @@ def test_render_out_onto_a_checkpoint_is_refused_before_writing(tmp_path: Path) 
     cfg = demo_cfg(tmp_path)
     checkpoint = tmp_path / "best_model.pth"
     checkpoint.write_bytes(b"\x80weights")
-    result = CliRunner().invoke(cli, ["render-notebook", "--config", str(cfg.source), "--out", str(checkpoint)])
+    args = ["render-notebook", "--config", str(cfg.root / "bundle.toml"), "--out", str(checkpoint)]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and "must end in .ipynb" in result.output, result.output
     assert checkpoint.read_bytes() == b"\x80weights"
 
@@ -301,12 +302,13 @@ def test_a_negative_dryrun_budget_in_bundle_toml_is_a_config_error_naming_the_ke
 @pytest.mark.parametrize("command", ["dry-run", "tune"])
 def test_a_negative_time_budget_flag_exits_2_naming_the_flag_before_anything_runs(tmp_path: Path, command: str) -> None:
     cfg = demo_cfg(tmp_path)
-    args = [command, "--config", str(cfg.source)]
+    args = [command, "--config", str(cfg.root / "bundle.toml")]
     if command == "dry-run":
         args += ["--time-budget", "-5"]
     else:
-        text = cfg.source.read_text()
-        cfg.source.write_text(text.replace("[dryrun]", "[dryrun]\ntime_budget_s = -5", 1) if "[dryrun]" in text
+        config = cfg.root / "bundle.toml"
+        text = config.read_text()
+        config.write_text(text.replace("[dryrun]", "[dryrun]\ntime_budget_s = -5", 1) if "[dryrun]" in text
                               else text + "\n[dryrun]\ntime_budget_s = -5\n")  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output

@@ -5,7 +5,8 @@ for TorchScript), so `kernel_src.models.load_model(spec, dest, ...)` loads them 
 does. Everything is seeded: the same `seed` gives the same files.
 
 - `make_tiny_models(dest)`: two timm classifiers and two smp segmenters (Unet and FPN on a small
-  timm-universal MobileNetV3 encoder), each at its own small `input_size`.
+  timm-universal MobileNetV3 encoder), each at its own small `input_size`; `TinyModels` is the
+  folder and both lists, as tests/conftest.py's `tiny_models` fixture gives them.
 - `make_torchscript_segmenter(dest)`: a scripted tiny encoder-decoder, the TorchScript model kind.
 - `make_brightness_classifier(dest)`: a scripted classifier whose every class fires exactly when
   the image's mean pixel is above 0.5 (mean/std 0/1): gating tests choose what passes.
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -50,6 +51,14 @@ def _save_random(spec: ModelSpec, dest: Path, num_classes: int, seed: int) -> Mo
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(dest / spec.file))
     return spec
+
+
+class TinyModels(NamedTuple):
+    """`make_tiny_models`' files and specs: `folder, classifiers, segmenters = tiny_models`."""
+
+    dir: Path
+    classifiers: list[ModelSpec]
+    segmenters: list[ModelSpec]
 
 
 def make_tiny_models(dest: Path, *, num_classes: int = 4, seed: int = 0) -> tuple[list[ModelSpec], list[ModelSpec]]:
@@ -360,7 +369,7 @@ def make_inf_segmenter(dest: Path, *, name: str = "seg-inf", num_classes: int = 
     return _scripted(dest, name, _InfSegmenter(num_classes), input_size=(32, 128), weight=weight)
 
 
-# --- The device matrix (tests/test_device_matrix.py) -----------------------------------------
+# --- The device matrix (tests/kernel/test_device_matrix.py) -----------------------------------------
 # Three smp architectures (smp's own resnet18 encoder and timm-universal MobileNetV3) and a timm
 # classifier on small graded-brightness images. Random seeded weights give logits near zero, so
 # masks would be coin flips at 0.5 and gating would hinge on the third decimal; the maker

@@ -25,17 +25,10 @@ from kernel_src.predict import Predictor
 from kernel_src.profiler import Profiler
 from kernel_src.run import run
 from kernel_src.spec import InferenceSpec, ModelSpec
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, make_tiny_models, tiny_spec
+from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, TinyModels, tiny_spec
 
 CPU = torch.device("cpu")
 DEVICES = DeviceSet((CPU,))
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ModelSpec], list[ModelSpec]]:
-    dest = tmp_path_factory.mktemp("bundle")
-    classifiers, segmenters = make_tiny_models(dest)
-    return dest, classifiers, segmenters
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -76,9 +69,9 @@ def test_sizes_double_up_to_the_largest_call() -> None:
 
 
 def test_measured_choice_is_a_measured_size_and_the_fastest_per_image(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]],
+    tiny_models: TinyModels,
 ) -> None:
-    dest, classifiers, segmenters = bundle
+    dest, classifiers, segmenters = tiny_models
     spec = tiny_spec(dest, classifiers=classifiers, segmenters=segmenters, images_per_call=0)
     p = predictor(spec, dest)
     assert set(p.profiler.call_sizes) == {m.name for m in (*classifiers, *segmenters)}
@@ -132,10 +125,8 @@ def test_the_choice_stops_growing_at_a_slower_size_and_at_the_budget() -> None:
     assert measure_call_size(LoadedModel(model_spec, (flat,), ("identity",)), spec, DEVICES, 1) == (1, {})
 
 
-def test_a_fixed_images_per_call_skips_measuring(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    dest, _, segmenters = bundle
+def test_a_fixed_images_per_call_skips_measuring(tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch) -> None:
+    dest, _, segmenters = tiny_models
     calls = ForwardCalls(monkeypatch).replicas
     spec = tiny_spec(dest, classifiers=[], segmenters=segmenters[:1], gating={"mode": "off"}, images_per_call=3)
     p = predictor(spec, dest)
@@ -145,8 +136,8 @@ def test_a_fixed_images_per_call_skips_measuring(
     assert calls[0][1:] == [3, 3, 2]  # 4 images x 2 views
 
 
-def test_results_are_the_same_whatever_the_call_size(bundle: tuple[Path, list[ModelSpec], list[ModelSpec]]) -> None:
-    dest, classifiers, segmenters = bundle
+def test_results_are_the_same_whatever_the_call_size(tiny_models: TinyModels) -> None:
+    dest, classifiers, segmenters = tiny_models
     batch = images(4, seed=3)
     results = {}
     for per_call in (0, 1, 3, 8):
@@ -173,9 +164,9 @@ def wrapped(monkeypatch: pytest.MonkeyPatch, name: str, limit: int, zeros_too: b
 
 
 def test_out_of_memory_halves_the_call_size_keeps_it_and_predicts_the_same(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch
+    tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dest, classifiers, segmenters = bundle
+    dest, classifiers, segmenters = tiny_models
     spec = tiny_spec(dest, classifiers=classifiers, segmenters=segmenters, images_per_call=8)
     batch = images(4, seed=4)
     plain = predictor(spec, dest).predict(batch)
@@ -195,9 +186,9 @@ def test_out_of_memory_halves_the_call_size_keeps_it_and_predicts_the_same(
 
 
 def test_measuring_stops_at_a_size_that_runs_out_of_memory(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch
+    tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dest, _, segmenters = bundle
+    dest, _, segmenters = tiny_models
     wrapped(monkeypatch, "unet-mnv3", limit=3, zeros_too=True)  # 4 x 2 views: sizes 1, 2, 4, 8
     spec = tiny_spec(dest, classifiers=[], segmenters=segmenters[:1], gating={"mode": "off"}, images_per_call=0)
     record = predictor(spec, dest).profiler.call_sizes["unet-mnv3"]
@@ -206,9 +197,9 @@ def test_measuring_stops_at_a_size_that_runs_out_of_memory(
 
 
 def test_a_model_out_of_memory_at_one_image_is_dropped_with_the_failure_recorded(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    dest, _, segmenters = bundle
+    dest, _, segmenters = tiny_models
     wrapped(monkeypatch, "unet-mnv3", limit=0)
     spec = tiny_spec(dest, classifiers=[], segmenters=segmenters, gating={"mode": "off"}, images_per_call=4)
 

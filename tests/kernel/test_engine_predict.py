@@ -20,18 +20,17 @@ from kernel_src.predict import BatchResult, Predictor
 from kernel_src.profiler import Profiler
 from kernel_src.run import run
 from kernel_src.spec import InferenceSpec, ModelSpec
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, make_tiny_models, make_torchscript_segmenter, tiny_spec
+from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, TinyModels, make_torchscript_segmenter, tiny_spec
 
 H, W = IMAGE_HEIGHT, IMAGE_WIDTH
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ModelSpec], list[ModelSpec]]:
-    dest = tmp_path_factory.mktemp("bundle")
-    classifiers, segmenters = make_tiny_models(dest)
-    segmenters.append(make_torchscript_segmenter(dest, input_size=None))  # at the image size
-    return dest, classifiers, segmenters
+def bundle(tiny_models: TinyModels) -> TinyModels:
+    dest, classifiers, segmenters = tiny_models
+    ts = make_torchscript_segmenter(dest, input_size=None)  # at the image size
+    return TinyModels(dest, classifiers, [*segmenters, ts])
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -79,7 +78,7 @@ def predictor(spec: InferenceSpec, bundle_dir: Path, devices: DeviceSet) -> Pred
     return Predictor(spec, classifiers, segmenters, devices, profiler)
 
 
-def test_ensemble_matches_a_view_by_view_reference(bundle: tuple[Path, list[ModelSpec], list[ModelSpec]]) -> None:
+def test_ensemble_matches_a_view_by_view_reference(bundle: TinyModels) -> None:
     dest, classifiers, segmenters = bundle
     every_view = replace(segmenters[1], tta=("identity", "hflip", "vflip", "hvflip"))
     spec = tiny_spec(
@@ -97,9 +96,7 @@ def test_ensemble_matches_a_view_by_view_reference(bundle: tuple[Path, list[Mode
     assert result.pairs_gated_out == int((~result.allowed).sum())
 
 
-def test_two_devices_split_the_batch_and_agree_with_one(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_two_devices_split_the_batch_and_agree_with_one(bundle: TinyModels, monkeypatch: pytest.MonkeyPatch) -> None:
     dest, classifiers, segmenters = bundle
     spec = tiny_spec(  # images_per_call 6: the 3 x 2 views of the larger chunk in one call, nothing measured
         dest, classifiers=classifiers[:1], segmenters=segmenters[:1], gating={"mode": "off"}, images_per_call=6
@@ -123,7 +120,7 @@ def test_device_split_is_even_and_complete() -> None:
 
 
 def test_streaming_keeps_no_probability_map_across_batches(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bundle: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest, _, segmenters = bundle
     spec = tiny_spec(dest, classifiers=[], segmenters=[segmenters[2]], batch_size=2, postprocess={"threshold": 1.0})
@@ -156,7 +153,7 @@ def test_streaming_keeps_no_probability_map_across_batches(
 
 @pytest.mark.parametrize("micro", [1, 3])
 def test_call_sizes_split_the_stacked_views_and_agree_with_one_forward(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch, micro: int
+    bundle: TinyModels, monkeypatch: pytest.MonkeyPatch, micro: int
 ) -> None:
     dest, _, segmenters = bundle
     two_views = replace(segmenters[0], tta=("identity", "hflip"))

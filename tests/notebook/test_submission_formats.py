@@ -4,7 +4,7 @@ Each case is a tiny synthetic analogue of a public Kaggle segmentation format: a
 with its `[submission]` and geometry settings, a notebook rendered from it, a Kaggle-like input
 folder (test images + sample submission), the notebook's own `setup(CONFIG)` and
 `main(CONFIG)` run in-process on the CONFIG the render wrote (the rendered notebook executed by
-nbclient is covered, for Severstal, by tests/test_notebook.py), and a STRICT decoder of that
+nbclient is covered, for Severstal, by tests/notebook/test_notebook.py), and a STRICT decoder of that
 format, written here independently of kernel_src, reading the submission back. The model is a
 scripted segmenter whose class k fires exactly where colour channel k % 3 is bright, so every
 expected mask is known: the decoders compare masks pixel for pixel.
@@ -51,6 +51,7 @@ from torch import nn
 
 from kernel_src.spec import ModelSpec
 from tests.projects import model_table, quiet, tiny_inference, tiny_project, write_built_manifest, write_project
+from tests.tiny import TinyModels
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 Mask = npt.NDArray[np.bool_]
@@ -468,18 +469,9 @@ def test_format_end_to_end_through_the_rendered_notebook(name: str, tmp_path: Pa
 # --- Severstal's bytes, before and after ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ModelSpec], list[ModelSpec]]:
-    from tests.tiny import make_tiny_models
-
-    folder = tmp_path_factory.mktemp("models")
-    classifiers, segmenters = make_tiny_models(folder)  # seed 0
-    return folder, classifiers, segmenters
-
-
 @pytest.mark.parametrize(("layout", "named"), [("wide", False), ("long", False), ("long", True)])
 def test_severstal_bytes_are_those_of_main_before_issue_16(
-    layout: str, named: bool, tiny_models: tuple[Path, list[ModelSpec], list[ModelSpec]], tmp_path: Path
+    layout: str, named: bool, tiny_models: TinyModels, tmp_path: Path
 ) -> None:
     """tests/golden/severstal-*.csv were written by main before [submission] existed (commit
     3815c51) from this exact run: tiny random models (seed 0), 6 synthetic 64x256 images (seed 3),
@@ -569,7 +561,7 @@ def test_the_readme_table_gives_the_settings_these_cases_use() -> None:
     """README's competition -> [submission] table is the settings these tests prove."""
     import tomllib
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     names = {
         "Understanding Clouds": "clouds",
         "Carvana": "carvana",

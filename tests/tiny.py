@@ -17,7 +17,9 @@ does. Everything is seeded: the same `seed` gives the same files.
   images brighter than 0.9; `make_inf_segmenter(dest)`: logits +inf for images brighter than 0.5,
   -inf for the others (an fp16 overflow's saturated logits).
 - `tiny_spec(dest, **overrides)`: a complete `InferenceSpec` (64x256 images, CPU) around them.
-- `write_image`, `write_sample`: hand-made test images and sample submissions.
+- `write_image`, `write_sample`: hand-made test images and sample submissions; `random_images(n, seed)`:
+  a seeded batch of 64x256 RGB images.
+- `predictor(spec, dest, devices)`: the engine's `Predictor` with the spec's models loaded from `dest`.
 - `ForwardCalls(monkeypatch)`: the batch size of every forward call of the replicas loaded from then on.
 - `matrix_images`, `make_matrix_models`: the device matrix's graded 32x128 images, and three
   smp segmenters plus a timm classifier rescaled on them, with gating thresholds chosen for them.
@@ -37,12 +39,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from kernel_src.models import build_model
+from kernel_src.devices import DeviceSet
+from kernel_src.models import build_model, load_models
+from kernel_src.predict import Predictor
+from kernel_src.profiler import Profiler
 from kernel_src.spec import InferenceSpec, ModelSpec
 
 IMAGE_HEIGHT = 64
 IMAGE_WIDTH = 256
 ENCODER = "tu-mobilenetv3_small_050"
+CPU_ONLY = DeviceSet((torch.device("cpu"),))  # `predictor`'s devices unless given
 
 
 def _save_random(spec: ModelSpec, dest: Path, num_classes: int, seed: int) -> ModelSpec:
@@ -290,6 +296,18 @@ def tiny_spec(dest: Path, **overrides: Any) -> InferenceSpec:
     if not data["classifiers"] and "gating" not in overrides:
         data["gating"] = {"mode": "off"}
     return InferenceSpec.from_dict(data)
+
+
+def random_images(n: int, seed: int = 0) -> npt.NDArray[np.uint8]:
+    """`n` seeded random RGB images of the tests' size (uint8, N x H x W x 3)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
+
+
+def predictor(spec: InferenceSpec, dest: Path, devices: DeviceSet = CPU_ONLY) -> Predictor:
+    """The engine's `Predictor` for `spec`, its models loaded from `dest` onto `devices`."""
+    profiler = Profiler(0.0)
+    classifiers, segmenters = load_models(spec, dest, devices, profiler)
+    return Predictor(spec, classifiers, segmenters, devices, profiler)
 
 
 def write_image(path: Path, rgb: npt.NDArray[np.uint8]) -> Path:

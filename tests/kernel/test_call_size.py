@@ -20,25 +20,13 @@ import kernel_src.models as models_module
 from bundler.demo.synthetic import make_dataset
 from kernel_src.devices import DeviceSet
 from kernel_src.errors import ModelRunError
-from kernel_src.models import LoadedModel, call_sizes, load_model, load_models, measure_call_size
-from kernel_src.predict import Predictor
-from kernel_src.profiler import Profiler
+from kernel_src.models import LoadedModel, call_sizes, load_model, measure_call_size
 from kernel_src.run import run
 from kernel_src.spec import InferenceSpec, ModelSpec
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, TinyModels, tiny_spec
+from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, TinyModels, predictor, random_images, tiny_spec
 
 CPU = torch.device("cpu")
 DEVICES = DeviceSet((CPU,))
-
-
-def images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
-
-
-def predictor(spec: InferenceSpec, dest: Path, devices: DeviceSet = DEVICES) -> Predictor:
-    profiler = Profiler(0.0)
-    classifiers, segmenters = load_models(spec, dest, devices, profiler)
-    return Predictor(spec, classifiers, segmenters, devices, profiler)
 
 
 class OomAbove(nn.Module):
@@ -132,13 +120,13 @@ def test_a_fixed_images_per_call_skips_measuring(tiny_models: TinyModels, monkey
     p = predictor(spec, dest)
     assert calls == [[1]]  # the test forward only
     assert p.profiler.call_sizes["unet-mnv3"] == {"chosen": 3, "measured_s": {}, "reduced_by_oom": []}
-    p.predict(images(4))
+    p.predict(random_images(4))
     assert calls[0][1:] == [3, 3, 2]  # 4 images x 2 views
 
 
 def test_results_are_the_same_whatever_the_call_size(tiny_models: TinyModels) -> None:
     dest, classifiers, segmenters = tiny_models
-    batch = images(4, seed=3)
+    batch = random_images(4, seed=3)
     results = {}
     for per_call in (0, 1, 3, 8):
         spec = tiny_spec(dest, classifiers=classifiers, segmenters=segmenters, images_per_call=per_call)
@@ -168,7 +156,7 @@ def test_out_of_memory_halves_the_call_size_keeps_it_and_predicts_the_same(
 ) -> None:
     dest, classifiers, segmenters = tiny_models
     spec = tiny_spec(dest, classifiers=classifiers, segmenters=segmenters, images_per_call=8)
-    batch = images(4, seed=4)
+    batch = random_images(4, seed=4)
     plain = predictor(spec, dest).predict(batch)
 
     made = wrapped(monkeypatch, "unet-mnv3", limit=3)
@@ -205,7 +193,7 @@ def test_a_model_out_of_memory_at_one_image_is_dropped_with_the_failure_recorded
 
     p = predictor(spec, dest)
     with pytest.raises(ModelRunError) as info:
-        p.predict(images(2))
+        p.predict(random_images(2))
     assert info.value.model == "unet-mnv3" and isinstance(info.value.__cause__, torch.OutOfMemoryError)
     assert p.profiler.call_sizes["unet-mnv3"]["reduced_by_oom"] == [2, 1]
 

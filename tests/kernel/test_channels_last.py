@@ -15,29 +15,25 @@ import pytest
 import torch
 
 from kernel_src.devices import DeviceSet
-from kernel_src.models import load_model, load_models
-from kernel_src.predict import Predictor
-from kernel_src.profiler import Profiler
+from kernel_src.models import load_model
 from kernel_src.rle import decode
 from kernel_src.run import run
-from kernel_src.spec import InferenceSpec
 from kernel_src.tta import merge_views, stack_views
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, TinyModels, tiny_spec, write_image, write_sample
+from tests.tiny import (
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    TinyModels,
+    predictor,
+    random_images,
+    tiny_spec,
+    write_image,
+    write_sample,
+)
 
 H, W = IMAGE_HEIGHT, IMAGE_WIDTH
 CPU = torch.device("cpu")
 NCHW = DeviceSet((CPU,))
 CHANNELS_LAST = DeviceSet((CPU,), channels_last=True)
-
-
-def images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, H, W, 3), dtype=np.uint8)
-
-
-def predictor(spec: InferenceSpec, dest: Path, devices: DeviceSet) -> Predictor:
-    profiler = Profiler(0.0)
-    classifiers, segmenters = load_models(spec, dest, devices, profiler)
-    return Predictor(spec, classifiers, segmenters, devices, profiler)
 
 
 def test_an_smp_model_answers_channels_last_with_an_output_that_cannot_be_viewed_flat(
@@ -74,7 +70,7 @@ def test_predictor_in_channels_last_matches_nchw(tiny_models: TinyModels, gating
         gating={"mode": gating, "thresholds": [0.3, 0.5, 0.5, 0.7]},
         images_per_call=8,
     )
-    batch = images(3, seed=7)
+    batch = random_images(3, seed=7)
     packed = predictor(spec, tiny_models.dir, CHANNELS_LAST).predict(batch)
     plain = predictor(spec, tiny_models.dir, NCHW).predict(batch)
     np.testing.assert_allclose(packed.probs, plain.probs, atol=1e-5)
@@ -87,7 +83,7 @@ def test_run_in_channels_last_completes_and_matches_nchw(tiny_models: TinyModels
     """The issue's reproduction through the real pipeline: before the fix the first batch raised
     "view size is not compatible" out of `run()`."""
     ids = [f"{i}.png" for i in range(5)]
-    for i, image in zip(ids, images(5, seed=11), strict=True):
+    for i, image in zip(ids, random_images(5, seed=11), strict=True):
         write_image(tmp_path / "test" / i, image)
     sample = write_sample(tmp_path / "sample.csv", ids)
     spec = tiny_spec(

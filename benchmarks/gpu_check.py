@@ -3,7 +3,7 @@
 Made for a bare GPU machine that has only this repository and its `.venv` (no network needed):
 `.venv/bin/python -m benchmarks --gpu-check` from the repository root. Within 8 minutes on one GPU:
 
-1. the `gpu`-marked tests (tests/test_gpu.py: fp16 vs fp32 agreement, channels_last on real
+1. the `gpu`-marked tests (tests/kernel/test_gpu.py: fp16 vs fp32 agreement, channels_last on real
    CUDA through `run()`, the two-GPU split when two are present, the peak GPU memory of a
    full-size run) in a child pytest; their counts and the properties they record
    (`record_property`: `gpu_peak_mib`, Dice figures, fp16 differences) are read back from its
@@ -36,7 +36,7 @@ from rich.console import Console
 from .report import figure_lines, print_result
 
 ROOT = Path(__file__).resolve().parent.parent
-GPU_TESTS = ("tests/test_gpu.py",)
+GPU_TESTS = ("tests/kernel/test_gpu.py",)
 TESTS_TIMEOUT_S = 240  # the tests take about a minute on one GPU; the benchmark gets the rest of the 8
 IMAGES = 16  # benchmark images: enough for a per-image rate, few enough for the naive loop's Python
 NO_GPU = (

@@ -68,7 +68,7 @@ SUBMISSION_NOTES = """\
 | Airbus ship detection | `layout = "custom"`, `rows = "per_object"` | `num_classes = 1`, `image_height = 768`, `image_width = 768` |
 | UW-Madison GI tract | `layout = "custom"`, `key_column = "id"`, `class_column = "class"`, `mask_column = "predicted"`, `classes = ["large_bowel", "small_bowel", "stomach"]`, `image_id = "stem"`, `rle_order = "C"` | `num_classes = 3`, `image_sizes = "own"`, `bit_depth = 16`, `pixel_max` as in training (`"image"` or a number), `image_channels = 1` |
 
-Each row is exercised by tests/test_submission_formats.py on a tiny analogue read back by a
+Each row is exercised by tests/notebook/test_submission_formats.py on a tiny analogue read back by a
 strict decoder of that format. What is not covered: SIIM-ACR's test images are DICOM, which
 OpenCV does not read (convert them to PNG named by their UID); UW-Madison's slices sit in nested
 `case/day/scans` folders with ids that are not file names (flatten them to `<id>.png`), and its

@@ -458,7 +458,7 @@ def _custom(**settings: Any) -> SubmissionSpec:
 
 
 # Each header is written here once. Severstal's two are detected from the header and may be named;
-# the others are the settings that the README's table and tests/test_submission_formats.py give
+# the others are the settings that docs/formats.md's table and tests/notebook/test_submission_formats.py give
 # for those competitions (layout = "custom" plus these keys): SIIM-ACR's and Airbus' headers are the
 # same, so no header can tell them apart.
 PRESETS: dict[str, Preset] = {

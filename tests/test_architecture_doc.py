@@ -111,3 +111,22 @@ def test_module_tables_list_every_module() -> None:
     }
     assert sorted(present - listed) == [], "modules missing from docs/ARCHITECTURE.md"
     assert sorted(listed - present) == [], "docs/ARCHITECTURE.md names modules that are gone"
+
+
+def test_the_tests_row_names_every_stage_folder_and_helper() -> None:
+    (row,) = re.findall(r"^\| `tests/` \|(.*)$", DOC, flags=re.M)
+    listed = set(re.findall(r"`tests/(\w+)/`", row))
+    tests = ROOT / "tests"
+    folders = {p.parent.name for p in tests.glob("*/test_*.py")}
+    assert sorted(folders ^ listed) == [], "test folders and docs/ARCHITECTURE.md's tests/ row differ"
+    for folder in folders:
+        assert (tests / folder / "conftest.py").is_file() and (tests / folder / "__init__.py").is_file(), folder
+    helpers = {p.name for p in tests.glob("*.py")} - {"__init__.py"} - {p.name for p in tests.glob("test_*.py")}
+    assert sorted(h for h in helpers if f"`{h}`" not in row) == [], "helpers missing from the tests/ row"
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared fixtures live in conftest.py files, shared helpers in the helper modules."""
+    pattern = re.compile(r"^\s*(?:from|import) (tests\.(?:\w+\.)*test_\w+)", flags=re.M)
+    importing = {p.relative_to(ROOT).as_posix(): pattern.findall(p.read_text()) for p in (ROOT / "tests").rglob("*.py")}
+    assert {path: found for path, found in importing.items() if found} == {}

@@ -5,7 +5,8 @@ for TorchScript), so `kernel_src.models.load_model(spec, dest, ...)` loads them 
 does. Everything is seeded: the same `seed` gives the same files.
 
 - `make_tiny_models(dest)`: two timm classifiers and two smp segmenters (Unet and FPN on a small
-  timm-universal MobileNetV3 encoder), each at its own small `input_size`.
+  timm-universal MobileNetV3 encoder), each at its own small `input_size`; `TinyModels` is the
+  folder and both lists, as tests/conftest.py's `tiny_models` fixture gives them.
 - `make_torchscript_segmenter(dest)`: a scripted tiny encoder-decoder, the TorchScript model kind.
 - `make_brightness_classifier(dest)`: a scripted classifier whose every class fires exactly when
   the image's mean pixel is above 0.5 (mean/std 0/1): gating tests choose what passes.
@@ -16,7 +17,9 @@ does. Everything is seeded: the same `seed` gives the same files.
   images brighter than 0.9; `make_inf_segmenter(dest)`: logits +inf for images brighter than 0.5,
   -inf for the others (an fp16 overflow's saturated logits).
 - `tiny_spec(dest, **overrides)`: a complete `InferenceSpec` (64x256 images, CPU) around them.
-- `write_image`, `write_sample`: hand-made test images and sample submissions.
+- `write_image`, `write_sample`: hand-made test images and sample submissions; `random_images(n, seed)`:
+  a seeded batch of 64x256 RGB images.
+- `predictor(spec, dest, devices)`: the engine's `Predictor` with the spec's models loaded from `dest`.
 - `ForwardCalls(monkeypatch)`: the batch size of every forward call of the replicas loaded from then on.
 - `matrix_images`, `make_matrix_models`: the device matrix's graded 32x128 images, and three
   smp segmenters plus a timm classifier rescaled on them, with gating thresholds chosen for them.
@@ -27,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -36,12 +39,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from kernel_src.models import build_model
+from kernel_src.devices import DeviceSet
+from kernel_src.models import build_model, load_models
+from kernel_src.predict import Predictor
+from kernel_src.profiler import Profiler
 from kernel_src.spec import InferenceSpec, ModelSpec
 
 IMAGE_HEIGHT = 64
 IMAGE_WIDTH = 256
 ENCODER = "tu-mobilenetv3_small_050"
+CPU_ONLY = DeviceSet((torch.device("cpu"),))  # `predictor`'s devices unless given
 
 
 def _save_random(spec: ModelSpec, dest: Path, num_classes: int, seed: int) -> ModelSpec:
@@ -50,6 +57,14 @@ def _save_random(spec: ModelSpec, dest: Path, num_classes: int, seed: int) -> Mo
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(dest / spec.file))
     return spec
+
+
+class TinyModels(NamedTuple):
+    """`make_tiny_models`' files and specs: `folder, classifiers, segmenters = tiny_models`."""
+
+    dir: Path
+    classifiers: list[ModelSpec]
+    segmenters: list[ModelSpec]
 
 
 def make_tiny_models(dest: Path, *, num_classes: int = 4, seed: int = 0) -> tuple[list[ModelSpec], list[ModelSpec]]:
@@ -283,6 +298,18 @@ def tiny_spec(dest: Path, **overrides: Any) -> InferenceSpec:
     return InferenceSpec.from_dict(data)
 
 
+def random_images(n: int, seed: int = 0) -> npt.NDArray[np.uint8]:
+    """`n` seeded random RGB images of the tests' size (uint8, N x H x W x 3)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
+
+
+def predictor(spec: InferenceSpec, dest: Path, devices: DeviceSet = CPU_ONLY) -> Predictor:
+    """The engine's `Predictor` for `spec`, its models loaded from `dest` onto `devices`."""
+    profiler = Profiler(0.0)
+    classifiers, segmenters = load_models(spec, dest, devices, profiler)
+    return Predictor(spec, classifiers, segmenters, devices, profiler)
+
+
 def write_image(path: Path, rgb: npt.NDArray[np.uint8]) -> Path:
     """Save an RGB (or single-channel) uint8 array as the JPEG/PNG its suffix names."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -360,7 +387,7 @@ def make_inf_segmenter(dest: Path, *, name: str = "seg-inf", num_classes: int = 
     return _scripted(dest, name, _InfSegmenter(num_classes), input_size=(32, 128), weight=weight)
 
 
-# --- The device matrix (tests/test_device_matrix.py) -----------------------------------------
+# --- The device matrix (tests/kernel/test_device_matrix.py) -----------------------------------------
 # Three smp architectures (smp's own resnet18 encoder and timm-universal MobileNetV3) and a timm
 # classifier on small graded-brightness images. Random seeded weights give logits near zero, so
 # masks would be coin flips at 0.5 and gating would hinge on the third decimal; the maker

@@ -21,10 +21,7 @@ find_links = ["house"]
 no_index = true"""
 
 
-@pytest.fixture(autouse=True)
-def no_rehearsal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The offline-install rehearsal is the wheels module's subject (tests/test_wheels.py)."""
-    monkeypatch.setenv("BUNDLER_SKIP_REHEARSAL", "1")
+pytestmark = pytest.mark.usefixtures("no_rehearsal")
 
 
 def wheelhouse(root: Path) -> Path:

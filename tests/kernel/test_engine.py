@@ -18,10 +18,10 @@ from tests.tiny import (
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
     ForwardCalls,
+    TinyModels,
     make_brightness_classifier,
     make_failing_segmenter,
     make_nan_segmenter,
-    make_tiny_models,
     make_torchscript_segmenter,
     tiny_spec,
     write_image,
@@ -37,9 +37,8 @@ PROFILE_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    dest = tmp_path_factory.mktemp("bundle")
-    classifiers, segmenters = make_tiny_models(dest)
+def bundle(tiny_models: TinyModels) -> dict[str, Any]:
+    dest, classifiers, segmenters = tiny_models
     return {
         "dir": dest,
         "classifiers": classifiers,

@@ -1,7 +1,7 @@
 """What only a real GPU can show (the `gpu` marker; `python -m benchmarks --gpu-check` runs these).
 
 Without CUDA every test here is skipped by tests/conftest.py with the reason printed (`-ra`). The
-CPU suite already runs every CUDA-only branch on CPU (tests/test_devices.py and the device
+CPU suite already runs every CUDA-only branch on CPU (tests/kernel/test_devices.py and the device
 matrix); these check what CPU emulation cannot: cudnn's kernels in fp16 and channels_last, two
 real GPUs splitting a batch, and the memory a full-size run takes.
 

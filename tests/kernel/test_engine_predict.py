@@ -15,27 +15,30 @@ import torch.nn.functional as F
 
 from bundler.demo.synthetic import make_dataset
 from kernel_src.devices import DeviceSet
-from kernel_src.models import load_model, load_models
+from kernel_src.models import load_model
 from kernel_src.predict import BatchResult, Predictor
-from kernel_src.profiler import Profiler
 from kernel_src.run import run
 from kernel_src.spec import InferenceSpec, ModelSpec
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, make_tiny_models, make_torchscript_segmenter, tiny_spec
+from tests.tiny import (
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    ForwardCalls,
+    TinyModels,
+    make_torchscript_segmenter,
+    predictor,
+    random_images,
+    tiny_spec,
+)
 
 H, W = IMAGE_HEIGHT, IMAGE_WIDTH
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ModelSpec], list[ModelSpec]]:
-    dest = tmp_path_factory.mktemp("bundle")
-    classifiers, segmenters = make_tiny_models(dest)
-    segmenters.append(make_torchscript_segmenter(dest, input_size=None))  # at the image size
-    return dest, classifiers, segmenters
-
-
-def images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, H, W, 3), dtype=np.uint8)
+def bundle(tiny_models: TinyModels) -> TinyModels:
+    dest, classifiers, segmenters = tiny_models
+    ts = make_torchscript_segmenter(dest, input_size=None)  # at the image size
+    return TinyModels(dest, classifiers, [*segmenters, ts])
 
 
 def reference(spec: InferenceSpec, bundle_dir: Path, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,13 +76,7 @@ def reference(spec: InferenceSpec, bundle_dir: Path, batch: np.ndarray) -> tuple
     return torch.stack(cls_probs), torch.stack(seg_probs)
 
 
-def predictor(spec: InferenceSpec, bundle_dir: Path, devices: DeviceSet) -> Predictor:
-    profiler = Profiler(0.0)
-    classifiers, segmenters = load_models(spec, bundle_dir, devices, profiler)
-    return Predictor(spec, classifiers, segmenters, devices, profiler)
-
-
-def test_ensemble_matches_a_view_by_view_reference(bundle: tuple[Path, list[ModelSpec], list[ModelSpec]]) -> None:
+def test_ensemble_matches_a_view_by_view_reference(bundle: TinyModels) -> None:
     dest, classifiers, segmenters = bundle
     every_view = replace(segmenters[1], tta=("identity", "hflip", "vflip", "hvflip"))
     spec = tiny_spec(
@@ -88,7 +85,7 @@ def test_ensemble_matches_a_view_by_view_reference(bundle: tuple[Path, list[Mode
         segmenters=[segmenters[0], every_view, segmenters[2]],
         gating={"mode": "per_class", "thresholds": [0.3, 0.5, 0.5, 0.7]},
     )
-    batch = images(3)
+    batch = random_images(3)
     result = predictor(spec, dest, DeviceSet((CPU,))).predict(batch)
     cls_ref, seg_ref = reference(spec, dest, batch)
     np.testing.assert_allclose(result.probs, seg_ref.numpy(), atol=2e-5)
@@ -97,15 +94,13 @@ def test_ensemble_matches_a_view_by_view_reference(bundle: tuple[Path, list[Mode
     assert result.pairs_gated_out == int((~result.allowed).sum())
 
 
-def test_two_devices_split_the_batch_and_agree_with_one(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_two_devices_split_the_batch_and_agree_with_one(bundle: TinyModels, monkeypatch: pytest.MonkeyPatch) -> None:
     dest, classifiers, segmenters = bundle
     spec = tiny_spec(  # images_per_call 6: the 3 x 2 views of the larger chunk in one call, nothing measured
         dest, classifiers=classifiers[:1], segmenters=segmenters[:1], gating={"mode": "off"}, images_per_call=6
     )
     per_replica = ForwardCalls(monkeypatch).replicas
-    batch = images(5, seed=1)
+    batch = random_images(5, seed=1)
     two = predictor(spec, dest, DeviceSet((CPU, CPU))).predict(batch)
     assert len(per_replica) == 2  # the segmenter on 2 devices (gating off: the classifier is not loaded)
     seg_a, seg_b = per_replica
@@ -123,7 +118,7 @@ def test_device_split_is_even_and_complete() -> None:
 
 
 def test_streaming_keeps_no_probability_map_across_batches(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bundle: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest, _, segmenters = bundle
     spec = tiny_spec(dest, classifiers=[], segmenters=[segmenters[2]], batch_size=2, postprocess={"threshold": 1.0})
@@ -156,12 +151,12 @@ def test_streaming_keeps_no_probability_map_across_batches(
 
 @pytest.mark.parametrize("micro", [1, 3])
 def test_call_sizes_split_the_stacked_views_and_agree_with_one_forward(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch, micro: int
+    bundle: TinyModels, monkeypatch: pytest.MonkeyPatch, micro: int
 ) -> None:
     dest, _, segmenters = bundle
     two_views = replace(segmenters[0], tta=("identity", "hflip"))
     calls = ForwardCalls(monkeypatch).replicas
-    batch = images(4, seed=2)
+    batch = random_images(4, seed=2)
     spec = tiny_spec(dest, classifiers=[], segmenters=[two_views], gating={"mode": "off"}, images_per_call=micro)
     split = predictor(spec, dest, DeviceSet((CPU,))).predict(batch)
     assert calls[0][1:] == [micro] * (8 // micro) + ([8 % micro] if 8 % micro else [])  # after the test forward

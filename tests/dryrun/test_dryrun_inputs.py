@@ -12,12 +12,7 @@ import pytest
 from bundler.config import BundleConfig
 from bundler.dryrun.inputs import check_inputs
 from bundler.errors import DryRunError
-from tests.projects import make_dryrun_project, quiet
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> BundleConfig:
-    return make_dryrun_project(tmp_path_factory.mktemp("inputs"))
+from tests.projects import quiet
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from kernel_src.run import run
 from tests.tiny import (
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
+    TinyModels,
     make_brightness_classifier,
-    make_tiny_models,
     tiny_spec,
     write_image,
     write_sample,
@@ -47,9 +47,8 @@ ALLOWED = {
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    dest = tmp_path_factory.mktemp("bundle")
-    _, segmenters = make_tiny_models(dest)
+def bundle(tiny_models: TinyModels) -> dict[str, Any]:
+    dest, _, segmenters = tiny_models
     return {"dir": dest, "unet": segmenters[0], "bright": make_brightness_classifier(dest)}
 
 

@@ -22,7 +22,7 @@ from kernel_src.submission import (
     rows_in,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # SIIM-ACR and Airbus both write `ImageId,EncodedPixels`: no header tells them apart, which is why
 # neither is detected. Any other shared header is a registry mistake.
 SHARED_HEADERS = {"siim-acr": {"airbus"}, "airbus": {"siim-acr"}}

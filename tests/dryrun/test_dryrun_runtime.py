@@ -29,12 +29,6 @@ from tests.projects import VENDORED_PROBE, captured, make_vendoring_project, tin
 from tests.wheelhouse import make_wheel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-
-
 def _site_listing() -> set[str]:
     """What this environment has installed: its site folders' entries (a pip install adds a
     dist-info and a package; names only, since another process may write bytecode meanwhile)."""

@@ -4,7 +4,7 @@ Each case is a tiny synthetic analogue of a public Kaggle segmentation format: a
 with its `[submission]` and geometry settings, a notebook rendered from it, a Kaggle-like input
 folder (test images + sample submission), the notebook's own `setup(CONFIG)` and
 `main(CONFIG)` run in-process on the CONFIG the render wrote (the rendered notebook executed by
-nbclient is covered, for Severstal, by tests/test_notebook.py), and a STRICT decoder of that
+nbclient is covered, for Severstal, by tests/notebook/test_notebook.py), and a STRICT decoder of that
 format, written here independently of kernel_src, reading the submission back. The model is a
 scripted segmenter whose class k fires exactly where colour channel k % 3 is bright, so every
 expected mask is known: the decoders compare masks pixel for pixel.
@@ -51,6 +51,7 @@ from torch import nn
 
 from kernel_src.spec import ModelSpec
 from tests.projects import model_table, quiet, tiny_inference, tiny_project, write_built_manifest, write_project
+from tests.tiny import TinyModels
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 Mask = npt.NDArray[np.bool_]
@@ -492,7 +493,7 @@ def _run_severstal(
 
 @pytest.mark.parametrize(("layout", "named"), [("wide", False), ("long", False), ("long", True)])
 def test_severstal_bytes_are_those_of_main_before_issue_16(layout: str, named: bool, tmp_path: Path) -> None:
-    """tests/golden/severstal-exact-*.csv were written by main before [submission] existed (commit
+    """tests/notebook/golden/severstal-exact-*.csv were written by main before [submission] existed (commit
     3815c51, kernel_src of that commit with tests/tiny.py's exact models) from this exact run: a
     scripted classifier and segmenter whose logits are -15.3 or +16.1 by colour (no pixel or gate near
     a threshold), lossless 64x256 images, flip TTA, per-class gating, min_component and min_area.
@@ -507,15 +508,6 @@ def test_severstal_bytes_are_those_of_main_before_issue_16(layout: str, named: b
         postprocess={"threshold": 0.5, "min_component": 20, "min_area": 100},
     )  # fmt: skip
     assert submission.read_bytes() == (GOLDEN / f"severstal-exact-{layout}.csv").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ModelSpec], list[ModelSpec]]:
-    from tests.tiny import make_tiny_models
-
-    folder = tmp_path_factory.mktemp("models")
-    classifiers, segmenters = make_tiny_models(folder)  # seed 0
-    return folder, classifiers, segmenters
 
 
 def _severstal_masks(path: Path, layout: str, shape: tuple[int, int]) -> tuple[list[str], npt.NDArray[np.bool_]]:
@@ -534,9 +526,9 @@ def _severstal_masks(path: Path, layout: str, shape: tuple[int, int]) -> tuple[l
 
 @pytest.mark.parametrize(("layout", "named"), [("wide", False), ("long", False), ("long", True)])
 def test_severstal_random_models_match_main_before_issue_16_within_tolerance(
-    layout: str, named: bool, tiny_models: tuple[Path, list[ModelSpec], list[ModelSpec]], tmp_path: Path
+    layout: str, named: bool, tiny_models: TinyModels, tmp_path: Path
 ) -> None:
-    """tests/golden/severstal-*.csv were written by main before [submission] (commit 3815c51) from
+    """tests/notebook/golden/severstal-*.csv were written by main before [submission] (commit 3815c51) from
     this run: tiny random timm/smp models (seed 0), 6 synthetic 64x256 JPEGs (seed 3), per-class
     gating. Their probabilities go through convolutions whose last bits depend on the CPU and the
     releases installed, and a random model's pixels sit near the threshold, so the masks are
@@ -626,7 +618,7 @@ def test_the_formats_table_gives_the_settings_these_cases_use() -> None:
     """docs/formats.md's competition -> [submission] table is the settings these tests prove."""
     import tomllib
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "formats.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text(encoding="utf-8")
     names = {
         "Understanding Clouds": "clouds",
         "Carvana": "carvana",

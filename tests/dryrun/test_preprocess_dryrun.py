@@ -25,12 +25,6 @@ from tests.tiny import ENCODER, IMAGE_HEIGHT, IMAGE_WIDTH
 SEG = ModelSpec(name="unet-albu", kind="smp", file="unet-albu.safetensors", arch="Unet", encoder=ENCODER)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-
-
 def project(root: Path, pipeline: object) -> Path:
     """bundle.toml with one smp segmenter (a training checkpoint holding model and model_ema, BGR)
     whose validation pipeline is saved beside its checkpoint; a labelled synthetic holdout."""

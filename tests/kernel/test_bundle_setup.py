@@ -28,7 +28,7 @@ from kernel_src.bundle import (
 )
 from kernel_src.errors import BundleError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sha(data: bytes) -> str:

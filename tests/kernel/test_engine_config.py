@@ -15,14 +15,15 @@ from bundler.demo.synthetic import make_dataset
 from kernel_src.errors import BundleError, ModelError, SpecError
 from kernel_src.run import run
 from kernel_src.spec import InferenceSpec, ModelSpec
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, make_tiny_models, make_torchscript_segmenter, tiny_spec, write_sample
+from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, TinyModels, make_torchscript_segmenter, tiny_spec, write_sample
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ModelSpec], list[ModelSpec], Path]:
-    dest = tmp_path_factory.mktemp("bundle")
-    classifiers, segmenters = make_tiny_models(dest)
-    segmenters.append(make_torchscript_segmenter(dest))
+def setup(
+    tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[ModelSpec], list[ModelSpec], Path]:
+    dest, classifiers, segmenters = tiny_models
+    segmenters = [*segmenters, make_torchscript_segmenter(dest)]
     data = make_dataset(tmp_path_factory.mktemp("data"), 2, seed=0, height=IMAGE_HEIGHT, width=IMAGE_WIDTH)
     return dest, classifiers, segmenters, data.root
 

@@ -18,9 +18,7 @@ from tests.wheelhouse import make_sdist, make_wheel, write_baseline
 BASELINE = {"numpy": "2.0.2", "torch": "2.10.0+cu128", "torchvision": "0.25.0+cu128", "six": "1.17.0"}
 
 
-@pytest.fixture(autouse=True)
-def _no_rehearsal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BUNDLER_SKIP_REHEARSAL", "1")
+pytestmark = pytest.mark.usefixtures("no_rehearsal")
 
 
 def _target(tmp_path: Path, requirements: tuple[str, ...], house: Path) -> TargetConfig:

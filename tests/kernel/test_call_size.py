@@ -20,32 +20,13 @@ import kernel_src.models as models_module
 from bundler.demo.synthetic import make_dataset
 from kernel_src.devices import DeviceSet
 from kernel_src.errors import ModelRunError
-from kernel_src.models import LoadedModel, call_sizes, load_model, load_models, measure_call_size
-from kernel_src.predict import Predictor
-from kernel_src.profiler import Profiler
+from kernel_src.models import LoadedModel, call_sizes, load_model, measure_call_size
 from kernel_src.run import run
 from kernel_src.spec import InferenceSpec, ModelSpec
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, make_tiny_models, tiny_spec
+from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, ForwardCalls, TinyModels, predictor, random_images, tiny_spec
 
 CPU = torch.device("cpu")
 DEVICES = DeviceSet((CPU,))
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ModelSpec], list[ModelSpec]]:
-    dest = tmp_path_factory.mktemp("bundle")
-    classifiers, segmenters = make_tiny_models(dest)
-    return dest, classifiers, segmenters
-
-
-def images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, IMAGE_HEIGHT, IMAGE_WIDTH, 3), dtype=np.uint8)
-
-
-def predictor(spec: InferenceSpec, dest: Path, devices: DeviceSet = DEVICES) -> Predictor:
-    profiler = Profiler(0.0)
-    classifiers, segmenters = load_models(spec, dest, devices, profiler)
-    return Predictor(spec, classifiers, segmenters, devices, profiler)
 
 
 class OomAbove(nn.Module):
@@ -76,9 +57,9 @@ def test_sizes_double_up_to_the_largest_call() -> None:
 
 
 def test_measured_choice_is_a_measured_size_and_the_fastest_per_image(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]],
+    tiny_models: TinyModels,
 ) -> None:
-    dest, classifiers, segmenters = bundle
+    dest, classifiers, segmenters = tiny_models
     spec = tiny_spec(dest, classifiers=classifiers, segmenters=segmenters, images_per_call=0)
     p = predictor(spec, dest)
     assert set(p.profiler.call_sizes) == {m.name for m in (*classifiers, *segmenters)}
@@ -132,22 +113,20 @@ def test_the_choice_stops_growing_at_a_slower_size_and_at_the_budget() -> None:
     assert measure_call_size(LoadedModel(model_spec, (flat,), ("identity",)), spec, DEVICES, 1) == (1, {})
 
 
-def test_a_fixed_images_per_call_skips_measuring(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    dest, _, segmenters = bundle
+def test_a_fixed_images_per_call_skips_measuring(tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch) -> None:
+    dest, _, segmenters = tiny_models
     calls = ForwardCalls(monkeypatch).replicas
     spec = tiny_spec(dest, classifiers=[], segmenters=segmenters[:1], gating={"mode": "off"}, images_per_call=3)
     p = predictor(spec, dest)
     assert calls == [[1]]  # the test forward only
     assert p.profiler.call_sizes["unet-mnv3"] == {"chosen": 3, "measured_s": {}, "reduced_by_oom": []}
-    p.predict(images(4))
+    p.predict(random_images(4))
     assert calls[0][1:] == [3, 3, 2]  # 4 images x 2 views
 
 
-def test_results_are_the_same_whatever_the_call_size(bundle: tuple[Path, list[ModelSpec], list[ModelSpec]]) -> None:
-    dest, classifiers, segmenters = bundle
-    batch = images(4, seed=3)
+def test_results_are_the_same_whatever_the_call_size(tiny_models: TinyModels) -> None:
+    dest, classifiers, segmenters = tiny_models
+    batch = random_images(4, seed=3)
     results = {}
     for per_call in (0, 1, 3, 8):
         spec = tiny_spec(dest, classifiers=classifiers, segmenters=segmenters, images_per_call=per_call)
@@ -173,11 +152,11 @@ def wrapped(monkeypatch: pytest.MonkeyPatch, name: str, limit: int, zeros_too: b
 
 
 def test_out_of_memory_halves_the_call_size_keeps_it_and_predicts_the_same(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch
+    tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dest, classifiers, segmenters = bundle
+    dest, classifiers, segmenters = tiny_models
     spec = tiny_spec(dest, classifiers=classifiers, segmenters=segmenters, images_per_call=8)
-    batch = images(4, seed=4)
+    batch = random_images(4, seed=4)
     plain = predictor(spec, dest).predict(batch)
 
     made = wrapped(monkeypatch, "unet-mnv3", limit=3)
@@ -195,9 +174,9 @@ def test_out_of_memory_halves_the_call_size_keeps_it_and_predicts_the_same(
 
 
 def test_measuring_stops_at_a_size_that_runs_out_of_memory(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch
+    tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dest, _, segmenters = bundle
+    dest, _, segmenters = tiny_models
     wrapped(monkeypatch, "unet-mnv3", limit=3, zeros_too=True)  # 4 x 2 views: sizes 1, 2, 4, 8
     spec = tiny_spec(dest, classifiers=[], segmenters=segmenters[:1], gating={"mode": "off"}, images_per_call=0)
     record = predictor(spec, dest).profiler.call_sizes["unet-mnv3"]
@@ -206,15 +185,15 @@ def test_measuring_stops_at_a_size_that_runs_out_of_memory(
 
 
 def test_a_model_out_of_memory_at_one_image_is_dropped_with_the_failure_recorded(
-    bundle: tuple[Path, list[ModelSpec], list[ModelSpec]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    dest, _, segmenters = bundle
+    dest, _, segmenters = tiny_models
     wrapped(monkeypatch, "unet-mnv3", limit=0)
     spec = tiny_spec(dest, classifiers=[], segmenters=segmenters, gating={"mode": "off"}, images_per_call=4)
 
     p = predictor(spec, dest)
     with pytest.raises(ModelRunError) as info:
-        p.predict(images(2))
+        p.predict(random_images(2))
     assert info.value.model == "unet-mnv3" and isinstance(info.value.__cause__, torch.OutOfMemoryError)
     assert p.profiler.call_sizes["unet-mnv3"]["reduced_by_oom"] == [2, 1]
 

@@ -9,21 +9,26 @@ Predictor level and through the real `run()` pipeline, against the NCHW result.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from kernel_src.devices import DeviceSet
-from kernel_src.models import load_model, load_models
-from kernel_src.predict import Predictor
-from kernel_src.profiler import Profiler
+from kernel_src.models import load_model
 from kernel_src.rle import decode
 from kernel_src.run import run
-from kernel_src.spec import InferenceSpec
 from kernel_src.tta import merge_views, stack_views
-from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH, make_tiny_models, tiny_spec, write_image, write_sample
+from tests.tiny import (
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    TinyModels,
+    predictor,
+    random_images,
+    tiny_spec,
+    write_image,
+    write_sample,
+)
 
 H, W = IMAGE_HEIGHT, IMAGE_WIDTH
 CPU = torch.device("cpu")
@@ -31,29 +36,12 @@ NCHW = DeviceSet((CPU,))
 CHANNELS_LAST = DeviceSet((CPU,), channels_last=True)
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    dest = tmp_path_factory.mktemp("bundle")
-    classifiers, segmenters = make_tiny_models(dest)
-    return {"dir": dest, "classifiers": classifiers, "segmenters": segmenters}
-
-
-def images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, H, W, 3), dtype=np.uint8)
-
-
-def predictor(spec: InferenceSpec, dest: Path, devices: DeviceSet) -> Predictor:
-    profiler = Profiler(0.0)
-    classifiers, segmenters = load_models(spec, dest, devices, profiler)
-    return Predictor(spec, classifiers, segmenters, devices, profiler)
-
-
 def test_an_smp_model_answers_channels_last_with_an_output_that_cannot_be_viewed_flat(
-    bundle: dict[str, Any],
+    tiny_models: TinyModels,
 ) -> None:
     """The trap itself, on the same smp model the pipeline tests use: if this ever stops holding,
     the tests below no longer exercise the crash."""
-    model = load_model(bundle["segmenters"][0], bundle["dir"], 4, CPU).to(memory_format=torch.channels_last)
+    model = load_model(tiny_models.segmenters[0], tiny_models.dir, 4, CPU).to(memory_format=torch.channels_last)
     with torch.inference_mode():
         out = model(torch.zeros(2, 3, 32, 128).contiguous(memory_format=torch.channels_last))
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
@@ -72,43 +60,43 @@ def test_tta_merge_accepts_channels_last_outputs() -> None:
 
 
 @pytest.mark.parametrize("gating", ["off", "per_class", "per_image"])
-def test_predictor_in_channels_last_matches_nchw(bundle: dict[str, Any], gating: str) -> None:
+def test_predictor_in_channels_last_matches_nchw(tiny_models: TinyModels, gating: str) -> None:
     """Both smp segmenters (2 TTA views each) and both timm classifiers, the batch of 3 images
     in one call: the layout changes nothing but the memory order."""
     spec = tiny_spec(
-        bundle["dir"],
-        classifiers=bundle["classifiers"],
-        segmenters=bundle["segmenters"],
+        tiny_models.dir,
+        classifiers=tiny_models.classifiers,
+        segmenters=tiny_models.segmenters,
         gating={"mode": gating, "thresholds": [0.3, 0.5, 0.5, 0.7]},
         images_per_call=8,
     )
-    batch = images(3, seed=7)
-    packed = predictor(spec, bundle["dir"], CHANNELS_LAST).predict(batch)
-    plain = predictor(spec, bundle["dir"], NCHW).predict(batch)
+    batch = random_images(3, seed=7)
+    packed = predictor(spec, tiny_models.dir, CHANNELS_LAST).predict(batch)
+    plain = predictor(spec, tiny_models.dir, NCHW).predict(batch)
     np.testing.assert_allclose(packed.probs, plain.probs, atol=1e-5)
     np.testing.assert_array_equal(packed.allowed, plain.allowed)
     np.testing.assert_array_equal(packed.segmented, plain.segmented)
     assert not packed.nonfinite.any() and not packed.nan_segmenters and not packed.nan_classifiers
 
 
-def test_run_in_channels_last_completes_and_matches_nchw(bundle: dict[str, Any], tmp_path: Path) -> None:
+def test_run_in_channels_last_completes_and_matches_nchw(tiny_models: TinyModels, tmp_path: Path) -> None:
     """The issue's reproduction through the real pipeline: before the fix the first batch raised
     "view size is not compatible" out of `run()`."""
     ids = [f"{i}.png" for i in range(5)]
-    for i, image in zip(ids, images(5, seed=11), strict=True):
+    for i, image in zip(ids, random_images(5, seed=11), strict=True):
         write_image(tmp_path / "test" / i, image)
     sample = write_sample(tmp_path / "sample.csv", ids)
     spec = tiny_spec(
-        bundle["dir"],
-        classifiers=bundle["classifiers"],
-        segmenters=bundle["segmenters"],
+        tiny_models.dir,
+        classifiers=tiny_models.classifiers,
+        segmenters=tiny_models.segmenters,
         gating={"mode": "per_class", "thresholds": 0.3},
         batch_size=3,
         postprocess={"threshold": 0.5},
     )
 
     def go(devices: DeviceSet, out: str) -> list[str]:
-        result = run(spec, bundle_dir=bundle["dir"], test_dir=tmp_path / "test", sample_submission=sample,
+        result = run(spec, bundle_dir=tiny_models.dir, test_dir=tmp_path / "test", sample_submission=sample,
                      out_dir=tmp_path / out, progress=False, devices=devices)  # fmt: skip
         profile = result.profile
         assert profile["devices"]["memory_format"] == devices.memory_format

@@ -23,20 +23,8 @@ from bundler.config import BundleConfig
 from bundler.sandbox import NETWORK_AVAILABLE, Isolation, probe
 from bundler.scoring.metric import dice_score
 from kernel_src.submission import read_csv_strings
-from tests.projects import DRYRUN_HIDDEN, DRYRUN_IMAGES, make_dryrun_project, quiet
+from tests.projects import DRYRUN_HIDDEN, DRYRUN_IMAGES, quiet
 from tests.tiny import IMAGE_HEIGHT, IMAGE_WIDTH
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kernel (a child process) inherits this: small models, a shared 2-core machine."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> BundleConfig:
-    return make_dryrun_project(tmp_path_factory.mktemp("dryrun"))
 
 
 def _fresh(cfg: BundleConfig, name: str, **dryrun: Any) -> BundleConfig:

@@ -22,7 +22,7 @@ from kernel_src.rle import decode, encode, encode_objects, from_relative, to_rel
 from kernel_src.spec import InferenceSpec
 from kernel_src.submission import SubmissionWriter, read_masks, read_sample_submission
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLOUDS = {"layout": "custom", "key_column": "Image_Label", "key": "{image}_{class}",
           "classes": ["Fish", "Flower", "Gravel", "Sugar"]}  # fmt: skip
 

@@ -34,12 +34,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-
-
 def _site_listing(python_sites: list[Path]) -> set[str]:
     """The site folders' entries (a pip install adds a dist-info and a package); names only."""
     return {str(p) for site in python_sites if site.is_dir() for p in site.iterdir() if p.name != "__pycache__"}

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from bundler.config import DEFAULT_CONFIG, DRYRUN_RUNTIMES, BundleConfig, load_config
+from bundler.config import DEFAULT_CONFIG, DRYRUN_RUNTIMES, BundleConfig, config_warnings, load_config
 from bundler.display import labelled
 from bundler.errors import BundlerError
 
@@ -55,6 +55,15 @@ def _reports_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _load(config_path: Path) -> BundleConfig:
+    """`load_config`, then a warning line for each setting that contradicts what is known of the competition
+    (the dry-run lists them with its inputs' warnings instead)."""
+    cfg = load_config(config_path)
+    for warning in config_warnings(cfg):
+        err_console.print(labelled("warning:", warning, style="yellow"), soft_wrap=True)
+    return cfg
+
+
 config_option = click.option(
     "--config",
     "config_path",
@@ -81,7 +90,7 @@ def build(config_path: Path, out: Path | None, no_index: bool, force: bool) -> N
     """Vendor the wheels the Kaggle image lacks and the model weights into one dataset folder."""
     from bundler.dataset import build_dataset
 
-    cfg = load_config(config_path)
+    cfg = _load(config_path)
     if out is not None:
         cfg = replace(cfg, dataset=replace(cfg.dataset, out=out.resolve()))
     if no_index:
@@ -97,7 +106,7 @@ def render_notebook_cmd(config_path: Path, out: Path | None) -> None:
     """Generate the offline inference notebook and kernel-metadata.json from kernel_src."""
     from bundler.notebook import render_notebook
 
-    cfg = load_config(config_path)
+    cfg = _load(config_path)
     if out is not None:
         cfg = replace(cfg, kernel=replace(cfg.kernel, notebook=out.resolve()))
     render_notebook(cfg, console=console)
@@ -186,7 +195,7 @@ def tune_cmd(
     """Tune post-processing and gating on the labelled holdout with k-fold CV; plan the ensemble."""
     from bundler.tune import tune
 
-    cfg = load_config(config_path)
+    cfg = _load(config_path)
     if test_dir is not None:  # dryrun.labels and sample_submission belong to dryrun.test_dir, not to this one
         cfg = _with_dryrun(cfg, {"test_dir": test_dir.resolve(), "labels": None, "sample_submission": None})
     if labels is not None:

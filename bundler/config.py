@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from bundler.display import shown_path
 from bundler.errors import ConfigError
 from kernel_src.errors import SpecError
-from kernel_src.layout import SubmissionSpec
+from kernel_src.layout import SubmissionSpec, contradicted_rle_order
 from kernel_src.model_kinds import MODEL_KINDS, kinds_for
 from kernel_src.settings import found, missing_value, setting, settings, typed, wrong
 from kernel_src.spec import PREPROCESS_SUFFIX, RENAMED_SETTINGS, InferenceSpec, ModelSpec
@@ -504,6 +504,12 @@ def _models(raw: Mapping[str, Any], root: Path) -> tuple[ModelEntry, ...]:
                 raise ConfigError(f"{e.key}: {e.message}") from None
             entries.append(ModelEntry(role=role, spec=spec, **entry))
     return tuple(entries)
+
+
+def config_warnings(cfg: BundleConfig) -> list[str]:
+    """Settings that are valid but contradict what is known of the competition (docs/formats.md)."""
+    contradiction = contradicted_rle_order(cfg.competition.slug, cfg.inference.rle_order)
+    return [contradiction] if contradiction else []
 
 
 def load_config(path: Path = DEFAULT_CONFIG) -> BundleConfig:

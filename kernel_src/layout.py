@@ -422,7 +422,10 @@ class Preset:
     - `named`: `[submission] layout = "<name>"` selects it (and no other key may be given);
       otherwise it is selected by writing its settings with `layout = "custom"`;
     - `detected`: `layout = "auto"` (the default) tells it from the sample's header;
-    - `numbered`: classes are the numbers 1..C read by `class_number` (see `Layout.numbered`).
+    - `numbered`: classes are the numbers 1..C read by `class_number` (see `Layout.numbered`);
+    - `slug`: the competition's Kaggle slug, and `rle_order` the order it numbers pixels in ("F":
+      top to bottom, then left to right; "C": row by row), so that an `inference.rle_order` that
+      contradicts it is a warning naming both (`contradicted_rle_order`).
     """
 
     name: str
@@ -432,6 +435,8 @@ class Preset:
     named: bool = False
     detected: bool = False
     numbered: bool = False
+    slug: str = ""
+    rle_order: str = "F"
 
     @property
     def header(self) -> tuple[str, ...]:
@@ -466,23 +471,40 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset("severstal-wide", "Severstal steel defects (during the competition)",
                _custom(key_column="ImageId_ClassId", key="{image}_{class}"),
-               word="wide", named=True, detected=True, numbered=True),
+               word="wide", named=True, detected=True, numbered=True, slug="severstal-steel-defect-detection"),
         Preset("severstal-long", "Severstal steel defects (re-cut data; train.csv)",
                _custom(key_column="ImageId", key="{image}", class_column="ClassId"),
-               word="long", named=True, detected=True, numbered=True),
+               word="long", named=True, detected=True, numbered=True, slug="severstal-steel-defect-detection"),
         Preset("clouds", "Understanding Clouds from Satellite Images",
-               _custom(key_column="Image_Label", key="{image}_{class}", classes=("Fish", "Flower", "Gravel", "Sugar"))),
-        Preset("carvana", "Carvana Image Masking", _custom(key_column="img", mask_column="rle_mask")),
+               _custom(key_column="Image_Label", key="{image}_{class}", classes=("Fish", "Flower", "Gravel", "Sugar")),
+               slug="understanding_cloud_organization"),
+        Preset("carvana", "Carvana Image Masking", _custom(key_column="img", mask_column="rle_mask"),
+               slug="carvana-image-masking-challenge", rle_order="C"),
         Preset("siim-acr", "SIIM-ACR Pneumothorax Segmentation",
-               _custom(image_id="stem", empty="-1", rle_starts="relative")),
-        Preset("airbus", "Airbus Ship Detection", _custom(rows="per_object")),
+               _custom(image_id="stem", empty="-1", rle_starts="relative"), slug="siim-acr-pneumothorax-segmentation"),
+        Preset("airbus", "Airbus Ship Detection", _custom(rows="per_object"), slug="airbus-ship-detection"),
         Preset("uw-madison", "UW-Madison GI Tract Image Segmentation",
                _custom(key_column="id", class_column="class", mask_column="predicted",
-                       classes=("large_bowel", "small_bowel", "stomach"), image_id="stem")),
+                       classes=("large_bowel", "small_bowel", "stomach"), image_id="stem"),
+               slug="uw-madison-gi-tract-image-segmentation", rle_order="C"),
     )
 }  # fmt: skip
 LAYOUT_NAMES: tuple[str, ...] = (AUTO, *(p.name for p in PRESETS.values() if p.named), CUSTOM)
 LABELS = PRESETS["severstal-long"]  # labels files under layout = "auto": the long train.csv form
+
+
+def contradicted_rle_order(slug: str, rle_order: str) -> str:
+    """A warning when `rle_order` contradicts the order the registered competition `slug` numbers
+    pixels in ('' when the slug is unknown or the order agrees)."""
+    words = {"F": "column-major ('F': top to bottom, then left to right)", "C": "row-major ('C': row by row)"}
+    for preset in PRESETS.values():
+        if preset.slug and preset.slug == slug and preset.rle_order != rle_order:
+            return (
+                f"inference.rle_order = {rle_order!r} contradicts competition.slug = {slug!r}, whose RLE is "
+                f"{words[preset.rle_order]} (docs/formats.md); a wrong order scores masks that never overlap: "
+                f"set rle_order = {preset.rle_order!r} unless the competition's page says otherwise"
+            )
+    return ""
 
 
 def accepted() -> str:

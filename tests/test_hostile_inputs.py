@@ -313,3 +313,31 @@ def test_a_negative_time_budget_flag_exits_2_naming_the_flag_before_anything_run
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output
     assert "time_budget_s" in result.output and "-5" in result.output and "CONFIG['inference']" not in result.output
+
+
+# --- 6. a setting that contradicts a competition the formats table knows ----------------------
+
+
+def test_rle_order_contradicting_severstal_is_a_warning_naming_both(tmp_path: Path) -> None:
+    from bundler.config import config_warnings
+
+    cfg = demo_cfg(tmp_path)
+    assert cfg.competition.slug == "severstal-steel-defect-detection" and config_warnings(cfg) == []
+    wrong = replace(cfg, inference=replace(cfg.inference, rle_order="C"))
+    (warning,) = config_warnings(wrong)
+    assert "inference.rle_order = 'C'" in warning and "severstal-steel-defect-detection" in warning
+    assert "set rle_order = 'F'" in warning
+    carvana = replace(wrong, competition=replace(cfg.competition, slug="carvana-image-masking-challenge"))
+    assert config_warnings(carvana) == []  # row-major there
+    unknown = replace(wrong, competition=replace(cfg.competition, slug="some-new-competition"))
+    assert config_warnings(unknown) == []
+
+
+def test_the_warning_reaches_the_cli(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    config = cfg.root / "bundle.toml"
+    text = config.read_text()
+    assert 'rle_order = "F"' in text
+    config.write_text(text.replace('rle_order = "F"', 'rle_order = "C"'))
+    result = CliRunner().invoke(cli, ["render-notebook", "--config", str(config)])
+    assert "warning:" in result.output and "contradicts competition.slug" in result.output, result.output

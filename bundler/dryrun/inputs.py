@@ -24,7 +24,7 @@ from typing import Any
 import nbformat
 from nbformat import NotebookNode
 
-from bundler.config import BundleConfig
+from bundler.config import BundleConfig, config_warnings
 from bundler.dryrun.tree import image_files
 from bundler.errors import DryRunError, ManifestError, RenderError
 from bundler.scoring import mask_shapes
@@ -222,4 +222,5 @@ def check_inputs(cfg: BundleConfig) -> Inputs:
     sample_path, sample, warnings = _sample(cfg, images)
     labels = _labels(cfg, sample, images)
     calibration = _calibration_profile(cfg)
+    warnings = [*config_warnings(cfg), *warnings]
     return Inputs(manifest, nb, test_dir, images, sample_path, sample, labels, calibration, tuple(warnings))

@@ -262,14 +262,18 @@ timeout_option = click.option(
 @config_option
 @click.option("--wait", is_flag=True, help="Follow the run to its end and download its outputs.")
 @click.option("--no-run", is_flag=True, help="Save the notebook version without running it.")
+@click.option("--rerun", is_flag=True, help="Push the notebook even when it is unchanged since the last push.")
 @poll_option
 @timeout_option
 @_reports_errors
-def push_cmd(config_path: Path, wait: bool, no_run: bool, poll_s: float | None, timeout_s: float | None) -> None:
+def push_cmd(
+    config_path: Path, wait: bool, no_run: bool, rerun: bool, poll_s: float | None, timeout_s: float | None
+) -> None:
     """Upload the bundle as a dataset version, wait until it is ready, pin it, push the notebook."""
     from bundler.remote import push
 
-    push(load_config(config_path), console=console, wait=wait, no_run=no_run, poll_s=poll_s, timeout_s=timeout_s)
+    cfg = load_config(config_path)
+    push(cfg, console=console, wait=wait, no_run=no_run, poll_s=poll_s, timeout_s=timeout_s, rerun=rerun)
 
 
 @main.command("status")

@@ -11,10 +11,15 @@
    running. A response listing invalid dataset, competition, kernel or model sources is an
    error (the Kaggle CLI only prints a line and goes on).
 5. With `--wait`, follows the run as `bundler status --wait` does and downloads its outputs.
+
+A kernel version runs on Kaggle's GPUs (a weekly quota): when the notebook, its kernel-metadata.json
+and therefore its sources are byte for byte those of the last version pushed, nothing is pushed and
+that is said; `rerun` (`bundler push --rerun`) pushes anyway.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import time
@@ -49,6 +54,7 @@ class PushResult:
     kernel_version: int | None
     url: str
     run: StatusResult | None  # with --wait: the finished run
+    kernel_pushed: bool = True  # False: the notebook, metadata and sources were those of kernel_version
 
 
 def git_describe(cfg: BundleConfig) -> str:
@@ -186,8 +192,9 @@ def push(
     poll_s: float | None = None,
     timeout_s: float | None = None,
     kaggle: Kaggle | None = None,
+    rerun: bool = False,
 ) -> PushResult:
-    """Steps 1-5 of the module doc."""
+    """Steps 1-5 of the module doc; `rerun` pushes the notebook even when it is unchanged."""
     state = load_state(cfg)
     interval = poll_interval(poll_s, DEFAULT_POLL_S)
     kaggle = kaggle or connect()
@@ -204,6 +211,15 @@ def push(
     meta: dict[str, Any] = read_existing(metadata)
     check_metadata(meta, metadata)
     console.print(f"kernel-metadata.json: dataset {cfg.dataset.id}/{dataset_version}, internet off, image pinned")
+    fingerprint = hashlib.sha256(cfg.kernel.notebook.read_bytes() + b"\0" + metadata.read_bytes()).hexdigest()
+    last = state.last_kernel_version
+    if not rerun and last is not None and state.kernel(last).get("fingerprint") == fingerprint:
+        console.print(
+            f"notebook {cfg.kernel.id}: unchanged since v{last} (notebook, metadata and sources); not pushed, "
+            "so no GPU quota is spent; `bundler push --rerun` pushes it anyway"
+        )
+        url = str(state.kernel(last).get("url") or "")
+        return PushResult(bundle_hash, dataset_version, uploaded, last, url, None, kernel_pushed=False)
     with spinner(console, f"pushing notebook {cfg.kernel.id}"):
         response = kaggle.push_kernel(metadata.parent, no_run=no_run)
     if response.error:
@@ -216,6 +232,7 @@ def push(
             dataset_version=dataset_version,
             status="saved" if no_run else "queued",
             url=response.url,
+            fingerprint=fingerprint,
         )
         state.save()
     if response.invalid:

@@ -3,8 +3,11 @@
 What `kaggle competitions submit -c SLUG -k OWNER/KERNEL -v N -f submission.csv -m MSG` does,
 through the package's API: the version defaults to the last one `bundler push` recorded, the
 file is the notebook's `submission.csv` (the file name Kaggle scores on the rerun), the
-message names the bundle and the version. With `wait`, polls the submission until it is scored
-and prints the public score; a scoring failure ends in one line naming the likely error class.
+message names the bundle and the version. Kaggle refuses a version that has not completed: the
+version's state is asked first; with `wait` a queued or running version is waited for (as `bundler
+status --wait` does), then submitted, then the submission is polled until it is scored and the
+public score printed; without `wait`, one line says which version is in which state and which one
+can be submitted. A scoring failure ends in one line naming the likely error class.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from bundler.config import BundleConfig
 from bundler.errors import RemoteError
 from bundler.remote.client import Kaggle, Submission, connect, poll_interval
 from bundler.remote.diagnose import classify
-from bundler.remote.kernel import resolve_version
+from bundler.remote.kernel import ENDED, kernel_status, resolve_version
 from bundler.remote.state import load_state
 from bundler.remote.wait import wait_for
 from kernel_src.paths import SUBMISSION_FILE
@@ -33,6 +36,45 @@ class SubmitResult:
     ref: int | None
     status: str  # "submitted" without --wait, else the final scoring state
     public_score: str
+
+
+COMPLETE = "complete"
+
+
+def _completed(
+    cfg: BundleConfig,
+    kaggle: Kaggle,
+    number: int,
+    *,
+    wait: bool,
+    poll_s: float | None,
+    timeout_s: float | None,
+    console: Console,
+) -> None:
+    """Return once kernel version `number` has completed on Kaggle (waiting for it with `wait`);
+    else raise, naming its state and the version that can be submitted."""
+    status, _ = kaggle.kernel_status(cfg.kernel.id, number)
+    if status == COMPLETE:
+        return
+    if wait and status not in ENDED:
+        console.print(f"v{number} is {status} on Kaggle: waiting for it to complete before submitting")
+        done = kernel_status(cfg, console=console, version=number, wait=True, poll_s=poll_s, timeout_s=timeout_s,
+                             kaggle=kaggle)  # fmt: skip
+        status = done.status
+        if status == COMPLETE:
+            return
+    state = load_state(cfg)
+    completed = [int(v) for v, r in state.kernels.items() if r.get("status") == COMPLETE and int(v) != number]
+    other = (
+        f"; v{max(completed)} completed and can be submitted (`bundler submit --version {max(completed)}`)"
+        if completed
+        else ""
+    )
+    how = "" if wait or status in ENDED else "; `bundler submit --wait` waits for it, then submits"
+    raise RemoteError(
+        f"{cfg.kernel.id} v{number} is {status} on Kaggle, and only a version that completed can be submitted"
+        f"{how}{other}"
+    )
 
 
 def submit(
@@ -56,6 +98,7 @@ def submit(
     bundle = str(record.get("bundle_hash", ""))[:12]
     text = message or f"bundler v{number}" + (f", bundle {bundle}" if bundle else "")
     kaggle = kaggle or connect()
+    _completed(cfg, kaggle, number, wait=wait, poll_s=poll_s, timeout_s=timeout_s, console=console)
     console.print(f"submitting {cfg.kernel.id} v{number} to {cfg.competition.slug} ({SUBMISSION_FILE}): {text}")
     ref = kaggle.submit_code(
         competition=cfg.competition.slug, kernel=cfg.kernel.id, version=number, file_name=SUBMISSION_FILE, message=text

@@ -131,9 +131,9 @@ def test_push_wait_status_submit_and_an_unchanged_bundle(tmp_path: Path) -> None
         tmp_path,
         cfg,
         completed_scenario(),
-        [["push", "--wait"], ["status"], ["submit", "--wait"], ["push", "--no-run"]],
+        [["push", "--wait"], ["status"], ["submit", "--wait"], ["push", "--no-run"], ["push", "--no-run", "--rerun"]],
     )
-    push, status, submit, again = results
+    push, status, submit, again, rerun = results
     assert push["returncode"] == 0, push["stderr"] + push["stdout"]
     out = push["stdout"]
     # the dataset's processing states and the run's states, in order, as progress
@@ -174,6 +174,12 @@ def test_push_wait_status_submit_and_an_unchanged_bundle(tmp_path: Path) -> None
     assert again["returncode"] == 0, again["stderr"]
     assert "unchanged since v1" in again["stdout"]
     assert "rendered" not in again["stdout"]  # the notebook is fresh: not rendered again
+    # issue 27 item 7: nothing changed, so no new kernel version (no GPU quota spent) ...
+    assert "unchanged since v1 (notebook, metadata and sources); not pushed" in again["stdout"]
+    assert endpoints(calls).count("SaveKernel") == 2  # the first push and the --rerun, not the unchanged one
+    # ... unless asked to
+    assert rerun["returncode"] == 0, rerun["stderr"]
+    assert "v2 saved without running" in rerun["stdout"]
     uploads = [c["name"] for c in calls if c["endpoint"] == "PUT upload"]
     assert sorted(uploads) == sorted(p.name for p in cfg.dataset.out.iterdir() if p.name != "dataset-metadata.json")
     assert "CreateDatasetVersion" not in endpoints(calls)  # the unchanged bundle is not uploaded again
@@ -613,3 +619,24 @@ def test_waiting_lines_print_names_and_states_as_written() -> None:
     text = out.getvalue()
     assert "dataset [extra]/x: [queued] after" in text and "dataset [extra]/x: models/[bold]ready after" in text
 
+
+
+@needs_netns
+def test_submit_waits_for_a_queued_version_to_complete_and_says_which_one_can_be_submitted(tmp_path: Path) -> None:
+    """Issue 27 item 8: `bundler submit --wait` right after a push waits for that version to complete,
+    then submits, then waits for the score; without --wait it says the state and fails, submitting nothing."""
+    cfg = project(tmp_path)
+    results, calls = run_scenario(
+        tmp_path, cfg, completed_scenario(), [["push"], ["submit"], ["submit", "--wait"]]
+    )
+    push, early, waited = results
+    assert push["returncode"] == 0, push["stderr"] + push["stdout"]
+    assert early["returncode"] == 1
+    line = early["stderr"].strip().splitlines()[-1]
+    assert "v1 is queued on Kaggle" in line and "only a version that completed can be submitted" in line, line
+    assert "`bundler submit --wait` waits for it" in line
+    assert waited["returncode"] == 0, waited["stderr"] + waited["stdout"]
+    out = waited["stdout"]
+    assert "waiting for it to complete before submitting" in out and "0.91234" in out
+    assert out.index("complete") < out.index("submitting")
+    assert endpoints(calls).count("CreateCodeSubmission") == 1  # the early one submitted nothing

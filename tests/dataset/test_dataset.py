@@ -173,7 +173,7 @@ def test_refuses_to_replace_a_folder_it_did_not_build(project: Path) -> None:
     mine = project / "out" / "dataset"
     mine.mkdir(parents=True)
     (mine / "thesis.tex").write_text("precious")
-    with pytest.raises(BuildError, match="not a bundle this tool built"):
+    with pytest.raises(BuildError, match="was not written by bundler, so it is not replaced"):
         build(cfg)
     assert (mine / "thesis.tex").read_text() == "precious"
 

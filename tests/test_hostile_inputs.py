@@ -62,7 +62,7 @@ def test_dry_run_out_build_via_the_cli_exits_1_naming_the_folder(tmp_path: Path)
 def test_a_previous_dry_runs_output_and_an_empty_folder_are_accepted(tmp_path: Path) -> None:
     previous = tmp_path / "dryrun"
     previous.mkdir()
-    (previous / "summary.json").write_text(json.dumps({"ok": True, "reason": "r", "bundle": "b", "status": "ok"}))
+    (previous / "summary.json").write_text(json.dumps({"ok": True, "reason": "r"}))
     (previous / "submission.csv").write_text("x\n")
     check_out(previous)
     (tmp_path / "empty").mkdir()

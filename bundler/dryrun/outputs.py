@@ -33,7 +33,7 @@ from bundler.outdir import check_out_folder
 from bundler.sandbox import pid_alive
 
 SUMMARY = "summary.json"
-_SUMMARY_KEYS = {"ok", "reason", "bundle", "status"}  # what every dry-run's summary.json carries
+_SUMMARY_KEYS = {"ok", "reason"}  # what every dry-run's summary.json carries
 
 
 def failed_dir(out: Path) -> Path:

@@ -99,6 +99,7 @@ def test_tiny_budget_via_the_cli_steps_down_writes_every_row_and_fails(project: 
     _fresh(project, "tiny-budget")
     out = project.root / "build" / "tiny-budget"
     args = ["dry-run", "--config", str(project.root / "bundle.toml"), "--time-budget", "0.5", "--out", str(out)]
+    args += ["--calibration", "1"]  # calibrated: over budget decides the verdict (uncalibrated CPU runs only warn)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert "dry-run failed: over budget by" in result.output

@@ -100,7 +100,8 @@ def _writefile_cells(nb: Any) -> dict[str, str]:
             python = manager.transform_cell(cell.source)
             assert python.startswith("get_ipython().run_cell_magic('writefile', ")
             _, line, body = eval(python.removeprefix("get_ipython().run_cell_magic"))
-            out[line.removeprefix("{KERNEL_SRC_DIR}/")] = body
+            assert line.startswith('"{KERNEL_SRC_DIR}/') and line.endswith('"'), line  # quoted: paths may hold spaces
+            out[line[1:-1].removeprefix("{KERNEL_SRC_DIR}/")] = body
     return out
 
 

@@ -64,6 +64,14 @@ def _load(config_path: Path) -> BundleConfig:
     return cfg
 
 
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(DRYRUN_RUNTIMES),
+    default=None,
+    help="The dry-run's runtime. image: a cached twin of the Kaggle image (default where a target Python is "
+    "found); local: this Python.",
+)
+
 config_option = click.option(
     "--config",
     "config_path",
@@ -125,12 +133,7 @@ def render_notebook_cmd(config_path: Path, out: Path | None) -> None:
 @click.option("--calibrate", type=click.Path(path_type=Path), default=None, help="profile.json from a real Kaggle run.")
 @click.option("--calibration", type=float, default=None, help="Kaggle seconds per local second.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: dryrun.out).")
-@click.option(
-    "--runtime",
-    type=click.Choice(DRYRUN_RUNTIMES),
-    default=None,
-    help="image: a cached twin of the Kaggle image (default where a target Python is found); local: this Python.",
-)
+@runtime_option
 @_reports_errors
 def dry_run_cmd(
     config_path: Path,
@@ -209,12 +212,13 @@ def tune_cmd(
 @main.command()
 @config_option
 @click.option("--skip-dry-run", is_flag=True, help="Stop after build and render.")
+@runtime_option
 @_reports_errors
-def demo(config_path: Path, skip_dry_run: bool) -> None:
+def demo(config_path: Path, skip_dry_run: bool, runtime: str | None) -> None:
     """Make synthetic data and small models, then build, render and dry-run the demo bundle."""
     from bundler.demo import run_demo
 
-    result = run_demo(config_path, console=console, dry_run=not skip_dry_run)
+    result = run_demo(config_path, console=console, dry_run=not skip_dry_run, runtime=runtime)
     if result.dry_run_ok is False:  # the demo's promise is a passing dry-run: a failed one fails the demo
         err_console.print(labelled("demo failed: its dry-run failed:", result.dry_run_reason), soft_wrap=True)
         sys.exit(1)

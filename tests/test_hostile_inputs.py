@@ -341,3 +341,70 @@ def test_the_warning_reaches_the_cli(tmp_path: Path) -> None:
     config.write_text(text.replace('rle_order = "F"', 'rle_order = "C"'))
     result = CliRunner().invoke(cli, ["render-notebook", "--config", str(config)])
     assert "warning:" in result.output and "contradicts competition.slug" in result.output, result.output
+
+
+# --- 12. messages that say what is true -------------------------------------------------------
+
+
+def test_a_truncated_checkpoint_is_called_truncated(tmp_path: Path) -> None:
+    import torch
+
+    from bundler.dataset.weights import read_checkpoint
+    from bundler.errors import WeightsError
+
+    whole = tmp_path / "whole.pth"
+    torch.save({"w": torch.zeros(3)}, whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(WeightsError, match=r"cut\.pth is truncated: .* copy or download the checkpoint again"):
+        read_checkpoint(cut, "unet", "bundle.toml segmenters[0]")
+
+
+def test_no_image_predicted_after_a_failed_run_does_not_blame_the_test_folder() -> None:
+    profile = {**PROFILE, "images_predicted": 0, "counts": {"missing": 0, "unreadable": 0}}
+    verdict = judge(Facts("the notebook could not run: 'cuda' was asked for but no GPU is visible", "", profile,
+                          None, 10, resources_against_limits(profile, MachineConfig())))  # fmt: skip
+    assert not verdict.ok and "cuda" in verdict.reason
+    assert not any("--test-dir" in f for f in verdict.failures), verdict.failures
+    missing = {**profile, "counts": {"missing": 10, "unreadable": 0}}
+    verdict = judge(Facts("", "", missing, None, 10, resources_against_limits(missing, MachineConfig())))
+    assert any("point --test-dir" in f for f in verdict.failures)
+
+
+def test_the_demo_takes_the_dry_runs_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bundler.demo
+
+    seen: dict[str, Any] = {}
+
+    def fake_run_demo(config_path: Path, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # the options were taken; nothing else to run here
+
+    monkeypatch.setattr(bundler.demo, "run_demo", fake_run_demo)
+    result = CliRunner().invoke(cli, ["demo", "--runtime", "local", "--config", str(demo_cfg(tmp_path).root)])
+    assert result.exit_code == 130 and seen["runtime"] == "local", result.output
+    bad = CliRunner().invoke(cli, ["demo", "--runtime", "gpu"])
+    assert bad.exit_code == 2 and "'gpu' is not one of 'image', 'local'" in bad.output
+
+
+def test_unknown_key_lists_offer_what_a_user_may_write() -> None:
+    from bundler.config import parse_config
+    from bundler.errors import ConfigError
+    from tests.projects import tiny_inference, tiny_project
+
+    segmenter = {"name": "unet", "kind": "smp", "arch": "Unet", "encoder": "resnet18", "checkpoint": "unet.pth"}
+    root = Path("/nonexistent-project")
+
+    def error(**changes: Any) -> str:
+        data = tiny_project(inference=tiny_inference(gating={"mode": "off"}), segmenters=[{**segmenter, **changes}])
+        with pytest.raises(ConfigError) as e:
+            parse_config(data, root)
+        return str(e.value)
+
+    model = error(typo=1)
+    assert "checkpoint" in model and "checkpoint_key" in model and "'file'" not in model and "'sha256'" not in model
+    assert "sha256 is set by the build" in error(sha256="abc")
+    data = tiny_project(inference=tiny_inference(gating={"mode": "off"}, typo=1), segmenters=[segmenter])
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, root)
+    assert "'fp16'" not in str(e.value) and "cpu_micro_batch" not in str(e.value) and "precision" in str(e.value)

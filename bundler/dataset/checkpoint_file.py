@@ -42,11 +42,14 @@ def check_checkpoint_path(entry: ModelEntry, key: str) -> None:
 def sniff(path: Path) -> str | None:
     """The container a checkpoint's first bytes show: "zip" (torch.save since PyTorch 1.6, TorchScript),
     "pickle" (the legacy torch.save format), "safetensors" (a little-endian header length, then JSON),
-    or None for anything else (a text file, an image, random bytes)."""
+    "truncated" (a zip archive's first bytes without its end: a copy or download cut short), or None
+    for anything else (a text file, an image, random bytes)."""
     with path.open("rb") as f:
         head = f.read(16)
     if zipfile.is_zipfile(path):
         return "zip"
+    if head.startswith(b"PK\x03\x04"):
+        return "truncated"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
     if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < (100 << 20):

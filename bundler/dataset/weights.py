@@ -185,6 +185,11 @@ def read_checkpoint(
     if _is_torchscript(path):
         raise WeightsError(f'model {name!r}: {path} is a TorchScript file; set kind = "torchscript" in {key}')
     form = sniff(path)
+    if form == "truncated":
+        raise WeightsError(
+            f"model {name!r}: {path} is truncated: a zip archive (torch.save) whose end is missing, as an "
+            "interrupted copy or download leaves it; copy or download the checkpoint again"
+        )
     if form is None:
         raise WeightsError(
             f"model {name!r}: {path} is not a checkpoint torch can read (neither a torch.save zip archive, "

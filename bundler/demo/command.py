@@ -318,9 +318,15 @@ def empty_submission_score(cfg: BundleConfig, data: DemoData) -> float:
 
 
 def run_demo(
-    config_path: Path, *, console: Console, dry_run: bool = True, settings: DemoSettings | None = None
+    config_path: Path,
+    *,
+    console: Console,
+    dry_run: bool = True,
+    settings: DemoSettings | None = None,
+    runtime: str | None = None,
 ) -> DemoResult:
-    """Everything `bundler demo` does; returns where things are and the figures it printed."""
+    """Everything `bundler demo` does; returns where things are and the figures it printed. `runtime`
+    overrides `[dryrun] runtime` (`bundler demo --runtime`, as `bundler dry-run --runtime`)."""
     from bundler.dataset.dataset_folder import build_dataset
     from bundler.dryrun.command import dry_run as run_dry_run
     from bundler.notebook.render import render_notebook
@@ -328,6 +334,8 @@ def run_demo(
     began = time.perf_counter()
     settings = settings or DemoSettings()
     cfg = load_config(config_path)
+    if runtime is not None:
+        cfg = replace(cfg, dryrun=replace(cfg.dryrun, runtime=runtime))
     console.rule("[bold]1/5 synthetic data and demo models")
     data = make_demo_data(cfg, settings, console)
     trained, reused = train_demo_models(cfg, data, settings, console)

@@ -155,11 +155,13 @@ def _coverage(profile: Mapping[str, Any], listed: int) -> tuple[list[str], list[
     predicted = profile.get("images_predicted")
     failures: list[str] = []
     warnings: list[str] = []
-    if predicted == 0:
+    if predicted == 0 and (missing or unreadable):
         failures.append(
             f"no image was predicted ({missing} of {listed} listed images missing, {unreadable} unreadable), "
             "so nothing can be projected: point --test-dir at the images the sample submission lists"
         )
+    elif predicted == 0:  # the images were there: the run stopped before them (its own failure says why)
+        failures.append("no image was predicted, so nothing can be projected")
     elif listed and missing * 2 > listed:
         failures.append(
             f"{missing} of the {listed} images the sample submission lists are missing from the test folder: "

@@ -5,6 +5,8 @@ one line naming the folder and the fix, never a deleted project:
 - `check_out_folder`: the path is not under a file, its parent can be written (probed by creating a
   file, which also catches read-only mounts that permission bits do not show, for root too), it is
   not a file, and a folder that is not empty must be one this tool wrote (`owned`).
+- `replace_contents`: where a finished output cannot be renamed into place (a mount point such as
+  a Docker volume answers EBUSY), the folder's contents are replaced instead.
 - `remove_stale_temp`: temporary folders named `<prefix><pid>-...` whose process is gone (a
   SIGKILL during the wheel stage leaves one in $TMPDIR).
 """
@@ -15,6 +17,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -76,3 +79,36 @@ def remove_stale_temp(prefix: str, folder: Path | None = None) -> list[Path]:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
+
+
+def remove_all(path: Path) -> None:
+    """Delete a file or a folder tree, read-only folders inside it included."""
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, _files in os.walk(path):
+            for d in dirs:
+                if not (Path(folder) / d).is_symlink():
+                    (Path(folder) / d).chmod(stat.S_IRWXU)
+        path.chmod(stat.S_IRWXU)
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def replace_contents(stage: Path, dest: Path) -> None:
+    """`dest`'s entries set aside inside `dest` (the same filesystem), `stage`'s moved in (copied across
+    filesystems where needed), then the old ones and `stage` deleted; on a failure the old ones come back."""
+    aside = Path(tempfile.mkdtemp(prefix=f".old-{os.getpid()}-", dir=dest))
+    for entry in [e for e in dest.iterdir() if e != aside]:
+        entry.replace(aside / entry.name)
+    try:
+        for entry in list(stage.iterdir()):
+            shutil.move(str(entry), str(dest / entry.name))
+    except BaseException:
+        for entry in [e for e in dest.iterdir() if e != aside]:
+            remove_all(entry)
+        for entry in list(aside.iterdir()):
+            entry.replace(dest / entry.name)
+        aside.rmdir()
+        raise
+    remove_all(aside)
+    remove_all(stage)

@@ -115,6 +115,31 @@ def test_an_out_that_cannot_be_renamed_gets_its_contents_replaced(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dryrun"]  # no hidden .new/.old folders left
 
 
+def test_a_build_whose_out_cannot_be_renamed_gets_its_contents_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bundler.dataset import dataset_folder
+
+    out = tmp_path / "dataset"
+    out.mkdir()
+    (out / "bundle.json").write_text("old")
+    (out / "old.whl").write_text("old")
+    staging = tmp_path / "dataset.partial-1"
+    staging.mkdir()
+    (staging / "bundle.json").write_text("new")
+    real_rename = Path.rename
+
+    def busy(self: Path, target: Any) -> Path:
+        if self == out:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", busy)
+    dataset_folder._swap(staging, out)
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.json"] and (out / "bundle.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+
+
 # --- 2. render-notebook --out never overwrites what it did not write -------------------------
 
 

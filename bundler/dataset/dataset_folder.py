@@ -42,7 +42,7 @@ from bundler.dataset.fingerprint import HashCache, input_fingerprint
 from bundler.dataset.manifest import MANIFEST, METADATA, build_manifest, dataset_metadata, up_to_date, write_json
 from bundler.dataset.summary import print_report
 from bundler.errors import BuildError
-from bundler.outdir import check_out_folder
+from bundler.outdir import check_out_folder, replace_contents
 from bundler.sandbox import pid_alive
 
 if TYPE_CHECKING:
@@ -124,7 +124,11 @@ def _swap(staging: Path, out: Path) -> None:
         shutil.rmtree(old)
     had_old = out.exists()
     if had_old:
-        out.rename(old)
+        try:
+            out.rename(old)
+        except OSError:  # a mount point (EBUSY) or a folder that cannot be renamed: replace what it holds
+            replace_contents(staging, out)
+            return
     try:
         staging.rename(out)
     except BaseException:

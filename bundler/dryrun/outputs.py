@@ -22,14 +22,13 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
 from bundler.display import shown_path
 from bundler.dryrun.tree import remove_tree
 from bundler.errors import DryRunError
-from bundler.outdir import check_out_folder
+from bundler.outdir import check_out_folder, replace_contents
 from bundler.sandbox import pid_alive
 
 SUMMARY = "summary.json"
@@ -96,7 +95,7 @@ def _swap_into(stage: Path, dest: Path) -> None:
             dest.replace(old)  # onto the empty folder just made: an atomic rename
         except OSError:  # a mount point (EBUSY) or a folder that cannot be renamed: replace what it holds
             old.rmdir()
-            _replace_contents(stage, dest)
+            replace_contents(stage, dest)
             return
     try:
         stage.rename(dest)
@@ -107,29 +106,6 @@ def _swap_into(stage: Path, dest: Path) -> None:
             old.rmdir()
         raise
     remove_tree(old)
-
-
-def _replace_contents(stage: Path, dest: Path) -> None:
-    """`dest`'s entries set aside inside `dest` (the same filesystem), `stage`'s moved in (copied
-    across filesystems where needed), then the old ones deleted; on a failure the old ones come back."""
-    aside = Path(tempfile.mkdtemp(prefix=f".old-{os.getpid()}-", dir=dest))
-    for entry in [e for e in dest.iterdir() if e != aside]:
-        entry.replace(aside / entry.name)
-    try:
-        for entry in list(stage.iterdir()):
-            shutil.move(str(entry), str(dest / entry.name))
-    except BaseException:
-        for entry in [e for e in dest.iterdir() if e != aside]:
-            if entry.is_dir() and not entry.is_symlink():
-                remove_tree(entry)
-            else:
-                entry.unlink()
-        for entry in list(aside.iterdir()):
-            entry.replace(dest / entry.name)
-        aside.rmdir()
-        raise
-    remove_tree(aside)
-    remove_tree(stage)
 
 
 def keep(stage: Path, out: Path, *, ok: bool) -> Path:

@@ -64,7 +64,7 @@ def _exit_codes() -> set[int]:
 
 
 def test_the_readme_exit_codes_are_the_clis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _exit_codes() == {0, 1, 2, 130}
+    assert _exit_codes() == {0, 1, 2, 130, 143}
     # 1 and 2: every error the CLI reports exits 1, but a config error 2.
     tree = [errors.BundlerError]
     for cls in tree:
@@ -80,3 +80,9 @@ def test_the_readme_exit_codes_are_the_clis(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(bundler.cli, "load_config", interrupted)
     assert CliRunner().invoke(main, ["build", "--config", str(config)]).exit_code == 130
+
+    def terminated(path: Path) -> None:
+        raise bundler.cli.Terminated("stopped by signal 15")
+
+    monkeypatch.setattr(bundler.cli, "load_config", terminated)
+    assert CliRunner().invoke(main, ["build", "--config", str(config)]).exit_code == 143

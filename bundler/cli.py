@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -38,10 +39,11 @@ def _terminate(signum: int, frame: Any) -> None:
 def _reports_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        signal.signal(signal.SIGTERM, _terminate)
-        # Ctrl-C's KeyboardInterrupt even where SIGINT was inherited ignored (a job started in the background
-        # by a shell without job control, some CI runners): a SIGINT sent to the process group stops bundler
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if threading.current_thread() is threading.main_thread():  # signals are the main thread's to handle
+            signal.signal(signal.SIGTERM, _terminate)
+            # Ctrl-C's KeyboardInterrupt even where SIGINT was inherited ignored (a job started in the background
+            # by a shell without job control, some CI runners): a SIGINT sent to the process group stops bundler
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return fn(*args, **kwargs)
         except BundlerError as e:

@@ -60,7 +60,7 @@ _TORCH_MODES = {"linear": "bilinear", "cubic": "bicubic"}
 class Geometry:
     """One geometric step on an image of `before` (height, width) giving `after`."""
 
-    kind: str  # "resize" | "pad" | "crop"
+    op: str  # "resize" | "pad" | "crop"
     before: tuple[int, int]
     after: tuple[int, int]
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # pad: (top, bottom, left, right); crop: (y0, y1, x0, x1)
@@ -182,9 +182,9 @@ class Preprocess:
         if tuple(y.shape[-2:]) != final:
             y = _bilinear(y, final)
         for g in reversed(steps):
-            if g.kind == "resize":
+            if g.op == "resize":
                 y = _bilinear(y, g.before)
-            elif g.kind == "pad":
+            elif g.op == "pad":
                 top, left = g.box[0], g.box[2]
                 y = y[:, :, top : top + g.before[0], left : left + g.before[1]]
             else:

@@ -72,17 +72,17 @@ def _follow(proc: subprocess.Popen[str], log: Path, console: Console, deadline: 
                 except json.JSONDecodeError:
                     sink.write(raw)
                     continue
-                kind = ev.get("event")
-                if kind == "cell_start":
+                event = ev.get("event")
+                if event == "cell_start":
                     order = ev.get("code_cells", [])
                     pos = order.index(ev["cell"]) + 1 if ev["cell"] in order else ev["cell"]
                     state["cell"] = f"cell {ev['cell']} ({pos}/{len(order)} code cells): {ev.get('first_line', '')}"
                     state["line"] = ""
-                elif kind == "cell_executed":
+                elif event == "cell_executed":
                     console.print(f"  cell {ev['cell']} done in {ev['seconds']:.1f} s", highlight=False)
-                elif kind == "cell_error":
+                elif event == "cell_error":
                     state["line"] = f"{ev.get('ename', '')}: {ev.get('evalue', '')}".strip(": ")
-                elif kind == "stream":
+                elif event == "stream":
                     state["line"] = str(ev.get("text", ""))
                     sink.write(f"[cell {ev.get('cell')}] {state['line']}\n")
                 elapsed = time.monotonic() - started

@@ -37,18 +37,18 @@ NO_CALIBRATION_NOTE = "none: figure is for this machine"
 
 @dataclass(frozen=True)
 class Calibration:
-    kind: str  # "none" | "factor" | "profile" | "kaggle_run" (the newest downloaded run's profile)
+    method: str  # "none" | "factor" | "profile" | "kaggle_run" (the newest downloaded run's profile)
     per_image_factor: float  # target seconds per local second, for the per-image cost
     fixed_s: float | None  # the target's own fixed cost (profile calibration), else None
     fixed_factor: float  # applied to the local fixed cost when `fixed_s` is None
     source: str  # human-readable: where the calibration came from
 
     def describe(self) -> str:
-        if self.kind == "none":
+        if self.method == "none":
             return NO_CALIBRATION_NOTE
-        if self.kind == "factor":
+        if self.method == "factor":
             return f"factor {self.per_image_factor:g} (target seconds per local second), {self.source}"
-        if self.kind == "kaggle_run":
+        if self.method == "kaggle_run":
             return (
                 f"calibrated from {self.source}: per-image x{self.per_image_factor:.3g}, "
                 f"fixed {self.fixed_s:.1f} s from that run"
@@ -107,7 +107,7 @@ def kaggle_run_calibration(path: Path, local: Mapping[str, Any]) -> Calibration:
     timed = isinstance(started, (int, float)) and not isinstance(started, bool)
     stamp = float(started) if timed and started is not None else path.stat().st_mtime
     label = f"Kaggle run {path.parent.name} of {time.strftime('%Y-%m-%d', time.gmtime(stamp))}"
-    return replace(profile_calibration(kaggle, local, str(path)), kind="kaggle_run", source=label)
+    return replace(profile_calibration(kaggle, local, str(path)), method="kaggle_run", source=label)
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,11 @@ class Projection:
     @property
     def decides(self) -> bool:
         """Calibrated, or measured on the target's kind of device: over budget is then a FAIL."""
-        return self.calibration.kind != "none" or self.local_device == self.target_device
+        return self.calibration.method != "none" or self.local_device == self.target_device
 
     def basis(self) -> str:
         """Where the figure comes from, in words."""
-        if self.calibration.kind != "none":
+        if self.calibration.method != "none":
             return self.calibration.describe()
         if self.decides:
             return f"measured here on {self.local_device}, the kind of device the kernel targets"

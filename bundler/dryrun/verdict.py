@@ -68,14 +68,14 @@ def problem_summary(profile: Mapping[str, Any] | None) -> dict[str, dict[str, An
     problems = profile.get("problems") or {}
     examples = profile.get("problem_examples") or {}
     out: dict[str, dict[str, Any]] = {}
-    for kind, items in problems.items():
+    for problem, items in problems.items():
         if not isinstance(items, list) or not items:
             continue
-        if kind == "model_failures":
+        if problem == "model_failures":
             shown = [f"{f.get('model')} after {f.get('after_images')} images: {f.get('error')}" for f in items[:3]]
         else:
-            shown = [str(x) for x in (examples.get(kind) or items)[:3]]
-        out[str(kind)] = {"count": len(items), "examples": shown}
+            shown = [str(x) for x in (examples.get(problem) or items)[:3]]
+        out[str(problem)] = {"count": len(items), "examples": shown}
     return out
 
 

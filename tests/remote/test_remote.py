@@ -554,7 +554,7 @@ def test_a_dry_run_without_a_calibration_takes_the_downloaded_run(tmp_path: Path
     cfg = demo_cfg(tmp_path / "project")
     local = {"fixed_s": 5.0, "per_image_s": 0.5}
     no_profile: Any = SimpleNamespace(calibration_profile=None)
-    assert _calibration(cfg, no_profile, local, captured()[0]).kind == "none"
+    assert _calibration(cfg, no_profile, local, captured()[0]).method == "none"
     run = cfg.root / "build" / "kaggle" / "v3"
     run.mkdir(parents=True)
     (run / "profile.json").write_text(json.dumps(PROFILE))
@@ -564,7 +564,7 @@ def test_a_dry_run_without_a_calibration_takes_the_downloaded_run(tmp_path: Path
         .startswith("calibrated from Kaggle run v3 of 2026-12-01")
     )
     given: Any = SimpleNamespace(calibration_profile={**PROFILE, "per_image_s": 1.0})
-    assert _calibration(cfg, given, local, captured()[0]).kind == "profile"  # one given by the user wins
+    assert _calibration(cfg, given, local, captured()[0]).method == "profile"  # one given by the user wins
 
 
 def test_a_stale_notebook_is_rendered_again_before_a_push(tmp_path: Path) -> None:

@@ -38,6 +38,17 @@ def write_problem(folder: Path) -> str:
     return ""
 
 
+def check_parent(path: Path, *, what: str, error: type[BundlerError], fix: str) -> None:
+    """Refuse a `path` under a file, or whose nearest existing parent cannot be written (tried by
+    writing a file, so a read-only mount is found for root too)."""
+    above = next(p for p in path.parents if p.exists() or p == p.parent)
+    if not above.is_dir():
+        raise error(f"{what}: {above} is a file, so no folder can be made under it; {fix}")
+    problem = write_problem(above)
+    if problem:
+        raise error(f"{what}: {above} cannot be written ({problem}); {fix}, in a folder you can write to")
+
+
 def check_out_folder(
     out: Path, *, what: str, owned: Callable[[Path], bool], error: type[BundlerError], fix: str
 ) -> None:
@@ -45,12 +56,7 @@ def check_out_folder(
     out, or --out)") when it cannot become this tool's output: a path under a file, a parent that
     cannot be written, a file, or a folder that holds something `owned` does not recognise as ours.
     `fix` says what to change ("choose another [dryrun] out (or --out)")."""
-    above = next(p for p in out.parents if p.exists() or p == p.parent)
-    if not above.is_dir():
-        raise error(f"{what}: {above} is a file, so no folder can be made under it; {fix}")
-    problem = write_problem(above)
-    if problem:
-        raise error(f"{what}: {above} cannot be written ({problem}); {fix}, in a folder you can write to")
+    check_parent(out, what=what, error=error, fix=fix)
     if not out.exists():
         return
     if not out.is_dir():

@@ -40,7 +40,7 @@ from bundler.display import shown_path
 from bundler.errors import ManifestError, RenderError
 from bundler.notebook.kernel_metadata import read_existing, title_warning, write_metadata
 from bundler.notebook.parameters import PARAMETERS_TAG, config_source, notebook_config
-from bundler.outdir import write_problem
+from bundler.outdir import check_parent
 from kernel_src.bundle import kernel_src_hash
 
 
@@ -260,12 +260,7 @@ def check_notebook_path(path: Path) -> None:
         raise RenderError(f"{what} must end in .ipynb (Kaggle runs a notebook file), like inference.ipynb")
     if path.exists() and not _written_by_bundler(path):
         raise RenderError(f"{what} is a file bundler did not render, so it is not replaced; choose another path")
-    above = next(p for p in path.parents if p.exists() or p == p.parent)
-    if not above.is_dir():
-        raise RenderError(f"{what}: {above} is a file, so no folder can be made under it; choose another path")
-    problem = write_problem(above)
-    if problem:
-        raise RenderError(f"{what}: {above} cannot be written ({problem}); choose a path in a folder you can write to")
+    check_parent(path, what=what, error=RenderError, fix="choose another path")
 
 
 def render_notebook(cfg: BundleConfig, *, console: Console) -> RenderResult:

@@ -62,9 +62,17 @@ OUT_OF_MEMORY: tuple[type[BaseException], ...] = (
 )
 
 
+# what an allocation failure says when it does not come as torch's OutOfMemoryError: the caching
+# allocator's message, and cuDNN's / cuBLAS's own status codes (they allocate workspace themselves)
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    """torch's OutOfMemoryError, a MemoryError, or a RuntimeError saying "out of memory"."""
-    return isinstance(error, OUT_OF_MEMORY) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
+    """torch's OutOfMemoryError, a MemoryError, or a RuntimeError saying "out of memory" or naming a
+    cuDNN / cuBLAS allocation failure (`OUT_OF_MEMORY_MESSAGES`)."""
+    if isinstance(error, OUT_OF_MEMORY):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in OUT_OF_MEMORY_MESSAGES)
 
 
 def free_memory(devices: DeviceSet) -> None:

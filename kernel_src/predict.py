@@ -25,6 +25,12 @@ For a batch of uint8 RGB images `[N, H, W, 3]` (all at the spec's image size):
 - Outputs may come in any memory layout (smp answers channels_last input with a channels_last
   output): nothing here `view`s a model output flat.
 - A model that raises is reported as `ModelRunError(name)` so the caller can drop it and retry.
+- Faults outside a model's forward (the upload, a model's input preparation, the merge, the
+  per-model output handling, the copy back) are the batch's, not a model's: out of memory there
+  predicts the batch again in halves (after emptying the CUDA cache), down to one image, and the
+  smaller share is kept for the rest of the run (profile.json `batch_split_by_oom`); any other
+  error, or out of memory at one image, raises `BatchError` for the caller to give that batch's
+  rows the fallback (empty masks) and go on.
 
 Everything runs under `torch.inference_mode()`, split across the `DeviceSet`'s devices.
 """
@@ -40,7 +46,7 @@ import torch
 from torch import nn
 
 from .devices import DeviceSet
-from .errors import ModelRunError
+from .errors import BatchError, ModelRunError
 from .models import LoadedModel, check_output, free_memory, is_out_of_memory
 from .preprocess import model_input, model_output
 from .profiler import Profiler
@@ -86,6 +92,7 @@ class Predictor:
         self.forward_images: dict[str, int] = {m.spec.name: 0 for m in (*self.classifiers, *self.segmenters)}
         self._thresholds = torch.tensor(spec.gating.thresholds or (0.5,) * spec.num_classes)
         self._pin = devices.pin_memory  # False once pinning has failed (no CUDA): plain copies from then on
+        self.images_per_batch = 0  # most images predicted at once (0: the whole batch); halved by out of memory
 
     def drop(self, name: str) -> None:
         """Stop using a model (it failed, or the budget guard dropped it)."""
@@ -242,9 +249,28 @@ class Predictor:
     def predict(self, images: npt.NDArray[np.uint8]) -> BatchResult:
         """Gate and segment `images` [N, H, W, 3] uint8 RGB. An image no class of which passes the
         gate (either mode) gets no segmentation forward; an image every classifier gave NaN for is
-        segmented ungated."""
+        segmented ungated. A fault outside the models' forwards is contained as the module
+        docstring says: halves on out of memory, else `BatchError`."""
         if not self.segmenters:
             raise ModelRunError("<ensemble>", "no segmentation model is left")
+        n = len(images)
+        while True:
+            step = self.images_per_batch if 0 < self.images_per_batch < n else n
+            try:
+                return _concat([self._predict(images[i : i + step]) for i in range(0, n, step)])
+            except ModelRunError:
+                raise
+            except Exception as e:
+                if step <= 1 or not is_out_of_memory(e):
+                    raise BatchError(n, e) from e
+            # out of memory above one image: retried outside the except block, so the failed
+            # attempt's tensors (held by the traceback) are released before the cache is emptied
+            free_memory(self.devices)
+            self.images_per_batch = step // 2
+            self.profiler.batch_split_by_oom.append(self.images_per_batch)
+
+    def _predict(self, images: npt.NDArray[np.uint8]) -> BatchResult:
+        """`predict` for images predicted at once."""
         n, h, w = images.shape[0], images.shape[1], images.shape[2]
         c = self.spec.num_classes
         allowed = torch.ones(n, c, dtype=torch.bool)
@@ -279,6 +305,28 @@ class Predictor:
             nan_segmenters=nan_segmenters,
             nan_classifiers=nan_classifiers,
         )
+
+
+def _concat(results: Sequence[BatchResult]) -> BatchResult:
+    """One BatchResult for consecutive parts of a batch (image indices shifted to the whole's)."""
+    if len(results) == 1:
+        return results[0]
+    offsets = np.cumsum([0, *(len(r.probs) for r in results)])
+    return BatchResult(
+        probs=np.concatenate([r.probs for r in results]),
+        allowed=np.concatenate([r.allowed for r in results]),
+        nonfinite=np.concatenate([r.nonfinite for r in results]),
+        segmented=np.concatenate([r.segmented for r in results]),
+        ungated=np.concatenate([r.ungated for r in results]),
+        pairs_gated_out=sum(r.pairs_gated_out for r in results),
+        images_skipped=sum(r.images_skipped for r in results),
+        nan_segmenters={
+            int(o) + j: v for r, o in zip(results, offsets, strict=False) for j, v in r.nan_segmenters.items()
+        },
+        nan_classifiers={
+            int(o) + j: v for r, o in zip(results, offsets, strict=False) for j, v in r.nan_classifiers.items()
+        },
+    )
 
 
 def _nan_images(views: Sequence[torch.Tensor]) -> torch.Tensor:

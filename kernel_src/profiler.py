@@ -140,7 +140,13 @@ class Profiler:
             "classifier_dropped": 0,
             "ungated": 0,
         }
-        self.problems: dict[str, list[Any]] = {kind: [] for kind in (*IMAGE_PROBLEMS, "model_failures")}
+        # model_failures: {model, after_images, error}; batch_failures: {images (ids), after_images, error}
+        self.problems: dict[str, list[Any]] = {
+            kind: [] for kind in (*IMAGE_PROBLEMS, "model_failures", "batch_failures")
+        }
+        self.batch_split_by_oom: list[
+            int
+        ] = []  # the images predicted at once after each out of memory outside a forward
         self.problem_examples: dict[str, list[str]] = {kind: [] for kind in IMAGE_PROBLEMS}
         self.error: str | None = None
         self.working_dir: Path | None = None  # the folder whose bytes profile.json reports (the run's out_dir)
@@ -231,6 +237,7 @@ class Profiler:
                 }
                 for name, entry in self.call_sizes.items()
             },
+            "batch_split_by_oom": list(self.batch_split_by_oom),
             "fixed_s": round(fixed, 4),
             "per_image_s": round((total - fixed) / predicted, 6) if predicted else 0.0,
             "gating": dict(self.gating_record),
@@ -277,7 +284,10 @@ class Profiler:
             f"{g['pairs_gated_out']} image x class pairs gated out"
         )
         counts = ", ".join(f"{k} {v}" for k, v in p["counts"].items())
-        lines.append(f"problems: {counts}, model failures {len(p['problems']['model_failures'])}")
+        lines.append(
+            f"problems: {counts}, model failures {len(p['problems']['model_failures'])}, "
+            f"batch failures {len(p['problems']['batch_failures'])}"
+        )
         r = p["resources"]
         gpu = r["gpu_peak_bytes"]
         lines.append(

@@ -25,6 +25,9 @@ overflow) are saturated probabilities (sigmoid gives 1 or 0), not failures. prof
 
 A model that raises mid-run is dropped (recorded in `problems.model_failures`) and the batch is
 predicted again without it; with no segmentation model left, every remaining image gets empty masks.
+A fault outside the models' forwards (`kernel_src.predict`: out of memory already retried in halves
+down to one image, or a CUDA error in the merge) gives that batch's images empty masks, is recorded
+in `problems.batch_failures` (the image ids and the error) and the run goes on.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .devices import DeviceSet, resolve_devices
-from .errors import BundleError, ModelRunError
+from .errors import BatchError, BundleError, ModelRunError
 from .guard import BudgetGuard
 from .images import ImageLoader, LoadedImage, PixelSettings, image_paths
 from .models import load_models
@@ -152,11 +155,21 @@ class _Engine:
                 suffix = "" if loaded.kind == "converted" else " -> empty masks"
                 self.reporter.warn(loaded.kind, f"{loaded.problem}{suffix}")
 
-    def _predict(self, images: np.ndarray[Any, np.dtype[np.uint8]]) -> BatchResult | None:
-        """Predict, dropping any model that fails; None when no segmentation model is left."""
+    def _predict(self, images: np.ndarray[Any, np.dtype[np.uint8]], image_ids: Sequence[str]) -> BatchResult | None:
+        """Predict, dropping any model that fails; None when no segmentation model is left or the
+        batch failed outside the models (recorded: its images get empty masks)."""
         while self.predictor.segmenters:
             try:
                 return self.predictor.predict(images)
+            except BatchError as e:
+                ids = list(image_ids)
+                self.profiler.problem("batch_failures", {"images": ids, "after_images": self.done, "error": e.detail})
+                self.reporter.warn(
+                    "batch_failure",
+                    f"{e} -> empty masks for {', '.join(ids[:3])}"
+                    + (f" and {len(ids) - 3} more" if len(ids) > 3 else ""),
+                )
+                return None
             except ModelRunError as e:
                 self.profiler.problem(
                     "model_failures", {"model": e.model, "after_images": self.done, "error": e.detail}
@@ -195,7 +208,7 @@ class _Engine:
         if not valid or self.stopped:
             return rles
         images = np.stack([image for i in valid if (image := batch[i].image) is not None])
-        result = self._predict(images)
+        result = self._predict(images, [batch[i].image_id for i in valid])
         if result is None:
             return rles
         gating = self.profiler.gating_record

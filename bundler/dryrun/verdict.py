@@ -73,6 +73,11 @@ def problem_summary(profile: Mapping[str, Any] | None) -> dict[str, dict[str, An
             continue
         if kind == "model_failures":
             shown = [f"{f.get('model')} after {f.get('after_images')} images: {f.get('error')}" for f in items[:3]]
+        elif kind == "batch_failures":
+            shown = [
+                f"{len(f.get('images') or [])} images after {f.get('after_images')}: {f.get('error')}"
+                for f in items[:3]
+            ]
         else:
             shown = [str(x) for x in (examples.get(kind) or items)[:3]]
         out[str(kind)] = {"count": len(items), "examples": shown}
@@ -132,10 +137,16 @@ def _resource_failures(resources: Mapping[str, Any]) -> list[str]:
 
 
 def _model_failures(profile: Mapping[str, Any]) -> list[str]:
-    failures = (profile.get("problems") or {}).get("model_failures") or []
+    problems = profile.get("problems") or {}
+    failures = problems.get("model_failures") or []
+    batches = problems.get("batch_failures") or []
     return [
         f"model {f.get('model')!r} failed after {f.get('after_images')} images and was dropped: {f.get('error')}"
         for f in failures
+    ] + [
+        f"a batch of {len(f.get('images') or [])} images failed after {f.get('after_images')} images outside the "
+        f"models and got empty masks: {f.get('error')}"
+        for f in batches
     ]
 
 

@@ -9,9 +9,14 @@ Every setting that differs on CUDA is a field a caller (a test) can switch on fo
 float16 / bfloat16 = `torch.autocast` on the devices' type; CPU autocast runs both), the number
 of replicas (`devices`, several CPU devices allowed), and `pin_memory` (pinned host buffers and
 non_blocking copies; where pinning is impossible, e.g. no CUDA, the engine falls back to plain
-copies and notes it once in profile.json). `resolve_devices` makes the per-device "auto" choice:
-CUDA = channels_last + fp16 autocast + pinned memory + every GPU; CPU = contiguous + fp32 + no
-pinning + one device (the fastest on CPU).
+copies and notes it once in profile.json), and `tune_layout` (each model's memory format and
+cudnn.benchmark chosen by timing at load, `kernel_src.models.tune_layout`). `resolve_devices`
+makes the per-device "auto" choice: CUDA = fp16 autocast + pinned memory + every GPU, the memory
+format measured per model at load (starting from channels_last for fp16/bf16, contiguous for
+fp32, where channels_last rarely helps on a T4); CPU = contiguous + fp32 + no pinning + one device
+(the fastest on CPU). Each device's work runs under its own device context (`context(i)`: the
+current CUDA device set to replica i's, so kernels and allocations a model makes without naming
+a device land on its own GPU).
 
 bf16 needs compute capability 8.0 (Ampere) or later: below it (a T4 is 7.5) there are no bf16
 tensor-core kernels, and torch emulates bf16 convolutions slowly or refuses them at load. A
@@ -43,6 +48,7 @@ class DeviceSet:
     autocast_dtype: torch.dtype | None = None  # None = fp32; float16 / bfloat16 = autocast on the devices' type
     pin_memory: bool = False  # pinned host buffers + non_blocking copies (plain copies where pinning fails)
     precision_fallback: str | None = None  # why the precision asked for was replaced (profile.json)
+    tune_layout: bool = False  # memory format and cudnn.benchmark per model chosen by timing at load
 
     def __post_init__(self) -> None:
         if not self.devices:
@@ -90,6 +96,7 @@ class DeviceSet:
             "memory_format": self.memory_format,
             "precision": self.precision,
             "pin_memory": self.pin_memory,
+            "tune_layout": self.tune_layout,
         } | ({"precision_fallback": self.precision_fallback} if self.precision_fallback else {})
 
     def split(self, n: int) -> list[tuple[int, int, int]]:
@@ -99,9 +106,22 @@ class DeviceSet:
         per = -(-n // len(self.devices))
         return [(i, start, min(start + per, n)) for i, start in enumerate(range(0, n, per))]
 
-    def autocast(self) -> contextlib.AbstractContextManager[object]:
-        """`torch.autocast` on the devices' type with `autocast_dtype`; nothing for fp32."""
-        if self.autocast_dtype is not None:
+    def label(self, index: int) -> str:
+        """Replica `index`'s name in profile.json: "cuda:1", "cpu:0"."""
+        return (
+            f"{self.kind}:{self.devices[index].index if self.cuda and self.devices[index].index is not None else index}"
+        )
+
+    def context(self, index: int) -> contextlib.AbstractContextManager[object]:
+        """Replica `index`'s device as the current CUDA device (nothing on CPU)."""
+        if self.cuda:
+            return torch.cuda.device(self.devices[index])
+        return contextlib.nullcontext()
+
+    def autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager[object]:
+        """`torch.autocast` on the devices' type with `autocast_dtype`; nothing for fp32, or when not
+        `enabled` (a model found to overflow in fp16 at load runs in fp32)."""
+        if self.autocast_dtype is not None and enabled:
             return torch.autocast(device_type=self.kind, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
@@ -178,8 +198,9 @@ def resolve_devices(
             )
     return DeviceSet(
         devices,
-        channels_last=memory_format == "channels_last" or (memory_format == "auto" and cuda),
+        channels_last=memory_format == "channels_last" or (memory_format == "auto" and cuda and chosen != "fp32"),
         autocast_dtype=AUTOCAST_DTYPES[chosen],
         pin_memory=cuda,
         precision_fallback=fallback,
+        tune_layout=memory_format == "auto" and cuda,
     )

@@ -32,7 +32,10 @@ For a batch of uint8 RGB images `[N, H, W, 3]` (all at the spec's image size):
   error, or out of memory at one image, raises `BatchError` for the caller to give that batch's
   rows the fallback (empty masks) and go on.
 
-Everything runs under `torch.inference_mode()`, split across the `DeviceSet`'s devices.
+Everything runs under `torch.inference_mode()`, split across the `DeviceSet`'s devices; each
+device's share of a model runs under that device's context on the replica `LoadedModel.replica_for`
+names (another device's when the model failed its test forward there: the share is moved there and
+its outputs back), in the model's own precision and layout (`models.call_context`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from torch import nn
 
 from .devices import DeviceSet
 from .errors import BatchError, ModelRunError
-from .models import LoadedModel, check_output, free_memory, is_out_of_memory
+from .models import LoadedModel, call_context, check_output, free_memory, is_out_of_memory
 from .preprocess import model_input, model_output
 from .profiler import Profiler
 from .spec import InferenceSpec
@@ -132,7 +135,17 @@ class Predictor:
 
     def _prepare(self, x: torch.Tensor, lm: LoadedModel) -> torch.Tensor:
         x = model_input(x, lm.spec, lm.preprocess)
-        return x.contiguous(memory_format=torch.channels_last) if self.devices.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if lm.channels_last else x
+
+    def _run_on(self, lm: LoadedModel, device: int, x: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        """`_forward` of device `device`'s share `x` under its replica's device context; a share whose
+        device has no working replica of the model is computed on another and its outputs come back."""
+        r = lm.replica_index(device)
+        with self.devices.context(r):
+            if r == device:
+                return self._forward(lm, lm.replicas[r], self._prepare(x, lm), kind)
+            outs = self._forward(lm, lm.replicas[r], self._prepare(x.to(self.devices.devices[r]), lm), kind)
+        return [o.to(self.devices.devices[device]) for o in outs]
 
     def _forward(self, lm: LoadedModel, replica: nn.Module, x: torch.Tensor, kind: str) -> list[torch.Tensor]:
         """Each view's raw output for `x`, as float32: the views of one input size stacked into one
@@ -160,7 +173,7 @@ class Predictor:
         while True:
             step = lm.images_per_call if 0 < lm.images_per_call < total else total
             try:
-                with self.devices.autocast():
+                with call_context(lm, self.devices):
                     if step < total:
                         out = torch.cat([replica(batch[i : i + step]) for i in range(0, total, step)])
                     else:
@@ -195,7 +208,7 @@ class Predictor:
             parts = []
             with self.profiler.stage(f"classifier:{lm.spec.name}"):
                 for (i, _, _), x in zip(self.devices.split(n), chunks, strict=True):
-                    outs = self._forward(lm, lm.replicas[i], self._prepare(x, lm), "classifier")
+                    outs = self._run_on(lm, i, x, "classifier")
                     bad = _nan_images(outs)
                     # sigmoid(+-inf) is 1 or 0 (saturated, e.g. an fp16 overflow), only NaN drops the model
                     views = merge([o.reshape(o.shape[0], -1) for o in outs], lm.views, lm.spec.tta_merge)
@@ -227,7 +240,7 @@ class Predictor:
             outs = []
             with self.profiler.stage(f"segmenter:{lm.spec.name}"):
                 for (i, _, _), x in zip(split, chunks, strict=True):
-                    outs.append(self._forward(lm, lm.replicas[i], self._prepare(x, lm), "segmenter"))
+                    outs.append(self._run_on(lm, i, x, "segmenter"))
             with self.profiler.stage("tta_merge"):
                 for (_, start, stop), views, a in zip(split, outs, acc, strict=True):
                     bad = _nan_images(views)

@@ -12,8 +12,11 @@ cost counts only the images actually predicted (`images_predicted`: neither miss
 unreadable), so a run over a folder that lacks most listed images is not mistaken for a fast one.
 `resources` holds what Kaggle's limits are about: the peak resident memory of this process
 (`resource.getrusage`, else `/proc/self/status` VmHWM), the peak GPU memory per CUDA device
-(`torch.cuda.max_memory_allocated`; explicitly null when the run was not on CUDA) and the bytes
-under the working folder when profile.json is written. This module imports only the standard
+(`torch.cuda.max_memory_allocated`; explicitly null when the run was not on CUDA), the fuller GPU
+picture per device (`gpu_memory`: peak allocated, peak reserved by the caching allocator, and
+`mem_get_info`'s free and total, whose difference also holds the CUDA context and other
+processes), the estimate of the GPU peak made at load (`gpu_estimate`, `kernel_src.memory`) and
+the bytes under the working folder when profile.json is written. This module imports only the standard
 library; torch is read from `sys.modules` when the run already imported it.
 """
 
@@ -74,6 +77,34 @@ def gpu_peak_bytes(device_kind: str) -> dict[str, int] | None:
         if not torch.cuda.is_available():
             return None
         return {f"cuda:{i}": int(torch.cuda.max_memory_allocated(i)) for i in range(torch.cuda.device_count())}
+    except Exception:  # a broken CUDA state must not cost the profile
+        return None
+
+
+def gpu_memory(device_kind: str, cuda: Any = None) -> dict[str, dict[str, int]] | None:
+    """`{"cuda:0": {"peak_allocated_bytes", "peak_reserved_bytes", "free_bytes", "total_bytes",
+    "used_bytes"}, ...}`; None off CUDA. `cuda`: torch.cuda (tests pass a stand-in)."""
+    if cuda is None:
+        torch = sys.modules.get("torch")
+        if device_kind != "cuda" or torch is None:
+            return None
+        cuda = torch.cuda
+    elif device_kind != "cuda":
+        return None
+    try:
+        if not cuda.is_available():
+            return None
+        out = {}
+        for i in range(cuda.device_count()):
+            free, total = cuda.mem_get_info(i)
+            out[f"cuda:{i}"] = {
+                "peak_allocated_bytes": int(cuda.max_memory_allocated(i)),
+                "peak_reserved_bytes": int(cuda.max_memory_reserved(i)),
+                "free_bytes": int(free),
+                "total_bytes": int(total),
+                "used_bytes": int(total) - int(free),  # the CUDA context and every process included
+            }
+        return out
     except Exception:  # a broken CUDA state must not cost the profile
         return None
 
@@ -150,6 +181,7 @@ class Profiler:
         self.problem_examples: dict[str, list[str]] = {kind: [] for kind in IMAGE_PROBLEMS}
         self.error: str | None = None
         self.working_dir: Path | None = None  # the folder whose bytes profile.json reports (the run's out_dir)
+        self.memory_estimate: dict[str, Any] | None = None  # kernel_src.memory.estimate_peak, made at load
         self._resources: dict[str, Any] | None = None  # taken at finish(): every later to_dict() says the same
         self._stages: dict[str, list[float]] = {}  # name -> [seconds, calls]
 
@@ -258,6 +290,8 @@ class Profiler:
             "peak_rss_bytes": peak_rss_bytes(),
             "children_peak_rss_bytes": children_peak_rss_bytes(),
             "gpu_peak_bytes": gpu_peak_bytes(str(self.devices.get("kind", self.device))),
+            "gpu_memory": gpu_memory(str(self.devices.get("kind", self.device))),
+            "gpu_estimate": self.memory_estimate,
             "working_bytes": None if self.working_dir is None else folder_bytes(self.working_dir),
         }
 

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from .devices import DeviceSet, resolve_devices
 from .errors import BatchError, BundleError, ModelRunError
 from .guard import BudgetGuard
-from .images import ImageLoader, LoadedImage, PixelSettings, image_paths
-from .models import load_models
+from .images import ImageLoader, LoadedImage, PixelSettings, decode_image, image_paths
+from .models import PRECISION_CHECK_IMAGES, load_models
 from .paths import PROFILE_FILE, SUBMISSION_FILE
 from .postprocess import postprocess
 from .predict import BatchResult, Predictor
@@ -292,6 +292,29 @@ def _describe(devices: DeviceSet | None) -> tuple[str, int]:
     return devices.describe(), len(devices.devices) if devices.cuda else 0
 
 
+def _precision_samples(
+    spec: InferenceSpec,
+    devices: DeviceSet,
+    image_ids: Sequence[str],
+    paths: dict[str, Path],
+    size: tuple[int, int] | None,
+    pixels: PixelSettings,
+) -> np.ndarray[Any, np.dtype[np.uint8]] | None:
+    """The first few decodable test images of one size (`models.PRECISION_CHECK_IMAGES`), for the
+    load-time fp16/bf16 check against fp32; None under fp32 (nothing to check) or when none decodes."""
+    if devices.autocast_dtype is None:
+        return None
+    images: list[np.ndarray[Any, np.dtype[np.uint8]]] = []
+    for image_id in image_ids[: 4 * PRECISION_CHECK_IMAGES]:
+        path = paths.get(image_id)
+        loaded = decode_image(path, image_id, size, pixels) if path is not None else None
+        if loaded is not None and loaded.image is not None and (not images or loaded.image.shape == images[0].shape):
+            images.append(loaded.image)
+        if len(images) == PRECISION_CHECK_IMAGES:
+            break
+    return np.stack(images) if images else None
+
+
 def run(
     spec: InferenceSpec,
     *,
@@ -328,16 +351,17 @@ def run(
             if not Path(test_dir).is_dir():
                 raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at the test images")
         reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
+        size = None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
+        pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
+        paths = image_paths(Path(test_dir), sample.image_ids, spec.submission.image_id)
         with profiler.stage("load_models"):
-            classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler)
+            samples = _precision_samples(spec, devices, sample.image_ids, paths, size, pixels)
+            classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler, samples)
         predictor = Predictor(spec, classifiers, segmenters, devices, profiler)
         profiler.gating_record["mode"] = predictor.gating_mode
         total = len(sample.image_ids)
         guard = BudgetGuard(spec.time_budget_s, started, total, segmenters=spec.segmenters)
         prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)
-        size = None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
-        pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
-        paths = image_paths(Path(test_dir), sample.image_ids, spec.submission.image_id)
         with (
             SubmissionWriter(submission_path, sample) as writer,
             ImageLoader(

@@ -540,8 +540,10 @@ def _geometry(data: Mapping[str, Any]) -> dict[str, Any]:
     raw = data.get("encode_size")
     encode: tuple[int, int] | None = None
     if raw is not None and raw != "image":
-        if not isinstance(raw, (list, tuple)) or len(raw) != 2 or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw
+        if (
+            not isinstance(raw, (list, tuple))
+            or len(raw) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw)
         ):
             raise wrong("encode_size", raw, "'image' or [height, width] with positive integers")
         encode = (int(raw[0]), int(raw[1]))

@@ -1,17 +1,27 @@
 """Build models offline from their spec, load their weights from the bundle, and check them.
 
 `load_models` loads every model of an `InferenceSpec` (one replica per device) and checks each
-with a test forward, so configuration problems raise `ModelError` before any image is read.
+replica with a test forward under its device's context, so configuration problems raise
+`ModelError` before any image is read; a model that fails on some devices only runs their share
+on a device where it works (a TorchScript traced on `cuda:0` has that device baked in).
 
 Call sizes: the engine calls each model with at most `LoadedModel.images_per_call` images (TTA
 views count as images). `images_per_call = N` in the spec fixes it; `0` measures it at load, as
-cudnn's benchmark mode does for kernels: on the first replica, call sizes 1, 2, 4, ... up to the
+cudnn's benchmark mode does for kernels: on every working replica (the smallest choice is kept),
+call sizes 1, 2, 4, ... up to the
 largest call a batch makes (the batch's share of one device x the model's views) are timed
 with zero inputs, best of `CALL_SIZE_TIMINGS` each (the first call of a shape is the warm-up on
 every device kind); growing stops at a size slower per image than the best so
 far, at one that runs out of memory, or once measuring has taken `CALL_SIZE_BUDGET` times the
 estimated time of one call of the largest size. The fastest per image wins; the choice and the
-seconds per call are recorded in profile.json `call_sizes`.
+seconds per call are recorded in profile.json `call_sizes`. Where the device set tunes the
+layout (`memory_format = "auto"` on CUDA), the chosen call is then timed in each memory format
+with cudnn.benchmark off and on (`tune_layout`), and the fastest kept for the model.
+
+Under fp16/bf16 autocast each model is also run on a few real test images in both precisions
+(`check_precision`): one whose low-precision output overflows where fp32 is finite runs in fp32.
+The test forward also measures one image's activations for the GPU memory estimate
+(`kernel_src.memory`).
 
 How a model is built and its weight file read depends on its kind: `kernel_src.model_kinds`
 (offline: no pretrained weights are downloaded; weights come from the bundle).
@@ -186,12 +196,17 @@ def load_models(
                 "reduced_by_oom": [],
             }
             if devices.tune_layout:
-                record["layout_s"] = tune_layout(entry, spec, devices, min(entry.images_per_call or largest, largest))
+                size = min(entry.images_per_call or largest, largest)
+                record["layout_s"] = tune_layout(entry, spec, devices, size, replica=working[0])
                 record["memory_format"] = "channels_last" if entry.channels_last else "contiguous"
                 record["cudnn_benchmark"] = entry.cudnn_benchmark
             profiler.call_sizes[m.name] = record
             if samples is not None and len(samples) and devices.autocast_dtype is not None:
-                check = check_precision(entry, devices, samples, working[0])
+                try:
+                    check = check_precision(entry, devices, samples, working[0])
+                except Exception as e:  # the check is advice: a model that cannot take it keeps the run's precision
+                    check = {"images": len(samples), "error": f"{type(e).__name__}: {e}", "runs_in": devices.precision}
+                    free_memory(devices)
                 profiler.devices.setdefault("precision_check", {})[m.name] = check
             memory[m.name] = _memory(entry, entry.replicas[working[0]], spec.images_per_call, largest)
             profiler.model_loaded(m.name, time.perf_counter() - begin)
@@ -370,8 +385,9 @@ def tune_layout(
     devices: DeviceSet,
     size: int,
     clock: Callable[[], float] = time.perf_counter,
+    replica: int = 0,
 ) -> dict[str, float]:
-    """Time a call of `size` images on the first replica in each memory format with cudnn.benchmark
+    """Time a call of `size` images on `replica` (a working one) in each memory format with cudnn.benchmark
     off and on (best of CALL_SIZE_TIMINGS after a warm-up call, which is where cudnn autotunes);
     the fastest is kept on every replica (`entry.channels_last`, `entry.cudnn_benchmark`). Returns
     {"channels_last+benchmark": seconds, ...} for profile.json `call_sizes[name].layout_s`; a
@@ -380,15 +396,15 @@ def tune_layout(
     for channels_last, benchmark in LAYOUTS:
         _set_memory_format(entry, channels_last)
         entry.cudnn_benchmark = benchmark
-        x = _zeros(entry, spec, devices, max(size, 1))
+        x = _zeros(entry, spec, devices, max(size, 1), replica=replica)
         try:
-            with devices.context(0), call_context(entry, devices):
-                entry.replicas[0](x)  # warm-up: the autotuning call
+            with devices.context(replica), call_context(entry, devices):
+                entry.replicas[replica](x)  # warm-up: the autotuning call
                 timings = []
                 for _ in range(CALL_SIZE_TIMINGS):
                     devices.synchronize()
                     start = clock()
-                    entry.replicas[0](x)
+                    entry.replicas[replica](x)
                     devices.synchronize()
                     timings.append(clock() - start)
         except Exception:  # a refused layout is not a failure, only not a choice

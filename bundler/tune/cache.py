@@ -204,7 +204,7 @@ def first_pass(
             begin = time.perf_counter()
             parts = []
             for (i, _, _), x in zip(devices.split(len(images)), chunks, strict=True):
-                logits = predictor._forward(lm, lm.replicas[i], predictor._prepare(x, lm), "classifier")
+                logits = predictor._run_on(lm, i, x, "classifier")
                 views = merge([o.reshape(o.shape[0], -1) for o in logits], lm.views, lm.spec.tta_merge)
                 parts.append(views.float().cpu())
             devices.synchronize()
@@ -214,7 +214,7 @@ def first_pass(
             begin = time.perf_counter()
             outs: list[list[torch.Tensor]] = []
             for (i, _, _), x in zip(devices.split(len(images)), chunks, strict=True):
-                outs.append(predictor._forward(lm, lm.replicas[i], predictor._prepare(x, lm), "segmenter"))
+                outs.append(predictor._run_on(lm, i, x, "segmenter"))
             devices.synchronize()
             seconds[lm.spec.name] += time.perf_counter() - begin
             for (_, lo, hi), out in zip(devices.split(len(images)), outs, strict=True):

@@ -117,7 +117,7 @@ def test_notebook_failure_and_no_profile() -> None:
 
 def test_each_resource_limit_fails_and_cpu_runs_have_no_gpu_figure() -> None:
     cpu = resources_against_limits(_profile(), MachineConfig())
-    assert cpu["gpu"] == {"peak_bytes": None, "limit_bytes_per_device": 15 * GB, "exceeded": False}
+    assert cpu["gpu"] == {"peak_bytes": None, "source": "", "limit_bytes_per_device": 15 * GB, "exceeded": False}
     assert cpu["ram"] == {"peak_bytes": 2 * GB, "limit_bytes": 29 * GB, "exceeded": False}
     heavy = {"peak_rss_bytes": 30 * GB, "gpu_peak_bytes": {"cuda:0": 1 * GB, "cuda:1": 16 * GB}, "working_bytes": 5}
     verdict = _judge(_profile(resources=heavy))

@@ -294,8 +294,11 @@ class DryRunConfig:
         default=None,
         metadata=_key(
             "the dry-run's budget (`--time-budget`).",
-            Rule(lambda v: v > 0, "{key} = {value:g} must be positive seconds (or leave it out: the inference budget)",
-                 "> 0"),
+            Rule(
+                lambda v: v > 0,
+                "{key} = {value:g} must be positive seconds (or leave it out: the inference budget)",
+                "> 0",
+            ),
             shown="the inference budget",
         ),
     )
@@ -342,7 +345,8 @@ class MachineConfig:
     gpu_memory_gb: float = field(
         default=15.0,
         metadata=_key(
-            "usable memory of EACH GPU (a T4 has 16 GB, about 15 usable); compared with torch's peak per device.",
+            "usable memory of EACH GPU (a T4 has 16 GB, about 15 usable); compared with the peak torch reserved "
+            "per device, or where no GPU ran (a CPU dry-run) with the peak estimated at model load.",
             _GB,
         ),
     )

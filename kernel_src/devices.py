@@ -9,9 +9,22 @@ Every setting that differs on CUDA is a field a caller (a test) can switch on fo
 float16 / bfloat16 = `torch.autocast` on the devices' type; CPU autocast runs both), the number
 of replicas (`devices`, several CPU devices allowed), and `pin_memory` (pinned host buffers and
 non_blocking copies; where pinning is impossible, e.g. no CUDA, the engine falls back to plain
-copies and notes it once in profile.json). `resolve_devices` makes the per-device "auto" choice:
-CUDA = channels_last + fp16 autocast + pinned memory + every GPU; CPU = contiguous + fp32 + no
-pinning + one device (the fastest on CPU).
+copies and notes it once in profile.json), and `tune_layout` (each model's memory format and
+cudnn.benchmark chosen by timing at load, `kernel_src.models.tune_layout`). `resolve_devices`
+makes the per-device "auto" choice: CUDA = fp16 autocast + pinned memory + every GPU, the memory
+format measured per model at load (starting from channels_last for fp16/bf16, contiguous for
+fp32, where channels_last rarely helps on a T4); CPU = contiguous + fp32 + no pinning + one device
+(the fastest on CPU). Each device's work runs under its own device context (`context(i)`: the
+current CUDA device set to replica i's, so kernels and allocations a model makes without naming
+a device land on its own GPU).
+
+bf16 needs compute capability 8.0 (Ampere) or later: below it (a T4 is 7.5) there are no bf16
+tensor-core kernels, and torch emulates bf16 convolutions slowly or refuses them at load. A
+`precision = "bf16"` asked for on such a GPU runs in fp16 instead, and profile.json's
+`devices.precision_fallback` says so (`resolve_devices(..., capability=...)`; tests pass the
+capability, the notebook asks torch). Falling back rather than refusing: the notebook is scored on
+whatever GPU Kaggle gives, where a refusal would cost the whole submission, and fp16 is what
+`auto` picks there anyway.
 """
 
 from __future__ import annotations
@@ -34,6 +47,8 @@ class DeviceSet:
     channels_last: bool = False  # models and inputs in torch.channels_last
     autocast_dtype: torch.dtype | None = None  # None = fp32; float16 / bfloat16 = autocast on the devices' type
     pin_memory: bool = False  # pinned host buffers + non_blocking copies (plain copies where pinning fails)
+    precision_fallback: str | None = None  # why the precision asked for was replaced (profile.json)
+    tune_layout: bool = False  # memory format and cudnn.benchmark per model chosen by timing at load
 
     def __post_init__(self) -> None:
         if not self.devices:
@@ -81,7 +96,8 @@ class DeviceSet:
             "memory_format": self.memory_format,
             "precision": self.precision,
             "pin_memory": self.pin_memory,
-        }
+            "tune_layout": self.tune_layout,
+        } | ({"precision_fallback": self.precision_fallback} if self.precision_fallback else {})
 
     def split(self, n: int) -> list[tuple[int, int, int]]:
         """(device index, start, stop) chunks covering range(n), as even as possible, none empty."""
@@ -90,9 +106,22 @@ class DeviceSet:
         per = -(-n // len(self.devices))
         return [(i, start, min(start + per, n)) for i, start in enumerate(range(0, n, per))]
 
-    def autocast(self) -> contextlib.AbstractContextManager[object]:
-        """`torch.autocast` on the devices' type with `autocast_dtype`; nothing for fp32."""
-        if self.autocast_dtype is not None:
+    def label(self, index: int) -> str:
+        """Replica `index`'s name in profile.json: "cuda:1", "cpu:0"."""
+        return (
+            f"{self.kind}:{self.devices[index].index if self.cuda and self.devices[index].index is not None else index}"
+        )
+
+    def context(self, index: int) -> contextlib.AbstractContextManager[object]:
+        """Replica `index`'s device as the current CUDA device (nothing on CPU)."""
+        if self.cuda:
+            return torch.cuda.device(self.devices[index])
+        return contextlib.nullcontext()
+
+    def autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager[object]:
+        """`torch.autocast` on the devices' type with `autocast_dtype`; nothing for fp32, or when not
+        `enabled` (a model found to overflow in fp16 at load runs in fp32)."""
+        if self.autocast_dtype is not None and enabled:
             return torch.autocast(device_type=self.kind, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
@@ -107,6 +136,19 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+BF16_CAPABILITY = (8, 0)  # the first compute capability with native bf16 (Ampere)
+
+
+def lowest_capability(gpus: int) -> tuple[int, int] | None:
+    """The lowest CUDA compute capability among the first `gpus` GPUs; None when torch cannot say."""
+    try:
+        if not torch.cuda.is_available():
+            return None
+        return min(tuple(torch.cuda.get_device_capability(i)) for i in range(gpus))  # type: ignore[return-value]
+    except Exception:  # a broken CUDA state: leave the choice as asked
+        return None
+
+
 def resolve_devices(
     device: str,
     *,
@@ -114,11 +156,14 @@ def resolve_devices(
     precision: str = "auto",
     replicas: int | None = None,
     gpus: int | None = None,
+    capability: tuple[int, int] | None = None,
 ) -> DeviceSet:
     """The DeviceSet for the spec's `device` ("auto": every GPU present, else CPU; "cuda"; "cpu"),
     `memory_format` and `precision` ("auto": the per-device choice in the module docstring) and
     `replicas` (None: every GPU on CUDA, one on CPU; N: N devices; on CUDA at most the GPUs
-    present). `gpus` is the number of visible GPUs (None: asked of torch; tests pass a count)."""
+    present). `gpus` is the number of visible GPUs (None: asked of torch; tests pass a count);
+    `capability` the lowest compute capability among them (None: asked of torch; unknown keeps
+    the precision asked for): bf16 below 8.0 falls back to fp16 (module docstring)."""
     if device not in DEVICES:
         raise SpecError("device", f"{device!r} must be one of {list(DEVICES)}")
     if memory_format not in MEMORY_FORMATS:
@@ -141,9 +186,21 @@ def resolve_devices(
         devices = tuple(torch.device("cuda", i) for i in range(n))
     else:
         devices = tuple(torch.device("cpu") for _ in range(replicas or 1))
+    chosen = ("fp16" if cuda else "fp32") if precision == "auto" else precision
+    fallback = None
+    if cuda and chosen == "bf16":
+        capability = lowest_capability(len(devices)) if capability is None else capability
+        if capability is not None and tuple(capability) < BF16_CAPABILITY:
+            chosen = "fp16"
+            fallback = (
+                f"bf16 asked for, fp16 used: the GPU's compute capability {capability[0]}.{capability[1]} "
+                f"is below {BF16_CAPABILITY[0]}.{BF16_CAPABILITY[1]} (no native bf16)"
+            )
     return DeviceSet(
         devices,
-        channels_last=memory_format == "channels_last" or (memory_format == "auto" and cuda),
-        autocast_dtype=AUTOCAST_DTYPES[("fp16" if cuda else "fp32") if precision == "auto" else precision],
+        channels_last=memory_format == "channels_last" or (memory_format == "auto" and cuda and chosen != "fp32"),
+        autocast_dtype=AUTOCAST_DTYPES[chosen],
         pin_memory=cuda,
+        precision_fallback=fallback,
+        tune_layout=memory_format == "auto" and cuda,
     )

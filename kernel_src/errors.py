@@ -50,3 +50,17 @@ class ModelRunError(KernelError, RuntimeError):
 
     def __reduce__(self) -> tuple[type[ModelRunError], tuple[str, str]]:
         return type(self), (self.model, self.detail)
+
+
+class BatchError(KernelError, RuntimeError):
+    """A batch could not be predicted for a reason outside every model's forward (e.g. a CUDA error
+    in the merge): its images get the fallback (empty masks) and the run goes on."""
+
+    def __init__(self, images: int, error: BaseException | str) -> None:
+        detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        super().__init__(f"a batch of {images} images failed outside the models' forwards: {detail}")
+        self.images = images
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[BatchError], tuple[int, str]]:
+        return type(self), (self.images, self.detail)

@@ -25,8 +25,17 @@ For a batch of uint8 RGB images `[N, H, W, 3]` (all at the spec's image size):
 - Outputs may come in any memory layout (smp answers channels_last input with a channels_last
   output): nothing here `view`s a model output flat.
 - A model that raises is reported as `ModelRunError(name)` so the caller can drop it and retry.
+- Faults outside a model's forward (the upload, a model's input preparation, the merge, the
+  per-model output handling, the copy back) are the batch's, not a model's: out of memory there
+  predicts the batch again in halves (after emptying the CUDA cache), down to one image, and the
+  smaller share is kept for the rest of the run (profile.json `batch_split_by_oom`); any other
+  error, or out of memory at one image, raises `BatchError` for the caller to give that batch's
+  rows the fallback (empty masks) and go on.
 
-Everything runs under `torch.inference_mode()`, split across the `DeviceSet`'s devices.
+Everything runs under `torch.inference_mode()`, split across the `DeviceSet`'s devices; each
+device's share of a model runs under that device's context on the replica `LoadedModel.replica_for`
+names (another device's when the model failed its test forward there: the share is moved there and
+its outputs back), in the model's own precision and layout (`models.call_context`).
 """
 
 from __future__ import annotations
@@ -40,8 +49,8 @@ import torch
 from torch import nn
 
 from .devices import DeviceSet
-from .errors import ModelRunError
-from .models import LoadedModel, check_output, free_memory, is_out_of_memory
+from .errors import BatchError, ModelRunError
+from .models import LoadedModel, call_context, check_output, free_memory, is_out_of_memory
 from .preprocess import model_input, model_output
 from .profiler import Profiler
 from .spec import InferenceSpec
@@ -86,6 +95,7 @@ class Predictor:
         self.forward_images: dict[str, int] = {m.spec.name: 0 for m in (*self.classifiers, *self.segmenters)}
         self._thresholds = torch.tensor(spec.gating.thresholds or (0.5,) * spec.num_classes)
         self._pin = devices.pin_memory  # False once pinning has failed (no CUDA): plain copies from then on
+        self.images_per_batch = 0  # most images predicted at once (0: the whole batch); halved by out of memory
 
     def drop(self, name: str) -> None:
         """Stop using a model (it failed, or the budget guard dropped it)."""
@@ -125,7 +135,17 @@ class Predictor:
 
     def _prepare(self, x: torch.Tensor, lm: LoadedModel) -> torch.Tensor:
         x = model_input(x, lm.spec, lm.preprocess)
-        return x.contiguous(memory_format=torch.channels_last) if self.devices.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if lm.channels_last else x
+
+    def _run_on(self, lm: LoadedModel, device: int, x: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        """`_forward` of device `device`'s share `x` under its replica's device context; a share whose
+        device has no working replica of the model is computed on another and its outputs come back."""
+        r = lm.replica_index(device)
+        with self.devices.context(r):
+            if r == device:
+                return self._forward(lm, lm.replicas[r], self._prepare(x, lm), kind)
+            outs = self._forward(lm, lm.replicas[r], self._prepare(x.to(self.devices.devices[r]), lm), kind)
+        return [o.to(self.devices.devices[device]) for o in outs]
 
     def _forward(self, lm: LoadedModel, replica: nn.Module, x: torch.Tensor, kind: str) -> list[torch.Tensor]:
         """Each view's raw output for `x`, as float32: the views of one input size stacked into one
@@ -153,7 +173,7 @@ class Predictor:
         while True:
             step = lm.images_per_call if 0 < lm.images_per_call < total else total
             try:
-                with self.devices.autocast():
+                with call_context(lm, self.devices):
                     if step < total:
                         out = torch.cat([replica(batch[i : i + step]) for i in range(0, total, step)])
                     else:
@@ -188,7 +208,7 @@ class Predictor:
             parts = []
             with self.profiler.stage(f"classifier:{lm.spec.name}"):
                 for (i, _, _), x in zip(self.devices.split(n), chunks, strict=True):
-                    outs = self._forward(lm, lm.replicas[i], self._prepare(x, lm), "classifier")
+                    outs = self._run_on(lm, i, x, "classifier")
                     bad = _nan_images(outs)
                     # sigmoid(+-inf) is 1 or 0 (saturated, e.g. an fp16 overflow), only NaN drops the model
                     views = merge([o.reshape(o.shape[0], -1) for o in outs], lm.views, lm.spec.tta_merge)
@@ -220,7 +240,7 @@ class Predictor:
             outs = []
             with self.profiler.stage(f"segmenter:{lm.spec.name}"):
                 for (i, _, _), x in zip(split, chunks, strict=True):
-                    outs.append(self._forward(lm, lm.replicas[i], self._prepare(x, lm), "segmenter"))
+                    outs.append(self._run_on(lm, i, x, "segmenter"))
             with self.profiler.stage("tta_merge"):
                 for (_, start, stop), views, a in zip(split, outs, acc, strict=True):
                     bad = _nan_images(views)
@@ -242,9 +262,28 @@ class Predictor:
     def predict(self, images: npt.NDArray[np.uint8]) -> BatchResult:
         """Gate and segment `images` [N, H, W, 3] uint8 RGB. An image no class of which passes the
         gate (either mode) gets no segmentation forward; an image every classifier gave NaN for is
-        segmented ungated."""
+        segmented ungated. A fault outside the models' forwards is contained as the module
+        docstring says: halves on out of memory, else `BatchError`."""
         if not self.segmenters:
             raise ModelRunError("<ensemble>", "no segmentation model is left")
+        n = len(images)
+        while True:
+            step = self.images_per_batch if 0 < self.images_per_batch < n else n
+            try:
+                return _concat([self._predict(images[i : i + step]) for i in range(0, n, step)])
+            except ModelRunError:
+                raise
+            except Exception as e:
+                if step <= 1 or not is_out_of_memory(e):
+                    raise BatchError(n, e) from e
+            # out of memory above one image: retried outside the except block, so the failed
+            # attempt's tensors (held by the traceback) are released before the cache is emptied
+            free_memory(self.devices)
+            self.images_per_batch = step // 2
+            self.profiler.batch_split_by_oom.append(self.images_per_batch)
+
+    def _predict(self, images: npt.NDArray[np.uint8]) -> BatchResult:
+        """`predict` for images predicted at once."""
         n, h, w = images.shape[0], images.shape[1], images.shape[2]
         c = self.spec.num_classes
         allowed = torch.ones(n, c, dtype=torch.bool)
@@ -279,6 +318,28 @@ class Predictor:
             nan_segmenters=nan_segmenters,
             nan_classifiers=nan_classifiers,
         )
+
+
+def _concat(results: Sequence[BatchResult]) -> BatchResult:
+    """One BatchResult for consecutive parts of a batch (image indices shifted to the whole's)."""
+    if len(results) == 1:
+        return results[0]
+    offsets = np.cumsum([0, *(len(r.probs) for r in results)])
+    return BatchResult(
+        probs=np.concatenate([r.probs for r in results]),
+        allowed=np.concatenate([r.allowed for r in results]),
+        nonfinite=np.concatenate([r.nonfinite for r in results]),
+        segmented=np.concatenate([r.segmented for r in results]),
+        ungated=np.concatenate([r.ungated for r in results]),
+        pairs_gated_out=sum(r.pairs_gated_out for r in results),
+        images_skipped=sum(r.images_skipped for r in results),
+        nan_segmenters={
+            int(o) + j: v for r, o in zip(results, offsets, strict=False) for j, v in r.nan_segmenters.items()
+        },
+        nan_classifiers={
+            int(o) + j: v for r, o in zip(results, offsets, strict=False) for j, v in r.nan_classifiers.items()
+        },
+    )
 
 
 def _nan_images(views: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -12,8 +12,11 @@ cost counts only the images actually predicted (`images_predicted`: neither miss
 unreadable), so a run over a folder that lacks most listed images is not mistaken for a fast one.
 `resources` holds what Kaggle's limits are about: the peak resident memory of this process
 (`resource.getrusage`, else `/proc/self/status` VmHWM), the peak GPU memory per CUDA device
-(`torch.cuda.max_memory_allocated`; explicitly null when the run was not on CUDA) and the bytes
-under the working folder when profile.json is written. This module imports only the standard
+(`torch.cuda.max_memory_allocated`; explicitly null when the run was not on CUDA), the fuller GPU
+picture per device (`gpu_memory`: peak allocated, peak reserved by the caching allocator, and
+`mem_get_info`'s free and total, whose difference also holds the CUDA context and other
+processes), the estimate of the GPU peak made at load (`gpu_estimate`, `kernel_src.memory`) and
+the bytes under the working folder when profile.json is written. This module imports only the standard
 library; torch is read from `sys.modules` when the run already imported it.
 """
 
@@ -74,6 +77,34 @@ def gpu_peak_bytes(device_kind: str) -> dict[str, int] | None:
         if not torch.cuda.is_available():
             return None
         return {f"cuda:{i}": int(torch.cuda.max_memory_allocated(i)) for i in range(torch.cuda.device_count())}
+    except Exception:  # a broken CUDA state must not cost the profile
+        return None
+
+
+def gpu_memory(device_kind: str, cuda: Any = None) -> dict[str, dict[str, int]] | None:
+    """`{"cuda:0": {"peak_allocated_bytes", "peak_reserved_bytes", "free_bytes", "total_bytes",
+    "used_bytes"}, ...}`; None off CUDA. `cuda`: torch.cuda (tests pass a stand-in)."""
+    if cuda is None:
+        torch = sys.modules.get("torch")
+        if device_kind != "cuda" or torch is None:
+            return None
+        cuda = torch.cuda
+    elif device_kind != "cuda":
+        return None
+    try:
+        if not cuda.is_available():
+            return None
+        out = {}
+        for i in range(cuda.device_count()):
+            free, total = cuda.mem_get_info(i)
+            out[f"cuda:{i}"] = {
+                "peak_allocated_bytes": int(cuda.max_memory_allocated(i)),
+                "peak_reserved_bytes": int(cuda.max_memory_reserved(i)),
+                "free_bytes": int(free),
+                "total_bytes": int(total),
+                "used_bytes": int(total) - int(free),  # the CUDA context and every process included
+            }
+        return out
     except Exception:  # a broken CUDA state must not cost the profile
         return None
 
@@ -140,10 +171,17 @@ class Profiler:
             "classifier_dropped": 0,
             "ungated": 0,
         }
-        self.problems: dict[str, list[Any]] = {kind: [] for kind in (*IMAGE_PROBLEMS, "model_failures")}
+        # model_failures: {model, after_images, error}; batch_failures: {images (ids), after_images, error}
+        self.problems: dict[str, list[Any]] = {
+            kind: [] for kind in (*IMAGE_PROBLEMS, "model_failures", "batch_failures")
+        }
+        self.batch_split_by_oom: list[
+            int
+        ] = []  # the images predicted at once after each out of memory outside a forward
         self.problem_examples: dict[str, list[str]] = {kind: [] for kind in IMAGE_PROBLEMS}
         self.error: str | None = None
         self.working_dir: Path | None = None  # the folder whose bytes profile.json reports (the run's out_dir)
+        self.memory_estimate: dict[str, Any] | None = None  # kernel_src.memory.estimate_peak, made at load
         self._resources: dict[str, Any] | None = None  # taken at finish(): every later to_dict() says the same
         self._stages: dict[str, list[float]] = {}  # name -> [seconds, calls]
 
@@ -231,6 +269,7 @@ class Profiler:
                 }
                 for name, entry in self.call_sizes.items()
             },
+            "batch_split_by_oom": list(self.batch_split_by_oom),
             "fixed_s": round(fixed, 4),
             "per_image_s": round((total - fixed) / predicted, 6) if predicted else 0.0,
             "gating": dict(self.gating_record),
@@ -251,6 +290,8 @@ class Profiler:
             "peak_rss_bytes": peak_rss_bytes(),
             "children_peak_rss_bytes": children_peak_rss_bytes(),
             "gpu_peak_bytes": gpu_peak_bytes(str(self.devices.get("kind", self.device))),
+            "gpu_memory": gpu_memory(str(self.devices.get("kind", self.device))),
+            "gpu_estimate": self.memory_estimate,
             "working_bytes": None if self.working_dir is None else folder_bytes(self.working_dir),
         }
 
@@ -277,7 +318,10 @@ class Profiler:
             f"{g['pairs_gated_out']} image x class pairs gated out"
         )
         counts = ", ".join(f"{k} {v}" for k, v in p["counts"].items())
-        lines.append(f"problems: {counts}, model failures {len(p['problems']['model_failures'])}")
+        lines.append(
+            f"problems: {counts}, model failures {len(p['problems']['model_failures'])}, "
+            f"batch failures {len(p['problems']['batch_failures'])}"
+        )
         r = p["resources"]
         gpu = r["gpu_peak_bytes"]
         lines.append(

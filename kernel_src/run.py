@@ -25,6 +25,9 @@ overflow) are saturated probabilities (sigmoid gives 1 or 0), not failures. prof
 
 A model that raises mid-run is dropped (recorded in `problems.model_failures`) and the batch is
 predicted again without it; with no segmentation model left, every remaining image gets empty masks.
+A fault outside the models' forwards (`kernel_src.predict`: out of memory already retried in halves
+down to one image, or a CUDA error in the merge) gives that batch's images empty masks, is recorded
+in `problems.batch_failures` (the image ids and the error) and the run goes on.
 """
 
 from __future__ import annotations
@@ -42,10 +45,10 @@ import torch
 import torch.nn.functional as F
 
 from .devices import DeviceSet, resolve_devices
-from .errors import BundleError, ModelRunError
+from .errors import BatchError, BundleError, ModelRunError
 from .guard import BudgetGuard
-from .images import ImageLoader, LoadedImage, PixelSettings, image_paths
-from .models import load_models
+from .images import ImageLoader, LoadedImage, PixelSettings, decode_image, image_paths
+from .models import PRECISION_CHECK_IMAGES, load_models
 from .paths import PROFILE_FILE, SUBMISSION_FILE
 from .postprocess import postprocess
 from .predict import BatchResult, Predictor
@@ -152,11 +155,21 @@ class _Engine:
                 suffix = "" if loaded.kind == "converted" else " -> empty masks"
                 self.reporter.warn(loaded.kind, f"{loaded.problem}{suffix}")
 
-    def _predict(self, images: np.ndarray[Any, np.dtype[np.uint8]]) -> BatchResult | None:
-        """Predict, dropping any model that fails; None when no segmentation model is left."""
+    def _predict(self, images: np.ndarray[Any, np.dtype[np.uint8]], image_ids: Sequence[str]) -> BatchResult | None:
+        """Predict, dropping any model that fails; None when no segmentation model is left or the
+        batch failed outside the models (recorded: its images get empty masks)."""
         while self.predictor.segmenters:
             try:
                 return self.predictor.predict(images)
+            except BatchError as e:
+                ids = list(image_ids)
+                self.profiler.problem("batch_failures", {"images": ids, "after_images": self.done, "error": e.detail})
+                self.reporter.warn(
+                    "batch_failure",
+                    f"{e} -> empty masks for {', '.join(ids[:3])}"
+                    + (f" and {len(ids) - 3} more" if len(ids) > 3 else ""),
+                )
+                return None
             except ModelRunError as e:
                 self.profiler.problem(
                     "model_failures", {"model": e.model, "after_images": self.done, "error": e.detail}
@@ -195,7 +208,7 @@ class _Engine:
         if not valid or self.stopped:
             return rles
         images = np.stack([image for i in valid if (image := batch[i].image) is not None])
-        result = self._predict(images)
+        result = self._predict(images, [batch[i].image_id for i in valid])
         if result is None:
             return rles
         gating = self.profiler.gating_record
@@ -279,6 +292,29 @@ def _describe(devices: DeviceSet | None) -> tuple[str, int]:
     return devices.describe(), len(devices.devices) if devices.cuda else 0
 
 
+def _precision_samples(
+    spec: InferenceSpec,
+    devices: DeviceSet,
+    image_ids: Sequence[str],
+    paths: dict[str, Path],
+    size: tuple[int, int] | None,
+    pixels: PixelSettings,
+) -> np.ndarray[Any, np.dtype[np.uint8]] | None:
+    """The first few decodable test images of one size (`models.PRECISION_CHECK_IMAGES`), for the
+    load-time fp16/bf16 check against fp32; None under fp32 (nothing to check) or when none decodes."""
+    if devices.autocast_dtype is None:
+        return None
+    images: list[np.ndarray[Any, np.dtype[np.uint8]]] = []
+    for image_id in image_ids[: 4 * PRECISION_CHECK_IMAGES]:
+        path = paths.get(image_id)
+        loaded = decode_image(path, image_id, size, pixels) if path is not None else None
+        if loaded is not None and loaded.image is not None and (not images or loaded.image.shape == images[0].shape):
+            images.append(loaded.image)
+        if len(images) == PRECISION_CHECK_IMAGES:
+            break
+    return np.stack(images) if images else None
+
+
 def run(
     spec: InferenceSpec,
     *,
@@ -315,16 +351,17 @@ def run(
             if not Path(test_dir).is_dir():
                 raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at the test images")
         reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
+        size = None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
+        pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
+        paths = image_paths(Path(test_dir), sample.image_ids, spec.submission.image_id)
         with profiler.stage("load_models"):
-            classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler)
+            samples = _precision_samples(spec, devices, sample.image_ids, paths, size, pixels)
+            classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler, samples)
         predictor = Predictor(spec, classifiers, segmenters, devices, profiler)
         profiler.gating_record["mode"] = predictor.gating_mode
         total = len(sample.image_ids)
         guard = BudgetGuard(spec.time_budget_s, started, total, segmenters=spec.segmenters)
         prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)
-        size = None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
-        pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
-        paths = image_paths(Path(test_dir), sample.image_ids, spec.submission.image_id)
         with (
             SubmissionWriter(submission_path, sample) as writer,
             ImageLoader(

@@ -31,7 +31,7 @@ SEG_KINDS = kinds_for("segmenter")  # the model kinds (kernel_src.model_kinds) a
 CLS_KINDS = kinds_for("classifier")
 RLE_ORDERS = ("F", "C")  # column-major (Severstal), row-major: kernel_src.rle
 DEVICES = ("auto", "cpu", "cuda")  # kernel_src.devices.resolve_devices
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # "auto": channels_last on CUDA, contiguous on CPU
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # "auto": timed per model on CUDA, contiguous on CPU
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # "auto": fp16 autocast on CUDA, fp32 on CPU
 IMAGE_SIZES = ("fixed", "own")
 BIT_DEPTHS = (8, 16)
@@ -318,9 +318,10 @@ class InferenceSpec:
     memory_format: str = field(
         default="auto",
         metadata=setting(
-            '`"channels_last"` or `"contiguous"` (NCHW) for models and inputs. `"auto"`: channels_last on CUDA '
-            "(faster with fp16 on tensor cores), contiguous on CPU (faster there). Some models are slower in "
-            'channels_last: try `"contiguous"` with `bundler dry-run`.',
+            '`"channels_last"` or `"contiguous"` (NCHW) for models and inputs. `"auto"`: on CUDA each model\'s '
+            "format and cudnn.benchmark are timed at load and the fastest kept (profile.json `call_sizes`), "
+            "starting from channels_last under fp16/bf16 and contiguous under fp32; contiguous on CPU (faster "
+            "there).",
             choices=MEMORY_FORMATS,
         ),
     )
@@ -329,9 +330,11 @@ class InferenceSpec:
         metadata=setting(
             '`"fp32"`, `"fp16"` or `"bf16"`: `torch.autocast` to that dtype, on CUDA and on CPU alike (CPU '
             "autocast runs both fp16 and bf16 with this project's models, slower than fp32 on most CPUs; use it "
-            'to see the GPU precision\'s numbers locally). `"auto"`: fp16 on CUDA, fp32 on CPU. A T4 has no '
-            "native bf16 (it is emulated, slowly); fp16 NaN or overflow shows up as the `nonfinite_output` "
-            "warning (Troubleshooting). Replaces the old `fp16` key.",
+            'to see the GPU precision\'s numbers locally). `"auto"`: fp16 on CUDA, fp32 on CPU. bf16 on a GPU '
+            "below compute capability 8.0 (a T4) runs in fp16 (profile.json `devices.precision_fallback`). At "
+            "load each model is compared with fp32 on a few real test images and one that overflows runs in "
+            "fp32 (`devices.precision_check`); NaN later shows up as the `nonfinite_output` warning "
+            "(Troubleshooting). Replaces the old `fp16` key.",
             choices=PRECISIONS,
         ),
     )
@@ -540,8 +543,10 @@ def _geometry(data: Mapping[str, Any]) -> dict[str, Any]:
     raw = data.get("encode_size")
     encode: tuple[int, int] | None = None
     if raw is not None and raw != "image":
-        if not isinstance(raw, (list, tuple)) or len(raw) != 2 or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw
+        if (
+            not isinstance(raw, (list, tuple))
+            or len(raw) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw)
         ):
             raise wrong("encode_size", raw, "'image' or [height, width] with positive integers")
         encode = (int(raw[0]), int(raw[1]))

@@ -14,7 +14,8 @@ merges per `mode` (`kernel_src.spec.TTA_MERGES`), returning probabilities:
 - "mean": the mean of the sigmoid probabilities;
 - "gmean": their geometric mean, exp(mean(log sigmoid(z))) (one view's doubt pulls it down);
 - "max": the largest probability of any view;
-- "logit_mean": the sigmoid of the mean logit.
+- "logit_mean": the sigmoid of the mean logit (+/-inf taken as +/-SATURATED_LOGIT, so +inf and
+  -inf merge to 0.5, not NaN).
 Each view is undone in the merge's own domain (probabilities, log-probabilities or logits), so a
 mean of resized maps is the resized mean. With `probabilities=True` the outputs are already
 probabilities: `bundler tune` merges its cache of undone views so, with this same merge.
@@ -152,10 +153,17 @@ def merge_views(out: torch.Tensor, views: Sequence[str], n: int) -> torch.Tensor
     return total / len(views)
 
 
+SATURATED_LOGIT = 1e30  # +/-inf logits (an fp16 overflow) averaged as this: finite sums, sigmoid still 1 / 0
+
+
 def _domain(output: torch.Tensor, mode: str, probabilities: bool) -> torch.Tensor:
-    """A view's output (logits, or probabilities) in the space `mode` merges in."""
+    """A view's output (logits, or probabilities) in the space `mode` merges in. For logit_mean an
+    infinite logit is SATURATED_LOGIT with its sign, so +inf in one view and -inf in another merge
+    to probability 0.5 (the views disagree completely, as "mean" says too) instead of NaN; finite
+    logits are unchanged and NaN stays NaN (the engine drops that model for that image)."""
     if mode == "logit_mean":
-        return torch.logit(output) if probabilities else output
+        logits = torch.logit(output) if probabilities else output
+        return torch.nan_to_num(logits, nan=float("nan"), posinf=SATURATED_LOGIT, neginf=-SATURATED_LOGIT)
     if mode == "gmean":
         return torch.log(output) if probabilities else F.logsigmoid(output)
     return output if probabilities else torch.sigmoid(output)

@@ -420,6 +420,8 @@ def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
         if gpu:
             peaks = gpu.get("peak_bytes")
             used = ", ".join(f"{d} {format_bytes(b)}" for d, b in peaks.items()) if peaks else "not used (CPU run)"
+            if peaks and gpu.get("source") == "estimated":
+                used += " (estimated at load: no GPU ran)"
             table.add_row("peak GPU memory", used, f"{format_bytes(gpu.get('limit_bytes_per_device'))} per GPU")
         if disk:
             table.add_row("working folder", format_bytes(disk.get("bytes")), format_bytes(disk.get("limit_bytes")))

@@ -257,6 +257,8 @@ def _resources_section(resources: Mapping[str, Any] | None) -> str:
     ram, gpu, disk = (resources.get(k) or {} for k in ("ram", "gpu", "working_disk"))
     peaks = gpu.get("peak_bytes")
     gpu_used = ", ".join(f"{d} {format_bytes(b)}" for d, b in peaks.items()) if peaks else "not used (CPU run)"
+    if peaks and gpu.get("source") == "estimated":
+        gpu_used += " (estimated at load: no GPU ran)"
     b = format_bytes
     rows = [
         ("peak RAM of the notebook's process", b(ram.get("peak_bytes")), b(ram.get("limit_bytes")), ram),

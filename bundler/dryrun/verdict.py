@@ -73,16 +73,44 @@ def problem_summary(profile: Mapping[str, Any] | None) -> dict[str, dict[str, An
             continue
         if problem == "model_failures":
             shown = [f"{f.get('model')} after {f.get('after_images')} images: {f.get('error')}" for f in items[:3]]
+        elif kind == "batch_failures":
+            shown = [
+                f"{len(f.get('images') or [])} images after {f.get('after_images')}: {f.get('error')}"
+                for f in items[:3]
+            ]
         else:
             shown = [str(x) for x in (examples.get(problem) or items)[:3]]
         out[str(problem)] = {"count": len(items), "examples": shown}
     return out
 
 
+def gpu_use(resources: Mapping[str, Any]) -> tuple[dict[str, int] | None, str]:
+    """({device: bytes}, source) of a run's GPU memory, the most telling figure first: the peak
+    reserved by torch's caching allocator (what the GPU really gave, "reserved"), else the peak
+    allocated ("allocated", older profiles), else the estimate made at load where no GPU ran
+    ("estimated", `kernel_src.memory`); (None, "") when none is known."""
+    detail = resources.get("gpu_memory")
+    if isinstance(detail, Mapping) and detail:
+        reserved = {d: v.get("peak_reserved_bytes") for d, v in detail.items() if isinstance(v, Mapping)}
+        known = {d: b for d, b in reserved.items() if isinstance(b, int)}
+        if known and len(known) == len(reserved):
+            return known, "reserved"
+    allocated = resources.get("gpu_peak_bytes")
+    if isinstance(allocated, Mapping) and allocated:
+        return {d: int(b) for d, b in allocated.items() if isinstance(b, int)}, "allocated"
+    estimate = resources.get("gpu_estimate")
+    if isinstance(estimate, Mapping):
+        peaks = estimate.get("per_device_peak_bytes")
+        if isinstance(peaks, Mapping) and peaks:
+            return {d: int(b) for d, b in peaks.items() if isinstance(b, int)}, "estimated"
+    return None, ""
+
+
 def resources_against_limits(
     profile: Mapping[str, Any] | None, machine: MachineConfig, working_bytes: int | None = None
 ) -> dict[str, Any]:
     """Each resource the run used beside the target machine's limit, and whether it was exceeded.
+    The GPU's figure is `gpu_use`'s: measured where a GPU ran, else the load-time estimate.
 
     `working_bytes` (measured by the dry-run after the notebook ended) is taken when larger than
     the notebook's own figure, which was measured before profile.json was written."""
@@ -90,14 +118,20 @@ def resources_against_limits(
     disk = used.get("working_bytes")
     if working_bytes is not None and (disk is None or working_bytes > disk):
         disk = working_bytes
-    ram, gpus = used.get("peak_rss_bytes"), used.get("gpu_peak_bytes")
+    ram = used.get("peak_rss_bytes")
+    gpus, source = gpu_use(used)
     ram_limit, gpu_limit, disk_limit = (
         int(x * GB) for x in (machine.ram_gb, machine.gpu_memory_gb, machine.working_disk_gb)
     )
-    gpu_over = {d: b for d, b in (gpus or {}).items() if isinstance(b, int) and b > gpu_limit}
+    gpu_over = {d: b for d, b in (gpus or {}).items() if b > gpu_limit}
     return {
         "ram": {"peak_bytes": ram, "limit_bytes": ram_limit, "exceeded": isinstance(ram, int) and ram > ram_limit},
-        "gpu": {"peak_bytes": gpus, "limit_bytes_per_device": gpu_limit, "exceeded": bool(gpu_over)},
+        "gpu": {
+            "peak_bytes": gpus,
+            "source": source,
+            "limit_bytes_per_device": gpu_limit,
+            "exceeded": bool(gpu_over),
+        },
         "working_disk": {
             "bytes": disk,
             "limit_bytes": disk_limit,
@@ -118,8 +152,9 @@ def _resource_failures(resources: Mapping[str, Any]) -> list[str]:
     if gpu.get("exceeded"):
         limit = gpu["limit_bytes_per_device"]
         over = ", ".join(f"{d} {format_bytes(b)}" for d, b in (gpu.get("peak_bytes") or {}).items() if b > limit)
+        what = "estimated peak GPU memory (no GPU ran)" if gpu.get("source") == "estimated" else "peak GPU memory"
         out.append(
-            f"peak GPU memory {over} is over the target's {format_bytes(limit)} per GPU (machine.gpu_memory_gb): "
+            f"{what} {over} is over the target's {format_bytes(limit)} per GPU (machine.gpu_memory_gb): "
             "lower batch_size or images_per_call"
         )
     if disk.get("exceeded"):
@@ -132,10 +167,16 @@ def _resource_failures(resources: Mapping[str, Any]) -> list[str]:
 
 
 def _model_failures(profile: Mapping[str, Any]) -> list[str]:
-    failures = (profile.get("problems") or {}).get("model_failures") or []
+    problems = profile.get("problems") or {}
+    failures = problems.get("model_failures") or []
+    batches = problems.get("batch_failures") or []
     return [
         f"model {f.get('model')!r} failed after {f.get('after_images')} images and was dropped: {f.get('error')}"
         for f in failures
+    ] + [
+        f"a batch of {len(f.get('images') or [])} images failed after {f.get('after_images')} images outside the "
+        f"models and got empty masks: {f.get('error')}"
+        for f in batches
     ]
 
 

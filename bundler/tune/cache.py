@@ -66,9 +66,7 @@ def holdout_fingerprint(test_dir: Path, image_ids: Sequence[str]) -> str:
 
 def cache_key(spec: InferenceSpec, model_hashes: Mapping[str, str], fingerprint: str) -> str:
     """The key of a first pass: everything that changes a cached probability."""
-    models = [
-        {**_model_key(m), "sha256": model_hashes.get(m.file, "")} for m in (*spec.classifiers, *spec.segmenters)
-    ]
+    models = [{**_model_key(m), "sha256": model_hashes.get(m.file, "")} for m in (*spec.classifiers, *spec.segmenters)]
     data = {
         "format": CACHE_FORMAT,
         "files": dict(sorted(model_hashes.items())),  # every weights and preprocessing file of the bundle
@@ -206,7 +204,7 @@ def first_pass(
             begin = time.perf_counter()
             parts = []
             for (i, _, _), x in zip(devices.split(len(images)), chunks, strict=True):
-                logits = predictor._forward(lm, lm.replicas[i], predictor._prepare(x, lm), "classifier")
+                logits = predictor._run_on(lm, i, x, "classifier")
                 views = merge([o.reshape(o.shape[0], -1) for o in logits], lm.views, lm.spec.tta_merge)
                 parts.append(views.float().cpu())
             devices.synchronize()
@@ -216,7 +214,7 @@ def first_pass(
             begin = time.perf_counter()
             outs: list[list[torch.Tensor]] = []
             for (i, _, _), x in zip(devices.split(len(images)), chunks, strict=True):
-                outs.append(predictor._forward(lm, lm.replicas[i], predictor._prepare(x, lm), "segmenter"))
+                outs.append(predictor._run_on(lm, i, x, "segmenter"))
             devices.synchronize()
             seconds[lm.spec.name] += time.perf_counter() - begin
             for (_, lo, hi), out in zip(devices.split(len(images)), outs, strict=True):
@@ -237,9 +235,12 @@ def first_pass(
                         maps[(lm.spec.name, v)] = store
                     store[index[lo:hi]] = quantise(single)
 
-    with torch.inference_mode(), ImageLoader(
-        test_dir, image_ids, workers=spec.loader_workers, prefetch=max(2 * spec.batch_size, 2), size=size
-    ) as loader:
+    with (
+        torch.inference_mode(),
+        ImageLoader(
+            test_dir, image_ids, workers=spec.loader_workers, prefetch=max(2 * spec.batch_size, 2), size=size
+        ) as loader,
+    ):
         batch: list[npt.NDArray[np.uint8]] = []
         rows: list[int] = []
         for done, loaded in enumerate(loader, start=1):

@@ -117,7 +117,7 @@ def test_notebook_failure_and_no_profile() -> None:
 
 def test_each_resource_limit_fails_and_cpu_runs_have_no_gpu_figure() -> None:
     cpu = resources_against_limits(_profile(), MachineConfig())
-    assert cpu["gpu"] == {"peak_bytes": None, "limit_bytes_per_device": 15 * GB, "exceeded": False}
+    assert cpu["gpu"] == {"peak_bytes": None, "source": "", "limit_bytes_per_device": 15 * GB, "exceeded": False}
     assert cpu["ram"] == {"peak_bytes": 2 * GB, "limit_bytes": 29 * GB, "exceeded": False}
     heavy = {"peak_rss_bytes": 30 * GB, "gpu_peak_bytes": {"cuda:0": 1 * GB, "cuda:1": 16 * GB}, "working_bytes": 5}
     verdict = _judge(_profile(resources=heavy))
@@ -242,3 +242,15 @@ def test_a_run_that_predicted_no_image_prints_no_projection() -> None:
     assert "ran 0 images in 4.2 s here; no projection (no image was timed)" in printed
     assert "projected" not in printed and "5506" not in printed
     assert "FAIL: cell 12 ('run') failed: ModelError: fpn cannot take 64x400" in printed
+
+
+def test_a_batch_failure_in_the_profile_fails_the_verdict_naming_it() -> None:
+    from bundler.dryrun.verdict import _model_failures, problem_summary
+
+    profile = {"problems": {"batch_failures": [{"images": ["a", "b"], "after_images": 4, "error": "RuntimeError: x"}]}}
+    assert _model_failures(profile) == [
+        "a batch of 2 images failed after 4 images outside the models and got empty masks: RuntimeError: x"
+    ]
+    assert problem_summary(profile) == {
+        "batch_failures": {"count": 1, "examples": ["2 images after 4: RuntimeError: x"]}
+    }

@@ -37,6 +37,7 @@ def test_auto_on_a_machine_without_gpu_is_one_plain_fp32_cpu() -> None:
             "memory_format": "contiguous",
             "precision": "fp32",
             "pin_memory": False,
+            "tune_layout": False,
         }
 
 
@@ -50,6 +51,7 @@ def test_auto_on_cuda_keeps_channels_last_fp16_pinned_and_every_gpu() -> None:
         "memory_format": "channels_last",
         "precision": "fp16",
         "pin_memory": True,
+        "tune_layout": True,  # the memory format and cudnn.benchmark are measured per model at load
     }
     assert resolve_devices("cuda", gpus=2, replicas=1).devices == (torch.device("cuda", 0),)
     assert resolve_devices("cpu", gpus=2) == resolve_devices("auto", gpus=0)  # "cpu" ignores the GPUs
@@ -155,6 +157,9 @@ def test_run_takes_a_device_set_and_records_it_in_the_profile(tmp_path: Path) ->
     profile = json.loads(result.profile_path.read_text())
     recorded = dict(profile["devices"])
     recorded.pop("pin_memory_fallback", None)
+    checked = recorded.pop("precision_check")  # bf16 against fp32 on two real test images per model
+    assert set(checked) == {m.name for m in (*spec.classifiers, *spec.segmenters)}
+    assert all(c["images"] == 2 and c["runs_in"] == "bf16" for c in checked.values())
     assert (
         recorded
         == devices.to_dict()
@@ -164,6 +169,7 @@ def test_run_takes_a_device_set_and_records_it_in_the_profile(tmp_path: Path) ->
             "memory_format": "contiguous",
             "precision": "bf16",
             "pin_memory": True,
+            "tune_layout": False,
         }
     )
     assert profile["device"] == "cpu x2" and profile["images"] == 3

@@ -104,7 +104,7 @@ def test_two_devices_split_the_batch_and_agree_with_one(bundle: TinyModels, monk
     two = predictor(spec, dest, DeviceSet((CPU, CPU))).predict(batch)
     assert len(per_replica) == 2  # the segmenter on 2 devices (gating off: the classifier is not loaded)
     seg_a, seg_b = per_replica
-    assert seg_a == [1, 3 * 2] and seg_b == [2 * 2]  # test forward; then 3 + 2 images, each x 2 views
+    assert seg_a == [1, 3 * 2] and seg_b == [1, 2 * 2]  # each replica's test forward; then 3 + 2 images x 2 views
     one = predictor(spec, dest, DeviceSet((CPU,))).predict(batch)
     np.testing.assert_allclose(two.probs, one.probs, atol=1e-6)
 

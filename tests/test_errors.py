@@ -14,7 +14,15 @@ import pytest
 import bundler.errors
 import kernel_src.errors
 from bundler.errors import BundlerError, ConfigError, PreprocessError, TargetPythonError
-from kernel_src.errors import BundleError, KernelError, ModelError, ModelRunError, SpecError, SubmissionFormatError
+from kernel_src.errors import (
+    BatchError,
+    BundleError,
+    KernelError,
+    ModelError,
+    ModelRunError,
+    SpecError,
+    SubmissionFormatError,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +32,7 @@ CASES = [
     (ModelError("model 'unet': weight file unet.safetensors is missing"), RuntimeError, {}),
     (ModelRunError("unet", ValueError("boom")), RuntimeError, {"model": "unet", "detail": "ValueError: boom"}),
     (SubmissionFormatError("sample.csv line 2: key 'a.jpg_5' is not a class"), ValueError, {}),
+    (BatchError(4, ValueError("merge")), RuntimeError, {"images": 4, "detail": "ValueError: merge"}),
 ]
 
 

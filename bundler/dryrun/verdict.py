@@ -73,7 +73,7 @@ def problem_summary(profile: Mapping[str, Any] | None) -> dict[str, dict[str, An
             continue
         if problem == "model_failures":
             shown = [f"{f.get('model')} after {f.get('after_images')} images: {f.get('error')}" for f in items[:3]]
-        elif kind == "batch_failures":
+        elif problem == "batch_failures":
             shown = [
                 f"{len(f.get('images') or [])} images after {f.get('after_images')}: {f.get('error')}"
                 for f in items[:3]

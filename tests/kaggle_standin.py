@@ -22,7 +22,13 @@ The scenario (JSON; every key optional):
   ("*" for any slug): per push, the session states one per status poll (last sticking) after N
   polls answered 404, the log and outputs listed, the sources SaveKernel reports as invalid;
 - "submission": {"statuses": [..], "public_score": "0.9", "error": ""};
-- "token": the access token `IntrospectToken` reports active (for KAGGLE_API_TOKEN).
+- "token": the access token `IntrospectToken` reports active (for KAGGLE_API_TOKEN);
+- "refuse": {method: [status, ...]}: the first calls of `method` answered with these HTTP statuses
+  instead (429 with `Retry-After: <"retry_after", default 1>`, 5xx as a server error);
+- "dataset": {"lose_files": [names]}: a partial upload: the first new version's file list lacks them;
+  a new version while the newest is still processing is refused with 403, as Kaggle does;
+- "kernels": {slug: {"internet_after_push": true}}: `GetKernel` reports internet on whatever was
+  pushed; a retired machine shape (NvidiaTeslaP100) is kept as NvidiaTeslaT4, as Kaggle does.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ class StandIn:
         self.not_found: dict[str, int] = {}
         self.submissions: dict[int, list[str]] = {}
         self.uploads: dict[str, dict[str, Any]] = {}
+        self.version_files: dict[int, dict[str, int]] = {}
+        self.lose_files: set[str] = set(ds.get("lose_files", []))
+        self.saved: dict[str, dict[str, Any]] = {}
+        self.refusals: dict[str, list[int]] = {k: list(v) for k, v in scenario.get("refuse", {}).items()}
         self.calls = calls
         self.lock = threading.Lock()
 
@@ -72,6 +82,15 @@ class StandIn:
     @staticmethod
     def _pop(queue: list[str]) -> str:
         return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    def refusal(self, method: str) -> tuple[int, dict[str, str]] | None:
+        """(HTTP status, headers) when the scenario refuses this call of `method`, else None."""
+        queue = self.refusals.get(method)
+        if not queue:
+            return None
+        status = queue.pop(0)
+        headers = {"Retry-After": str(self.scenario.get("retry_after", 1))} if status == 429 else {}
+        return status, headers
 
     def answer(self, method: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON answer) for one API call."""
@@ -98,13 +117,51 @@ class StandIn:
                 return 400, {"code": 400, "message": f"blobs never uploaded: {missing}"}
             if method == "CreateDataset" and self.dataset_exists:
                 return 200, {"status": "error", "error": "slug already in use"}
+            if method == "CreateDatasetVersion" and self.dataset_statuses[0] not in ("ready", "failed"):
+                return 403, {"code": 403, "message": "The previous version of this dataset is still processing"}
             self.dataset_exists = True
             self.dataset_version += 1
+            lost, self.lose_files = self.lose_files, set()  # only the first version is partial
+            self.version_files[self.dataset_version] = {
+                self.uploads[f["token"]]["name"]: self.uploads[f["token"]]["size"]
+                for f in files
+                if self.uploads[f["token"]]["name"] not in lost
+            }
             self.dataset_statuses = list(self.scenario.get("dataset", {}).get("statuses", ["ready"]))
             return 200, {"status": "ok", "ref": "/datasets/x", "url": "http://localhost/datasets/x"}
+        if method == "ListDatasetFiles":
+            number = int(body.get("datasetVersionNumber") or self.dataset_version)
+            if number not in self.version_files:
+                return 404, {"code": 404, "message": "Dataset version not found"}
+            listed = [{"name": n, "totalBytes": size} for n, size in sorted(self.version_files[number].items())]
+            start = int(body.get("pageToken") or 0)
+            size = int(body.get("pageSize") or 20)
+            page: dict[str, Any] = {"datasetFiles": listed[start : start + size]}
+            if start + size < len(listed):
+                page["nextPageToken"] = str(start + size)
+            return 200, page
+        if method == "GetKernel":
+            slug = str(body.get("kernelSlug"))
+            saved = self.saved.get(slug)
+            if saved is None:
+                return 404, {"code": 404, "message": "Kernel not found"}
+            internet = bool(saved.get("enableInternet")) or bool(self.kernel_script(slug).get("internet_after_push"))
+            shape = str(saved.get("machineShape") or "")
+            return 200, {
+                "metadata": {
+                    "ref": f"{body.get('userName')}/{slug}",
+                    "title": saved.get("newTitle", ""),
+                    "enableInternet": internet,
+                    "machineShape": "NvidiaTeslaT4" if shape == "NvidiaTeslaP100" else shape,
+                    "datasetDataSources": saved.get("datasetDataSources", []),
+                    "modelDataSources": saved.get("modelDataSources", []),
+                },
+                "blob": {"source": saved.get("text", ""), "language": "python", "kernelType": "notebook"},
+            }
         if method == "SaveKernel":
             slug = str(body.get("slug", "")).split("/")[-1]
             script = self.kernel_script(slug)
+            self.saved[slug] = body
             self.kernel_versions[slug] = self.kernel_versions.get(slug, 0) + 1
             self.kernel_statuses[slug] = list(script.get("statuses", ["complete"]))
             self.not_found[slug] = int(script.get("not_found_polls", 0))
@@ -169,8 +226,10 @@ def _handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             return
 
-        def _send(self, status: int, data: bytes, content_type: str) -> None:
+        def _send(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Last-Modified", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))
@@ -196,9 +255,20 @@ def _handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                 return
             service, _, method = self.path[len(PREFIX) :].partition("/")
             body = json.loads(raw or b"{}")
+            refused = standin.refusal(method)
             standin.record(
-                {"endpoint": f"{service}/{method}", "body": body, "auth": bool(self.headers.get("Authorization"))}
+                {
+                    "endpoint": f"{service}/{method}",
+                    "body": body,
+                    "auth": bool(self.headers.get("Authorization")),
+                    **({"refused": refused[0]} if refused else {}),
+                }
             )
+            if refused:
+                status, headers = refused
+                answer = {"code": status, "message": "Too many requests" if status == 429 else "Server error"}
+                self._send(status, json.dumps(answer).encode(), "application/json", headers)
+                return
             status, answer = standin.answer(method, body)
             self._send(status, json.dumps(answer).encode(), "application/json")
 
@@ -208,6 +278,11 @@ def _handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
             upload = standin.uploads.get(token)
             if upload is None:
                 self._send(404, b"", "text/plain")
+                return
+            if self.headers.get("Content-Range", "").startswith("bytes */"):  # the client resuming: a status query
+                standin.record({"endpoint": "PUT resume", "name": upload["name"]})
+                done = upload["size"] is not None
+                self._send(200 if done else 308, b"", "text/plain")
                 return
             upload["size"] = len(data)
             standin.record({"endpoint": "PUT upload", "name": upload["name"], "size": len(data)})

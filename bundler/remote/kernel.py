@@ -123,7 +123,7 @@ def kernel_status(
     state = load_state(cfg)
     number = resolve_version(state, version)
     interval = poll_interval(poll_s, DEFAULT_POLL_S)
-    kaggle = kaggle or connect()
+    kaggle = kaggle or connect(say=lambda line: console.print(escape(line)))
     ref = cfg.kernel.id
     last_message = ""
 

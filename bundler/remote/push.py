@@ -3,13 +3,18 @@
 1. The dataset (`dataset.out`, flat): created the first time, else a new version whose message
    is the bundle hash and `git describe` when the project is a git repository. Skipped when
    the bundle hash equals the last one pushed (`build/kaggle/state.json`).
+   Kaggle refuses a new version (HTTP 403) while the previous one is still processing: that
+   refusal is waited out (the states shown) and the upload tried again.
 2. Waits until that version is ready (its processing states shown as progress; FAILED is an
    error; a timeout says how to resume): a notebook pushed earlier would mount the previous one.
+   Then the version's file list on Kaggle (names and sizes) must equal what was uploaded: a
+   partial upload fails naming the files, and the next push uploads again.
 3. Pins that version in kernel-metadata.json's `dataset_sources` (`owner/slug/N`), re-rendering
    the notebook first when it is stale (another bundle, bundle.toml or kernel_src).
 4. Pushes the notebook: internet off, the image pinned ("original"), `--no-run` saves without
    running. A response listing invalid dataset, competition, kernel or model sources is an
-   error (the Kaggle CLI only prints a line and goes on).
+   error (the Kaggle CLI only prints a line and goes on). The settings Kaggle kept are read
+   back: internet on (or another machine shape) after the push is an error saying so.
 5. With `--wait`, follows the run as `bundler status --wait` does and downloads its outputs.
 """
 
@@ -20,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -30,7 +36,7 @@ from bundler.dataset.manifest import METADATA, manifest_files, read_manifest
 from bundler.display import shown_path
 from bundler.errors import RemoteError
 from bundler.notebook.kernel_metadata import check_metadata, read_existing, write_metadata
-from bundler.remote.client import Kaggle, connect, poll_interval
+from bundler.remote.client import Kaggle, KaggleHTTPError, connect, poll_interval
 from bundler.remote.kernel import StatusResult, kernel_status
 from bundler.remote.state import RemoteState, load_state
 from bundler.remote.wait import spinner, wait_for
@@ -39,6 +45,8 @@ DATASET_READY = "ready"
 DATASET_FAILED = "failed"
 DEFAULT_POLL_S = 10.0
 DEFAULT_DATASET_TIMEOUT_S = 3600.0
+DATASET_ENDED = (DATASET_READY, DATASET_FAILED, "deleted")
+UPLOAD_TRIES = 3  # a version refused because the previous one is processing: waited for, then tried again
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,8 @@ def version_message(cfg: BundleConfig, bundle_hash: str) -> str:
     return f"bundle {bundle_hash[:12]}" + (f" ({describe})" if describe else "")
 
 
-def _wait_ready(cfg: BundleConfig, kaggle: Kaggle, interval: float, timeout_s: float, console: Console) -> None:
+def _wait_ended(cfg: BundleConfig, kaggle: Kaggle, interval: float, timeout_s: float, console: Console) -> str:
+    """Poll the newest version's processing state until it ends; that state."""
     ref = cfg.dataset.id
 
     def poll() -> str:
@@ -81,13 +90,19 @@ def _wait_ready(cfg: BundleConfig, kaggle: Kaggle, interval: float, timeout_s: f
     status, _ = wait_for(
         poll,
         # "not found" right after an upload is Kaggle catching up: keep polling until the timeout
-        lambda s: s in (DATASET_READY, DATASET_FAILED, "deleted"),
+        lambda s: s in DATASET_ENDED,
         what=f"dataset {ref}",
         interval=interval,
         timeout_s=timeout_s,
         resume="run `bundler push` again to go on waiting (nothing is uploaded twice)",
         console=console,
     )
+    return status
+
+
+def _wait_ready(cfg: BundleConfig, kaggle: Kaggle, interval: float, timeout_s: float, console: Console) -> None:
+    ref = cfg.dataset.id
+    status = _wait_ended(cfg, kaggle, interval, timeout_s, console)
     if status != DATASET_READY:
         raise RemoteError(
             f"dataset {ref}: the new version's processing ended {status.upper()} on Kaggle; "
@@ -110,6 +125,79 @@ def check_folder(cfg: BundleConfig, manifest: Mapping[str, Any]) -> None:
         raise RemoteError(f"{shown_path(out)} is not the bundle bundle.json describes ({shown}); run `bundler build`")
 
 
+def uploaded_files(folder: Path) -> dict[str, int]:
+    """{name: size} of what `datasets version -p folder` uploads: the top level, less the metadata file."""
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != METADATA}
+
+
+def compare_files(expected: Mapping[str, int], listed: Mapping[str, int]) -> list[str]:
+    """What differs between the files uploaded and the files Kaggle lists, each naming the file."""
+    problems = [f"{name} ({size} bytes) is missing" for name, size in expected.items() if name not in listed]
+    problems += [
+        f"{name} is {listed[name]} bytes, the bundle's is {size}"
+        for name, size in expected.items()
+        if name in listed and listed[name] != size
+    ]
+    problems += [f"{name} was never part of the bundle" for name in listed if name not in expected]
+    return problems
+
+
+def _check_uploaded(
+    ref: str, version: int, expected: Mapping[str, int], kaggle: Kaggle, state: RemoteState
+) -> None:
+    """The ready version holds every uploaded file at its size; else forget the upload and fail naming them."""
+    problems = compare_files(expected, kaggle.dataset_files(ref, version))
+    if problems:
+        state.dataset = {}  # the next push uploads again instead of trusting this version
+        state.save()
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise RemoteError(
+            f"dataset {ref} v{version} on Kaggle is not what was uploaded ({shown}); "
+            "the upload was partial: run `bundler push` again to upload a new version"
+        )
+
+
+def _upload(
+    cfg: BundleConfig,
+    kaggle: Kaggle,
+    current: str | None,
+    bundle_hash: str,
+    *,
+    interval: float,
+    timeout_s: float,
+    console: Console,
+) -> None:
+    """Create the dataset or upload a new version; a refusal while the previous version processes is waited out."""
+    ref = cfg.dataset.id
+    folder = shown_path(cfg.dataset.out)
+    files = uploaded_files(cfg.dataset.out)
+    size_mb = sum(files.values()) / 1e6
+    for attempt in range(1, UPLOAD_TRIES + 1):
+        started = time.monotonic()
+        try:
+            with spinner(console, f"uploading {folder} to {ref}: {len(files)} files, {size_mb:,.1f} MB"):
+                if current is None:
+                    console.print(
+                        f"dataset {ref}: creating it from {folder} ({'private' if cfg.dataset.private else 'public'})"
+                    )
+                    kaggle.create_dataset(cfg.dataset.out, public=not cfg.dataset.private)
+                else:
+                    message = version_message(cfg, bundle_hash)
+                    console.print(f"dataset {ref}: new version from {escape(str(folder))}: {escape(str(message))}")
+                    kaggle.version_dataset(cfg.dataset.out, message)
+        except KaggleHTTPError as e:
+            if current is None or e.status != 403 or attempt == UPLOAD_TRIES:
+                raise
+            now = kaggle.dataset_status(ref)
+            if now is None or now in DATASET_ENDED:  # not a version in the way: a refusal of the access
+                raise
+            console.print(f"dataset {ref}: Kaggle refused the new version while the previous one is {now}; waiting")
+            _wait_ended(cfg, kaggle, interval, timeout_s, console)
+            continue
+        console.print(f"  uploaded {len(files)} files, {size_mb:,.1f} MB in {time.monotonic() - started:.0f} s")
+        return
+
+
 def push_dataset(
     cfg: BundleConfig, kaggle: Kaggle, state: RemoteState, *, interval: float, timeout_s: float, console: Console
 ) -> tuple[str, int, bool]:
@@ -129,27 +217,14 @@ def push_dataset(
         current = kaggle.dataset_status(ref)
         if current not in (None, DATASET_READY, DATASET_FAILED, "deleted"):
             console.print(f"dataset {ref}: an earlier version is still {current}; Kaggle refuses a second upload")
-            _wait_ready(cfg, kaggle, interval, timeout_s, console)
-        folder = shown_path(cfg.dataset.out)
-        files = [p for p in cfg.dataset.out.iterdir() if p.is_file() and p.name != METADATA]
-        size_mb = sum(p.stat().st_size for p in files) / 1e6
-        started = time.monotonic()
-        with spinner(console, f"uploading {folder} to {ref}: {len(files)} files, {size_mb:,.1f} MB"):
-            if current is None:
-                console.print(
-                    f"dataset {ref}: creating it from {folder} ({'private' if cfg.dataset.private else 'public'})"
-                )
-                kaggle.create_dataset(cfg.dataset.out, public=not cfg.dataset.private)
-            else:
-                message = version_message(cfg, bundle_hash)
-                console.print(f"dataset {ref}: new version from {escape(str(folder))}: {escape(str(message))}")
-                kaggle.version_dataset(cfg.dataset.out, message)
-        console.print(f"  uploaded {len(files)} files, {size_mb:,.1f} MB in {time.monotonic() - started:.0f} s")
+            current = _wait_ended(cfg, kaggle, interval, timeout_s, console)
+        _upload(cfg, kaggle, current, bundle_hash, interval=interval, timeout_s=timeout_s, console=console)
         uploaded = True
         state.dataset = {"id": ref, "hash": bundle_hash, "version": None, "uploaded_at": _now()}
         state.save()
     _wait_ready(cfg, kaggle, interval, timeout_s, console)
     version = kaggle.dataset_version_number(ref)
+    _check_uploaded(ref, version, uploaded_files(cfg.dataset.out), kaggle, state)
     state.dataset.update(version=version, ready_at=_now())
     state.save()
     console.print(f"[green]dataset[/] {ref} v{version} ready")
@@ -173,6 +248,23 @@ def _fresh_notebook(cfg: BundleConfig, console: Console) -> None:
     console.print(f"notebook {escape(shown_path(path))} was {state}: rendered for bundle {rendered.bundle_hash[:12]}")
 
 
+def _check_kept(cfg: BundleConfig, kaggle: Kaggle, version: int, console: Console) -> None:
+    """Read back what Kaggle kept: internet must be off; another machine shape than asked is said."""
+    kept = kaggle.kernel_settings(cfg.kernel.id)
+    if kept["enable_internet"] is not False:
+        raise RemoteError(
+            f"notebook {cfg.kernel.id} v{version}: Kaggle reports internet "
+            f"{'ON' if kept['enable_internet'] else 'unknown'} although kernel-metadata.json says false; a code "
+            "competition refuses it: turn internet off in the notebook's settings on Kaggle, then push again"
+        )
+    shape = kept["machine_shape"]
+    if shape and shape != cfg.kernel.machine_shape:
+        console.print(
+            f"[yellow]warning:[/] notebook {cfg.kernel.id} v{version} runs on {shape}, "
+            f"not the {cfg.kernel.machine_shape} asked for"
+        )
+
+
 def _invalid_sources(invalid: dict[str, list[str]]) -> str:
     return "; ".join(f"{kind} sources {sources}" for kind, sources in invalid.items())
 
@@ -190,7 +282,7 @@ def push(
     """Steps 1-5 of the module doc."""
     state = load_state(cfg)
     interval = poll_interval(poll_s, DEFAULT_POLL_S)
-    kaggle = kaggle or connect()
+    kaggle = kaggle or connect(say=lambda line: console.print(escape(line)))
     bundle_hash, dataset_version, uploaded = push_dataset(
         cfg,
         kaggle,
@@ -231,6 +323,7 @@ def push(
         )
     if response.version is None:
         raise RemoteError(f"notebook {cfg.kernel.id}: Kaggle answered without a version number; see {response.url}")
+    _check_kept(cfg, kaggle, response.version, console)
     action = "saved without running" if no_run else "pushed and running"
     console.print(f"[green]notebook[/] {cfg.kernel.id} v{response.version} {action}: {response.url}")
     run = None

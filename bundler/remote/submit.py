@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 
 from bundler.config import BundleConfig
 from bundler.errors import RemoteError
@@ -55,7 +56,7 @@ def submit(
         console.print(f"[yellow]warning:[/] v{number} ended in error on its last check: its rerun will likely fail too")
     bundle = str(record.get("bundle_hash", ""))[:12]
     text = message or f"bundler v{number}" + (f", bundle {bundle}" if bundle else "")
-    kaggle = kaggle or connect()
+    kaggle = kaggle or connect(say=lambda line: console.print(escape(line)))
     console.print(f"submitting {cfg.kernel.id} v{number} to {cfg.competition.slug} ({SUBMISSION_FILE}): {text}")
     ref = kaggle.submit_code(
         competition=cfg.competition.slug, kernel=cfg.kernel.id, version=number, file_name=SUBMISSION_FILE, message=text

@@ -8,10 +8,13 @@ Polls are 0.05 s apart (`BUNDLER_POLL_S`), so a scenario takes seconds.
 
 from __future__ import annotations
 
+import email.utils
+import enum
 import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from bundler.dryrun.projection import kaggle_run_calibration, latest_kaggle_prof
 from bundler.errors import DryRunError, RemoteError
 from bundler.notebook.failure import failing_cell
 from bundler.remote.baseline import capture_notebook, diff
-from bundler.remote.client import poll_interval
+from bundler.remote.client import Kaggle, KaggleHTTPError, Retry, poll_interval, state_name
 from bundler.remote.diagnose import (
     EXCEPTION,
     NO_SUBMISSION,
@@ -33,7 +36,7 @@ from bundler.remote.diagnose import (
     classify,
     log_text,
 )
-from bundler.remote.push import version_message
+from bundler.remote.push import compare_files, version_message
 from bundler.remote.state import load_state
 from bundler.sandbox import probe
 from bundler.target.baseline import parse_freeze
@@ -85,7 +88,12 @@ def run_scenario(
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     env.update(
-        HOME=str(home), PYTHONPATH=str(ROOT), KAGGLE_API_ENVIRONMENT="LOCALHOST", BUNDLER_POLL_S="0.05", COLUMNS="200"
+        HOME=str(home),
+        PYTHONPATH=str(ROOT),
+        KAGGLE_API_ENVIRONMENT="LOCALHOST",
+        BUNDLER_POLL_S="0.05",
+        BUNDLER_RETRY_BASE_S="0.05",
+        COLUMNS="200",
     )
     env.pop("XDG_CONFIG_HOME", None)
     env.update({"KAGGLE_USERNAME": "your-kaggle-name", "KAGGLE_KEY": KEY} if credentials is None else credentials)
@@ -209,6 +217,68 @@ def test_an_upload_waits_for_a_version_still_processing_and_a_fresh_session_may_
     assert order.index("GetDatasetStatus") < order.index("StartBlobUpload")
     assert "v1: not_found" in results[0]["stdout"] and "v1: complete" in results[0]["stdout"]
     assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == [f"{DATASET}/3"]
+
+
+@needs_netns
+def test_rate_limits_server_errors_and_a_busy_dataset_are_waited_out(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    # the first status answer says ready, then Kaggle refuses the version (403) while the previous one processes
+    scenario = completed_scenario(exists=True, version=4, initial_statuses=["ready", "blobs_received", "ready"])
+    scenario["refuse"] = {"GetDataset": [429], "GetKernelSessionStatus": [503, 502]}
+    scenario["retry_after"] = 1
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push", "--wait"]])
+    out = results[0]["stdout"]
+    assert results[0]["returncode"] == 0, results[0]["stderr"] + out
+    assert "refused the new version while the previous one is blobs_received; waiting" in out
+    assert "rate limited (HTTP 429); trying again in 1.0 s, as Retry-After asks (try 2 of 6)" in out
+    assert "HTTP 503; trying again in" in out and "HTTP 502; trying again in" in out and "backing off" in out
+    refused = [(c["endpoint"].rsplit("/", 1)[-1], c["refused"]) for c in calls if "refused" in c]
+    assert refused == [("GetDataset", 429), ("GetKernelSessionStatus", 503), ("GetKernelSessionStatus", 502)]
+    assert endpoints(calls).count("CreateDatasetVersion") == 2  # refused once (403), then accepted
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == [f"{DATASET}/5"]
+    assert "v1: complete" in out  # COMPLETE from the API, compared by name
+
+
+@needs_netns
+def test_a_partial_upload_fails_naming_the_file_and_the_next_push_uploads_again(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    lost = cfg.models[0].spec.file
+    scenario = completed_scenario(exists=True, version=1, lose_files=[lost])
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push", "--no-run"], ["push", "--no-run"]])
+    first, second = results
+    assert first["returncode"] == 1
+    err = first["stderr"].strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"dataset {DATASET} v2 on Kaggle is not what was uploaded ({lost} (10 bytes) is missing)" in err
+    assert "SaveKernel" not in endpoints(calls)[: endpoints(calls).index("CreateDatasetVersion") + 5]
+    assert second["returncode"] == 0, second["stderr"] + second["stdout"]
+    assert endpoints(calls).count("CreateDatasetVersion") == 2  # not trusted: uploaded again
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == [f"{DATASET}/3"]
+
+
+@needs_netns
+def test_internet_kept_on_by_kaggle_after_the_push_is_an_error(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = completed_scenario()
+    scenario["kernels"]["*"]["internet_after_push"] = True
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push", "--no-run"]])
+    assert results[0]["returncode"] == 1
+    assert "Kaggle reports internet ON although kernel-metadata.json says false" in results[0]["stderr"]
+    save = next(c["body"] for c in calls if c["endpoint"].endswith("/SaveKernel"))
+    assert save["enableInternet"] is False  # bundler sent it off; the read-back caught Kaggle's answer
+    assert endpoints(calls).index("SaveKernel") < endpoints(calls).index("GetKernel")
+
+
+@needs_netns
+def test_a_p100_request_is_refused_before_anything_reaches_kaggle(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    toml = cfg.root / "bundle.toml"
+    toml.write_text(toml.read_text().replace('machine_shape = "NvidiaTeslaT4"', 'machine_shape = "NvidiaTeslaP100"'))
+    results, calls = run_scenario(tmp_path, cfg, completed_scenario(), [["push"]])
+    assert results[0]["returncode"] == 2
+    err = results[0]["stderr"].strip()
+    assert len(err.splitlines()) == 1 and "NvidiaTeslaP100 is retired" in err and "'NvidiaTeslaT4'" in err, err
+    assert calls == []
 
 
 @needs_netns
@@ -613,3 +683,94 @@ def test_waiting_lines_print_names_and_states_as_written() -> None:
     text = out.getvalue()
     assert "dataset [extra]/x: [queued] after" in text and "dataset [extra]/x: models/[bold]ready after" in text
 
+
+
+class _Answer:
+    """What `requests` hands an HTTPError: a status and headers."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status
+        self.headers = headers or {}
+
+
+def _failing(*statuses: int, headers: dict[str, str] | None = None) -> tuple[Any, list[str]]:
+    """An api whose calls fail with `statuses` in turn, then answer 'ok'; and the list of calls made."""
+    import requests
+
+    made: list[str] = []
+    queue = list(statuses)
+
+    def call(*_: Any, **__: Any) -> str:
+        made.append("call")
+        if queue:
+            raise requests.HTTPError(f"HTTP {queue[0]}", response=_Answer(queue.pop(0), headers))  # type: ignore[arg-type]
+        return "ok"
+
+    class Api:
+        dataset_status = staticmethod(call)
+        competition_submit_code = staticmethod(call)
+
+    return Api(), made
+
+
+def _client(api: Any, retry: Retry | None = None) -> tuple[Kaggle, list[str], list[float]]:
+    said: list[str] = []
+    slept: list[float] = []
+    return Kaggle(api, say=said.append, retry=retry or Retry(base_s=0.5), sleep=slept.append), said, slept
+
+
+def test_a_429_waits_what_retry_after_says_in_seconds_or_as_a_date() -> None:
+    api, made = _failing(429, headers={"Retry-After": "7"})
+    kaggle, said, slept = _client(api)
+    assert kaggle.dataset_status("o/d") == "ok"
+    assert slept == [7.0] and len(made) == 2
+    assert said == [
+        "  status of dataset o/d: rate limited (HTTP 429); trying again in 7.0 s, as Retry-After asks (try 2 of 6)"
+    ]
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    api, _ = _failing(429, headers={"Retry-After": when})
+    kaggle, _, slept = _client(api)
+    kaggle.dataset_status("o/d")
+    assert 25 < slept[0] <= 30
+
+
+def test_server_errors_back_off_with_jitter_bounded_in_count_and_in_time() -> None:
+    api, made = _failing(*[503] * 10)
+    kaggle, said, slept = _client(api, Retry(attempts=4, base_s=1.0, cap_s=3.0))
+    with pytest.raises(KaggleHTTPError, match=r"HTTP 503.*gave up after 4 tries") as info:
+        kaggle.dataset_status("o/d")
+    assert info.value.status == 503 and len(made) == 4 and len(said) == 3
+    for n, wait in enumerate(slept):  # base * 2**n capped, times a factor in [0.5, 1]
+        assert min(3.0, 2.0**n) * 0.5 <= wait <= min(3.0, 2.0**n)
+    api, made = _failing(429, headers={"Retry-After": "120"})
+    kaggle, said, slept = _client(api, Retry(total_s=60))
+    with pytest.raises(KaggleHTTPError, match="HTTP 429"):  # the wait would end past the total: not waited
+        kaggle.dataset_status("o/d")
+    assert slept == [] and len(made) == 1
+
+
+def test_a_submission_is_tried_again_after_a_429_only() -> None:
+    api, made = _failing(503)
+    kaggle, _, slept = _client(api)
+    with pytest.raises(KaggleHTTPError, match="HTTP 503"):
+        kaggle.submit_code(competition="c", kernel="o/k", version=1, file_name="submission.csv", message="m")
+    assert len(made) == 1 and slept == []
+    api, made = _failing(429, headers={"Retry-After": "2"})
+    kaggle, _, slept = _client(api)
+    kaggle.submit_code(competition="c", kernel="o/k", version=1, file_name="submission.csv", message="m")
+    assert len(made) == 2 and slept == [2.0]
+
+
+@pytest.mark.parametrize("value", ["KernelWorkerStatus.COMPLETE", "COMPLETE", "complete", " Complete "])
+def test_states_are_compared_by_name(value: str) -> None:
+    assert state_name(value) == "complete"
+    assert state_name(enum.Enum("KernelWorkerStatus", "QUEUED COMPLETE").COMPLETE) == "complete"  # type: ignore[attr-defined]
+
+
+def test_the_file_list_comparison_names_each_difference() -> None:
+    assert compare_files({"a.whl": 3, "b.pt": 10}, {"a.whl": 3, "b.pt": 10}) == []
+    assert compare_files({"a.whl": 3, "b.pt": 10}, {"b.pt": 9, "c": 1}) == [
+        "a.whl (3 bytes) is missing",
+        "b.pt is 9 bytes, the bundle's is 10",
+        "c was never part of the bundle",
+    ]

@@ -11,7 +11,11 @@ to the version it waited for (`owner/slug/N`); a re-render keeps that pin.
 
 `validate_metadata` applies the checks the Kaggle CLI makes before it sends anything
 (kaggle-api `kernels_push`), so a push never fails on the metadata; like the CLI's `get_bool`, it
-takes the strings "true"/"false" for booleans (what `kaggle kernels init` writes).
+takes the strings "true"/"false" for booleans (what `kaggle kernels init` writes). It is stricter
+than the CLI where the CLI's leniency surprises: `enable_internet` must be present and false (the
+CLI turns internet on when it is absent), a retired `machine_shape` (NvidiaTeslaP100) is refused
+naming its replacement (the CLI only warns, and Kaggle runs another machine), and the title must
+slugify to the id's slug (the CLI only warns, and Kaggle may rename the notebook or conflict).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bundler.config import KERNEL_NAME_MIN, BundleConfig
+from bundler.config import KERNEL_NAME_MIN, BundleConfig, machine_shape_problem
 from bundler.errors import MetadataError
 
 LANGUAGES = ("python", "r", "rmarkdown")
@@ -103,7 +107,8 @@ def kernel_metadata(
 
 
 def _slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    """python-slugify's result for an ASCII title (what the CLI compares): quotes dropped, runs of others -> '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"['\"]+", "", text.lower())).strip("-")
 
 
 def _check_sources(meta: Mapping[str, Any], field: str, pattern: str, form: str, problems: list[str]) -> None:
@@ -174,6 +179,18 @@ def validate_metadata(meta: Mapping[str, Any], folder: Path) -> list[str]:
             isinstance(value, bool) or (isinstance(value, str) and value.lower() in BOOLEAN_STRINGS)
         ):
             problems.append(f'{field} = {meta[field]!r} must be true or false (a JSON boolean, or "true"/"false")')
+    internet = meta.get("enable_internet")
+    if "enable_internet" not in meta or internet is True or str(internet).lower() == "true":
+        problems.append(
+            f"enable_internet must be false (it is {internet!r}): a code competition refuses a notebook with "
+            "internet, and the CLI turns it on when the field is absent"
+        )
+    shape = meta.get("machine_shape")
+    if isinstance(shape, str) and machine_shape_problem(shape):
+        problems.append(f"machine_shape {machine_shape_problem(shape)} (kernel.machine_shape in bundle.toml)")
+    warning = title_warning(meta)
+    if warning and not any(p.startswith(("id ", "title ")) for p in problems):  # a bad id or title: said once
+        problems.append(warning)
     pinning = meta.get("docker_image_pinning_type")
     if pinning is not None and pinning not in PINNING_TYPES:
         problems.append(f"docker_image_pinning_type {pinning!r} must be one of {list(PINNING_TYPES)}")
@@ -193,7 +210,10 @@ def title_warning(meta: Mapping[str, Any]) -> str:
     if isinstance(kernel_id, str) and isinstance(title, str) and "/" in kernel_id:
         slug = kernel_id.split("/", 1)[1]
         if slug.lower() != _slugify(title):
-            return f"kernel.title {title!r} does not resolve to the slug {slug!r}; Kaggle may rename the notebook"
+            return (
+                f"title {title!r} does not slugify to the id's slug {slug!r} (it gives {_slugify(title)!r}): the push "
+                "would conflict or rename the notebook; make kernel.title in bundle.toml match the slug"
+            )
     return ""
 
 

@@ -217,6 +217,21 @@ class DatasetConfig:
             ),
         )
     )
+    wheels_id: str | None = field(
+        default=None,
+        metadata=_key(
+            "ship the bundle in two parts: the wheels as this dataset of their own (`owner/slug`; they change "
+            "rarely), bundle.json and the weights in `id`; `bundler push` uploads only the part that changed "
+            "and pins each one's version.",
+            _owner_slug("dataset that carries the wheels"),
+            Rule(
+                lambda v: DATASET_NAME_CHARS[0] <= len(v.split("/")[1]) <= DATASET_NAME_CHARS[1],
+                "{key} slug {slug!r} must be " + _DATASET_CHARS + " characters (Kaggle's rule)",
+                f"slug {_DATASET_CHARS} characters",
+            ),
+            shown="none: wheels and weights in one dataset",
+        ),
+    )
     license: str = field(default="CC0-1.0", metadata=_key("recorded in `dataset-metadata.json`."))
     private: bool = field(
         default=True,

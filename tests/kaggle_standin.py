@@ -13,7 +13,7 @@ returncode, stdout, stderr of each) and WORKDIR/calls.jsonl (one line per API ca
 body, whether credentials came with it, and for uploads the file's name and size).
 
 The scenario (JSON; every key optional):
-- "dataset": {"exists": bool, "version": N, "initial_statuses": [..], "statuses": [..]}: the dataset
+- "dataset": {"exists": bool, "version": N, "initial_statuses": [..], "statuses": [..]}: each dataset
   before the test (and the states of a version still processing then), and the processing
   states each new version goes through, one per status poll, the last one sticking (lower-case
   names: "blobs_received", "ready", "failed", ...);
@@ -22,6 +22,8 @@ The scenario (JSON; every key optional):
   ("*" for any slug): per push, the session states one per status poll (last sticking) after N
   polls answered 404, the log and outputs listed, the sources SaveKernel reports as invalid;
 - "submission": {"statuses": [..], "public_score": "0.9", "error": ""};
+- "datasets": {slug: {...}}: the same for one dataset by its slug (a bundle in parts);
+- "key": the only KAGGLE_KEY accepted (HTTP Basic); any other is answered 401;
 - "token": the access token `IntrospectToken` reports active (for KAGGLE_API_TOKEN);
 - "refuse": {method: [status, ...]}: the first calls of `method` answered with these HTTP statuses
   instead (429 with `Retry-After: <"retry_after", default 1>`, 5xx as a server error);
@@ -33,6 +35,7 @@ The scenario (JSON; every key optional):
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -49,22 +52,29 @@ HOST = "localhost"
 PREFIX = "/api/v1/"
 
 
+class Dataset:
+    """One dataset's state: whether it exists, its newest version, its processing states, its versions' files."""
+
+    def __init__(self, script: dict[str, Any]) -> None:
+        self.script = script
+        self.exists = bool(script.get("exists", False))
+        self.version = int(script.get("version", 0))
+        self.statuses: list[str] = list(script.get("initial_statuses", ["ready"]))
+        self.version_files: dict[int, dict[str, int]] = {}
+        self.lose_files: set[str] = set(script.get("lose_files", []))
+
+
 class StandIn:
     """The scripted Kaggle state and the log of calls made to it."""
 
     def __init__(self, scenario: dict[str, Any], calls: Path) -> None:
         self.scenario = scenario
-        ds = scenario.get("dataset", {})
-        self.dataset_exists = bool(ds.get("exists", False))
-        self.dataset_version = int(ds.get("version", 0))
-        self.dataset_statuses: list[str] = list(ds.get("initial_statuses", ["ready"]))
+        self.datasets: dict[str, Dataset] = {}
         self.kernel_versions: dict[str, int] = {}
         self.kernel_statuses: dict[str, list[str]] = {}
         self.not_found: dict[str, int] = {}
         self.submissions: dict[int, list[str]] = {}
         self.uploads: dict[str, dict[str, Any]] = {}
-        self.version_files: dict[int, dict[str, int]] = {}
-        self.lose_files: set[str] = set(ds.get("lose_files", []))
         self.saved: dict[str, dict[str, Any]] = {}
         self.refusals: dict[str, list[int]] = {k: list(v) for k, v in scenario.get("refuse", {}).items()}
         self.calls = calls
@@ -92,6 +102,15 @@ class StandIn:
         headers = {"Retry-After": str(self.scenario.get("retry_after", 1))} if status == 429 else {}
         return status, headers
 
+    def dataset(self, body: dict[str, Any]) -> Dataset:
+        """The dataset a call names (by its slug): "datasets"[slug] of the scenario, else "dataset"."""
+        inner = body.get("body") if isinstance(body.get("body"), dict) else {}
+        slug = str(body.get("datasetSlug") or body.get("slug") or inner.get("slug") or "")
+        if slug not in self.datasets:
+            script = self.scenario.get("datasets", {}).get(slug, self.scenario.get("dataset", {}))
+            self.datasets[slug] = Dataset(script)
+        return self.datasets[slug]
+
     def answer(self, method: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON answer) for one API call."""
         if method == "IntrospectToken":  # an access token (KAGGLE_API_TOKEN) is checked at authentication
@@ -99,13 +118,15 @@ class StandIn:
             active = bool(token) and body.get("token") == token
             return 200, {"active": active, "username": "your-kaggle-name" if active else ""}
         if method == "GetDatasetStatus":
-            if not self.dataset_exists:
+            ds = self.dataset(body)
+            if not ds.exists:
                 return 404, {"code": 404, "message": "Dataset not found"}
-            return 200, {"status": self._pop(self.dataset_statuses).upper()}
+            return 200, {"status": self._pop(ds.statuses).upper()}
         if method == "GetDataset":
-            if not self.dataset_exists:
+            ds = self.dataset(body)
+            if not ds.exists:
                 return 404, {"code": 404, "message": "Dataset not found"}
-            return 200, {"currentVersionNumber": self.dataset_version}
+            return 200, {"currentVersionNumber": ds.version}
         if method == "StartBlobUpload":
             token = f"blob-{len(self.uploads) + 1}"
             self.uploads[token] = {"name": body.get("name"), "size": None}
@@ -115,25 +136,27 @@ class StandIn:
             missing = [f.get("token") for f in files if self.uploads.get(f.get("token"), {}).get("size") is None]
             if missing:
                 return 400, {"code": 400, "message": f"blobs never uploaded: {missing}"}
-            if method == "CreateDataset" and self.dataset_exists:
+            ds = self.dataset(body)
+            if method == "CreateDataset" and ds.exists:
                 return 200, {"status": "error", "error": "slug already in use"}
-            if method == "CreateDatasetVersion" and self.dataset_statuses[0] not in ("ready", "failed"):
+            if method == "CreateDatasetVersion" and ds.statuses[0] not in ("ready", "failed"):
                 return 403, {"code": 403, "message": "The previous version of this dataset is still processing"}
-            self.dataset_exists = True
-            self.dataset_version += 1
-            lost, self.lose_files = self.lose_files, set()  # only the first version is partial
-            self.version_files[self.dataset_version] = {
+            ds.exists = True
+            ds.version += 1
+            lost, ds.lose_files = ds.lose_files, set()  # only the first version is partial
+            ds.version_files[ds.version] = {
                 self.uploads[f["token"]]["name"]: self.uploads[f["token"]]["size"]
                 for f in files
                 if self.uploads[f["token"]]["name"] not in lost
             }
-            self.dataset_statuses = list(self.scenario.get("dataset", {}).get("statuses", ["ready"]))
+            ds.statuses = list(ds.script.get("statuses", ["ready"]))
             return 200, {"status": "ok", "ref": "/datasets/x", "url": "http://localhost/datasets/x"}
         if method == "ListDatasetFiles":
-            number = int(body.get("datasetVersionNumber") or self.dataset_version)
-            if number not in self.version_files:
+            ds = self.dataset(body)
+            number = int(body.get("datasetVersionNumber") or ds.version)
+            if number not in ds.version_files:
                 return 404, {"code": 404, "message": "Dataset version not found"}
-            listed = [{"name": n, "totalBytes": size} for n, size in sorted(self.version_files[number].items())]
+            listed = [{"name": n, "totalBytes": size} for n, size in sorted(ds.version_files[number].items())]
             start = int(body.get("pageToken") or 0)
             size = int(body.get("pageSize") or 20)
             page: dict[str, Any] = {"datasetFiles": listed[start : start + size]}
@@ -221,6 +244,16 @@ class StandIn:
         return None if text is None else str(text).encode("utf-8")
 
 
+def _basic_password_is(header: str | None, key: str) -> bool:
+    """Whether an `Authorization: Basic ...` header carries `key` as its password."""
+    if not header or not header.startswith("Basic "):
+        return False
+    try:
+        return base64.b64decode(header[6:]).decode().partition(":")[2] == key
+    except ValueError:
+        return False
+
+
 def _handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # quiet
@@ -255,6 +288,11 @@ def _handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                 return
             service, _, method = self.path[len(PREFIX) :].partition("/")
             body = json.loads(raw or b"{}")
+            key = standin.scenario.get("key")
+            if key and method != "IntrospectToken" and not _basic_password_is(self.headers.get("Authorization"), key):
+                standin.record({"endpoint": f"{service}/{method}", "body": body, "refused": 401})
+                self._send(401, json.dumps({"code": 401, "message": "Unauthenticated"}).encode(), "application/json")
+                return
             refused = standin.refusal(method)
             standin.record(
                 {

@@ -36,6 +36,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from bundler.config import BundleConfig
+from bundler.dataset.manifest import read_manifest
+from bundler.dataset.parts import bundle_parts
 from bundler.display import shown_path
 from bundler.dryrun.estimate import Estimate, target_estimate
 from bundler.dryrun.execution import Execution, run_notebook
@@ -93,8 +95,10 @@ def _execute(
     out = executed.parent
     tree_root = Path(tempfile.mkdtemp(prefix=".kaggle-tree-", dir=out))  # beside the outputs: hard links work
     try:
+        parts = bundle_parts(cfg, read_manifest(cfg.dataset.out, cfg.name)) if cfg.dataset.wheels_id else []
         tree = make_tree(
             tree_root,
+            parts=[(part.id, part.folder) for part in parts],
             bundle_src=cfg.dataset.out,
             dataset_id=cfg.dataset.id,
             competition_slug=cfg.competition.slug,

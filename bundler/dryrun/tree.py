@@ -1,6 +1,8 @@
 """A Kaggle-like folder tree for a dry-run, laid out in a temporary folder:
 
     <root>/input/<dataset-slug>/...            the built bundle's files (flat)
+    <root>/input/<wheels-slug>/...             a bundle in parts (`dataset.wheels_id`): each part
+                                                at its own dataset's slug, as Kaggle mounts them
     <root>/input/<competition-slug>/<test_images>/...   the test images
     <root>/input/<competition-slug>/<sample_submission>
     <root>/working/                             the notebook's current folder and output
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +71,12 @@ def make_tree(
     test_images_name: str,
     sample_submission_src: Path,
     sample_submission_name: str,
+    parts: Sequence[tuple[str, Path]] = (),
 ) -> KaggleTree:
-    """Lay the tree out under `root` (which must be empty or absent)."""
+    """Lay the tree out under `root` (which must be empty or absent).
+
+    `parts`: (dataset id, folder) of each part of a bundle shipped in parts, laid out instead of
+    `bundle_src`; `bundle_dir` is then the part of `dataset_id` (the one carrying bundle.json)."""
     root.mkdir(parents=True, exist_ok=True)
     input_root = root / "input"
     bundle_dir = input_root / dataset_slug(dataset_id)
@@ -79,12 +86,16 @@ def make_tree(
     working = root / "working"
     working.mkdir(parents=True)
 
-    ways = _link_files(sorted(p for p in bundle_src.iterdir() if p.is_file()), bundle_dir)
+    ways: set[str] = set()
+    part_dirs = []
+    for ref, folder in parts or [(dataset_id, bundle_src)]:
+        part_dirs.append(input_root / dataset_slug(ref))
+        ways |= _link_files(sorted(p for p in folder.iterdir() if p.is_file()), part_dirs[-1])
     ways |= _link_files(image_files(test_dir), test_images)
     competition_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sample_submission_src, sample)  # small; a copy keeps the user's file out of reach
 
-    for folder in (test_images, bundle_dir, competition_dir, input_root):
+    for folder in (test_images, *part_dirs, competition_dir, input_root):
         folder.chmod(READ_ONLY_DIR)
     linked = ways.pop() if len(ways) == 1 else "mixed"
     return KaggleTree(root, input_root, bundle_dir, competition_dir, test_images, sample, working, linked)

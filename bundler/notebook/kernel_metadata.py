@@ -6,8 +6,9 @@ extra `dataset_sources` / `competition_sources` are merged after bundler's own. 
 is written as true unless the file already says otherwise. `enable_internet` is always written
 as false: the CLI defaults it to true, and a code competition refuses a notebook with internet.
 `docker_image_pinning_type` is "original" unless the file says otherwise: the notebook keeps running
-on the image it first ran on, the one the baseline describes. `bundler push` pins bundler's dataset
-to the version it waited for (`owner/slug/N`); a re-render keeps that pin.
+on the image it first ran on, the one the baseline describes. `bundler push` pins bundler's datasets
+(the bundle's, and the wheels' when `dataset.wheels_id` ships them apart) to the versions it waited
+for (`owner/slug/N`); a re-render keeps those pins.
 
 `validate_metadata` applies the checks the Kaggle CLI makes before it sends anything
 (kaggle-api `kernels_push`), so a push never fails on the metadata; like the CLI's `get_bool`, it
@@ -60,28 +61,33 @@ def read_existing(path: Path) -> dict[str, Any]:
     return data
 
 
-def _our_dataset(cfg: BundleConfig, sources: Any, version: int | None) -> str:
-    """`owner/slug/N` when `version` is given or the file already pins our dataset, else `owner/slug`."""
+def our_datasets(cfg: BundleConfig) -> list[str]:
+    """bundler's own datasets: `dataset.id`, and `dataset.wheels_id` when the wheels are a part of their own."""
+    return [cfg.dataset.id, *([cfg.dataset.wheels_id] if cfg.dataset.wheels_id else [])]
+
+
+def _our_dataset(ref: str, sources: Any, version: int | None) -> str:
+    """`owner/slug/N` when `version` is given or the file already pins `ref`, else `owner/slug`."""
     if version is not None:
-        return f"{cfg.dataset.id}/{version}"
+        return f"{ref}/{version}"
     for source in sources if isinstance(sources, list) else []:
-        if isinstance(source, str) and re.fullmatch(re.escape(cfg.dataset.id) + r"/\d+", source):
+        if isinstance(source, str) and re.fullmatch(re.escape(ref) + r"/\d+", source):
             return source
-    return cfg.dataset.id
+    return ref
 
 
 def _other_sources(cfg: BundleConfig, sources: Any) -> list[str]:
-    """The user's own dataset sources: every entry but our dataset, pinned or not."""
-    ours = re.compile(re.escape(cfg.dataset.id) + r"(/\d+)?")
+    """The user's own dataset sources: every entry but ours, pinned or not."""
+    ours = re.compile("(" + "|".join(re.escape(r) for r in our_datasets(cfg)) + r")(/\d+)?")
     return [s for s in sources if not (isinstance(s, str) and ours.fullmatch(s))] if isinstance(sources, list) else []
 
 
 def kernel_metadata(
-    cfg: BundleConfig, existing: Mapping[str, Any] | None = None, *, dataset_version: int | None = None
+    cfg: BundleConfig, existing: Mapping[str, Any] | None = None, *, pins: Mapping[str, int] | None = None
 ) -> dict[str, Any]:
     """The metadata for `cfg`: bundler's fields first (in a fixed order), then the user's others.
 
-    Our dataset is pinned as `owner/slug/N` when `dataset_version` is given (what `bundler push`
+    Each of our datasets is pinned as `owner/slug/N` when `pins` gives its N (what `bundler push`
     does once version N is ready); a pin already in the file is kept by a re-render.
     """
     old = dict(existing or {})
@@ -96,7 +102,7 @@ def kernel_metadata(
         "enable_internet": False,
         "machine_shape": cfg.kernel.machine_shape,
         "dataset_sources": _union(
-            [_our_dataset(cfg, old.get("dataset_sources"), dataset_version)],
+            [_our_dataset(ref, old.get("dataset_sources"), (pins or {}).get(ref)) for ref in our_datasets(cfg)],
             _other_sources(cfg, old.get("dataset_sources")),
         ),
         "competition_sources": _union([cfg.competition.slug], old.get("competition_sources")),
@@ -217,13 +223,13 @@ def title_warning(meta: Mapping[str, Any]) -> str:
     return ""
 
 
-def write_metadata(cfg: BundleConfig, *, dataset_version: int | None = None) -> Path:
+def write_metadata(cfg: BundleConfig, *, pins: Mapping[str, int] | None = None) -> Path:
     """Write or update kernel-metadata.json at `kernel.metadata`; validated before it is written.
 
-    `dataset_version`: pin our dataset's `dataset_sources` entry to that version (`bundler push`).
+    `pins`: {dataset id: version} of our datasets to pin in `dataset_sources` (`bundler push`).
     """
     path = cfg.kernel.metadata
-    meta = kernel_metadata(cfg, read_existing(path), dataset_version=dataset_version)
+    meta = kernel_metadata(cfg, read_existing(path), pins=pins)
     path.parent.mkdir(parents=True, exist_ok=True)
     check_metadata(meta, path)
     text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"

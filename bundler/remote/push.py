@@ -33,8 +33,9 @@ from rich.markup import escape
 
 from bundler.config import BundleConfig
 from bundler.dataset.manifest import METADATA, manifest_files, read_manifest
+from bundler.dataset.parts import Part, bundle_parts
 from bundler.display import shown_path
-from bundler.errors import RemoteError
+from bundler.errors import BundlerError, RemoteError
 from bundler.notebook.kernel_metadata import check_metadata, read_existing, write_metadata
 from bundler.remote.client import Kaggle, KaggleHTTPError, connect, poll_interval
 from bundler.remote.kernel import StatusResult, kernel_status
@@ -52,8 +53,7 @@ UPLOAD_TRIES = 3  # a version refused because the previous one is processing: wa
 @dataclass(frozen=True)
 class PushResult:
     bundle_hash: str
-    dataset_version: int
-    uploaded: bool  # False: the bundle was unchanged since the last push
+    parts: tuple[PartResult, ...]  # each part's id, pinned version and whether it was uploaded
     kernel_version: int | None
     url: str
     run: StatusResult | None  # with --wait: the finished run
@@ -75,14 +75,13 @@ def git_describe(cfg: BundleConfig) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def version_message(cfg: BundleConfig, bundle_hash: str) -> str:
+def version_message(cfg: BundleConfig, bundle_hash: str, label: str = "bundle") -> str:
     describe = git_describe(cfg)
-    return f"bundle {bundle_hash[:12]}" + (f" ({describe})" if describe else "")
+    return f"{label} {bundle_hash[:12]}" + (f" ({describe})" if describe else "")
 
 
-def _wait_ended(cfg: BundleConfig, kaggle: Kaggle, interval: float, timeout_s: float, console: Console) -> str:
-    """Poll the newest version's processing state until it ends; that state."""
-    ref = cfg.dataset.id
+def _wait_ended(ref: str, kaggle: Kaggle, interval: float, timeout_s: float, console: Console) -> str:
+    """Poll the newest version's processing state of dataset `ref` until it ends; that state."""
 
     def poll() -> str:
         return kaggle.dataset_status(ref) or "not found"
@@ -100,9 +99,8 @@ def _wait_ended(cfg: BundleConfig, kaggle: Kaggle, interval: float, timeout_s: f
     return status
 
 
-def _wait_ready(cfg: BundleConfig, kaggle: Kaggle, interval: float, timeout_s: float, console: Console) -> None:
-    ref = cfg.dataset.id
-    status = _wait_ended(cfg, kaggle, interval, timeout_s, console)
+def _wait_ready(ref: str, kaggle: Kaggle, interval: float, timeout_s: float, console: Console) -> None:
+    status = _wait_ended(ref, kaggle, interval, timeout_s, console)
     if status != DATASET_READY:
         raise RemoteError(
             f"dataset {ref}: the new version's processing ended {status.upper()} on Kaggle; "
@@ -142,17 +140,15 @@ def compare_files(expected: Mapping[str, int], listed: Mapping[str, int]) -> lis
     return problems
 
 
-def _check_uploaded(
-    ref: str, version: int, expected: Mapping[str, int], kaggle: Kaggle, state: RemoteState
-) -> None:
+def _check_uploaded(part: Part, version: int, kaggle: Kaggle, state: RemoteState) -> None:
     """The ready version holds every uploaded file at its size; else forget the upload and fail naming them."""
-    problems = compare_files(expected, kaggle.dataset_files(ref, version))
+    problems = compare_files(part.files, kaggle.dataset_files(part.id, version))
     if problems:
-        state.dataset = {}  # the next push uploads again instead of trusting this version
+        state.part(part.name).clear()  # the next push uploads again instead of trusting this version
         state.save()
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise RemoteError(
-            f"dataset {ref} v{version} on Kaggle is not what was uploaded ({shown}); "
+            f"dataset {part.id} v{version} on Kaggle is not what was uploaded ({shown}); "
             "the upload was partial: run `bundler push` again to upload a new version"
         )
 
@@ -160,31 +156,30 @@ def _check_uploaded(
 def _upload(
     cfg: BundleConfig,
     kaggle: Kaggle,
+    part: Part,
     current: str | None,
-    bundle_hash: str,
     *,
     interval: float,
     timeout_s: float,
     console: Console,
 ) -> None:
     """Create the dataset or upload a new version; a refusal while the previous version processes is waited out."""
-    ref = cfg.dataset.id
-    folder = shown_path(cfg.dataset.out)
-    files = uploaded_files(cfg.dataset.out)
-    size_mb = sum(files.values()) / 1e6
+    ref = part.id
+    folder = shown_path(part.folder)
+    size_mb = part.size / 1e6
     for attempt in range(1, UPLOAD_TRIES + 1):
         started = time.monotonic()
         try:
-            with spinner(console, f"uploading {folder} to {ref}: {len(files)} files, {size_mb:,.1f} MB"):
+            with spinner(console, f"uploading {folder} to {ref}: {len(part.files)} files, {size_mb:,.1f} MB"):
                 if current is None:
                     console.print(
                         f"dataset {ref}: creating it from {folder} ({'private' if cfg.dataset.private else 'public'})"
                     )
-                    kaggle.create_dataset(cfg.dataset.out, public=not cfg.dataset.private)
+                    kaggle.create_dataset(part.folder, public=not cfg.dataset.private)
                 else:
-                    message = version_message(cfg, bundle_hash)
+                    message = version_message(cfg, part.hash, part.name)
                     console.print(f"dataset {ref}: new version from {escape(str(folder))}: {escape(str(message))}")
-                    kaggle.version_dataset(cfg.dataset.out, message)
+                    kaggle.version_dataset(part.folder, message)
         except KaggleHTTPError as e:
             if current is None or e.status != 403 or attempt == UPLOAD_TRIES:
                 raise
@@ -192,43 +187,71 @@ def _upload(
             if now is None or now in DATASET_ENDED:  # not a version in the way: a refusal of the access
                 raise
             console.print(f"dataset {ref}: Kaggle refused the new version while the previous one is {now}; waiting")
-            _wait_ended(cfg, kaggle, interval, timeout_s, console)
+            _wait_ended(ref, kaggle, interval, timeout_s, console)
             continue
-        console.print(f"  uploaded {len(files)} files, {size_mb:,.1f} MB in {time.monotonic() - started:.0f} s")
+        console.print(f"  uploaded {len(part.files)} files, {size_mb:,.1f} MB in {time.monotonic() - started:.0f} s")
         return
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """A part after the push: its id, the ready version the notebook pins, whether this push uploaded it."""
+
+    name: str
+    id: str
+    hash: str
+    version: int
+    uploaded: bool
+
+
+def push_part(
+    cfg: BundleConfig, kaggle: Kaggle, state: RemoteState, part: Part, *, interval: float, timeout_s: float,
+    console: Console,
+) -> PartResult:
+    """Steps 1 and 2 for one part: uploaded when its hash changed, then waited for and checked."""
+    ref = part.id
+    label = "bundle" if part.name == "bundle" else f"part {part.name}"
+    recorded = state.part(part.name)
+    same = recorded.get("hash") == part.hash and recorded.get("id") == ref
+    if same and isinstance(recorded.get("version"), int):
+        console.print(f"dataset {ref}: {label} {part.hash[:12]} unchanged since v{recorded['version']}; not uploaded")
+        return PartResult(part.name, ref, part.hash, int(recorded["version"]), False)
+    uploaded = False
+    if same:
+        console.print(f"dataset {ref}: {label} {part.hash[:12]} already uploaded; waiting for it to be ready")
+    else:
+        current = kaggle.dataset_status(ref)
+        if current not in (None, *DATASET_ENDED):
+            console.print(f"dataset {ref}: an earlier version is still {current}; Kaggle refuses a second upload")
+            current = _wait_ended(ref, kaggle, interval, timeout_s, console)
+        _upload(cfg, kaggle, part, current, interval=interval, timeout_s=timeout_s, console=console)
+        uploaded = True
+        recorded.clear()
+        recorded.update(id=ref, hash=part.hash, version=None, uploaded_at=_now())
+        state.save()
+    _wait_ready(ref, kaggle, interval, timeout_s, console)
+    version = kaggle.dataset_version_number(ref)
+    _check_uploaded(part, version, kaggle, state)
+    recorded.update(version=version, ready_at=_now())
+    state.save()
+    console.print(f"[green]dataset[/] {ref} v{version} ready")
+    return PartResult(part.name, ref, part.hash, version, uploaded)
 
 
 def push_dataset(
     cfg: BundleConfig, kaggle: Kaggle, state: RemoteState, *, interval: float, timeout_s: float, console: Console
-) -> tuple[str, int, bool]:
-    """(bundle hash, ready dataset version, uploaded?) after steps 1 and 2."""
+) -> tuple[str, list[PartResult]]:
+    """(bundle hash, each part after steps 1 and 2)."""
     manifest = read_manifest(cfg.dataset.out, cfg.name)
     check_folder(cfg, manifest)
-    bundle_hash = str(manifest["hash"])
-    ref = cfg.dataset.id
-    recorded = state.dataset
-    if recorded.get("hash") == bundle_hash and recorded.get("id") == ref and isinstance(recorded.get("version"), int):
-        console.print(f"dataset {ref}: bundle {bundle_hash[:12]} unchanged since v{recorded['version']}; not uploaded")
-        return bundle_hash, int(recorded["version"]), False
-    uploaded = False
-    if recorded.get("hash") == bundle_hash and recorded.get("id") == ref:
-        console.print(f"dataset {ref}: bundle {bundle_hash[:12]} already uploaded; waiting for it to be ready")
-    else:
-        current = kaggle.dataset_status(ref)
-        if current not in (None, DATASET_READY, DATASET_FAILED, "deleted"):
-            console.print(f"dataset {ref}: an earlier version is still {current}; Kaggle refuses a second upload")
-            current = _wait_ended(cfg, kaggle, interval, timeout_s, console)
-        _upload(cfg, kaggle, current, bundle_hash, interval=interval, timeout_s=timeout_s, console=console)
-        uploaded = True
-        state.dataset = {"id": ref, "hash": bundle_hash, "version": None, "uploaded_at": _now()}
-        state.save()
-    _wait_ready(cfg, kaggle, interval, timeout_s, console)
-    version = kaggle.dataset_version_number(ref)
-    _check_uploaded(ref, version, uploaded_files(cfg.dataset.out), kaggle, state)
-    state.dataset.update(version=version, ready_at=_now())
-    state.save()
-    console.print(f"[green]dataset[/] {ref} v{version} ready")
-    return bundle_hash, version, uploaded
+    try:
+        parts = bundle_parts(cfg, manifest)
+    except BundlerError as e:
+        raise RemoteError(str(e)) from None
+    results = [
+        push_part(cfg, kaggle, state, part, interval=interval, timeout_s=timeout_s, console=console) for part in parts
+    ]
+    return str(manifest["hash"]), results
 
 
 def _now() -> str:
@@ -283,7 +306,7 @@ def push(
     state = load_state(cfg)
     interval = poll_interval(poll_s, DEFAULT_POLL_S)
     kaggle = kaggle or connect(say=lambda line: console.print(escape(line)))
-    bundle_hash, dataset_version, uploaded = push_dataset(
+    bundle_hash, parts = push_dataset(
         cfg,
         kaggle,
         state,
@@ -292,10 +315,11 @@ def push(
         console=console,
     )
     _fresh_notebook(cfg, console)
-    metadata = write_metadata(cfg, dataset_version=dataset_version)
+    metadata = write_metadata(cfg, pins={p.id: p.version for p in parts})
     meta: dict[str, Any] = read_existing(metadata)
     check_metadata(meta, metadata)
-    console.print(f"kernel-metadata.json: dataset {cfg.dataset.id}/{dataset_version}, internet off, image pinned")
+    pinned = ", ".join(f"{p.id}/{p.version}" for p in parts)
+    console.print(f"kernel-metadata.json: dataset {pinned}, internet off, image pinned")
     with spinner(console, f"pushing notebook {cfg.kernel.id}"):
         response = kaggle.push_kernel(metadata.parent, no_run=no_run)
     if response.error:
@@ -305,13 +329,14 @@ def push(
         state.kernel(response.version).update(
             pushed_at=_now(),
             bundle_hash=bundle_hash,
-            dataset_version=dataset_version,
+            dataset_version=parts[-1].version,  # the part carrying bundle.json
+            parts={p.name: p.version for p in parts},
             status="saved" if no_run else "queued",
             url=response.url,
         )
         state.save()
     if response.invalid:
-        ours = any(s.startswith(cfg.dataset.id) for s in response.invalid.get("dataset", []))
+        ours = any(s.startswith(tuple(p.id for p in parts)) for s in response.invalid.get("dataset", []))
         fix = (
             f"bundler's own dataset version is gone or not yours: delete {shown_path(state.path)} and push again"
             if ours
@@ -339,4 +364,4 @@ def push(
         )
     elif not no_run:
         console.print(f"follow it with: [bold]bundler status --wait[/] (v{response.version})")
-    return PushResult(bundle_hash, dataset_version, uploaded, response.version, response.url, run)
+    return PushResult(bundle_hash, tuple(parts), response.version, response.url, run)

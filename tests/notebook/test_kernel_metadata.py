@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -197,11 +198,23 @@ def test_push_pins_our_dataset_and_a_rerender_keeps_the_pin(tmp_path: Path) -> N
     meta = json.loads(cfg.kernel.metadata.read_text())
     meta["dataset_sources"] = [*meta["dataset_sources"], "someone/extra-weights/2"]
     cfg.kernel.metadata.write_text(json.dumps(meta))
-    write_metadata(cfg, dataset_version=7)
+    write_metadata(cfg, pins={cfg.dataset.id: 7})
     pinned = json.loads(cfg.kernel.metadata.read_text())
     assert pinned["dataset_sources"] == ["your-kaggle-name/bundler-severstal-demo/7", "someone/extra-weights/2"]
     assert pinned["docker_image_pinning_type"] == "original"
     render_notebook(cfg, console=quiet())
     assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == pinned["dataset_sources"]
-    write_metadata(cfg, dataset_version=8)
+    write_metadata(cfg, pins={cfg.dataset.id: 8})
     assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"][0].endswith("/bundler-severstal-demo/8")
+
+
+def test_each_part_is_pinned_and_a_rerender_keeps_every_pin(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    wheels = "your-kaggle-name/bundler-severstal-wheels"
+    cfg = replace(cfg, dataset=replace(cfg.dataset, wheels_id=wheels))
+    render_notebook(cfg, console=quiet())
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == [cfg.dataset.id, wheels]
+    write_metadata(cfg, pins={cfg.dataset.id: 4, wheels: 2})
+    render_notebook(cfg, console=quiet())
+    expected = [f"{cfg.dataset.id}/4", f"{wheels}/2"]
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == expected

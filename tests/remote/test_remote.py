@@ -80,8 +80,10 @@ def run_scenario(
     work.mkdir(exist_ok=True)
     (work / "scenario.json").write_text(json.dumps(scenario))
     config = str(cfg.root / "bundle.toml")
-    argvs = [
-        {"argv": [sys.executable, "-m", "bundler.cli", *c, "--config", config], "cwd": str(cfg.root)} for c in commands
+    argvs = [  # a command starting with "!" is run as it is (a change between two pushes)
+        {"argv": c[1:] if c[0] == "!" else [sys.executable, "-m", "bundler.cli", *c, "--config", config],
+         "cwd": str(cfg.root)}
+        for c in commands
     ]
     (work / "commands.json").write_text(json.dumps(argvs))
     home = tmp_path / "home"
@@ -281,6 +283,91 @@ def test_a_p100_request_is_refused_before_anything_reaches_kaggle(tmp_path: Path
     assert calls == []
 
 
+WHEELS = "your-kaggle-name/bundler-severstal-wheels"
+WHEEL = "tinypkg-1.0-py3-none-any.whl"
+
+
+def parts_project(tmp_path: Path) -> BundleConfig:
+    """The demo project shipping its wheels apart (`dataset.wheels_id`), with one 7-byte wheel."""
+    cfg = project(tmp_path)
+    toml = cfg.root / "bundle.toml"
+    toml.write_text(toml.read_text().replace('[dataset]\n', f'[dataset]\nwheels_id = "{WHEELS}"\n', 1))
+    write_fake_manifest(cfg, wheels=[{"file": WHEEL, "name": "tinypkg", "sha256": "cd" * 32, "size": 7}])
+    (cfg.dataset.out / WHEEL).write_bytes(b"0123456")
+    return replace(cfg, dataset=replace(cfg.dataset, wheels_id=WHEELS))
+
+
+def _changed_model(cfg: BundleConfig) -> list[str]:
+    """A command that retrains one model: its weight's sha256 and the bundle hash change, the wheels do not."""
+    manifest = json.loads((cfg.dataset.out / "bundle.json").read_text())
+    manifest["weights"][0]["sha256"] = "ef" * 32
+    manifest["hash"] = "12" * 32
+    path = str(cfg.dataset.out / "bundle.json")
+    code = f"import pathlib; pathlib.Path({path!r}).write_text({json.dumps(manifest)!r})"
+    return ["!", sys.executable, "-c", code]
+
+
+def _changed_threshold(cfg: BundleConfig) -> list[str]:
+    toml = str(cfg.root / "bundle.toml")
+    code = (
+        f"import pathlib; p = pathlib.Path({toml!r}); "
+        "p.write_text(p.read_text().replace('threshold = [0.5, 0.5, 0.5, 0.5]', 'threshold = [0.4, 0.5, 0.5, 0.5]'))"
+    )
+    return ["!", sys.executable, "-c", code]
+
+
+@needs_netns
+def test_parts_upload_only_what_changed_and_each_version_is_pinned(tmp_path: Path) -> None:
+    cfg = parts_project(tmp_path)
+    commands = [
+        ["push", "--no-run"],
+        _changed_threshold(cfg),
+        ["push", "--no-run"],
+        _changed_model(cfg),
+        ["push", "--no-run"],
+        ["status"],
+    ]
+    results, calls = run_scenario(tmp_path, cfg, completed_scenario(), commands)
+    first, _, threshold, _, model, status = results
+    for r in (first, threshold, model):
+        assert r["returncode"] == 0, r["stderr"] + r["stdout"]
+    saves = [c["body"] for c in calls if c["endpoint"].endswith("/SaveKernel")]
+    assert saves[0]["datasetDataSources"] == [f"{DATASET}/1", f"{WHEELS}/1"]
+    assert "inference.ipynb was stale: rendered" in threshold["stdout"]
+    assert "0.4" in json.dumps(json.loads(saves[1]["text"])["cells"])  # the new threshold went with the notebook
+    assert saves[1]["datasetDataSources"] == [f"{DATASET}/1", f"{WHEELS}/1"]  # and nothing was uploaded
+    assert saves[2]["datasetDataSources"] == [f"{DATASET}/2", f"{WHEELS}/1"]  # the new model: weights only
+    uploads = [(c["name"], c["size"]) for c in calls if c["endpoint"] == "PUT upload"]
+    weights = sorted(m.spec.file for m in cfg.models)
+    first_round = sorted(n for n, _ in uploads[: len(weights) + 4])
+    assert first_round == sorted([WHEEL, "bundle.json", "bundle-part.json", "bundle-part.json", *weights])
+    later = sorted(n for n, _ in uploads[len(weights) + 4 :])
+    assert later == sorted(["bundle.json", "bundle-part.json", *weights])  # the wheel never again
+    created = [c["body"].get("slug") for c in calls if c["endpoint"].endswith("/CreateDataset")]
+    assert sorted(created) == ["bundler-severstal-demo", "bundler-severstal-wheels"]
+    assert endpoints(calls).count("CreateDatasetVersion") == 1
+    assert "part wheels" in threshold["stdout"] and "unchanged since v1" in threshold["stdout"]
+    assert status["returncode"] == 0, status["stderr"]
+    assert f"wheels: {WHEELS} v1" in status["stdout"] and f"weights: {DATASET} v2" in status["stdout"]
+    assert "v3 runs on weights v2, wheels v1" in status["stdout"]
+    part = json.loads((cfg.root / "build" / "parts" / "wheels" / "bundle-part.json").read_text())
+    assert part["part"] == "wheels" and [r["file"] for r in part["files"]] == [WHEEL]
+
+
+@needs_netns
+def test_a_part_over_kaggles_limit_is_one_line_with_the_limit_and_its_size(tmp_path: Path) -> None:
+    cfg = parts_project(tmp_path)
+    os.environ["BUNDLER_PART_LIMIT_BYTES"] = "600"  # the wheels part fits, the weights part (bundle.json) does not
+    try:
+        results, calls = run_scenario(tmp_path, cfg, completed_scenario(), [["push"]])
+    finally:
+        del os.environ["BUNDLER_PART_LIMIT_BYTES"]
+    err = results[0]["stderr"].strip()
+    assert results[0]["returncode"] == 1 and len(err.splitlines()) == 1, err
+    assert f"part weights ({DATASET}) is" in err and "over Kaggle's limit of 600 bytes per version" in err, err
+    assert not any(c["endpoint"] == "PUT upload" for c in calls)
+
+
 @needs_netns
 def test_an_incomplete_dataset_folder_is_not_uploaded(tmp_path: Path) -> None:
     cfg = project(tmp_path)
@@ -383,6 +470,18 @@ def test_missing_credentials_are_one_line_naming_the_fix(tmp_path: Path) -> None
     assert len(err.splitlines()) == 1, err
     assert "KAGGLE_USERNAME" in err and "kaggle.json" in err and "KAGGLE_API_TOKEN" in err
     assert calls == []
+
+
+@needs_netns
+def test_wrong_credentials_are_one_line_and_nothing_is_half_pushed(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = {**completed_scenario(), "key": "the-right-key"}
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push"]])
+    err = results[0]["stderr"].strip()
+    assert results[0]["returncode"] == 1 and len(err.splitlines()) == 1, err
+    assert "Kaggle refused the credentials or the access (HTTP 401" in err
+    assert [c.get("refused") for c in calls] == [401]  # a 401 is not tried again
+    assert not (cfg.root / "build" / "kaggle" / "state.json").exists()
 
 
 @needs_netns

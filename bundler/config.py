@@ -232,6 +232,24 @@ class DatasetConfig:
             shown="none: wheels and weights in one dataset",
         ),
     )
+    weights_model: str | None = field(
+        default=None,
+        metadata=_key(
+            "ship bundle.json and the weights as this Kaggle Model variation (`owner/model/framework/variation`, "
+            "e.g. `you/severstal-unet/pyTorch/default`; created when missing, a new version per change, pinned in "
+            "`model_sources`); the wheels then go in `wheels_id`, else in `id`.",
+            Rule(
+                lambda v: len(v.split("/")) == 4 and all(v.split("/")),
+                "{key} = {value!r} must be 'owner/model/framework/variation' (e.g. 'you/my-model/pyTorch/default')",
+                "`owner/model/framework/variation`",
+            ),
+            shown="none: the weights in a dataset",
+        ),
+    )
+    model_license: str = field(
+        default="Apache 2.0",
+        metadata=_key("the licence of the model variation (`weights_model`), by the name Kaggle lists it under."),
+    )
     license: str = field(default="CC0-1.0", metadata=_key("recorded in `dataset-metadata.json`."))
     private: bool = field(
         default=True,

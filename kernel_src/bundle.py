@@ -4,7 +4,8 @@ STDLIB ONLY: this module runs before the vendored wheels are installed, so it ma
 nothing that is not part of Python itself, and from kernel_src only `errors` and `paths` (stdlib only too).
 
 - `find_bundle` looks for the dataset folder whose `bundle.json` names the bundle, under the
-  input root at any depth up to 3 (`/kaggle/input/<slug>/`, `/kaggle/input/datasets/<owner>/<slug>/`).
+  input root at any depth up to 6 (`/kaggle/input/<slug>/`, `/kaggle/input/datasets/<owner>/<slug>/`,
+  and a Kaggle Model's `/kaggle/input/models/<owner>/<model>/<framework>/<variation>/<version>/`).
 - `gather_parts` joins a bundle shipped as parts (each its own dataset: the wheels apart from
   the weights, so a new model does not re-upload every wheel): the folder with bundle.json
   lacks some files, which are looked for in the part folders (a `bundle-part.json` naming the
@@ -193,7 +194,7 @@ def find_bundle(input_root: Path, bundle_name: str, override: Path | None = None
         )
     found: list[tuple[Path, dict[str, Any]]] = []
     others: list[str] = []
-    for folder in _folders(root, MAX_DEPTH):
+    for folder in _folders(root, PART_DEPTH):
         if not (folder / MANIFEST).is_file():
             continue
         try:
@@ -208,7 +209,7 @@ def find_bundle(input_root: Path, bundle_name: str, override: Path | None = None
     if not found:
         seen = f"; bundles seen: {', '.join(others)}" if others else "; no bundle.json was found at all"
         raise BundleError(
-            f"bundle {bundle_name!r} not found: no {MANIFEST} naming it in the folders up to {MAX_DEPTH} levels "
+            f"bundle {bundle_name!r} not found: no {MANIFEST} naming it in the folders up to {PART_DEPTH} levels "
             f"below {root}{seen}. Fix: attach the bundle's dataset to the notebook (Add Input), "
             "or set CONFIG['bundle_dir']"
         )

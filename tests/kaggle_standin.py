@@ -23,6 +23,9 @@ The scenario (JSON; every key optional):
   polls answered 404, the log and outputs listed, the sources SaveKernel reports as invalid;
 - "submission": {"statuses": [..], "public_score": "0.9", "error": ""};
 - "datasets": {slug: {...}}: the same for one dataset by its slug (a bundle in parts);
+- "models": {"existing": ["owner/model", ...], "licences": [...], "lose_files": [...]}: Kaggle Models
+  that exist before the test, the licence names a new variation may take (others: 400), and the
+  files the first new model version's list lacks;
 - "key": the only KAGGLE_KEY accepted (HTTP Basic); any other is answered 401;
 - "token": the access token `IntrospectToken` reports active (for KAGGLE_API_TOKEN);
 - "refuse": {method: [status, ...]}: the first calls of `method` answered with these HTTP statuses
@@ -70,6 +73,10 @@ class StandIn:
     def __init__(self, scenario: dict[str, Any], calls: Path) -> None:
         self.scenario = scenario
         self.datasets: dict[str, Dataset] = {}
+        # Kaggle Models: "owner/model" -> created; "owner/model/variation" -> {version: {file: size}}
+        self.lose_model_files: set[str] = set(scenario.get("models", {}).get("lose_files", []))
+        self.models: set[str] = set(scenario.get("models", {}).get("existing", []))
+        self.variations: dict[str, dict[int, dict[str, int]]] = {}
         self.kernel_versions: dict[str, int] = {}
         self.kernel_statuses: dict[str, list[str]] = {}
         self.not_found: dict[str, int] = {}
@@ -151,6 +158,44 @@ class StandIn:
             }
             ds.statuses = list(ds.script.get("statuses", ["ready"]))
             return 200, {"status": "ok", "ref": "/datasets/x", "url": "http://localhost/datasets/x"}
+        if method in ("GetModel", "CreateModel"):
+            model = f"{body.get('ownerSlug')}/{body.get('modelSlug') or body.get('slug')}"
+            if method == "CreateModel":
+                self.models.add(model)
+                return 200, {"ref": model, "url": f"http://{HOST}/models/{model}"}
+            if model not in self.models:
+                return 404, {"code": 404, "message": "Model not found"}
+            return 200, {"ref": model, "title": model}
+        if method in ("GetModelInstance", "CreateModelInstance", "CreateModelInstanceVersion"):
+            inner = body.get("body") if isinstance(body.get("body"), dict) else {}
+            variation = body.get("instanceSlug") or inner.get("instanceSlug")
+            key = f"{body.get('ownerSlug')}/{body.get('modelSlug')}/{variation}"
+            versions = self.variations.get(key)
+            if method == "GetModelInstance":
+                if versions is None:
+                    return 404, {"code": 404, "message": "Model instance not found"}
+                return 200, {"slug": key.split("/")[-1], "versionNumber": max(versions)}
+            if f"{body.get('ownerSlug')}/{body.get('modelSlug')}" not in self.models:
+                return 404, {"code": 404, "message": "Model not found"}
+            licences = self.scenario.get("models", {}).get("licences", ["Apache 2.0", "MIT", "CC0: Public Domain"])
+            if method == "CreateModelInstance" and inner.get("licenseName") not in licences:
+                return 400, {"code": 400, "message": f"License {inner.get('licenseName')!r} not found"}
+            files = inner.get("files") or []
+            lost, self.lose_model_files = self.lose_model_files, set()
+            uploaded = {
+                self.uploads[f["token"]]["name"]: self.uploads[f["token"]]["size"]
+                for f in files
+                if self.uploads.get(f.get("token"), {}).get("name") not in lost
+            }
+            versions = self.variations.setdefault(key, {})
+            versions[max(versions, default=0) + 1] = uploaded
+            return 200, {"ref": key, "url": f"http://{HOST}/models/{key}"}
+        if method == "ListModelInstanceVersionFiles":
+            key = f"{body.get('ownerSlug')}/{body.get('modelSlug')}/{body.get('instanceSlug')}"
+            files = self.variations.get(key, {}).get(int(body.get("versionNumber") or 0))
+            if files is None:
+                return 404, {"code": 404, "message": "Model instance version not found"}
+            return 200, {"files": [{"name": n, "size": size} for n, size in sorted(files.items())]}
         if method == "ListDatasetFiles":
             ds = self.dataset(body)
             number = int(body.get("datasetVersionNumber") or ds.version)

@@ -62,7 +62,10 @@ def read_existing(path: Path) -> dict[str, Any]:
 
 
 def our_datasets(cfg: BundleConfig) -> list[str]:
-    """bundler's own datasets: `dataset.id`, and `dataset.wheels_id` when the wheels are a part of their own."""
+    """bundler's own datasets: `dataset.id`, and `dataset.wheels_id` when the wheels are a part of their own;
+    with the weights in a Kaggle Model (`dataset.weights_model`), only the dataset that holds the wheels."""
+    if cfg.dataset.weights_model:
+        return [cfg.dataset.wheels_id or cfg.dataset.id]
     return [cfg.dataset.id, *([cfg.dataset.wheels_id] if cfg.dataset.wheels_id else [])]
 
 
@@ -80,6 +83,19 @@ def _other_sources(cfg: BundleConfig, sources: Any) -> list[str]:
     """The user's own dataset sources: every entry but ours, pinned or not."""
     ours = re.compile("(" + "|".join(re.escape(r) for r in our_datasets(cfg)) + r")(/\d+)?")
     return [s for s in sources if not (isinstance(s, str) and ours.fullmatch(s))] if isinstance(sources, list) else []
+
+
+def _model_sources(cfg: BundleConfig, sources: Any, pins: Mapping[str, int]) -> list[str]:
+    """The user's model sources, after ours (`dataset.weights_model`) pinned: by `pins`, else as the file
+    pins it already; unpinned it is left out, as Kaggle wants a version (`bundler push` adds it)."""
+    theirs = [s for s in sources if isinstance(s, str)] if isinstance(sources, list) else []
+    handle = cfg.dataset.weights_model
+    if not handle:
+        return theirs
+    ours = re.compile(re.escape(handle) + r"/\d+")
+    kept = next((s for s in theirs if ours.fullmatch(s)), None)
+    pinned = f"{handle}/{pins[handle]}" if handle in pins else kept
+    return [*([pinned] if pinned else []), *(s for s in theirs if not ours.fullmatch(s))]
 
 
 def kernel_metadata(
@@ -109,6 +125,8 @@ def kernel_metadata(
         # the image the notebook was first run on (and the baseline describes) stays its image
         "docker_image_pinning_type": old.get("docker_image_pinning_type", "original"),
     }
+    if cfg.dataset.weights_model:  # else the user's own model_sources, if any, are kept as they are
+        managed["model_sources"] = _model_sources(cfg, old.get("model_sources"), pins or {})
     return {**managed, **{k: v for k, v in old.items() if k not in managed}}
 
 

@@ -26,6 +26,11 @@ The HTTP calls behind each method (POST `/api/v1/<service>/<method>`, JSON bodie
 - `create_dataset` / `version_dataset`: `blobs.BlobApiService/StartBlobUpload` and a PUT of each
   file to the URL it returns, then `datasets.DatasetApiService/CreateDataset` or
   `.../CreateDatasetVersion` (create first asks `GetDatasetStatus`, expecting 404);
+- `model_owner` / `create_model`: `models.ModelApiService/GetModel` / `CreateModel`;
+- `model_version` / `create_model_variation` / `version_model_variation`:
+  `models.ModelApiService/GetModelInstance` / `CreateModelInstance` / `CreateModelInstanceVersion`
+  (each upload as for datasets, blob type MODEL);
+- `model_files`: `models.ModelApiService/ListModelInstanceVersionFiles` (paged);
 - `push_kernel`: `kernels.KernelsApiService/SaveKernel`;
 - `kernel_settings`: `kernels.KernelsApiService/GetKernel` (the settings Kaggle keeps, read back);
 - `kernel_status`: `kernels.KernelsApiService/GetKernelSessionStatus`;
@@ -186,6 +191,8 @@ def describe_failure(what: str, error: BaseException) -> str:
         return f"{what}: Kaggle refused the credentials or the access (HTTP {status}: {first}); check them and the id"
     if status == 404:
         return f"{what}: not found on Kaggle (HTTP 404: {first}); check the id in bundle.toml"
+    if status == 400:
+        return f"{what}: Kaggle refused the values (HTTP 400: {first}); check them in bundle.toml"
     if status is not None:
         return f"{what}: Kaggle answered HTTP {status} ({first}); try again later"
     if _is_connection_error(error):
@@ -333,6 +340,60 @@ class Kaggle:
         what = f"uploading a new dataset version from {folder}"
         response = self._call(what, lambda: self._api.dataset_create_version(str(folder), message, quiet=True))
         self._dataset_result(what, response)
+
+    def model_owner(self, model: str) -> str | None:
+        """The owner of model `owner/slug` as Kaggle reports it, None when there is no such model."""
+        try:
+            response = self._call(f"model {model}", lambda: self._api.model_get(model))
+        except KaggleHTTPError as e:
+            if e.status == 404:
+                return None
+            raise
+        ref = str(getattr(response, "ref", "") or model)
+        return ref.split("/")[0]
+
+    def create_model(self, folder: Path) -> None:
+        what = f"creating the model from {folder}"
+        self._dataset_result(what, self._call(what, lambda: self._api.model_create_new(str(folder))))
+
+    def model_version(self, handle: str) -> int | None:
+        """The newest version of variation `owner/model/framework/variation`, None when there is none."""
+        try:
+            response = self._call(f"model variation {handle}", lambda: self._api.model_instance_get(handle))
+        except KaggleHTTPError as e:
+            if e.status == 404:
+                return None
+            raise
+        number = getattr(response, "version_number", None)
+        return int(number) if number else None
+
+    def create_model_variation(self, folder: Path) -> None:
+        what = f"creating the model variation from {folder}"
+        self._dataset_result(what, self._call(what, lambda: self._api.model_instance_create(str(folder), quiet=True)))
+
+    def version_model_variation(self, handle: str, folder: Path, notes: str) -> None:
+        what = f"uploading a new version of model variation {handle} from {folder}"
+        response = self._call(
+            what, lambda: self._api.model_instance_version_create(handle, str(folder), version_notes=notes, quiet=True)
+        )
+        self._dataset_result(what, response)
+
+    def model_files(self, handle: str, version: int) -> dict[str, int]:
+        """{file name: size in bytes} of version `version` of model variation `handle`."""
+        files: dict[str, int] = {}
+        token: str | None = None
+        while True:
+            response = self._call(
+                f"files of model {handle}/{version}",
+                functools.partial(
+                    self._api.model_instance_version_files, f"{handle}/{version}", page_token=token, page_size=200
+                ),
+            )
+            for record in getattr(response, "files", None) or []:
+                files[str(record.name)] = int(getattr(record, "size", 0) or 0)
+            token = str(getattr(response, "next_page_token", "") or "") or None
+            if token is None:
+                return files
 
     def push_kernel(self, folder: Path, *, no_run: bool) -> PushResponse:
         response = self._call(

@@ -202,6 +202,7 @@ class PartResult:
     hash: str
     version: int
     uploaded: bool
+    kind: str = "dataset"  # or "model"
 
 
 def push_part(
@@ -209,6 +210,8 @@ def push_part(
     console: Console,
 ) -> PartResult:
     """Steps 1 and 2 for one part: uploaded when its hash changed, then waited for and checked."""
+    if part.kind == "model":
+        return _push_model_part(cfg, kaggle, state, part, console=console)
     ref = part.id
     label = "bundle" if part.name == "bundle" else f"part {part.name}"
     recorded = state.part(part.name)
@@ -236,6 +239,65 @@ def push_part(
     state.save()
     console.print(f"[green]dataset[/] {ref} v{version} ready")
     return PartResult(part.name, ref, part.hash, version, uploaded)
+
+
+def _push_model_part(
+    cfg: BundleConfig, kaggle: Kaggle, state: RemoteState, part: Part, *, console: Console
+) -> PartResult:
+    """The weights as a Kaggle Model variation: the model created when missing, the variation created
+    (version 1) or given a new version when the part's hash changed; its file list then checked."""
+    handle = part.id
+    owner, model = handle.split("/")[:2]
+    recorded = state.part(part.name)
+    if recorded.get("hash") == part.hash and recorded.get("id") == handle and isinstance(recorded.get("version"), int):
+        since = recorded["version"]
+        console.print(f"model {handle}: part {part.name} {part.hash[:12]} unchanged since v{since}; not uploaded")
+        return PartResult(part.name, handle, part.hash, int(recorded["version"]), False, "model")
+    me = kaggle.username
+    if me and owner != me:
+        raise RemoteError(
+            f"dataset.weights_model {handle!r}: the model's owner {owner!r} is not the account pushing ({me!r}); "
+            f"a model owned by someone else cannot take a new version: use '{me}/{model}/...' in bundle.toml"
+        )
+    if kaggle.model_owner(f"{owner}/{model}") is None:
+        console.print(f"model {owner}/{model}: creating it ({'private' if cfg.dataset.private else 'public'})")
+        kaggle.create_model(part.model_card)
+    before = kaggle.model_version(handle)
+    folder = shown_path(part.folder)
+    with spinner(console, f"uploading {folder} to model {handle}: {len(part.files)} files, {part.size / 1e6:,.1f} MB"):
+        try:
+            if before is None:
+                console.print(f"model {handle}: creating the variation from {folder}")
+                kaggle.create_model_variation(part.folder)
+            else:
+                message = version_message(cfg, part.hash, part.name)
+                console.print(f"model {handle}: new version from {escape(str(folder))}: {escape(message)}")
+                kaggle.version_model_variation(handle, part.folder, message)
+        except KaggleHTTPError as e:
+            if e.status == 400 and before is None:
+                raise RemoteError(
+                    f"{e} (is dataset.model_license = {cfg.dataset.model_license!r} a licence name Kaggle knows?)"
+                ) from None
+            raise
+    version = kaggle.model_version(handle)
+    if version is None or version == before:
+        raise RemoteError(f"model {handle}: Kaggle reports no new version after the upload; see the model's page")
+    recorded.clear()
+    recorded.update(id=handle, hash=part.hash, version=None, uploaded_at=_now())
+    state.save()
+    problems = compare_files(part.files, kaggle.model_files(handle, version))
+    if problems:
+        recorded.clear()
+        state.save()
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise RemoteError(
+            f"model {handle} v{version} on Kaggle is not what was uploaded ({shown}); "
+            "the upload was partial: run `bundler push` again to upload a new version"
+        )
+    recorded.update(version=version, ready_at=_now())
+    state.save()
+    console.print(f"[green]model[/] {handle} v{version} ready")
+    return PartResult(part.name, handle, part.hash, version, True, "model")
 
 
 def push_dataset(
@@ -315,11 +377,11 @@ def push(
         console=console,
     )
     _fresh_notebook(cfg, console)
-    metadata = write_metadata(cfg, pins={p.id: p.version for p in parts})
+    metadata = write_metadata(cfg, pins={p.id: p.version for p in parts})  # a model's handle pins model_sources
     meta: dict[str, Any] = read_existing(metadata)
     check_metadata(meta, metadata)
-    pinned = ", ".join(f"{p.id}/{p.version}" for p in parts)
-    console.print(f"kernel-metadata.json: dataset {pinned}, internet off, image pinned")
+    pinned = ", ".join(f"{p.kind} {p.id}/{p.version}" for p in parts)
+    console.print(f"kernel-metadata.json: {pinned}, internet off, image pinned")
     with spinner(console, f"pushing notebook {cfg.kernel.id}"):
         response = kaggle.push_kernel(metadata.parent, no_run=no_run)
     if response.error:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bundler.dryrun.tree import dataset_slug, make_tree, remove_tree
+from bundler.dryrun.tree import dataset_slug, make_tree, mount_dir, remove_tree
 
 
 def test_tree_layout_links_and_removal(tmp_path: Path) -> None:
@@ -80,3 +80,8 @@ def test_a_bundle_in_parts_is_laid_out_as_kaggle_mounts_each_part(tmp_path: Path
     assert sorted(p.name for p in wheels_dir.iterdir()) == ["bundle-part.json", "x-1.0-py3-none-any.whl"]
     assert wheels_dir.stat().st_mode & 0o222 == 0
     remove_tree(tree.root)
+
+
+def test_a_model_part_is_mounted_where_kaggle_mounts_models(tmp_path: Path) -> None:
+    assert mount_dir(tmp_path, "me/unet/pyTorch/default") == tmp_path / "models/me/unet/pyTorch/default/1"
+    assert mount_dir(tmp_path, "me/my-bundle") == tmp_path / "my-bundle"

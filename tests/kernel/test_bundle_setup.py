@@ -88,7 +88,7 @@ def test_find_bundle_prefers_the_rendered_hash_when_attached_twice(tmp_path: Pat
 
 def test_find_bundle_not_found_names_what_it_saw_and_the_fix(tmp_path: Path) -> None:
     make_bundle(tmp_path / "input" / "other", name="someone-elses")
-    make_bundle(tmp_path / "input" / "a" / "b" / "c" / "too-deep")
+    make_bundle(tmp_path / "input" / "a" / "b" / "c" / "d" / "e" / "f" / "too-deep")  # 7 levels: past a Model
     with pytest.raises(BundleError) as e:
         find_bundle(tmp_path / "input", "demo")
     message = str(e.value)
@@ -137,6 +137,7 @@ def _split(whole: Path, weights_dir: Path, wheels_dir: Path) -> None:
         ("bundle-data", "bundle-wheels"),  # /kaggle/input/<slug>/
         ("datasets/me/bundle-data", "datasets/me/bundle-wheels"),  # /kaggle/input/datasets/<owner>/<slug>/
         ("bundle-data", "models/me/wheels/other/default/3"),  # 6 levels down, as a Kaggle Model mounts
+        ("models/me/unet/pyTorch/default/2", "datasets/me/bundle-wheels"),  # the weights as a Kaggle Model
     ],
 )
 def test_a_bundle_in_parts_is_found_joined_and_verified(tmp_path: Path, weights_at: str, wheels_at: str) -> None:

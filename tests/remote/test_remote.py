@@ -354,6 +354,68 @@ def test_parts_upload_only_what_changed_and_each_version_is_pinned(tmp_path: Pat
     assert part["part"] == "wheels" and [r["file"] for r in part["files"]] == [WHEEL]
 
 
+MODEL = "your-kaggle-name/severstal-unet/pyTorch/default"
+
+
+def model_project(tmp_path: Path, handle: str = MODEL, licence: str = "Apache 2.0") -> BundleConfig:
+    """The parts project with its weights as a Kaggle Model variation (`dataset.weights_model`)."""
+    cfg = parts_project(tmp_path)
+    toml = cfg.root / "bundle.toml"
+    extra = f'weights_model = "{handle}"\nmodel_license = "{licence}"\n'
+    toml.write_text(toml.read_text().replace("[dataset]\n", "[dataset]\n" + extra, 1))
+    return replace(cfg, dataset=replace(cfg.dataset, weights_model=handle, model_license=licence))
+
+
+@needs_netns
+def test_weights_as_a_kaggle_model_are_created_versioned_and_pinned(tmp_path: Path) -> None:
+    cfg = model_project(tmp_path)
+    commands = [["push", "--no-run"], _changed_model(cfg), ["push", "--no-run"], ["push", "--no-run"], ["status"]]
+    results, calls = run_scenario(tmp_path, cfg, completed_scenario(), commands)
+    first, _, second, third, status = results
+    for r in (first, second, third):
+        assert r["returncode"] == 0, r["stderr"] + r["stdout"]
+    order = endpoints(calls)
+    assert order.index("CreateModel") < order.index("CreateModelInstance") < order.index("CreateModelInstanceVersion")
+    instance = next(c["body"] for c in calls if c["endpoint"].endswith("/CreateModelInstance"))
+    assert instance["body"]["instanceSlug"] == "default" and instance["body"]["licenseName"] == "Apache 2.0"
+    saves = [c["body"] for c in calls if c["endpoint"].endswith("/SaveKernel")]
+    assert [s["modelDataSources"] for s in saves] == [[f"{MODEL}/1"], [f"{MODEL}/2"], [f"{MODEL}/2"]]
+    assert [s["datasetDataSources"] for s in saves] == [[f"{WHEELS}/1"]] * 3  # the wheels went up once
+    assert order.count("CreateModelInstanceVersion") == 1  # the third push uploaded nothing
+    assert "unchanged since v2; not uploaded" in third["stdout"]
+    meta = json.loads(cfg.kernel.metadata.read_text())
+    assert meta["model_sources"] == [f"{MODEL}/2"] and meta["dataset_sources"] == [f"{WHEELS}/1"]
+    assert f"weights: {MODEL} v2" in status["stdout"]
+
+
+@needs_netns
+def test_a_model_of_someone_else_and_an_unknown_licence_are_one_line_each(tmp_path: Path) -> None:
+    cfg = model_project(tmp_path / "theirs", handle="someone-else/severstal-unet/pyTorch/default")
+    results, calls = run_scenario(tmp_path / "theirs", cfg, completed_scenario(), [["push"]])
+    err = results[0]["stderr"].strip()
+    assert results[0]["returncode"] == 1 and len(err.splitlines()) == 1, err
+    assert "the model's owner 'someone-else' is not the account pushing ('your-kaggle-name')" in err
+    assert not any(e.endswith("Model") or "ModelInstance" in e for e in endpoints(calls))
+    cfg = model_project(tmp_path / "licence", licence="Made Up 1.0")
+    results, calls = run_scenario(tmp_path / "licence", cfg, completed_scenario(), [["push"]])
+    err = results[0]["stderr"].strip()
+    assert results[0]["returncode"] == 1 and len(err.splitlines()) == 1, err
+    assert "HTTP 400" in err and "dataset.model_license = 'Made Up 1.0'" in err
+    assert "SaveKernel" not in endpoints(calls)
+
+
+@needs_netns
+def test_a_partial_model_version_fails_naming_the_file(tmp_path: Path) -> None:
+    cfg = model_project(tmp_path)
+    scenario = {**completed_scenario(), "models": {"lose_files": ["bundle.json"]}}
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push"]])
+    err = results[0]["stderr"].strip()
+    assert results[0]["returncode"] == 1 and len(err.splitlines()) == 1, err
+    assert f"model {MODEL} v1 on Kaggle is not what was uploaded (bundle.json (" in err and "is missing" in err
+    assert "SaveKernel" not in endpoints(calls)
+    assert json.loads((cfg.root / "build" / "kaggle" / "state.json").read_text())["parts"]["weights"] == {}
+
+
 @needs_netns
 def test_a_part_over_kaggles_limit_is_one_line_with_the_limit_and_its_size(tmp_path: Path) -> None:
     cfg = parts_project(tmp_path)

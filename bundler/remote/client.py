@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bundler.errors import RemoteError
+from bundler.errors import KaggleHTTPError, RemoteError
 
 T = TypeVar("T")
 
@@ -98,16 +98,6 @@ class Retry:
         """The jittered wait before try `attempt + 1` (attempt counts from 1)."""
         return float(min(self.cap_s, self.base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
-
-class KaggleHTTPError(RemoteError):
-    """A call Kaggle answered with an HTTP error; `status` is its code (None: no answer at all)."""
-
-    def __init__(self, message: str, status: int | None) -> None:
-        super().__init__(message)
-        self.status = status
-
-    def __reduce__(self) -> tuple[type[KaggleHTTPError], tuple[str, int | None]]:
-        return type(self), (str(self), self.status)
 
 
 @dataclass(frozen=True)

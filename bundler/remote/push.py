@@ -35,9 +35,9 @@ from bundler.config import BundleConfig
 from bundler.dataset.manifest import METADATA, manifest_files, read_manifest
 from bundler.dataset.parts import Part, bundle_parts
 from bundler.display import shown_path
-from bundler.errors import BundlerError, RemoteError
+from bundler.errors import BundlerError, KaggleHTTPError, RemoteError
 from bundler.notebook.kernel_metadata import check_metadata, read_existing, write_metadata
-from bundler.remote.client import Kaggle, KaggleHTTPError, connect, poll_interval
+from bundler.remote.client import Kaggle, connect, poll_interval
 from bundler.remote.kernel import StatusResult, kernel_status
 from bundler.remote.state import RemoteState, load_state
 from bundler.remote.wait import spinner, wait_for

@@ -24,10 +24,10 @@ import pytest
 from bundler.config import BundleConfig
 from bundler.dataset.manifest import dataset_metadata, write_json
 from bundler.dryrun.projection import kaggle_run_calibration, latest_kaggle_profile
-from bundler.errors import DryRunError, RemoteError
+from bundler.errors import DryRunError, KaggleHTTPError, RemoteError
 from bundler.notebook.failure import failing_cell
 from bundler.remote.baseline import capture_notebook, diff
-from bundler.remote.client import Kaggle, KaggleHTTPError, Retry, poll_interval, state_name
+from bundler.remote.client import Kaggle, Retry, poll_interval, state_name
 from bundler.remote.diagnose import (
     EXCEPTION,
     NO_SUBMISSION,

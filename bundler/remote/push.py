@@ -335,7 +335,14 @@ def _fresh_notebook(cfg: BundleConfig, console: Console) -> None:
 
 def _check_kept(cfg: BundleConfig, kaggle: Kaggle, version: int, console: Console) -> None:
     """Read back what Kaggle kept: internet must be off; another machine shape than asked is said."""
-    kept = kaggle.kernel_settings(cfg.kernel.id)
+    try:
+        kept = kaggle.kernel_settings(cfg.kernel.id)
+    except RemoteError as e:  # the push itself went through: say what could not be checked
+        console.print(
+            f"[yellow]warning:[/] notebook {cfg.kernel.id} v{version}: its settings could not be read back "
+            f"({escape(str(e))}); check on Kaggle that internet is off"
+        )
+        return
     if kept["enable_internet"] is not False:
         raise RemoteError(
             f"notebook {cfg.kernel.id} v{version}: Kaggle reports internet "

@@ -269,6 +269,12 @@ def test_internet_kept_on_by_kaggle_after_the_push_is_an_error(tmp_path: Path) -
     save = next(c["body"] for c in calls if c["endpoint"].endswith("/SaveKernel"))
     assert save["enableInternet"] is False  # bundler sent it off; the read-back caught Kaggle's answer
     assert endpoints(calls).index("SaveKernel") < endpoints(calls).index("GetKernel")
+    # a read-back Kaggle cannot answer does not undo a push that went through: it is a warning
+    scenario = {**completed_scenario(), "refuse": {"GetKernel": [404]}}
+    (tmp_path / "unread").mkdir()
+    results, _ = run_scenario(tmp_path / "unread", cfg, scenario, [["push", "--no-run"]])
+    assert results[0]["returncode"] == 0, results[0]["stderr"]
+    assert "its settings could not be read back" in results[0]["stdout"]
 
 
 @needs_netns

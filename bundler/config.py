@@ -34,6 +34,39 @@ RUNTIME_IMAGE = "image"  # the notebook run in a twin of the Kaggle image
 RUNTIME_LOCAL = "local"  # the notebook run in the Python bundler runs from
 DRYRUN_RUNTIMES = (RUNTIME_IMAGE, RUNTIME_LOCAL)  # dryrun.runtime, `bundler dry-run --runtime`
 # Kaggle's rules for names, checked here and again on kernel-metadata.json (bundler.notebook.kernel_metadata)
+# Kaggle's machine shapes (kaggle-cli docs, 2026-09) and the retired ones with what Kaggle runs
+# instead (kaggle 2.2.5's `_RETIRED_ACCELERATORS`): a retired shape is refused naming its replacement.
+MACHINE_SHAPES = (
+    "NvidiaTeslaT4",
+    "NvidiaTeslaT4Highmem",
+    "NvidiaL4",
+    "NvidiaL4X1",
+    "NvidiaTeslaA100",
+    "NvidiaH100",
+    "NvidiaRtxPro6000",
+    "TpuV5E8",
+    "TpuV6E8",
+    "None",
+)
+RETIRED_SHAPES = {
+    "NvidiaTeslaP100": "NvidiaTeslaT4",
+    "TpuV38": "TpuV5E8",
+    "Tpu1VmV38": "TpuV5E8",
+    "TpuV232": "None (CPU)",
+    "TpuV2256": "None (CPU)",
+}
+
+
+def machine_shape_problem(shape: str) -> str:
+    """'' for a machine shape Kaggle offers; else what is wrong and the fix."""
+    retired = {k.lower(): (k, v) for k, v in RETIRED_SHAPES.items()}.get(shape.lower())
+    if retired:
+        return f"{retired[0]} is retired on Kaggle (sessions run on {retired[1]} instead); use {retired[1]!r}"
+    if shape not in MACHINE_SHAPES:
+        return f"{shape!r} is not a Kaggle machine shape; use one of {', '.join(MACHINE_SHAPES)}"
+    return ""
+
+
 KERNEL_NAME_MIN = 5  # a notebook's title and the slug of its id: at least this many characters
 DATASET_NAME_CHARS = (6, 50)  # a dataset's title and the slug of its id: this many characters, ends included
 _DATASET_CHARS = f"{DATASET_NAME_CHARS[0]} to {DATASET_NAME_CHARS[1]}"
@@ -184,6 +217,39 @@ class DatasetConfig:
             ),
         )
     )
+    wheels_id: str | None = field(
+        default=None,
+        metadata=_key(
+            "ship the bundle in two parts: the wheels as this dataset of their own (`owner/slug`; they change "
+            "rarely), bundle.json and the weights in `id`; `bundler push` uploads only the part that changed "
+            "and pins each one's version.",
+            _owner_slug("dataset that carries the wheels"),
+            Rule(
+                lambda v: DATASET_NAME_CHARS[0] <= len(v.split("/")[1]) <= DATASET_NAME_CHARS[1],
+                "{key} slug {slug!r} must be " + _DATASET_CHARS + " characters (Kaggle's rule)",
+                f"slug {_DATASET_CHARS} characters",
+            ),
+            shown="none: wheels and weights in one dataset",
+        ),
+    )
+    weights_model: str | None = field(
+        default=None,
+        metadata=_key(
+            "ship bundle.json and the weights as this Kaggle Model variation (`owner/model/framework/variation`, "
+            "e.g. `you/severstal-unet/pyTorch/default`; created when missing, a new version per change, pinned in "
+            "`model_sources`); the wheels then go in `wheels_id`, else in `id`.",
+            Rule(
+                lambda v: len(v.split("/")) == 4 and all(v.split("/")),
+                "{key} = {value!r} must be 'owner/model/framework/variation' (e.g. 'you/my-model/pyTorch/default')",
+                "`owner/model/framework/variation`",
+            ),
+            shown="none: the weights in a dataset",
+        ),
+    )
+    model_license: str = field(
+        default="Apache 2.0",
+        metadata=_key("the licence of the model variation (`weights_model`), by the name Kaggle lists it under."),
+    )
     license: str = field(default="CC0-1.0", metadata=_key("recorded in `dataset-metadata.json`."))
     private: bool = field(
         default=True,
@@ -270,7 +336,14 @@ class KernelConfig:
         default=Path("kernel-metadata.json"), metadata=_key("`kernel-metadata.json` (the folder you push from).")
     )
     enable_gpu: bool = field(default=True, metadata=_key("run the notebook with a GPU."))
-    machine_shape: str = field(default="NvidiaTeslaT4", metadata=_key("Kaggle's machine shape."))
+    machine_shape: str = field(
+        default="NvidiaTeslaT4",
+        metadata=_key(
+            "Kaggle's machine shape (`NvidiaTeslaT4` is the T4 x2 pool); retired shapes (`NvidiaTeslaP100`) are "
+            "refused naming their replacement.",
+            Rule(lambda v: not machine_shape_problem(v), "{key}: {problem}", "a shape Kaggle offers"),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -446,7 +519,8 @@ def _read(cls: type, section: str, table: Mapping[str, Any], root: Path) -> dict
             for rule in f.metadata["rules"]:
                 if not rule.test(value):
                     slug = value.rpartition("/")[2] if isinstance(value, str) else ""
-                    raise ConfigError(rule.message.format(key=key, value=value, slug=slug))
+                    problem = machine_shape_problem(value) if isinstance(value, str) else ""
+                    raise ConfigError(rule.message.format(key=key, value=value, slug=slug, problem=problem))
         if optional and value == "":
             value = None
         values[name] = _resolve(root, value, type_, f.metadata["resolve"])

@@ -65,5 +65,17 @@ class RemoteError(BundlerError):
     """A Kaggle call failed or timed out, Kaggle reported a failure, or credentials are missing."""
 
 
+class KaggleHTTPError(RemoteError):
+    """A Kaggle call answered with an HTTP error (after any retries); `status` is its code, None when
+    no answer came at all (no connection)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message, status)
+        self.status = status
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class TuneError(BundlerError):
     """`bundler tune` could not start: a missing or unfit input, or a bad option."""

@@ -4,7 +4,13 @@ STDLIB ONLY: this module runs before the vendored wheels are installed, so it ma
 nothing that is not part of Python itself, and from kernel_src only `errors` and `paths` (stdlib only too).
 
 - `find_bundle` looks for the dataset folder whose `bundle.json` names the bundle, under the
-  input root at any depth up to 3 (`/kaggle/input/<slug>/`, `/kaggle/input/datasets/<owner>/<slug>/`).
+  input root at any depth up to 6 (`/kaggle/input/<slug>/`, `/kaggle/input/datasets/<owner>/<slug>/`,
+  and a Kaggle Model's `/kaggle/input/models/<owner>/<model>/<framework>/<variation>/<version>/`).
+- `gather_parts` joins a bundle shipped as parts (each its own dataset: the wheels apart from
+  the weights, so a new model does not re-upload every wheel): the folder with bundle.json
+  lacks some files, which are looked for in the part folders (a `bundle-part.json` naming the
+  bundle) up to 6 levels below the input root (a Kaggle Model mounts at
+  `models/<owner>/<model>/<framework>/<variation>/<version>/`), and linked into one folder.
 - `verify_bundle` checks every wheel and weight of the manifest (present, size, sha256) and
   names each missing or corrupt file, before any model is loaded.
 - `install_wheels` installs the vendored wheels with pip, offline (`--no-index --no-deps`).
@@ -23,6 +29,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +44,8 @@ FILE_GROUPS = ("wheels", "weights", "preprocess")  # the manifest's lists of fil
 OPTIONAL_GROUPS = ("preprocess",)  # may be absent (bundles built before it existed)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_DEPTH = 3
+PART_MANIFEST = "bundle-part.json"  # in each part's folder: {"bundle", "part", "hash", "files": [...]}
+PART_DEPTH = 6  # models/<owner>/<model>/<framework>/<variation>/<version>/
 INSTALL_MODES = ("auto", "always", "never")
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -185,7 +194,7 @@ def find_bundle(input_root: Path, bundle_name: str, override: Path | None = None
         )
     found: list[tuple[Path, dict[str, Any]]] = []
     others: list[str] = []
-    for folder in _folders(root, MAX_DEPTH):
+    for folder in _folders(root, PART_DEPTH):
         if not (folder / MANIFEST).is_file():
             continue
         try:
@@ -200,7 +209,7 @@ def find_bundle(input_root: Path, bundle_name: str, override: Path | None = None
     if not found:
         seen = f"; bundles seen: {', '.join(others)}" if others else "; no bundle.json was found at all"
         raise BundleError(
-            f"bundle {bundle_name!r} not found: no {MANIFEST} naming it in the folders up to {MAX_DEPTH} levels "
+            f"bundle {bundle_name!r} not found: no {MANIFEST} naming it in the folders up to {PART_DEPTH} levels "
             f"below {root}{seen}. Fix: attach the bundle's dataset to the notebook (Add Input), "
             "or set CONFIG['bundle_dir']"
         )
@@ -211,6 +220,45 @@ def find_bundle(input_root: Path, bundle_name: str, override: Path | None = None
     if len(found) > 1:
         print(f"bundle {bundle_name!r} is attached {len(found)} times; using {found[0][0]}", file=sys.stderr)
     return found[0][0]
+
+
+def _part_folders(root: Path, bundle_name: str) -> list[Path]:
+    """The folders up to PART_DEPTH below `root` whose bundle-part.json names `bundle_name`."""
+    found = []
+    for folder in _folders(root, PART_DEPTH):
+        path = folder / PART_MANIFEST
+        if not path.is_file():
+            continue
+        try:
+            part = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(part, dict) and part.get("bundle") == bundle_name:
+            found.append(folder)
+    return found
+
+
+def gather_parts(bundle_dir: Path, input_root: Path, manifest: Mapping[str, Any], joined: Path) -> Path:
+    """`bundle_dir` when it holds every file of the manifest; else `joined`, a folder of links to
+    bundle.json and to each file where a part folder of this bundle holds it (missing ones are
+    left for `verify_bundle` to name)."""
+    bundle_dir = Path(bundle_dir)
+    names = [str(e["file"]) for e in _entries(manifest, bundle_dir)]
+    if all((bundle_dir / n).is_file() for n in names):
+        return bundle_dir
+    places = [bundle_dir, *_part_folders(Path(input_root), str(manifest.get("bundle")))]
+    joined = Path(joined)
+    joined.mkdir(parents=True, exist_ok=True)
+    for name in [MANIFEST, *names]:
+        source = next((folder / name for folder in places if (folder / name).is_file()), None)
+        link = joined / name
+        if link.is_symlink():  # from an earlier run: point it at what is attached now
+            link.unlink()
+        if source is not None:
+            link.symlink_to(source.resolve())
+    parts = ", ".join(str(f) for f in places[1:]) or "none found"
+    print(f"bundle {manifest.get('bundle')!r} comes in parts: {bundle_dir}, {parts}; joined in {joined}")
+    return joined
 
 
 def _entries(manifest: Mapping[str, Any], bundle_dir: Path) -> list[dict[str, Any]]:
@@ -405,6 +453,11 @@ def find_competition_data(
     )
 
 
+def _joined_dir(bundle_name: str) -> Path:
+    """Where a bundle in parts is joined: a temporary folder, never the notebook's output."""
+    return Path(tempfile.gettempdir()) / f"bundler-parts-{re.sub(r'[^A-Za-z0-9_.-]', '_', bundle_name)}"
+
+
 def _optional_path(config: Mapping[str, Any], key: str) -> Path | None:
     value = config.get(key)
     return None if value in (None, "") else Path(str(value))
@@ -420,6 +473,7 @@ def prepare(config: Mapping[str, Any], required: Iterable[str] = ()) -> Prepared
     expected = str(config.get("bundle_hash") or "")
     input_root = Path(str(config.get("input_root") or INPUT_ROOT))
     bundle_dir = find_bundle(input_root, name, _optional_path(config, "bundle_dir"), expected)
+    bundle_dir = gather_parts(bundle_dir, input_root, read_manifest(bundle_dir), _joined_dir(name))
     manifest = verify_bundle(bundle_dir, required=required)
     if expected and manifest.get("hash") != expected:
         print(

@@ -36,6 +36,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from bundler.config import BundleConfig
+from bundler.dataset.manifest import read_manifest
+from bundler.dataset.parts import bundle_parts
 from bundler.display import shown_path
 from bundler.dryrun.estimate import Estimate, target_estimate
 from bundler.dryrun.execution import Execution, run_notebook
@@ -93,10 +95,13 @@ def _execute(
     out = executed.parent
     tree_root = Path(tempfile.mkdtemp(prefix=".kaggle-tree-", dir=out))  # beside the outputs: hard links work
     try:
+        split = cfg.dataset.wheels_id or cfg.dataset.weights_model
+        parts = bundle_parts(cfg, read_manifest(cfg.dataset.out, cfg.name)) if split else []
         tree = make_tree(
             tree_root,
+            parts=[(part.id, part.folder) for part in parts],
             bundle_src=cfg.dataset.out,
-            dataset_id=cfg.dataset.id,
+            dataset_id=parts[-1].id if parts else cfg.dataset.id,  # the weights part carries bundle.json
             competition_slug=cfg.competition.slug,
             test_dir=inputs.test_dir,
             test_images_name=cfg.competition.test_images,

@@ -1,6 +1,9 @@
 """A Kaggle-like folder tree for a dry-run, laid out in a temporary folder:
 
     <root>/input/<dataset-slug>/...            the built bundle's files (flat)
+    <root>/input/<wheels-slug>/...             a bundle in parts (`dataset.wheels_id`): each part
+                                                at its own dataset's slug, as Kaggle mounts them
+    <root>/input/models/<owner>/<model>/<framework>/<variation>/1/...   the weights as a Model
     <root>/input/<competition-slug>/<test_images>/...   the test images
     <root>/input/<competition-slug>/<sample_submission>
     <root>/working/                             the notebook's current folder and output
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +62,15 @@ def dataset_slug(dataset_id: str) -> str:
     return dataset_id.rsplit("/", 1)[-1]
 
 
+def mount_dir(input_root: Path, ref: str) -> Path:
+    """Where Kaggle mounts `ref`: a dataset `owner/slug` at `<slug>/`, a model variation
+    `owner/model/framework/variation` at `models/owner/model/framework/variation/1/` (a dry-run's version)."""
+    parts = ref.split("/")
+    if len(parts) == 4:
+        return input_root.joinpath("models", *parts, "1")
+    return input_root / dataset_slug(ref)
+
+
 def make_tree(
     root: Path,
     *,
@@ -68,24 +81,35 @@ def make_tree(
     test_images_name: str,
     sample_submission_src: Path,
     sample_submission_name: str,
+    parts: Sequence[tuple[str, Path]] = (),
 ) -> KaggleTree:
-    """Lay the tree out under `root` (which must be empty or absent)."""
+    """Lay the tree out under `root` (which must be empty or absent).
+
+    `parts`: (dataset id, folder) of each part of a bundle shipped in parts, laid out instead of
+    `bundle_src`; `bundle_dir` is then the part of `dataset_id` (the one carrying bundle.json)."""
     root.mkdir(parents=True, exist_ok=True)
     input_root = root / "input"
-    bundle_dir = input_root / dataset_slug(dataset_id)
+    bundle_dir = mount_dir(input_root, dataset_id)
     competition_dir = input_root / competition_slug
     test_images = competition_dir / test_images_name
     sample = competition_dir / sample_submission_name
     working = root / "working"
     working.mkdir(parents=True)
 
-    ways = _link_files(sorted(p for p in bundle_src.iterdir() if p.is_file()), bundle_dir)
+    ways: set[str] = set()
+    part_dirs = []
+    for ref, folder in parts or [(dataset_id, bundle_src)]:
+        part_dirs.append(mount_dir(input_root, ref))
+        ways |= _link_files(sorted(p for p in folder.iterdir() if p.is_file()), part_dirs[-1])
     ways |= _link_files(image_files(test_dir), test_images)
     competition_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sample_submission_src, sample)  # small; a copy keeps the user's file out of reach
 
-    for folder in (test_images, bundle_dir, competition_dir, input_root):
+    for folder in (test_images, *part_dirs, competition_dir):
         folder.chmod(READ_ONLY_DIR)
+    for folder in sorted({p for d in part_dirs for p in d.parents if input_root in p.parents}, reverse=True):
+        folder.chmod(READ_ONLY_DIR)  # models/<owner>/...: the folders between the input root and a model
+    input_root.chmod(READ_ONLY_DIR)
     linked = ways.pop() if len(ways) == 1 else "mixed"
     return KaggleTree(root, input_root, bundle_dir, competition_dir, test_images, sample, working, linked)
 

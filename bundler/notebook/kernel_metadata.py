@@ -6,12 +6,17 @@ extra `dataset_sources` / `competition_sources` are merged after bundler's own. 
 is written as true unless the file already says otherwise. `enable_internet` is always written
 as false: the CLI defaults it to true, and a code competition refuses a notebook with internet.
 `docker_image_pinning_type` is "original" unless the file says otherwise: the notebook keeps running
-on the image it first ran on, the one the baseline describes. `bundler push` pins bundler's dataset
-to the version it waited for (`owner/slug/N`); a re-render keeps that pin.
+on the image it first ran on, the one the baseline describes. `bundler push` pins bundler's datasets
+(the bundle's, and the wheels' when `dataset.wheels_id` ships them apart) to the versions it waited
+for (`owner/slug/N`); a re-render keeps those pins.
 
 `validate_metadata` applies the checks the Kaggle CLI makes before it sends anything
 (kaggle-api `kernels_push`), so a push never fails on the metadata; like the CLI's `get_bool`, it
-takes the strings "true"/"false" for booleans (what `kaggle kernels init` writes).
+takes the strings "true"/"false" for booleans (what `kaggle kernels init` writes). It is stricter
+than the CLI where the CLI's leniency surprises: `enable_internet` must be present and false (the
+CLI turns internet on when it is absent), a retired `machine_shape` (NvidiaTeslaP100) is refused
+naming its replacement (the CLI only warns, and Kaggle runs another machine), and the title must
+slugify to the id's slug (the CLI only warns, and Kaggle may rename the notebook or conflict).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bundler.config import KERNEL_NAME_MIN, BundleConfig
+from bundler.config import KERNEL_NAME_MIN, BundleConfig, machine_shape_problem
 from bundler.errors import MetadataError
 
 LANGUAGES = ("python", "r", "rmarkdown")
@@ -56,28 +61,49 @@ def read_existing(path: Path) -> dict[str, Any]:
     return data
 
 
-def _our_dataset(cfg: BundleConfig, sources: Any, version: int | None) -> str:
-    """`owner/slug/N` when `version` is given or the file already pins our dataset, else `owner/slug`."""
+def our_datasets(cfg: BundleConfig) -> list[str]:
+    """bundler's own datasets: `dataset.id`, and `dataset.wheels_id` when the wheels are a part of their own;
+    with the weights in a Kaggle Model (`dataset.weights_model`), only the dataset that holds the wheels."""
+    if cfg.dataset.weights_model:
+        return [cfg.dataset.wheels_id or cfg.dataset.id]
+    return [cfg.dataset.id, *([cfg.dataset.wheels_id] if cfg.dataset.wheels_id else [])]
+
+
+def _our_dataset(ref: str, sources: Any, version: int | None) -> str:
+    """`owner/slug/N` when `version` is given or the file already pins `ref`, else `owner/slug`."""
     if version is not None:
-        return f"{cfg.dataset.id}/{version}"
+        return f"{ref}/{version}"
     for source in sources if isinstance(sources, list) else []:
-        if isinstance(source, str) and re.fullmatch(re.escape(cfg.dataset.id) + r"/\d+", source):
+        if isinstance(source, str) and re.fullmatch(re.escape(ref) + r"/\d+", source):
             return source
-    return cfg.dataset.id
+    return ref
 
 
 def _other_sources(cfg: BundleConfig, sources: Any) -> list[str]:
-    """The user's own dataset sources: every entry but our dataset, pinned or not."""
-    ours = re.compile(re.escape(cfg.dataset.id) + r"(/\d+)?")
+    """The user's own dataset sources: every entry but ours, pinned or not."""
+    ours = re.compile("(" + "|".join(re.escape(r) for r in our_datasets(cfg)) + r")(/\d+)?")
     return [s for s in sources if not (isinstance(s, str) and ours.fullmatch(s))] if isinstance(sources, list) else []
 
 
+def _model_sources(cfg: BundleConfig, sources: Any, pins: Mapping[str, int]) -> list[str]:
+    """The user's model sources, after ours (`dataset.weights_model`) pinned: by `pins`, else as the file
+    pins it already; unpinned it is left out, as Kaggle wants a version (`bundler push` adds it)."""
+    theirs = [s for s in sources if isinstance(s, str)] if isinstance(sources, list) else []
+    handle = cfg.dataset.weights_model
+    if not handle:
+        return theirs
+    ours = re.compile(re.escape(handle) + r"/\d+")
+    kept = next((s for s in theirs if ours.fullmatch(s)), None)
+    pinned = f"{handle}/{pins[handle]}" if handle in pins else kept
+    return [*([pinned] if pinned else []), *(s for s in theirs if not ours.fullmatch(s))]
+
+
 def kernel_metadata(
-    cfg: BundleConfig, existing: Mapping[str, Any] | None = None, *, dataset_version: int | None = None
+    cfg: BundleConfig, existing: Mapping[str, Any] | None = None, *, pins: Mapping[str, int] | None = None
 ) -> dict[str, Any]:
     """The metadata for `cfg`: bundler's fields first (in a fixed order), then the user's others.
 
-    Our dataset is pinned as `owner/slug/N` when `dataset_version` is given (what `bundler push`
+    Each of our datasets is pinned as `owner/slug/N` when `pins` gives its N (what `bundler push`
     does once version N is ready); a pin already in the file is kept by a re-render.
     """
     old = dict(existing or {})
@@ -92,18 +118,21 @@ def kernel_metadata(
         "enable_internet": False,
         "machine_shape": cfg.kernel.machine_shape,
         "dataset_sources": _union(
-            [_our_dataset(cfg, old.get("dataset_sources"), dataset_version)],
+            [_our_dataset(ref, old.get("dataset_sources"), (pins or {}).get(ref)) for ref in our_datasets(cfg)],
             _other_sources(cfg, old.get("dataset_sources")),
         ),
         "competition_sources": _union([cfg.competition.slug], old.get("competition_sources")),
         # the image the notebook was first run on (and the baseline describes) stays its image
         "docker_image_pinning_type": old.get("docker_image_pinning_type", "original"),
     }
+    if cfg.dataset.weights_model:  # else the user's own model_sources, if any, are kept as they are
+        managed["model_sources"] = _model_sources(cfg, old.get("model_sources"), pins or {})
     return {**managed, **{k: v for k, v in old.items() if k not in managed}}
 
 
 def _slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    """python-slugify's result for an ASCII title (what the CLI compares): quotes dropped, runs of others -> '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"['\"]+", "", text.lower())).strip("-")
 
 
 def _check_sources(meta: Mapping[str, Any], field: str, pattern: str, form: str, problems: list[str]) -> None:
@@ -174,6 +203,18 @@ def validate_metadata(meta: Mapping[str, Any], folder: Path) -> list[str]:
             isinstance(value, bool) or (isinstance(value, str) and value.lower() in BOOLEAN_STRINGS)
         ):
             problems.append(f'{field} = {meta[field]!r} must be true or false (a JSON boolean, or "true"/"false")')
+    internet = meta.get("enable_internet")
+    if "enable_internet" not in meta or internet is True or str(internet).lower() == "true":
+        problems.append(
+            f"enable_internet must be false (it is {internet!r}): a code competition refuses a notebook with "
+            "internet, and the CLI turns it on when the field is absent"
+        )
+    shape = meta.get("machine_shape")
+    if isinstance(shape, str) and machine_shape_problem(shape):
+        problems.append(f"machine_shape {machine_shape_problem(shape)} (kernel.machine_shape in bundle.toml)")
+    warning = title_warning(meta)
+    if warning and not any(p.startswith(("id ", "title ")) for p in problems):  # a bad id or title: said once
+        problems.append(warning)
     pinning = meta.get("docker_image_pinning_type")
     if pinning is not None and pinning not in PINNING_TYPES:
         problems.append(f"docker_image_pinning_type {pinning!r} must be one of {list(PINNING_TYPES)}")
@@ -193,17 +234,20 @@ def title_warning(meta: Mapping[str, Any]) -> str:
     if isinstance(kernel_id, str) and isinstance(title, str) and "/" in kernel_id:
         slug = kernel_id.split("/", 1)[1]
         if slug.lower() != _slugify(title):
-            return f"kernel.title {title!r} does not resolve to the slug {slug!r}; Kaggle may rename the notebook"
+            return (
+                f"title {title!r} does not slugify to the id's slug {slug!r} (it gives {_slugify(title)!r}): the push "
+                "would conflict or rename the notebook; make kernel.title in bundle.toml match the slug"
+            )
     return ""
 
 
-def write_metadata(cfg: BundleConfig, *, dataset_version: int | None = None) -> Path:
+def write_metadata(cfg: BundleConfig, *, pins: Mapping[str, int] | None = None) -> Path:
     """Write or update kernel-metadata.json at `kernel.metadata`; validated before it is written.
 
-    `dataset_version`: pin our dataset's `dataset_sources` entry to that version (`bundler push`).
+    `pins`: {dataset id: version} of our datasets to pin in `dataset_sources` (`bundler push`).
     """
     path = cfg.kernel.metadata
-    meta = kernel_metadata(cfg, read_existing(path), dataset_version=dataset_version)
+    meta = kernel_metadata(cfg, read_existing(path), pins=pins)
     path.parent.mkdir(parents=True, exist_ok=True)
     check_metadata(meta, path)
     text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"

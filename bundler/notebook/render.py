@@ -38,7 +38,7 @@ from bundler.config import BundleConfig
 from bundler.dataset.manifest import read_manifest
 from bundler.display import shown_path
 from bundler.errors import ManifestError, RenderError
-from bundler.notebook.kernel_metadata import read_existing, title_warning, write_metadata
+from bundler.notebook.kernel_metadata import write_metadata
 from bundler.notebook.parameters import PARAMETERS_TAG, config_source, notebook_config
 from bundler.outdir import check_parent
 from kernel_src.bundle import kernel_src_hash
@@ -277,9 +277,6 @@ def render_notebook(cfg: BundleConfig, *, console: Console) -> RenderResult:
     console.print(f"[green]notebook[/] {shown_path(cfg.kernel.notebook)} ({len(nb.cells)} cells)")
     console.print(f"  bundle {cfg.name} {str(manifest['hash'])[:12]}, kernel_src {src_hash[:12]}")
     console.print(f"[green]metadata[/] {shown_path(cfg.kernel.metadata)} (kernel {cfg.kernel.id})")
-    warning = title_warning(read_existing(cfg.kernel.metadata))
-    if warning:
-        console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"push it with: [bold]{push}[/]")
     return RenderResult(
         notebook=cfg.kernel.notebook,

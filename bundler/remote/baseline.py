@@ -131,7 +131,7 @@ def capture(
     meta = capture_metadata(cfg)
     (folder / "baseline.ipynb").write_text(json.dumps(capture_notebook(), indent=1) + "\n", encoding="utf-8")
     (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    kaggle = kaggle or connect()
+    kaggle = kaggle or connect(say=lambda line: console.print(escape(line)))
     ref = str(meta["id"])
     with spinner(console, f"pushing {ref}"):
         response = kaggle.push_kernel(folder, no_run=False)

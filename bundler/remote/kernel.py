@@ -123,9 +123,14 @@ def kernel_status(
     state = load_state(cfg)
     number = resolve_version(state, version)
     interval = poll_interval(poll_s, DEFAULT_POLL_S)
-    kaggle = kaggle or connect()
+    kaggle = kaggle or connect(say=lambda line: console.print(escape(line)))
     ref = cfg.kernel.id
     last_message = ""
+    for line in state.part_lines():
+        console.print(f"  {escape(line)}")
+    ran_on = state.kernel(number).get("parts")
+    if isinstance(ran_on, dict) and ran_on:
+        console.print("  v" + str(number) + " runs on " + ", ".join(f"{k} v{v}" for k, v in ran_on.items()))
 
     def poll() -> str:
         nonlocal last_message

@@ -1,6 +1,7 @@
 """What bundler remembers of its Kaggle rounds: `build/kaggle/state.json`, and the downloads beside it.
 
-The file records the last pushed bundle hash and the dataset version it became, every kernel
+The file records the last pushed bundle hash and the dataset version it became (for a bundle in
+parts, `bundler.dataset.parts`, each part's hash and version), every kernel
 version pushed (with the bundle and dataset version it ran on, and its last known status) and
 every submission. Downloaded outputs of kernel version N go under `build/kaggle/v<N>/`
 (submission.csv, profile.json, the log). Credentials are never written here: the Kaggle client
@@ -40,9 +41,26 @@ class RemoteState:
 
     path: Path
     dataset: dict[str, Any] = field(default_factory=dict)  # hash, version (None while processing), pushed_at
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)  # "wheels" / "weights" -> as `dataset`
     kernels: dict[str, dict[str, Any]] = field(default_factory=dict)  # "N" -> record of kernel version N
     last_kernel_version: int | None = None
     submissions: list[dict[str, Any]] = field(default_factory=list)
+
+    def part(self, name: str) -> dict[str, Any]:
+        """The record of part `name` ("bundle": the one dataset, kept as `dataset`), created empty when unknown."""
+        return self.dataset if name == "bundle" else self.parts.setdefault(name, {})
+
+    def part_lines(self) -> list[str]:
+        """One line per part pushed: its name, dataset, version (or that it is still processing) and hash."""
+        records = {"bundle": self.dataset, **self.parts} if self.dataset else dict(self.parts)
+        lines = []
+        for name, record in records.items():
+            if not record:
+                continue
+            version = record.get("version")
+            at = f"v{version}" if isinstance(version, int) else "uploaded, not yet ready"
+            lines.append(f"{name}: {record.get('id')} {at} (hash {str(record.get('hash'))[:12]})")
+        return lines
 
     def kernel(self, version: int) -> dict[str, Any]:
         """The record of kernel version `version` (created empty when unknown)."""
@@ -52,6 +70,7 @@ class RemoteState:
         data = {
             "format": STATE_FORMAT,
             "dataset": self.dataset,
+            "parts": self.parts,
             "kernels": self.kernels,
             "last_kernel_version": self.last_kernel_version,
             "submissions": self.submissions,
@@ -77,6 +96,7 @@ def load_state(cfg: BundleConfig) -> RemoteState:
     return RemoteState(
         path,
         dataset=dict(data.get("dataset") or {}),
+        parts={str(k): dict(v) for k, v in (data.get("parts") or {}).items()},
         kernels={str(k): dict(v) for k, v in (data.get("kernels") or {}).items()},
         last_kernel_version=int(last) if isinstance(last, int) else None,
         submissions=list(data.get("submissions") or []),

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 
 from bundler.config import BundleConfig
 from bundler.errors import RemoteError
@@ -97,7 +98,7 @@ def submit(
         console.print(f"[yellow]warning:[/] v{number} ended in error on its last check: its rerun will likely fail too")
     bundle = str(record.get("bundle_hash", ""))[:12]
     text = message or f"bundler v{number}" + (f", bundle {bundle}" if bundle else "")
-    kaggle = kaggle or connect()
+    kaggle = kaggle or connect(say=lambda line: console.print(escape(line)))
     _completed(cfg, kaggle, number, wait=wait, poll_s=poll_s, timeout_s=timeout_s, console=console)
     console.print(f"submitting {cfg.kernel.id} v{number} to {cfg.competition.slug} ({SUBMISSION_FILE}): {text}")
     ref = kaggle.submit_code(

@@ -255,3 +255,18 @@ def test_ctrl_c_mid_run_exits_130_and_keeps_the_last_good_run(project: BundleCon
     assert not stage.exists() and not out.with_name("interrupted.failed").exists()
     time.sleep(1.0)
     assert _processes_mentioning(stage.name) == []  # the notebook runner did not outlive the run
+
+
+@pytest.mark.slow
+def test_a_bundle_in_parts_with_the_weights_as_a_model_passes(project: BundleConfig) -> None:
+    """The weights part mounted where Kaggle mounts a Model (6 levels down): found, joined, verified, run."""
+    from bundler.dryrun.command import dry_run
+
+    model = "tester/tiny-model/pyTorch/default"
+    cfg = _fresh(replace(project, dataset=replace(project.dataset, weights_model=model)), "parts")
+    buf = io.StringIO()
+    result = dry_run(cfg, console=Console(file=buf, width=160))
+    assert result.ok, result.reason + "\n" + buf.getvalue()
+    executed = nbformat.read(cfg.dryrun.out / "inference.ipynb", as_version=4)  # type: ignore[no-untyped-call]
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "/input/models/tester/tiny-model/pyTorch/default/1 verified" in printed, printed[:2000]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bundler.dryrun.tree import dataset_slug, make_tree, remove_tree
+from bundler.dryrun.tree import dataset_slug, make_tree, mount_dir, remove_tree
 
 
 def test_tree_layout_links_and_removal(tmp_path: Path) -> None:
@@ -50,3 +50,38 @@ def test_tree_layout_links_and_removal(tmp_path: Path) -> None:
 
 def test_dataset_slug() -> None:
     assert dataset_slug("owner/my-bundle") == "my-bundle"
+
+
+def test_a_bundle_in_parts_is_laid_out_as_kaggle_mounts_each_part(tmp_path: Path) -> None:
+    weights, wheels = tmp_path / "weights", tmp_path / "wheels"
+    for folder, files in ((weights, ("bundle.json", "m.safetensors")), (wheels, ("x-1.0-py3-none-any.whl",))):
+        folder.mkdir()
+        for name in (*files, "bundle-part.json"):
+            (folder / name).write_text(name)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"jpg")
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ImageId,EncodedPixels\n")
+    tree = make_tree(
+        tmp_path / "tree",
+        bundle_src=tmp_path / "unused",
+        dataset_id="owner/my-bundle",
+        competition_slug="comp",
+        test_dir=images,
+        test_images_name="test_images",
+        sample_submission_src=sample,
+        sample_submission_name="sample_submission.csv",
+        parts=[("owner/my-bundle-wheels", wheels), ("owner/my-bundle", weights)],
+    )
+    assert tree.bundle_dir == tree.input_root / "my-bundle"
+    assert sorted(p.name for p in tree.bundle_dir.iterdir()) == ["bundle-part.json", "bundle.json", "m.safetensors"]
+    wheels_dir = tree.input_root / "my-bundle-wheels"
+    assert sorted(p.name for p in wheels_dir.iterdir()) == ["bundle-part.json", "x-1.0-py3-none-any.whl"]
+    assert wheels_dir.stat().st_mode & 0o222 == 0
+    remove_tree(tree.root)
+
+
+def test_a_model_part_is_mounted_where_kaggle_mounts_models(tmp_path: Path) -> None:
+    assert mount_dir(tmp_path, "me/unet/pyTorch/default") == tmp_path / "models/me/unet/pyTorch/default/1"
+    assert mount_dir(tmp_path, "me/my-bundle") == tmp_path / "my-bundle"

@@ -20,6 +20,7 @@ from kernel_src.bundle import (
     OFFLINE_ENV,
     find_bundle,
     find_competition_data,
+    gather_parts,
     install_wheels,
     kernel_src_hash,
     prepare,
@@ -87,7 +88,7 @@ def test_find_bundle_prefers_the_rendered_hash_when_attached_twice(tmp_path: Pat
 
 def test_find_bundle_not_found_names_what_it_saw_and_the_fix(tmp_path: Path) -> None:
     make_bundle(tmp_path / "input" / "other", name="someone-elses")
-    make_bundle(tmp_path / "input" / "a" / "b" / "c" / "too-deep")
+    make_bundle(tmp_path / "input" / "a" / "b" / "c" / "d" / "e" / "f" / "too-deep")  # 7 levels: past a Model
     with pytest.raises(BundleError) as e:
         find_bundle(tmp_path / "input", "demo")
     message = str(e.value)
@@ -119,6 +120,46 @@ def test_find_bundle_override(tmp_path: Path) -> None:
 def test_verify_bundle_passes_a_complete_bundle(tmp_path: Path) -> None:
     folder = make_bundle(tmp_path / "b")
     assert verify_bundle(folder)["bundle"] == "demo"
+
+
+def _split(whole: Path, weights_dir: Path, wheels_dir: Path) -> None:
+    """Move a bundle made by make_bundle into two parts, as `bundler.dataset.parts` ships it."""
+    for folder, part in ((weights_dir, "weights"), (wheels_dir, "wheels")):
+        folder.mkdir(parents=True)
+        (folder / "bundle-part.json").write_text(json.dumps({"bundle": "demo", "part": part}))
+    for f in whole.iterdir():
+        f.rename((wheels_dir if f.name.endswith(".whl") else weights_dir) / f.name)
+
+
+@pytest.mark.parametrize(
+    ("weights_at", "wheels_at"),
+    [
+        ("bundle-data", "bundle-wheels"),  # /kaggle/input/<slug>/
+        ("datasets/me/bundle-data", "datasets/me/bundle-wheels"),  # /kaggle/input/datasets/<owner>/<slug>/
+        ("bundle-data", "models/me/wheels/other/default/3"),  # 6 levels down, as a Kaggle Model mounts
+        ("models/me/unet/pyTorch/default/2", "datasets/me/bundle-wheels"),  # the weights as a Kaggle Model
+    ],
+)
+def test_a_bundle_in_parts_is_found_joined_and_verified(tmp_path: Path, weights_at: str, wheels_at: str) -> None:
+    root = tmp_path / "input"
+    _split(make_bundle(tmp_path / "whole"), root / weights_at, root / wheels_at)
+    found = find_bundle(root, "demo")
+    assert found == root / weights_at
+    joined = gather_parts(found, root, bundle_mod.read_manifest(found), tmp_path / "joined")
+    assert joined == tmp_path / "joined"
+    assert sorted(p.name for p in joined.iterdir()) == ["bundle.json", "unet.safetensors", "x-1.0-py3-none-any.whl"]
+    assert (joined / "x-1.0-py3-none-any.whl").resolve() == (root / wheels_at / "x-1.0-py3-none-any.whl")
+    assert verify_bundle(joined)["bundle"] == "demo"
+
+
+def test_a_missing_part_is_named_and_a_whole_bundle_is_not_joined(tmp_path: Path) -> None:
+    root = tmp_path / "input"
+    whole = make_bundle(root / "whole")
+    assert gather_parts(whole, root, bundle_mod.read_manifest(whole), tmp_path / "joined") == whole
+    _split(whole, root / "data", tmp_path / "not-attached")
+    joined = gather_parts(root / "data", root, bundle_mod.read_manifest(root / "data"), tmp_path / "joined")
+    with pytest.raises(BundleError, match=r"wheel x-1\.0-py3-none-any\.whl is missing"):
+        verify_bundle(joined)
 
 
 def test_verify_bundle_names_every_missing_or_corrupt_file(tmp_path: Path) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bundler.errors import MetadataError
+from bundler.config import load_config
+from bundler.errors import ConfigError, MetadataError
 from bundler.notebook.kernel_metadata import kernel_metadata, title_warning, validate_metadata, write_metadata
 from bundler.notebook.render import render_notebook
 from tests.projects import demo_cfg, quiet
@@ -122,6 +124,12 @@ def good(folder: Path) -> dict[str, Any]:
         ({"is_private": 1}, "is_private"),
         ({"enable_gpu": "yes"}, "enable_gpu"),
         ({"docker_image_pinning_type": "pinned"}, "docker_image_pinning_type"),
+        ({"enable_internet": True}, "enable_internet must be false"),
+        ({"enable_internet": "True"}, "enable_internet must be false"),
+        ({"enable_internet": None}, "enable_internet"),
+        ({"machine_shape": "NvidiaTeslaP100"}, "machine_shape NvidiaTeslaP100 is retired"),
+        ({"machine_shape": "NvidiaK80"}, "machine_shape 'NvidiaK80' is not a Kaggle machine shape"),
+        ({"title": "Another title"}, "title 'Another title' does not slugify"),
     ],
 )
 def test_each_cli_rule_is_enforced(tmp_path: Path, change: dict[str, Any], field: str) -> None:
@@ -151,11 +159,31 @@ def test_unreadable_existing_metadata_is_reported(tmp_path: Path) -> None:
         write_metadata(cfg)
 
 
-def test_title_warning_mirrors_the_cli(tmp_path: Path) -> None:
+def test_the_title_must_slugify_to_the_id_as_the_cli_slugifies_it(tmp_path: Path) -> None:
     cfg = demo_cfg(tmp_path)
     meta = kernel_metadata(cfg)
     assert title_warning(meta) == ""
-    assert "does not resolve" in title_warning({**meta, "title": "Something else"})
+    assert title_warning({**meta, "id": "owner/bobs-kernel", "title": "Bob's  kernel!"}) == ""
+    assert "does not slugify" in title_warning({**meta, "title": "Something else"})
+
+
+def test_an_absent_enable_internet_is_refused_as_the_cli_would_turn_it_on(tmp_path: Path) -> None:
+    meta = good(tmp_path)
+    del meta["enable_internet"]
+    assert [p.split(" (")[0] for p in validate_metadata(meta, tmp_path)] == ["enable_internet must be false"]
+
+
+def test_a_retired_machine_shape_in_bundle_toml_is_one_line_naming_the_replacement(tmp_path: Path) -> None:
+    cfg_path = demo_cfg(tmp_path).root / "bundle.toml"
+    text = cfg_path.read_text()
+    assert 'machine_shape = "NvidiaTeslaT4"' in text
+    cfg_path.write_text(text.replace('machine_shape = "NvidiaTeslaT4"', 'machine_shape = "NvidiaTeslaP100"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg_path)
+    assert str(info.value) == f"{cfg_path}: " + (
+        "kernel.machine_shape: NvidiaTeslaP100 is retired on Kaggle (sessions run on NvidiaTeslaT4 instead); "
+        "use 'NvidiaTeslaT4'"
+    )
 
 
 @pytest.mark.parametrize("value", ["true", "false", "True", "FALSE"])
@@ -170,11 +198,23 @@ def test_push_pins_our_dataset_and_a_rerender_keeps_the_pin(tmp_path: Path) -> N
     meta = json.loads(cfg.kernel.metadata.read_text())
     meta["dataset_sources"] = [*meta["dataset_sources"], "someone/extra-weights/2"]
     cfg.kernel.metadata.write_text(json.dumps(meta))
-    write_metadata(cfg, dataset_version=7)
+    write_metadata(cfg, pins={cfg.dataset.id: 7})
     pinned = json.loads(cfg.kernel.metadata.read_text())
     assert pinned["dataset_sources"] == ["your-kaggle-name/bundler-severstal-demo/7", "someone/extra-weights/2"]
     assert pinned["docker_image_pinning_type"] == "original"
     render_notebook(cfg, console=quiet())
     assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == pinned["dataset_sources"]
-    write_metadata(cfg, dataset_version=8)
+    write_metadata(cfg, pins={cfg.dataset.id: 8})
     assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"][0].endswith("/bundler-severstal-demo/8")
+
+
+def test_each_part_is_pinned_and_a_rerender_keeps_every_pin(tmp_path: Path) -> None:
+    cfg = demo_cfg(tmp_path)
+    wheels = "your-kaggle-name/bundler-severstal-wheels"
+    cfg = replace(cfg, dataset=replace(cfg.dataset, wheels_id=wheels))
+    render_notebook(cfg, console=quiet())
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == [cfg.dataset.id, wheels]
+    write_metadata(cfg, pins={cfg.dataset.id: 4, wheels: 2})
+    render_notebook(cfg, console=quiet())
+    expected = [f"{cfg.dataset.id}/4", f"{wheels}/2"]
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == expected

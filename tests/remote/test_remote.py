@@ -8,10 +8,13 @@ Polls are 0.05 s apart (`BUNDLER_POLL_S`), so a scenario takes seconds.
 
 from __future__ import annotations
 
+import email.utils
+import enum
 import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,10 +24,10 @@ import pytest
 from bundler.config import BundleConfig
 from bundler.dataset.manifest import dataset_metadata, write_json
 from bundler.dryrun.projection import kaggle_run_calibration, latest_kaggle_profile
-from bundler.errors import DryRunError, RemoteError
+from bundler.errors import DryRunError, KaggleHTTPError, RemoteError
 from bundler.notebook.failure import failing_cell
 from bundler.remote.baseline import capture_notebook, diff
-from bundler.remote.client import poll_interval
+from bundler.remote.client import Kaggle, Retry, poll_interval, state_name
 from bundler.remote.diagnose import (
     EXCEPTION,
     NO_SUBMISSION,
@@ -33,7 +36,7 @@ from bundler.remote.diagnose import (
     classify,
     log_text,
 )
-from bundler.remote.push import version_message
+from bundler.remote.push import compare_files, version_message
 from bundler.remote.state import load_state
 from bundler.sandbox import probe
 from bundler.target.baseline import parse_freeze
@@ -77,15 +80,22 @@ def run_scenario(
     work.mkdir(exist_ok=True)
     (work / "scenario.json").write_text(json.dumps(scenario))
     config = str(cfg.root / "bundle.toml")
-    argvs = [
-        {"argv": [sys.executable, "-m", "bundler.cli", *c, "--config", config], "cwd": str(cfg.root)} for c in commands
+    argvs = [  # a command starting with "!" is run as it is (a change between two pushes)
+        {"argv": c[1:] if c[0] == "!" else [sys.executable, "-m", "bundler.cli", *c, "--config", config],
+         "cwd": str(cfg.root)}
+        for c in commands
     ]
     (work / "commands.json").write_text(json.dumps(argvs))
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     env.update(
-        HOME=str(home), PYTHONPATH=str(ROOT), KAGGLE_API_ENVIRONMENT="LOCALHOST", BUNDLER_POLL_S="0.05", COLUMNS="200"
+        HOME=str(home),
+        PYTHONPATH=str(ROOT),
+        KAGGLE_API_ENVIRONMENT="LOCALHOST",
+        BUNDLER_POLL_S="0.05",
+        BUNDLER_RETRY_BASE_S="0.05",
+        COLUMNS="200",
     )
     env.pop("XDG_CONFIG_HOME", None)
     env.update({"KAGGLE_USERNAME": "your-kaggle-name", "KAGGLE_KEY": KEY} if credentials is None else credentials)
@@ -218,6 +228,223 @@ def test_an_upload_waits_for_a_version_still_processing_and_a_fresh_session_may_
 
 
 @needs_netns
+def test_rate_limits_server_errors_and_a_busy_dataset_are_waited_out(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    # the first status answer says ready, then Kaggle refuses the version (403) while the previous one processes
+    scenario = completed_scenario(exists=True, version=4, initial_statuses=["ready", "blobs_received", "ready"])
+    scenario["refuse"] = {"GetDataset": [429], "GetKernelSessionStatus": [503, 502]}
+    scenario["retry_after"] = 1
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push", "--wait"]])
+    out = results[0]["stdout"]
+    assert results[0]["returncode"] == 0, results[0]["stderr"] + out
+    assert "refused the new version while the previous one is blobs_received; waiting" in out
+    assert "rate limited (HTTP 429); trying again in 1.0 s, as Retry-After asks (try 2 of 6)" in out
+    assert "HTTP 503; trying again in" in out and "HTTP 502; trying again in" in out and "backing off" in out
+    refused = [(c["endpoint"].rsplit("/", 1)[-1], c["refused"]) for c in calls if "refused" in c]
+    assert refused == [("GetDataset", 429), ("GetKernelSessionStatus", 503), ("GetKernelSessionStatus", 502)]
+    assert endpoints(calls).count("CreateDatasetVersion") == 2  # refused once (403), then accepted
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == [f"{DATASET}/5"]
+    assert "v1: complete" in out  # COMPLETE from the API, compared by name
+
+
+@needs_netns
+def test_a_partial_upload_fails_naming_the_file_and_the_next_push_uploads_again(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    lost = cfg.models[0].spec.file
+    scenario = completed_scenario(exists=True, version=1, lose_files=[lost])
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push", "--no-run"], ["push", "--no-run"]])
+    first, second = results
+    assert first["returncode"] == 1
+    err = first["stderr"].strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"dataset {DATASET} v2 on Kaggle is not what was uploaded ({lost} (10 bytes) is missing)" in err
+    assert "SaveKernel" not in endpoints(calls)[: endpoints(calls).index("CreateDatasetVersion") + 5]
+    assert second["returncode"] == 0, second["stderr"] + second["stdout"]
+    assert endpoints(calls).count("CreateDatasetVersion") == 2  # not trusted: uploaded again
+    assert json.loads(cfg.kernel.metadata.read_text())["dataset_sources"] == [f"{DATASET}/3"]
+
+
+@needs_netns
+def test_internet_kept_on_by_kaggle_after_the_push_is_an_error(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = completed_scenario()
+    scenario["kernels"]["*"]["internet_after_push"] = True
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push", "--no-run"]])
+    assert results[0]["returncode"] == 1
+    assert "Kaggle reports internet ON although kernel-metadata.json says false" in results[0]["stderr"]
+    save = next(c["body"] for c in calls if c["endpoint"].endswith("/SaveKernel"))
+    assert save["enableInternet"] is False  # bundler sent it off; the read-back caught Kaggle's answer
+    assert endpoints(calls).index("SaveKernel") < endpoints(calls).index("GetKernel")
+    # a read-back Kaggle cannot answer does not undo a push that went through: it is a warning
+    scenario = {**completed_scenario(), "refuse": {"GetKernel": [404]}}
+    (tmp_path / "unread").mkdir()
+    results, _ = run_scenario(tmp_path / "unread", cfg, scenario, [["push", "--no-run", "--rerun"]])  # same notebook
+    assert results[0]["returncode"] == 0, results[0]["stderr"]
+    assert "its settings could not be read back" in results[0]["stdout"]
+
+
+@needs_netns
+def test_a_p100_request_is_refused_before_anything_reaches_kaggle(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    toml = cfg.root / "bundle.toml"
+    toml.write_text(toml.read_text().replace('machine_shape = "NvidiaTeslaT4"', 'machine_shape = "NvidiaTeslaP100"'))
+    results, calls = run_scenario(tmp_path, cfg, completed_scenario(), [["push"]])
+    assert results[0]["returncode"] == 2
+    err = results[0]["stderr"].strip()
+    assert len(err.splitlines()) == 1 and "NvidiaTeslaP100 is retired" in err and "'NvidiaTeslaT4'" in err, err
+    assert calls == []
+
+
+WHEELS = "your-kaggle-name/bundler-severstal-wheels"
+WHEEL = "tinypkg-1.0-py3-none-any.whl"
+
+
+def parts_project(tmp_path: Path) -> BundleConfig:
+    """The demo project shipping its wheels apart (`dataset.wheels_id`), with one 7-byte wheel."""
+    cfg = project(tmp_path)
+    toml = cfg.root / "bundle.toml"
+    toml.write_text(toml.read_text().replace('[dataset]\n', f'[dataset]\nwheels_id = "{WHEELS}"\n', 1))
+    write_fake_manifest(cfg, wheels=[{"file": WHEEL, "name": "tinypkg", "sha256": "cd" * 32, "size": 7}])
+    (cfg.dataset.out / WHEEL).write_bytes(b"0123456")
+    return replace(cfg, dataset=replace(cfg.dataset, wheels_id=WHEELS))
+
+
+def _changed_model(cfg: BundleConfig) -> list[str]:
+    """A command that retrains one model: its weight's sha256 and the bundle hash change, the wheels do not."""
+    manifest = json.loads((cfg.dataset.out / "bundle.json").read_text())
+    manifest["weights"][0]["sha256"] = "ef" * 32
+    manifest["hash"] = "12" * 32
+    path = str(cfg.dataset.out / "bundle.json")
+    code = f"import pathlib; pathlib.Path({path!r}).write_text({json.dumps(manifest)!r})"
+    return ["!", sys.executable, "-c", code]
+
+
+def _changed_threshold(cfg: BundleConfig) -> list[str]:
+    toml = str(cfg.root / "bundle.toml")
+    code = (
+        f"import pathlib; p = pathlib.Path({toml!r}); "
+        "p.write_text(p.read_text().replace('threshold = [0.5, 0.5, 0.5, 0.5]', 'threshold = [0.4, 0.5, 0.5, 0.5]'))"
+    )
+    return ["!", sys.executable, "-c", code]
+
+
+@needs_netns
+def test_parts_upload_only_what_changed_and_each_version_is_pinned(tmp_path: Path) -> None:
+    cfg = parts_project(tmp_path)
+    commands = [
+        ["push", "--no-run"],
+        _changed_threshold(cfg),
+        ["push", "--no-run"],
+        _changed_model(cfg),
+        ["push", "--no-run"],
+        ["status"],
+    ]
+    results, calls = run_scenario(tmp_path, cfg, completed_scenario(), commands)
+    first, _, threshold, _, model, status = results
+    for r in (first, threshold, model):
+        assert r["returncode"] == 0, r["stderr"] + r["stdout"]
+    saves = [c["body"] for c in calls if c["endpoint"].endswith("/SaveKernel")]
+    assert saves[0]["datasetDataSources"] == [f"{DATASET}/1", f"{WHEELS}/1"]
+    assert "inference.ipynb was stale: rendered" in threshold["stdout"]
+    assert "0.4" in json.dumps(json.loads(saves[1]["text"])["cells"])  # the new threshold went with the notebook
+    assert saves[1]["datasetDataSources"] == [f"{DATASET}/1", f"{WHEELS}/1"]  # and nothing was uploaded
+    assert saves[2]["datasetDataSources"] == [f"{DATASET}/2", f"{WHEELS}/1"]  # the new model: weights only
+    uploads = [(c["name"], c["size"]) for c in calls if c["endpoint"] == "PUT upload"]
+    weights = sorted(m.spec.file for m in cfg.models)
+    first_round = sorted(n for n, _ in uploads[: len(weights) + 4])
+    assert first_round == sorted([WHEEL, "bundle.json", "bundle-part.json", "bundle-part.json", *weights])
+    later = sorted(n for n, _ in uploads[len(weights) + 4 :])
+    assert later == sorted(["bundle.json", "bundle-part.json", *weights])  # the wheel never again
+    created = [c["body"].get("slug") for c in calls if c["endpoint"].endswith("/CreateDataset")]
+    assert sorted(created) == ["bundler-severstal-demo", "bundler-severstal-wheels"]
+    assert endpoints(calls).count("CreateDatasetVersion") == 1
+    assert "part wheels" in threshold["stdout"] and "unchanged since v1" in threshold["stdout"]
+    assert status["returncode"] == 0, status["stderr"]
+    assert f"wheels: {WHEELS} v1" in status["stdout"] and f"weights: {DATASET} v2" in status["stdout"]
+    assert "v3 runs on weights v2, wheels v1" in status["stdout"]
+    part = json.loads((cfg.root / "build" / "parts" / "wheels" / "bundle-part.json").read_text())
+    assert part["part"] == "wheels" and [r["file"] for r in part["files"]] == [WHEEL]
+
+
+MODEL = "your-kaggle-name/severstal-unet/pyTorch/default"
+
+
+def model_project(tmp_path: Path, handle: str = MODEL, licence: str = "Apache 2.0") -> BundleConfig:
+    """The parts project with its weights as a Kaggle Model variation (`dataset.weights_model`)."""
+    cfg = parts_project(tmp_path)
+    toml = cfg.root / "bundle.toml"
+    extra = f'weights_model = "{handle}"\nmodel_license = "{licence}"\n'
+    toml.write_text(toml.read_text().replace("[dataset]\n", "[dataset]\n" + extra, 1))
+    return replace(cfg, dataset=replace(cfg.dataset, weights_model=handle, model_license=licence))
+
+
+@needs_netns
+def test_weights_as_a_kaggle_model_are_created_versioned_and_pinned(tmp_path: Path) -> None:
+    cfg = model_project(tmp_path)
+    commands = [["push", "--no-run"], _changed_model(cfg), ["push", "--no-run"], ["push", "--no-run"], ["status"]]
+    results, calls = run_scenario(tmp_path, cfg, completed_scenario(), commands)
+    first, _, second, third, status = results
+    for r in (first, second, third):
+        assert r["returncode"] == 0, r["stderr"] + r["stdout"]
+    order = endpoints(calls)
+    assert order.index("CreateModel") < order.index("CreateModelInstance") < order.index("CreateModelInstanceVersion")
+    instance = next(c["body"] for c in calls if c["endpoint"].endswith("/CreateModelInstance"))
+    assert instance["body"]["instanceSlug"] == "default" and instance["body"]["licenseName"] == "Apache 2.0"
+    saves = [c["body"] for c in calls if c["endpoint"].endswith("/SaveKernel")]
+    # the third push changed nothing: no part uploaded and no kernel version pushed (issue 27 item 7)
+    assert [s["modelDataSources"] for s in saves] == [[f"{MODEL}/1"], [f"{MODEL}/2"]]
+    assert [s["datasetDataSources"] for s in saves] == [[f"{WHEELS}/1"]] * 2  # the wheels went up once
+    assert "unchanged since v2 (notebook, metadata and sources); not pushed" in third["stdout"]
+    assert order.count("CreateModelInstanceVersion") == 1  # the third push uploaded nothing
+    assert "unchanged since v2; not uploaded" in third["stdout"]
+    meta = json.loads(cfg.kernel.metadata.read_text())
+    assert meta["model_sources"] == [f"{MODEL}/2"] and meta["dataset_sources"] == [f"{WHEELS}/1"]
+    assert f"weights: {MODEL} v2" in status["stdout"]
+
+
+@needs_netns
+def test_a_model_of_someone_else_and_an_unknown_licence_are_one_line_each(tmp_path: Path) -> None:
+    cfg = model_project(tmp_path / "theirs", handle="someone-else/severstal-unet/pyTorch/default")
+    results, calls = run_scenario(tmp_path / "theirs", cfg, completed_scenario(), [["push"]])
+    err = results[0]["stderr"].strip()
+    assert results[0]["returncode"] == 1 and len(err.splitlines()) == 1, err
+    assert "the model's owner 'someone-else' is not the account pushing ('your-kaggle-name')" in err
+    assert not any(e.endswith("Model") or "ModelInstance" in e for e in endpoints(calls))
+    cfg = model_project(tmp_path / "licence", licence="Made Up 1.0")
+    results, calls = run_scenario(tmp_path / "licence", cfg, completed_scenario(), [["push"]])
+    err = results[0]["stderr"].strip()
+    assert results[0]["returncode"] == 1 and len(err.splitlines()) == 1, err
+    assert "HTTP 400" in err and "dataset.model_license = 'Made Up 1.0'" in err
+    assert "SaveKernel" not in endpoints(calls)
+
+
+@needs_netns
+def test_a_partial_model_version_fails_naming_the_file(tmp_path: Path) -> None:
+    cfg = model_project(tmp_path)
+    scenario = {**completed_scenario(), "models": {"lose_files": ["bundle.json"]}}
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push"]])
+    err = results[0]["stderr"].strip()
+    assert results[0]["returncode"] == 1 and len(err.splitlines()) == 1, err
+    assert f"model {MODEL} v1 on Kaggle is not what was uploaded (bundle.json (" in err and "is missing" in err
+    assert "SaveKernel" not in endpoints(calls)
+    assert json.loads((cfg.root / "build" / "kaggle" / "state.json").read_text())["parts"]["weights"] == {}
+
+
+@needs_netns
+def test_a_part_over_kaggles_limit_is_one_line_with_the_limit_and_its_size(tmp_path: Path) -> None:
+    cfg = parts_project(tmp_path)
+    os.environ["BUNDLER_PART_LIMIT_BYTES"] = "600"  # the wheels part fits, the weights part (bundle.json) does not
+    try:
+        results, calls = run_scenario(tmp_path, cfg, completed_scenario(), [["push"]])
+    finally:
+        del os.environ["BUNDLER_PART_LIMIT_BYTES"]
+    err = results[0]["stderr"].strip()
+    assert results[0]["returncode"] == 1 and len(err.splitlines()) == 1, err
+    assert f"part weights ({DATASET}) is" in err and "over Kaggle's limit of 600 bytes per version" in err, err
+    assert not any(c["endpoint"] == "PUT upload" for c in calls)
+
+
+@needs_netns
 def test_an_incomplete_dataset_folder_is_not_uploaded(tmp_path: Path) -> None:
     cfg = project(tmp_path)
     weight = cfg.dataset.out / cfg.models[0].spec.file
@@ -319,6 +546,18 @@ def test_missing_credentials_are_one_line_naming_the_fix(tmp_path: Path) -> None
     assert len(err.splitlines()) == 1, err
     assert "KAGGLE_USERNAME" in err and "kaggle.json" in err and "KAGGLE_API_TOKEN" in err
     assert calls == []
+
+
+@needs_netns
+def test_wrong_credentials_are_one_line_and_nothing_is_half_pushed(tmp_path: Path) -> None:
+    cfg = project(tmp_path)
+    scenario = {**completed_scenario(), "key": "the-right-key"}
+    results, calls = run_scenario(tmp_path, cfg, scenario, [["push"]])
+    err = results[0]["stderr"].strip()
+    assert results[0]["returncode"] == 1 and len(err.splitlines()) == 1, err
+    assert "Kaggle refused the credentials or the access (HTTP 401" in err
+    assert [c.get("refused") for c in calls] == [401]  # a 401 is not tried again
+    assert not (cfg.root / "build" / "kaggle" / "state.json").exists()
 
 
 @needs_netns
@@ -640,3 +879,94 @@ def test_submit_waits_for_a_queued_version_to_complete_and_says_which_one_can_be
     assert "waiting for it to complete before submitting" in out and "0.91234" in out
     assert out.index("complete") < out.index("submitting")
     assert endpoints(calls).count("CreateCodeSubmission") == 1  # the early one submitted nothing
+
+
+class _Answer:
+    """What `requests` hands an HTTPError: a status and headers."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status
+        self.headers = headers or {}
+
+
+def _failing(*statuses: int, headers: dict[str, str] | None = None) -> tuple[Any, list[str]]:
+    """An api whose calls fail with `statuses` in turn, then answer 'ok'; and the list of calls made."""
+    import requests
+
+    made: list[str] = []
+    queue = list(statuses)
+
+    def call(*_: Any, **__: Any) -> str:
+        made.append("call")
+        if queue:
+            raise requests.HTTPError(f"HTTP {queue[0]}", response=_Answer(queue.pop(0), headers))  # type: ignore[arg-type]
+        return "ok"
+
+    class Api:
+        dataset_status = staticmethod(call)
+        competition_submit_code = staticmethod(call)
+
+    return Api(), made
+
+
+def _client(api: Any, retry: Retry | None = None) -> tuple[Kaggle, list[str], list[float]]:
+    said: list[str] = []
+    slept: list[float] = []
+    return Kaggle(api, say=said.append, retry=retry or Retry(base_s=0.5), sleep=slept.append), said, slept
+
+
+def test_a_429_waits_what_retry_after_says_in_seconds_or_as_a_date() -> None:
+    api, made = _failing(429, headers={"Retry-After": "7"})
+    kaggle, said, slept = _client(api)
+    assert kaggle.dataset_status("o/d") == "ok"
+    assert slept == [7.0] and len(made) == 2
+    assert said == [
+        "  status of dataset o/d: rate limited (HTTP 429); trying again in 7.0 s, as Retry-After asks (try 2 of 6)"
+    ]
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    api, _ = _failing(429, headers={"Retry-After": when})
+    kaggle, _, slept = _client(api)
+    kaggle.dataset_status("o/d")
+    assert 25 < slept[0] <= 30
+
+
+def test_server_errors_back_off_with_jitter_bounded_in_count_and_in_time() -> None:
+    api, made = _failing(*[503] * 10)
+    kaggle, said, slept = _client(api, Retry(attempts=4, base_s=1.0, cap_s=3.0))
+    with pytest.raises(KaggleHTTPError, match=r"HTTP 503.*gave up after 4 tries") as info:
+        kaggle.dataset_status("o/d")
+    assert info.value.status == 503 and len(made) == 4 and len(said) == 3
+    for n, wait in enumerate(slept):  # base * 2**n capped, times a factor in [0.5, 1]
+        assert min(3.0, 2.0**n) * 0.5 <= wait <= min(3.0, 2.0**n)
+    api, made = _failing(429, headers={"Retry-After": "120"})
+    kaggle, said, slept = _client(api, Retry(total_s=60))
+    with pytest.raises(KaggleHTTPError, match="HTTP 429"):  # the wait would end past the total: not waited
+        kaggle.dataset_status("o/d")
+    assert slept == [] and len(made) == 1
+
+
+def test_a_submission_is_tried_again_after_a_429_only() -> None:
+    api, made = _failing(503)
+    kaggle, _, slept = _client(api)
+    with pytest.raises(KaggleHTTPError, match="HTTP 503"):
+        kaggle.submit_code(competition="c", kernel="o/k", version=1, file_name="submission.csv", message="m")
+    assert len(made) == 1 and slept == []
+    api, made = _failing(429, headers={"Retry-After": "2"})
+    kaggle, _, slept = _client(api)
+    kaggle.submit_code(competition="c", kernel="o/k", version=1, file_name="submission.csv", message="m")
+    assert len(made) == 2 and slept == [2.0]
+
+
+@pytest.mark.parametrize("value", ["KernelWorkerStatus.COMPLETE", "COMPLETE", "complete", " Complete "])
+def test_states_are_compared_by_name(value: str) -> None:
+    assert state_name(value) == "complete"
+    assert state_name(enum.Enum("KernelWorkerStatus", "QUEUED COMPLETE").COMPLETE) == "complete"  # type: ignore[attr-defined]
+
+
+def test_the_file_list_comparison_names_each_difference() -> None:
+    assert compare_files({"a.whl": 3, "b.pt": 10}, {"a.whl": 3, "b.pt": 10}) == []
+    assert compare_files({"a.whl": 3, "b.pt": 10}, {"b.pt": 9, "c": 1}) == [
+        "a.whl (3 bytes) is missing",
+        "b.pt is 9 bytes, the bundle's is 10",
+        "c was never part of the bundle",
+    ]

@@ -50,3 +50,8 @@ class ModelRunError(KernelError, RuntimeError):
 
     def __reduce__(self) -> tuple[type[ModelRunError], tuple[str, str]]:
         return type(self), (self.model, self.detail)
+
+
+class InputError(BundleError):
+    """The test input (the image folder, an array file, a CSV of pixel rows) does not fit the `[input]`
+    settings. The message names the file, what was found and the setting to change."""

@@ -44,12 +44,14 @@ import torch.nn.functional as F
 from .devices import DeviceSet, resolve_devices
 from .errors import BundleError, ModelRunError
 from .guard import BudgetGuard
-from .images import ImageLoader, LoadedImage, PixelSettings, image_paths
+from .images import ImageLoader, LoadedImage, PixelSettings
+from .inputs import READERS
 from .models import load_models
 from .paths import PROFILE_FILE, SUBMISSION_FILE
 from .postprocess import postprocess
 from .predict import BatchResult, Predictor
 from .profiler import Profiler
+from .readers import Reader, open_reader
 from .rle import encode, encode_objects
 from .spec import InferenceSpec
 from .submission import SubmissionWriter, read_sample_submission
@@ -304,6 +306,7 @@ def run(
     profiler.guard_record["budget_s"] = spec.time_budget_s
     profiler.working_dir = out_dir  # profile.json reports the bytes written here (Kaggle keeps 20 GB)
     guard: BudgetGuard | None = None
+    reader: Reader | None = None
     try:
         with profiler.stage("setup"):
             if devices is None:
@@ -313,7 +316,13 @@ def run(
             profiler.sync = devices.synchronize
             sample = read_sample_submission(Path(sample_submission), spec.num_classes, spec.submission)
             if not Path(test_dir).is_dir():
-                raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at the test images")
+                what = "the folder of the test images" if not READERS[spec.input.reader].file else (
+                    f"the folder holding {spec.input.path} (input.path)"
+                )
+                raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at {what}")
+            pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
+            # before any model loads: a CSV that does not fit fails fast (it is parsed here, arrays mapped)
+            reader = open_reader(spec.input, Path(test_dir), sample.image_ids, spec.submission.image_id, pixels)
         reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
         with profiler.stage("load_models"):
             classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler)
@@ -323,8 +332,6 @@ def run(
         guard = BudgetGuard(spec.time_budget_s, started, total, segmenters=spec.segmenters)
         prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)
         size = None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
-        pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
-        paths = image_paths(Path(test_dir), sample.image_ids, spec.submission.image_id)
         with (
             SubmissionWriter(submission_path, sample) as writer,
             ImageLoader(
@@ -334,7 +341,7 @@ def run(
                 prefetch=prefetch,
                 size=size,
                 pixels=pixels,
-                paths=paths,
+                reader=reader,
             ) as loader,
         ):
             _Engine(spec, predictor, guard, profiler, writer, reporter, total).run(loader)
@@ -342,6 +349,8 @@ def run(
         profiler.error = f"{type(e).__name__}: {e}"
         raise
     finally:
+        if reader is not None:
+            reader.close()
         profiler.finish()
         if guard is not None:
             profiler.guard_record = guard.to_dict()

@@ -19,6 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from bundler.display import shown_path
 from bundler.errors import ConfigError
 from kernel_src.errors import SpecError
+from kernel_src.inputs import InputSpec
 from kernel_src.layout import SubmissionSpec
 from kernel_src.model_kinds import MODEL_KINDS, kinds_for
 from kernel_src.settings import found, missing_value, setting, settings, typed, wrong
@@ -377,6 +378,7 @@ TABLES: dict[str, type] = {
     "kernel": KernelConfig,
     "inference": InferenceSpec,
     "submission": SubmissionSpec,
+    "input": InputSpec,
     "dryrun": DryRunConfig,
     "machine": MachineConfig,
 }
@@ -564,13 +566,14 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
             )
         inf["rle_order"] = order
     inf["submission"] = sub
+    inf["input"] = dict(_section(raw, "input", table_keys(InputSpec)))  # [input] (kernel_src.inputs): the reader
     inf.setdefault("time_budget_s", competition.time_limit_s - 300.0)
     inf["classifiers"] = [m.spec.__dict__ for m in models if m.role == "classifier"]
     inf["segmenters"] = [m.spec.__dict__ for m in models if m.role == "segmenter"]
     try:
         inference = InferenceSpec.from_dict(inf)
     except SpecError as e:
-        prefix = "" if e.key.startswith(("classifiers", "segmenters", "submission")) else "inference."
+        prefix = "" if e.key.startswith(("classifiers", "segmenters", "submission", "input.")) else "inference."
         raise ConfigError(f"{prefix}{e.key}: {e.message}") from None
 
     return BundleConfig(

@@ -278,7 +278,14 @@ class KernelConfig:
 class DryRunConfig:
     """`bundler dry-run`'s inputs and outputs; CLI flags override them."""
 
-    test_dir: Path | None = field(default=None, metadata=_key("a local test set's images (`--test-dir`).", shown=""))
+    test_dir: Path | None = field(
+        default=None,
+        metadata=_key(
+            "a local test set's images (`--test-dir`); for a file reader of `[input]`, the folder its `path` is "
+            "relative to, or the file itself.",
+            shown="",
+        ),
+    )
     sample_submission: Path | None = field(
         default=None, metadata=_key("its sample submission (`--sample-submission`).", shown="")
     )

@@ -59,6 +59,7 @@ from bundler.errors import ConfigError, DryRunError
 from bundler.notebook.failure import CellFailure
 from bundler.sandbox import Isolation, probe
 from bundler.scoring import mask_shapes, score_run, submission_breakdown
+from kernel_src.inputs import input_files
 from kernel_src.paths import PROFILE_FILE, SUBMISSION_FILE
 from kernel_src.profiler import folder_bytes, format_bytes
 from kernel_src.submission import SampleSubmission, read_csv_strings
@@ -102,6 +103,7 @@ def _execute(
             test_images_name=cfg.competition.test_images,
             sample_submission_src=inputs.sample_submission,
             sample_submission_name=cfg.competition.sample_submission,
+            input_files=input_files(cfg.inference.input),
         )
         overrides = {
             "input_root": str(tree.input_root),

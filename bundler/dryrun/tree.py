@@ -2,6 +2,7 @@
 
     <root>/input/<dataset-slug>/...            the built bundle's files (flat)
     <root>/input/<competition-slug>/<test_images>/...   the test images
+    <root>/input/<competition-slug>/<input path>        or a file reader's files ([input] path, ids)
     <root>/input/<competition-slug>/<sample_submission>
     <root>/working/                             the notebook's current folder and output
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ class KaggleTree:
     input_root: Path  # like /kaggle/input
     bundle_dir: Path  # input/<dataset-slug>
     competition_dir: Path  # input/<competition-slug>
-    test_images: Path  # input/<competition-slug>/<test_images>
+    test_images: Path  # input/<competition-slug>/<test_images>; for a file reader the competition folder
     sample_submission: Path  # input/<competition-slug>/<sample_submission>
     working: Path  # like /kaggle/working
     linked: str  # "hardlink", "symlink" or "mixed": how the input files were placed
@@ -68,23 +70,33 @@ def make_tree(
     test_images_name: str,
     sample_submission_src: Path,
     sample_submission_name: str,
+    input_files: Sequence[str] = (),
 ) -> KaggleTree:
-    """Lay the tree out under `root` (which must be empty or absent)."""
+    """Lay the tree out under `root` (which must be empty or absent). `input_files`: a file reader's
+    files, relative to `test_dir` (the local data folder), placed at the same paths under the
+    competition's folder instead of an image folder."""
     root.mkdir(parents=True, exist_ok=True)
     input_root = root / "input"
     bundle_dir = input_root / dataset_slug(dataset_id)
     competition_dir = input_root / competition_slug
-    test_images = competition_dir / test_images_name
+    test_images = competition_dir if input_files else competition_dir / test_images_name
     sample = competition_dir / sample_submission_name
     working = root / "working"
     working.mkdir(parents=True)
 
     ways = _link_files(sorted(p for p in bundle_src.iterdir() if p.is_file()), bundle_dir)
-    ways |= _link_files(image_files(test_dir), test_images)
+    if input_files:
+        for name in input_files:
+            dest = competition_dir / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            ways.add(_place(test_dir / name, dest))
+    else:
+        ways |= _link_files(image_files(test_dir), test_images)
     competition_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sample_submission_src, sample)  # small; a copy keeps the user's file out of reach
 
-    for folder in (test_images, bundle_dir, competition_dir, input_root):
+    inner = {competition_dir / up for name in input_files for up in Path(name).parents} - {competition_dir}
+    for folder in (*sorted(inner, reverse=True), test_images, bundle_dir, competition_dir, input_root):
         folder.chmod(READ_ONLY_DIR)
     linked = ways.pop() if len(ways) == 1 else "mixed"
     return KaggleTree(root, input_root, bundle_dir, competition_dir, test_images, sample, working, linked)

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kernel_src.errors import InputError, SpecError
+from kernel_src.bundle import find_competition_data, input_location
+from kernel_src.errors import BundleError, InputError, SpecError
 from kernel_src.images import ImageLoader, PixelSettings
 from kernel_src.inputs import READERS, InputSpec
 from kernel_src.readers import NpyReader, NpzReader, open_reader
@@ -366,3 +367,27 @@ def test_a_run_from_an_npz_writes_the_submission_the_same_pngs_give(tiny_models:
     }  # fmt: skip
     assert npz.profile["problems"]["missing"] == ["absent.png"]
     assert images.shape[1:3] == (IMAGE_HEIGHT, IMAGE_WIDTH)
+
+
+# --- the notebook finds a reader's file as it finds the image folder ----------------------------------
+
+
+@pytest.mark.parametrize("layout", ["<slug>", "competitions/<slug>"])
+def test_the_notebook_finds_a_readers_file_beside_the_sample_in_either_mount(tmp_path: Path, layout: str) -> None:
+    data = tmp_path / "input" / layout.replace("<slug>", "digit-recognizer")
+    (tmp_path / "input" / "decoy").mkdir(parents=True)
+    (tmp_path / "input" / "decoy" / "sample_submission.csv").write_text("ImageId,Label\n")  # no test.csv beside it
+    data.mkdir(parents=True)
+    (data / "sample_submission.csv").write_text("ImageId,Label\n1,0\n")
+    (data / "test.csv").write_text("pixel0\n0\n")
+    config = {"test_images": "test_images", "inference": {"input": {"reader": "csv_pixels", "path": "test.csv"}}}
+    name, is_file = input_location(config)
+    assert (name, is_file) == ("test.csv", True)
+    found = find_competition_data(tmp_path / "input", "sample_submission.csv", name, test_file=is_file)
+    assert found.folder == data and found.test_dir == data  # the reader opens test.csv in the data folder
+    assert input_location({"test_images": "imgs", "inference": {}}) == ("imgs", False)
+    (data / "test.csv").unlink()
+    with pytest.raises(BundleError) as e:
+        find_competition_data(tmp_path / "input", "sample_submission.csv", name, test_file=is_file)
+    assert "sample_submission.csv with test.csv beside it" in str(e.value)
+    assert "CONFIG['inference']['input']['path']" in str(e.value)

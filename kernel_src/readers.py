@@ -71,11 +71,12 @@ CSV_CHUNK_ROWS = 2048  # rows parsed at a time: pandas' working memory stays a f
 # --- pixels ---------------------------------------------------------------------------------------
 
 
-def _bad_positions(raw: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-    if raw.dtype.kind == "f":
-        bad: npt.NDArray[np.bool_] = ~np.isfinite(raw)
-        return bad
-    return np.zeros(raw.shape, dtype=bool)
+def _bad_positions(raw: npt.NDArray[Any]) -> npt.NDArray[np.bool_] | None:
+    """The non-finite pixels of a float image; None for integers (every value is a number)."""
+    if raw.dtype.kind != "f":
+        return None
+    bad: npt.NDArray[np.bool_] = ~np.isfinite(raw)
+    return bad
 
 
 def array_image(
@@ -94,14 +95,14 @@ def array_image(
     pixels = pixels or PixelSettings()
     notes: list[str] = []
     bad = _bad_positions(raw)
-    if bad_note is None and bad.any():
+    if bad_note is None and bad is not None and bad.any():
         y, x = (int(v) for v in np.argwhere(bad)[0][:2])
         bad_note = f"{int(bad.sum())} pixel(s) not finite (first at y={y}, x={x})"
     if bad_note is not None:
         if bad_pixels == "skip":
             return LoadedImage(image_id, None, f"{image_id}: {where}: {bad_note}", "unreadable",
                                time.perf_counter() - started)  # fmt: skip
-        raw = np.where(bad, 0, raw) if bad.any() else raw
+        raw = np.where(bad, 0, raw) if bad is not None and bad.any() else raw
         notes.append(f"{where}: {bad_note}, read as 0")
     if raw.ndim == 3 and raw.shape[2] == 1:
         raw = raw[:, :, 0]
@@ -138,6 +139,7 @@ class Reader:
     def __init__(self, ids: Sequence[str], source: Path, spec: InputSpec) -> None:
         self.ids = tuple(ids)
         self.source = source
+        self.name = source.name  # messages name the file
         self.spec = spec
         self._index: dict[str, int] = {}
         for i, image_id in enumerate(self.ids):
@@ -159,7 +161,7 @@ class Reader:
         self, row: int, image_id: str, size: tuple[int, int] | None, pixels: PixelSettings | None
     ) -> LoadedImage:
         raw = self.raw(row)
-        return array_image(raw, image_id, f"row {row} of {self.source.name}", size, pixels, self.spec.bad_pixels)
+        return array_image(raw, image_id, f"row {row} of {self.name}", size, pixels, self.spec.bad_pixels)
 
     def raw(self, row: int) -> npt.NDArray[Any]:
         raise NotImplementedError
@@ -252,8 +254,9 @@ class NpyReader(Reader):
 
     def __init__(self, folder: Path, spec: InputSpec) -> None:
         path = _file(folder, spec.path, "input.path")
-        self.array = _npy(path, "input.path")
-        _check_images(self.array, str(path))
+        self.mapped = _npy(path, "input.path")  # np.memmap: read from the page cache when a row is asked for
+        _check_images(self.mapped, str(path))
+        self.array = self.mapped.view(np.ndarray)  # the same memory, without memmap's per-slice bookkeeping
         n = int(self.array.shape[0])
         ids = _row_ids(n, spec.first_id)
         if spec.ids:
@@ -273,8 +276,8 @@ class NpyReader(Reader):
         return np.asarray(self.array[row])
 
     def close(self) -> None:
-        mm = getattr(self.array, "_mmap", None)
-        self.array = np.empty((0,))
+        mm = getattr(self.mapped, "_mmap", None)
+        self.array = self.mapped = np.empty((0,))
         if mm is not None:
             with contextlib.suppress(BufferError, ValueError):  # a view still alive: the GC closes it
                 mm.close()
@@ -325,6 +328,7 @@ class NpzReader(Reader):
         keys = list(archive.files)
         self._lock = threading.Lock()  # one archive handle shared by the loader's threads
         self.stack: npt.NDArray[Any] | None = None
+        self.mapped: npt.NDArray[Any] | None = None
         self.every_key = spec.array == NPZ_EVERY_KEY
         if self.every_key:
             ids = [k for k in keys if k != spec.ids] if spec.ids else keys
@@ -341,9 +345,9 @@ class NpzReader(Reader):
             name = rest[0]
         if name not in keys:
             raise InputError(f"input.array = {name!r}: {path} holds the keys {keys}; name one of them")
-        self.stack = npz_member_memmap(path, name)
-        if self.stack is None:
-            self.stack = self.archive[name]  # compressed: read once (a compressed member cannot be mapped)
+        self.mapped = npz_member_memmap(path, name)
+        self.stack = self.archive[name] if self.mapped is None else self.mapped.view(np.ndarray)
+        # compressed: read once (a compressed member cannot be mapped)
         _check_images(self.stack, f"{path} key {name!r}")
         n = int(self.stack.shape[0])
         ids = _row_ids(n, spec.first_id)
@@ -364,9 +368,9 @@ class NpzReader(Reader):
             try:
                 raw = self.archive[image_id]
             except (OSError, ValueError, zipfile.BadZipFile) as e:
-                return LoadedImage(image_id, None, f"{image_id}: key of {self.source.name} unreadable ({e})",
+                return LoadedImage(image_id, None, f"{image_id}: key of {self.name} unreadable ({e})",
                                    "unreadable")  # fmt: skip
-        problem = _single_image(raw, f"key {image_id!r} of {self.source.name}")
+        problem = _single_image(raw, f"key {image_id!r} of {self.name}")
         if problem:
             return LoadedImage(image_id, None, f"{image_id}: {problem}", "unreadable")
         return array_image(raw, image_id, f"key {image_id!r}", size, pixels, self.spec.bad_pixels)
@@ -382,7 +386,7 @@ class NpzReader(Reader):
         return np.asarray(self.stack[row])
 
     def close(self) -> None:
-        self.stack = None
+        self.stack = self.mapped = None
         self.archive.close()
 
 
@@ -450,12 +454,13 @@ class CsvPixelsReader(Reader):
         """The chunk's rows scaled to uint8 images; its bad rows recorded in `self.bad`."""
         import pandas as pd
 
-        cells = chunk[columns]
+        cells = chunk if len(columns) == chunk.shape[1] else chunk[columns]  # a copy only when columns are left out
         if any(not pd.api.types.is_numeric_dtype(t) for t in cells.dtypes):
             numbers = cells.apply(pd.to_numeric, errors="coerce")
         else:
             numbers = cells
-        values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+        # float32 holds every integer pixel value exactly (up to 2**24), and NaN for what is not a number
+        values = numbers.to_numpy(dtype=np.float32, na_value=np.nan)
         bad = ~np.isfinite(values)
         for r in np.flatnonzero(bad.any(axis=1)).tolist():
             cols = np.flatnonzero(bad[r])
@@ -465,7 +470,7 @@ class CsvPixelsReader(Reader):
             more = f" (and {len(cols) - 1} more)" if len(cols) > 1 else ""
             self.bad[start + r] = f"pixel column {column!r} is {what}{more}"
         values[bad] = 0.0
-        stacked = values.astype(np.float32).reshape(len(values), *self.shape)
+        stacked = values.reshape(len(values), *self.shape)
         if self.pixels.pixel_max != "image":
             return self.pixels.scale(stacked)
         images = np.empty(stacked.shape, dtype=np.uint8)
@@ -476,7 +481,7 @@ class CsvPixelsReader(Reader):
     def load_row(
         self, row: int, image_id: str, size: tuple[int, int] | None, pixels: PixelSettings | None
     ) -> LoadedImage:
-        where = f"row {row} of {self.source.name} (line {row + 2})"
+        where = f"row {row} of {self.name} (line {row + 2})"
         note = self.bad.get(row)
         # already scaled when parsed: the loader's pixel settings are the reader's
         return array_image(self.images[row], image_id, where, size, None, self.spec.bad_pixels, note)

@@ -102,7 +102,8 @@ def test_npy_is_memory_mapped_with_row_number_ids(tmp_path: Path) -> None:
     grey = grey_stack()
     np.save(tmp_path / "test.npy", grey)
     with open_reader(spec("npy", path="test.npy", first_id=1), tmp_path) as reader:
-        assert isinstance(reader, NpyReader) and isinstance(reader.array, np.memmap)  # not read into memory
+        assert isinstance(reader, NpyReader) and isinstance(reader.mapped, np.memmap)  # not read into memory
+        assert np.shares_memory(reader.array, reader.mapped)
         assert reader.ids == ("1", "2", "3", "4", "5")
         loaded = reader.load("2", None, None)
         assert loaded.image is not None
@@ -187,7 +188,7 @@ def test_npz_stored_member_is_memory_mapped_compressed_is_read(tmp_path: Path) -
     np.savez_compressed(tmp_path / "c.npz", x=grey, ids=ids)
     for name, mapped in (("s.npz", True), ("c.npz", False)):
         with open_reader(spec("npz", path=name, ids="ids"), tmp_path) as reader:
-            assert isinstance(reader, NpzReader) and isinstance(reader.stack, np.memmap) is mapped
+            assert isinstance(reader, NpzReader) and isinstance(reader.mapped, np.memmap) is mapped
             assert reader.ids == ("10", "11", "12", "13", "14")
             for k, image_id in enumerate(reader.ids):
                 loaded = reader.load(image_id, None, None)
@@ -391,3 +392,16 @@ def test_the_notebook_finds_a_readers_file_beside_the_sample_in_either_mount(tmp
         find_competition_data(tmp_path / "input", "sample_submission.csv", name, test_file=is_file)
     assert "sample_submission.csv with test.csv beside it" in str(e.value)
     assert "CONFIG['inference']['input']['path']" in str(e.value)
+
+
+@pytest.mark.parametrize("pixel_max", ["image", 1000.0])
+def test_csv_values_are_scaled_per_image_or_by_a_number(tmp_path: Path, pixel_max: float | str) -> None:
+    values = np.random.default_rng(6).integers(0, 1001, (4, H, W)).astype(np.int64)
+    write_pixels_csv(tmp_path / "t.csv", values, label=False)
+    pixels = PixelSettings(pixel_max=pixel_max)
+    with open_reader(spec("csv_pixels", path="t.csv", shape=[H, W]), tmp_path, pixels=pixels) as reader:
+        got = [reader.load(i, None, pixels).image for i in reader.ids]
+    for k in range(4):
+        top = float(values[k].max()) if pixel_max == "image" else 1000.0
+        expected = np.clip(np.rint(values[k] * 255.0 / top), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(got[k], as_rgb(expected))

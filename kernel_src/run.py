@@ -316,7 +316,7 @@ def run(
             profiler.sync = devices.synchronize
             sample = read_sample_submission(Path(sample_submission), spec.num_classes, spec.submission)
             if not Path(test_dir).is_dir():
-                what = "the folder of the test images" if not READERS[spec.input.reader].file else (
+                what = "the test images" if not READERS[spec.input.reader].file else (
                     f"the folder holding {spec.input.path} (input.path)"
                 )
                 raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at {what}")

@@ -405,3 +405,12 @@ def test_csv_values_are_scaled_per_image_or_by_a_number(tmp_path: Path, pixel_ma
         top = float(values[k].max()) if pixel_max == "image" else 1000.0
         expected = np.clip(np.rint(values[k] * 255.0 / top), 0, 255).astype(np.uint8)
         np.testing.assert_array_equal(got[k], as_rgb(expected))
+
+
+def test_mask_shapes_under_own_sizes_come_from_the_reader(tmp_path: Path) -> None:
+    from bundler.scoring import mask_shapes
+
+    np.savez(tmp_path / "k.npz", a=np.zeros((3, 5), np.uint8), b=np.zeros((7, 2, 3), np.uint8))
+    base = tiny_spec(tmp_path, classifiers=[], segmenters=[{"name": "s", "kind": "torchscript", "file": "s.pt"}])
+    own = dataclasses.replace(base, image_sizes="own", input=spec("npz", path="k.npz", array="*"))
+    assert mask_shapes(own, tmp_path, ["a", "b", "c"]) == {"a": (3, 5), "b": (7, 2)}

@@ -6,6 +6,7 @@ project from an `.npz` writes the submission its PNG files give."""
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -137,3 +138,6 @@ def test_a_dry_run_from_an_npz_writes_the_submission_its_pngs_give(npz_project: 
     written = (result.out / "submission.csv").read_bytes()
     assert written == (reference.out / "submission.csv").read_bytes()
     assert result.summary["images_predicted"] == DRYRUN_IMAGES
+    report, png_report = ((r.out / "report.html").read_text() for r in (result, reference))
+    shown = re.findall(r'alt="masks of ([^"]+)"', png_report)
+    assert shown and re.findall(r'alt="masks of ([^"]+)"', report) == shown  # the overlays, from the array's rows

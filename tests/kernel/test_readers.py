@@ -414,3 +414,18 @@ def test_mask_shapes_under_own_sizes_come_from_the_reader(tmp_path: Path) -> Non
     base = tiny_spec(tmp_path, classifiers=[], segmenters=[{"name": "s", "kind": "torchscript", "file": "s.pt"}])
     own = dataclasses.replace(base, image_sizes="own", input=spec("npz", path="k.npz", array="*"))
     assert mask_shapes(own, tmp_path, ["a", "b", "c"]) == {"a": (3, 5), "b": (7, 2)}
+
+
+def test_csv_short_row_is_a_bad_row_and_a_long_row_an_error_naming_its_line(tmp_path: Path) -> None:
+    path = write_pixels_csv(tmp_path / "t.csv", grey_stack(n=3), label=False)
+    lines = path.read_text().splitlines()
+    short = [*lines[:2], lines[2].rsplit(",", 1)[0], lines[3]]  # row 1 lacks its last pixel
+    path.write_text("\n".join(short) + "\n")
+    with open_reader(spec("csv_pixels", path="t.csv", shape=[H, W]), tmp_path) as reader:
+        loaded = reader.load("1", None, None)
+    assert loaded.kind == "unreadable" and f"pixel column 'pixel{H * W - 1}' is missing" in (loaded.problem or "")
+    long = [*lines[:3], lines[3] + ",5"]  # row 2 (line 4) has one field too many
+    path.write_text("\n".join(long) + "\n")
+    with pytest.raises(InputError) as e:
+        open_reader(spec("csv_pixels", path="t.csv", shape=[H, W]), tmp_path)
+    assert str(e.value).startswith(f"{path}: cannot be read as CSV pixel rows") and "line 4" in str(e.value)

@@ -1,4 +1,4 @@
-"""Input readers: where the test images come from, one table: `READERS`.
+"""Input readers: where the test images come from, one class per entry of `kernel_src.inputs.READERS`.
 
 The background loader (`kernel_src.images.ImageLoader`) asks a reader for one image at a time, by
 id, in the sample submission's order; a reader hands back the loader's `LoadedImage` (a
@@ -18,7 +18,8 @@ id, in the sample submission's order; a reader hands back the loader's `LoadedIm
 
 Row-number ids are `first_id + row` as strings ("1".."28000" with `first_id = 1`); ids from a
 column or array are its values as strings (`str()` of each; bytes decoded as UTF-8), so a key
-column of the sample submission matches them exactly.
+column of the sample submission matches them exactly (a CSV row with an empty id offers none the
+sample could name: its images are reported `missing` from the sample's side).
 
 Pixels of arrays and CSV rows are scaled as `PixelSettings` declares (`bit_depth`, `pixel_max`:
 the value shown as 255, e.g. `pixel_max = 1` for floats in [0, 1]) and clipped to [0, 255]; grey

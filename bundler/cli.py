@@ -124,7 +124,12 @@ def render_notebook_cmd(config_path: Path, out: Path | None) -> None:
 
 @main.command("dry-run")
 @config_option
-@click.option("--test-dir", type=click.Path(path_type=Path), default=None, help="Folder of test images.")
+@click.option(
+    "--test-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of test images (an [input] file reader: the folder its path is relative to, or the file).",
+)
 @click.option("--sample-submission", type=click.Path(path_type=Path), default=None, help="The sample submission CSV.")
 @click.option(
     "--labels", type=click.Path(path_type=Path), default=None, help="Ground truth (train.csv form) to score against."

@@ -19,6 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from bundler.display import shown_path
 from bundler.errors import ConfigError
 from kernel_src.errors import SpecError
+from kernel_src.inputs import InputSpec
 from kernel_src.layout import SubmissionSpec, contradicted_rle_order
 from kernel_src.model_kinds import MODEL_KINDS, kinds_for
 from kernel_src.settings import found, missing_value, setting, settings, typed, wrong
@@ -350,7 +351,14 @@ class KernelConfig:
 class DryRunConfig:
     """`bundler dry-run`'s inputs and outputs; CLI flags override them."""
 
-    test_dir: Path | None = field(default=None, metadata=_key("a local test set's images (`--test-dir`).", shown=""))
+    test_dir: Path | None = field(
+        default=None,
+        metadata=_key(
+            "a local test set's images (`--test-dir`); for a file reader of `[input]`, the folder its `path` is "
+            "relative to, or the file itself.",
+            shown="",
+        ),
+    )
     sample_submission: Path | None = field(
         default=None, metadata=_key("its sample submission (`--sample-submission`).", shown="")
     )
@@ -454,6 +462,7 @@ TABLES: dict[str, type] = {
     "kernel": KernelConfig,
     "inference": InferenceSpec,
     "submission": SubmissionSpec,
+    "input": InputSpec,
     "dryrun": DryRunConfig,
     "machine": MachineConfig,
 }
@@ -648,13 +657,14 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
             )
         inf["rle_order"] = order
     inf["submission"] = sub
+    inf["input"] = dict(_section(raw, "input", table_keys(InputSpec)))  # [input] (kernel_src.inputs): the reader
     inf.setdefault("time_budget_s", competition.time_limit_s - 300.0)
     inf["classifiers"] = [m.spec.__dict__ for m in models if m.role == "classifier"]
     inf["segmenters"] = [m.spec.__dict__ for m in models if m.role == "segmenter"]
     try:
         inference = InferenceSpec.from_dict(inf)
     except SpecError as e:
-        prefix = "" if e.key.startswith(("classifiers", "segmenters", "submission")) else "inference."
+        prefix = "" if e.key.startswith(("classifiers", "segmenters", "submission", "input.")) else "inference."
         raise ConfigError(f"{prefix}{e.key}: {e.message}") from None
 
     return BundleConfig(

@@ -77,6 +77,21 @@ format: Airbus (F2 over IoU thresholds) and UW-Madison (Dice with a 3-D Hausdorf
 otherwise on Kaggle."""  # noqa: E501 - a markdown table is one line per row
 
 
+INPUT_INTRO = """\
+Where the test images come from (kernel_src/inputs.py, kernel_src/readers.py): the image folder
+`competition.test_images` (the default), NumPy arrays or CSV pixel rows. A file reader's `path` is
+relative to the competition's data folder, found under `/kaggle/input` at run time; in the dry-run,
+`--test-dir` (`dryrun.test_dir`) is the local folder it is relative to (or the file itself). What
+each reader offers as ids and reports as problems: [docs/formats.md](formats.md#input-readers)."""
+
+INPUT_NOTES = """\
+| competition | `[input]` |
+|---|---|
+| Digit Recognizer | `reader = "csv_pixels"`, `path = "test.csv"`, `shape = [28, 28]`, `first_id = 1` |
+| images as one `.npz` | `reader = "npz"`, `path = "test.npz"`, `array = "images"`, `ids = "ids"` |
+| images as `.npy` | `reader = "npy"`, `path = "test_images.npy"`, `ids = "test_ids.npy"` |"""
+
+
 @dataclass(frozen=True)
 class Section:
     """One table of bundle.toml as the reference shows it."""
@@ -136,6 +151,7 @@ def sections() -> list[Section]:
             SUBMISSION_NOTES,
             extra=(("rle_order", SUBMISSION_RLE_ORDER),),
         ),
+        Section("`[input]`", table_keys(TABLES["input"]), _hints(TABLES["input"]), INPUT_INTRO, INPUT_NOTES),
         Section(
             " and ".join(f"`[[{t}]]`" for t in MODEL_TABLES),
             model_keys(),

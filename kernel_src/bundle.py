@@ -1,7 +1,8 @@
 """Inside the notebook, before anything is imported: find the bundle, verify it, install it.
 
 STDLIB ONLY: this module runs before the vendored wheels are installed, so it may import
-nothing that is not part of Python itself, and from kernel_src only `errors` and `paths` (stdlib only too).
+nothing that is not part of Python itself, and from kernel_src only `errors`, `paths` and `inputs`
+(stdlib only too).
 
 - `find_bundle` looks for the dataset folder whose `bundle.json` names the bundle, under the
   input root at any depth up to 6 (`/kaggle/input/<slug>/`, `/kaggle/input/datasets/<owner>/<slug>/`,
@@ -14,8 +15,9 @@ nothing that is not part of Python itself, and from kernel_src only `errors` and
 - `verify_bundle` checks every wheel and weight of the manifest (present, size, sha256) and
   names each missing or corrupt file, before any model is loaded.
 - `install_wheels` installs the vendored wheels with pip, offline (`--no-index --no-deps`).
-- `find_competition_data` finds the sample submission and the test image folder under either
-  mount layout (`/kaggle/input/<slug>/`, `/kaggle/input/competitions/<slug>/`).
+- `find_competition_data` finds the sample submission and the test image folder (or, for a file
+  reader of `[input]`, its file) under either mount layout (`/kaggle/input/<slug>/`,
+  `/kaggle/input/competitions/<slug>/`).
 - `prepare(config)` does all of it in order for the notebook's setup cell.
 """
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .inputs import IMAGES, READERS
 from .paths import INPUT_ROOT
 
 MANIFEST = "bundle.json"
@@ -67,7 +70,7 @@ FIX_UPLOAD = (
 class CompetitionData:
     folder: Path
     sample_submission: Path
-    test_dir: Path
+    test_dir: Path  # the test image folder; for a file reader of [input], the data folder its path is relative to
 
 
 @dataclass(frozen=True)
@@ -426,36 +429,68 @@ def check_requirements(manifest: Mapping[str, Any]) -> None:
 
 
 def find_competition_data(
-    input_root: Path, sample_submission_name: str, test_images_name: str, override: Path | None = None
+    input_root: Path,
+    sample_submission_name: str,
+    test_images_name: str,
+    override: Path | None = None,
+    *,
+    test_file: bool = False,
 ) -> CompetitionData:
-    """The folder holding both the sample submission file and the test image folder."""
-    looked_for = f"{sample_submission_name} with a {test_images_name}/ folder beside it"
+    """The folder holding both the sample submission file and the test image folder; with
+    `test_file`, `test_images_name` is a file relative to that folder (a file reader's `[input]
+    path`), and the data folder itself is the `test_dir` the reader opens its path in."""
+    if test_file:
+        looked_for = f"{sample_submission_name} with {test_images_name} beside it"
+        setting = "CONFIG['inference']['input']['path'] ([input] path in bundle.toml)"
+    else:
+        looked_for = f"{sample_submission_name} with a {test_images_name}/ folder beside it"
+        setting = "CONFIG['test_images']"
+
+    def found(folder: Path) -> tuple[bool, bool]:
+        test = folder / test_images_name
+        return (folder / sample_submission_name).is_file(), test.is_file() if test_file else test.is_dir()
+
+    def data(folder: Path) -> CompetitionData:
+        test_dir = folder if test_file else folder / test_images_name
+        return CompetitionData(folder, folder / sample_submission_name, test_dir)
+
     if override is not None:
         folder = Path(override)
-        sample, test_dir = folder / sample_submission_name, folder / test_images_name
-        if not sample.is_file() or not test_dir.is_dir():
+        if not all(found(folder)):
             raise BundleError(f"CONFIG['data_dir'] = {str(folder)!r} does not hold {looked_for}; fix the path")
-        return CompetitionData(folder, sample, test_dir)
+        return data(folder)
     root = Path(input_root)
     half: list[str] = []
     for folder in _folders(root, MAX_DEPTH):
-        sample, test_dir = folder / sample_submission_name, folder / test_images_name
-        if sample.is_file() and test_dir.is_dir():
-            return CompetitionData(folder, sample, test_dir)
-        if sample.is_file() or test_dir.is_dir():
+        has = found(folder)
+        if all(has):
+            return data(folder)
+        if any(has):
             half.append(str(folder))
     partial = f"; only one of the two is in: {', '.join(half)}" if half else ""
     raise BundleError(
         f"competition data not found: no folder up to {MAX_DEPTH} levels below {root} holds {looked_for} "
         f"(searched {root}/<slug>/ and {root}/competitions/<slug>/ among others){partial}. Fix: attach the "
         "competition's data to the notebook, or set CONFIG['data_dir'] (and CONFIG['sample_submission'], "
-        "CONFIG['test_images'] for other names)"
+        f"{setting} for other names)"
     )
 
 
 def _joined_dir(bundle_name: str) -> Path:
     """Where a bundle in parts is joined: a temporary folder, never the notebook's output."""
     return Path(tempfile.gettempdir()) / f"bundler-parts-{re.sub(r'[^A-Za-z0-9_.-]', '_', bundle_name)}"
+
+
+def input_location(config: Mapping[str, Any]) -> tuple[str, bool]:
+    """What the run reads beside the sample submission: (CONFIG['test_images'], False) for the image
+    folder, ([input] path, True) for a file reader (`kernel_src.inputs.READERS`)."""
+    inference = config.get("inference")
+    given = inference.get("input") if isinstance(inference, Mapping) else None
+    given = given if isinstance(given, Mapping) else {}
+    kind = READERS.get(str(given.get("reader") or IMAGES))
+    if kind is not None and kind.file and given.get("path"):
+        return str(given["path"]), True
+    return str(config.get("test_images") or "test_images"), False
 
 
 def _optional_path(config: Mapping[str, Any], key: str) -> Path | None:
@@ -484,14 +519,16 @@ def prepare(config: Mapping[str, Any], required: Iterable[str] = ()) -> Prepared
     mode = config.get("install_wheels")
     installed = install_wheels(bundle_dir, manifest, "auto" if mode is None else mode)
     check_requirements(manifest)  # the drift guard: before any model library is imported
+    test_name, test_file = input_location(config)
     data = find_competition_data(
         input_root,
         str(config.get("sample_submission") or "sample_submission.csv"),
-        str(config.get("test_images") or "test_images"),
+        test_name,
         _optional_path(config, "data_dir"),
+        test_file=test_file,
     )
     weights = manifest.get("weights", [])
     wheels = manifest.get("wheels", [])
     print(f"bundle {name!r}: {bundle_dir} verified ({len(weights)} weight files, {len(wheels)} wheels)")
-    print(f"competition data: {data.sample_submission} and {data.test_dir}")
+    print(f"competition data: {data.sample_submission} and {data.folder / test_name if test_file else data.test_dir}")
     return Prepared(bundle_dir=bundle_dir, manifest=manifest, data=data, installed=installed)

@@ -64,3 +64,8 @@ class BatchError(KernelError, RuntimeError):
 
     def __reduce__(self) -> tuple[type[BatchError], tuple[int, str]]:
         return type(self), (self.images, self.detail)
+
+
+class InputError(BundleError):
+    """The test input (the image folder, an array file, a CSV of pixel rows) does not fit the `[input]`
+    settings. The message names the file, what was found and the setting to change."""

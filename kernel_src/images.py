@@ -31,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -89,6 +90,13 @@ class LoadedImage:
     problem: str | None = None  # what happened, for the warning
     kind: str | None = None  # "missing" | "unreadable" | "converted" | None
     decode_s: float = 0.0  # seconds spent reading and decoding (in a worker thread)
+
+
+class ImageSource(Protocol):
+    """What the loader asks a reader (`kernel_src.readers.Reader`) for: one image by id, never raising
+    for that image's own trouble (a problem in the `LoadedImage` instead)."""
+
+    def load(self, image_id: str, size: tuple[int, int] | None, pixels: PixelSettings | None) -> LoadedImage: ...
 
 
 def _truncated_jpeg(data: bytes) -> bool:
@@ -174,7 +182,8 @@ class ImageLoader:
 
     `workers` threads decode (0: decode in the consumer's thread); at most `prefetch` images are
     decoded or decoding ahead of the consumer. `submitted` counts images handed to the workers so
-    far (the bound is observable). Close it (or use `with`) to stop the workers early.
+    far (the bound is observable). Close it (or use `with`) to stop the workers early. `reader`: where
+    the images come from when not from files in `test_dir` (`kernel_src.readers`; the caller closes it).
     """
 
     def __init__(
@@ -187,6 +196,7 @@ class ImageLoader:
         size: tuple[int, int] | None = None,
         pixels: PixelSettings | None = None,
         paths: Mapping[str, Path] | None = None,
+        reader: ImageSource | None = None,
     ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be 0 or more, got {workers}")
@@ -195,6 +205,7 @@ class ImageLoader:
         self.size = size
         self.pixels = pixels
         self.paths = dict(paths or {})  # image id -> file; ids not in it: test_dir / id
+        self.reader = reader
         self.prefetch = max(1, prefetch)
         self.submitted = 0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") if workers else None
@@ -202,6 +213,8 @@ class ImageLoader:
 
     def _decode(self, image_id: str) -> LoadedImage:
         try:
+            if self.reader is not None:
+                return self.reader.load(image_id, self.size, self.pixels)
             path = self.paths.get(image_id, self.test_dir / image_id)
             return decode_image(path, image_id, self.size, self.pixels)
         except Exception as e:  # a decoder bug must not stop the run: this image gets empty masks

@@ -47,12 +47,14 @@ import torch.nn.functional as F
 from .devices import DeviceSet, resolve_devices
 from .errors import BatchError, BundleError, ModelRunError
 from .guard import BudgetGuard
-from .images import ImageLoader, LoadedImage, PixelSettings, decode_image, image_paths
+from .images import ImageLoader, LoadedImage, PixelSettings
+from .inputs import READERS
 from .models import PRECISION_CHECK_IMAGES, load_models
 from .paths import PROFILE_FILE, SUBMISSION_FILE
 from .postprocess import postprocess
 from .predict import BatchResult, Predictor
 from .profiler import Profiler
+from .readers import Reader, open_reader
 from .rle import encode, encode_objects
 from .spec import InferenceSpec
 from .submission import SubmissionWriter, read_sample_submission
@@ -296,7 +298,7 @@ def _precision_samples(
     spec: InferenceSpec,
     devices: DeviceSet,
     image_ids: Sequence[str],
-    paths: dict[str, Path],
+    reader: Reader,
     size: tuple[int, int] | None,
     pixels: PixelSettings,
 ) -> np.ndarray[Any, np.dtype[np.uint8]] | None:
@@ -306,9 +308,8 @@ def _precision_samples(
         return None
     images: list[np.ndarray[Any, np.dtype[np.uint8]]] = []
     for image_id in image_ids[: 4 * PRECISION_CHECK_IMAGES]:
-        path = paths.get(image_id)
-        loaded = decode_image(path, image_id, size, pixels) if path is not None else None
-        if loaded is not None and loaded.image is not None and (not images or loaded.image.shape == images[0].shape):
+        loaded = reader.load(image_id, size, pixels)
+        if loaded.image is not None and (not images or loaded.image.shape == images[0].shape):
             images.append(loaded.image)
         if len(images) == PRECISION_CHECK_IMAGES:
             break
@@ -340,6 +341,7 @@ def run(
     profiler.guard_record["budget_s"] = spec.time_budget_s
     profiler.working_dir = out_dir  # profile.json reports the bytes written here (Kaggle keeps 20 GB)
     guard: BudgetGuard | None = None
+    reader: Reader | None = None
     try:
         with profiler.stage("setup"):
             if devices is None:
@@ -349,13 +351,17 @@ def run(
             profiler.sync = devices.synchronize
             sample = read_sample_submission(Path(sample_submission), spec.num_classes, spec.submission)
             if not Path(test_dir).is_dir():
-                raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at the test images")
+                what = "the test images" if not READERS[spec.input.reader].file else (
+                    f"the folder holding {spec.input.path} (input.path)"
+                )
+                raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at {what}")
+            pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
+            # before any model loads: a CSV that does not fit fails fast (it is parsed here, arrays mapped)
+            reader = open_reader(spec.input, Path(test_dir), sample.image_ids, spec.submission.image_id, pixels)
         reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
         size = None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
-        pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
-        paths = image_paths(Path(test_dir), sample.image_ids, spec.submission.image_id)
         with profiler.stage("load_models"):
-            samples = _precision_samples(spec, devices, sample.image_ids, paths, size, pixels)
+            samples = _precision_samples(spec, devices, sample.image_ids, reader, size, pixels)
             classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler, samples)
         predictor = Predictor(spec, classifiers, segmenters, devices, profiler)
         profiler.gating_record["mode"] = predictor.gating_mode
@@ -371,7 +377,7 @@ def run(
                 prefetch=prefetch,
                 size=size,
                 pixels=pixels,
-                paths=paths,
+                reader=reader,
             ) as loader,
         ):
             _Engine(spec, predictor, guard, profiler, writer, reporter, total).run(loader)
@@ -379,6 +385,8 @@ def run(
         profiler.error = f"{type(e).__name__}: {e}"
         raise
     finally:
+        if reader is not None:
+            reader.close()
         profiler.finish()
         if guard is not None:
             profiler.guard_record = guard.to_dict()

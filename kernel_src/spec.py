@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import SpecError
+from .inputs import InputSpec
 from .layout import SubmissionSpec
 from .model_kinds import MODEL_KINDS, kinds_for
 from .settings import default, setting, settings, typed, wrong
@@ -412,6 +413,7 @@ class InferenceSpec:
         ),
     )
     submission: SubmissionSpec = field(default_factory=SubmissionSpec)  # kernel_src.layout
+    input: InputSpec = field(default_factory=InputSpec)  # kernel_src.inputs ([input] in bundle.toml)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (lists, not tuples), the inverse of `from_dict`."""
@@ -505,6 +507,7 @@ class InferenceSpec:
         )
         geometry = _geometry(data)
         submission = SubmissionSpec.from_dict(_table("submission", data.get("submission", {})), n)
+        input_spec = InputSpec.from_dict(_table("input", data.get("input", {})))
         return cls(
             num_classes=n,
             image_height=height,
@@ -522,6 +525,7 @@ class InferenceSpec:
             gating=gating,
             postprocess=post,
             submission=submission,
+            input=input_spec,
             **geometry,
         )
 

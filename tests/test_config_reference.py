@@ -24,6 +24,7 @@ from bundler.config import (
 )
 from bundler.config_reference import reference_markdown
 from bundler.errors import ConfigError
+from kernel_src.inputs import InputSpec
 from kernel_src.layout import SubmissionSpec
 from kernel_src.spec import GatingSpec, InferenceSpec, ModelSpec, PostprocessSpec
 
@@ -61,11 +62,13 @@ def test_every_field_is_a_documented_key_or_named_here() -> None:
         "[target]": _names(TargetConfig),
         "[kernel]": _names(KernelConfig),
         "[inference]": _names(
-            InferenceSpec, but=frozenset({"classifiers", "segmenters", "gating", "postprocess", "submission"})
+            InferenceSpec,
+            but=frozenset({"classifiers", "segmenters", "gating", "postprocess", "submission", "input"}),
         ),
         "[inference.gating]": _names(GatingSpec),
         "[inference.postprocess]": _names(PostprocessSpec),
         "[submission]": _names(SubmissionSpec) | {"rle_order"},
+        "[input]": _names(InputSpec),
         models: _names(ModelSpec, but=frozenset({"file", "sha256"}))
         | _names(ModelEntry, but=frozenset({"role", "spec"})),
         "[dryrun]": _names(DryRunConfig),
@@ -102,6 +105,7 @@ def _listed(message: str) -> set[str]:
         ("[inference.gating]", ("inference", "gating")),
         ("[inference.postprocess]", ("inference", "postprocess")),
         ("[submission]", ("submission",)),
+        ("[input]", ("input",)),
         ("[[classifiers]] and [[segmenters]]", ("segmenters", 0)),
         ("[dryrun]", ("dryrun",)),
         ("[machine]", ("machine",)),

@@ -17,6 +17,7 @@ from bundler.errors import BundlerError, ConfigError, PreprocessError, TargetPyt
 from kernel_src.errors import (
     BatchError,
     BundleError,
+    InputError,
     KernelError,
     ModelError,
     ModelRunError,
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CASES = [
     (BundleError("bundle.json: not a bundler manifest"), RuntimeError, {}),
+    (InputError("test.csv: rows hold 783 pixel columns, but input.shape = [28, 28] needs 784"), RuntimeError, {}),
     (SpecError("segmenters[1].tta", "'rot90' is not a TTA view"), ValueError, {"key": "segmenters[1].tta"}),
     (ModelError("model 'unet': weight file unet.safetensors is missing"), RuntimeError, {}),
     (ModelRunError("unet", ValueError("boom")), RuntimeError, {"model": "unet", "detail": "ValueError: boom"}),

@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,11 @@ from bundler.errors import ConfigError, DryRunError
 from bundler.notebook.failure import CellFailure
 from bundler.sandbox import Isolation, probe
 from bundler.scoring import mask_shapes, score_run, submission_breakdown
+from kernel_src.errors import InputError
+from kernel_src.inputs import READERS, input_files
 from kernel_src.paths import PROFILE_FILE, SUBMISSION_FILE
 from kernel_src.profiler import folder_bytes, format_bytes
+from kernel_src.readers import open_reader
 from kernel_src.submission import SampleSubmission, read_csv_strings
 
 SAMPLE_IMAGES = 6
@@ -107,6 +111,7 @@ def _execute(
             test_images_name=cfg.competition.test_images,
             sample_submission_src=inputs.sample_submission,
             sample_submission_name=cfg.competition.sample_submission,
+            input_files=input_files(cfg.inference.input),
         )
         overrides = {
             "input_root": str(tree.input_root),
@@ -365,17 +370,23 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
     samples = []
     if submission.is_file():
         try:
-            samples = load_mask_samples(
-                submission,
-                inputs.test_dir,
-                inputs.labels,
-                num_classes=cfg.inference.num_classes,
-                shape=mask_shapes(cfg.inference, inputs.test_dir, inputs.sample.image_ids),
-                order=cfg.inference.rle_order,
-                limit=SAMPLE_IMAGES,
-                submission_spec=cfg.inference.submission,
-            )
-        except ValueError as e:
+            with ExitStack() as stack:
+                image_of = None
+                if READERS[cfg.inference.input.reader].file:  # the images are rows of a file: the reader's
+                    reader = stack.enter_context(open_reader(cfg.inference.input, inputs.test_dir))
+                    image_of = lambda image_id: reader.load(image_id, None, None).image  # noqa: E731
+                samples = load_mask_samples(
+                    submission,
+                    inputs.test_dir,
+                    inputs.labels,
+                    num_classes=cfg.inference.num_classes,
+                    shape=mask_shapes(cfg.inference, inputs.test_dir, inputs.sample.image_ids),
+                    order=cfg.inference.rle_order,
+                    limit=SAMPLE_IMAGES,
+                    submission_spec=cfg.inference.submission,
+                    image_of=image_of,
+                )
+        except (ValueError, InputError) as e:
             console.print(f"[yellow]warning:[/] masks left out of the report: {escape(str(e))}")
     write_report(stage / "report.html", summary, profile, samples)
     _print_summary(summary, console)

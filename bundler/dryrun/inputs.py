@@ -3,7 +3,9 @@
 - the built bundle (`bundle.json` in `dataset.out`) -> `bundler build`;
 - the rendered notebook, rendered for this bundle, this bundle.toml and this kernel_src
   -> `bundler render-notebook`;
-- the test images folder (present, not empty);
+- the test images folder (present, not empty), or for a file reader of `[input]` (arrays, CSV
+  pixel rows) the folder its `path` is relative to (or the file itself), the reader opened on it
+  (a file that does not fit the settings is the reader's one-line error);
 - the sample submission (the `[submission]` layout, or a Severstal one; `num_classes` classes;
   ids matched to the folder's files by name, or by stem under `image_id = "stem"`);
 - the labels (long train.csv form, or the `[submission]` layout when one is named; RLEs valid at
@@ -30,7 +32,8 @@ from bundler.errors import DryRunError, ManifestError, RenderError
 from bundler.scoring import mask_shapes
 from kernel_src import rle
 from kernel_src.bundle import kernel_src_hash
-from kernel_src.errors import SubmissionFormatError
+from kernel_src.errors import InputError, SubmissionFormatError
+from kernel_src.inputs import READERS, input_files
 from kernel_src.submission import SampleSubmission, masks_by_image, read_mask_rows, read_sample_submission
 
 RENDER = "run `bundler render-notebook`"
@@ -94,10 +97,52 @@ def _notebook(cfg: BundleConfig, manifest: Mapping[str, Any]) -> NotebookNode:
     return nb
 
 
+def data_folder(cfg: BundleConfig, test_dir: Path) -> Path:
+    """The folder a file reader's `[input] path` is relative to: `test_dir` itself, or, when it names
+    the reader's file (`--test-dir data/test.csv`), the folder that path is relative to."""
+    spec = cfg.inference.input
+    if not test_dir.is_file():
+        return test_dir
+    parts = Path(spec.path).parts
+    if test_dir.parts[-len(parts) :] != parts:
+        raise DryRunError(
+            f"--test-dir {test_dir} is a file, but input.path is {spec.path!r}: pass the folder holding "
+            f"{spec.path}, or that file"
+        )
+    return Path(*test_dir.parts[: -len(parts)]) if len(test_dir.parts) > len(parts) else Path()
+
+
+def _reader_input(cfg: BundleConfig, test_dir: Path) -> tuple[Path, tuple[str, ...]]:
+    """A file reader's data folder and the ids its file offers, the reader opened as the notebook will."""
+    from kernel_src.images import PixelSettings
+    from kernel_src.readers import open_reader
+
+    spec, inf = cfg.inference.input, cfg.inference
+    folder = data_folder(cfg, test_dir)
+    for name in input_files(spec):
+        if not (folder / name).is_file():
+            raise DryRunError(
+                f"{folder / name} does not exist: --test-dir (dryrun.test_dir) is the folder the [input] files "
+                f"are relative to (input.path = {spec.path!r}); fix it or the path"
+            )
+    try:
+        with open_reader(spec, folder, pixels=PixelSettings(inf.bit_depth, inf.pixel_max, inf.image_channels)) as r:
+            ids = r.ids
+    except InputError as e:
+        raise DryRunError(str(e)) from None
+    if not ids:
+        raise DryRunError(f"{folder / spec.path} holds no images: point --test-dir at the test set's data")
+    return folder, ids
+
+
 def _test_dir(cfg: BundleConfig) -> tuple[Path, tuple[str, ...]]:
     test_dir = cfg.dryrun.test_dir
     if test_dir is None:
         raise DryRunError("no test images folder: pass --test-dir DIR or set dryrun.test_dir in bundle.toml")
+    if READERS[cfg.inference.input.reader].file:
+        if not test_dir.exists():
+            raise DryRunError(f"test data {test_dir} does not exist: fix --test-dir or dryrun.test_dir")
+        return _reader_input(cfg, test_dir)
     if not test_dir.is_dir():
         raise DryRunError(f"test images folder {test_dir} does not exist: fix --test-dir or dryrun.test_dir")
     names = tuple(p.name for p in image_files(test_dir))
@@ -181,7 +226,9 @@ def _labels(cfg: BundleConfig, sample: SampleSubmission, images: tuple[str, ...]
 
 def _ids_of(cfg: BundleConfig, images: tuple[str, ...]) -> set[str]:
     """The image ids the test folder's files stand for: file names, or their stems under
-    `[submission] image_id = "stem"`."""
+    `[submission] image_id = "stem"`; a file reader's ids as they are."""
+    if READERS[cfg.inference.input.reader].file:
+        return set(images)
     if cfg.inference.submission.image_id == "stem":
         return {Path(i).stem for i in images}
     return set(images)

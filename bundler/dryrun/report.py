@@ -15,7 +15,7 @@ import base64
 import html
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,12 @@ def load_mask_samples(
     order: str,
     limit: int = 6,
     submission_spec: SubmissionSpec | None = None,
+    image_of: Callable[[str], npt.NDArray[np.uint8] | None] | None = None,
 ) -> list[MaskSample]:
     """Up to `limit` images, those with a predicted or true defect first, in name order. `shape` is
     the masks' size, or one per image id (`bundler.scoring.metric.mask_shapes`); both files are read
-    in the `submission_spec` layout (issue 16)."""
+    in the `submission_spec` layout (issue 16). `image_of(id)`: the RGB image where the images are not
+    files in `test_dir` (a file reader of `[input]`; None: not there)."""
     predicted = read_masks(submission, num_classes, submission=submission_spec)
     truth = read_masks(labels, num_classes, labels=True, submission=submission_spec) if labels is not None else None
     paths = image_paths(test_dir, list(predicted), (submission_spec or SubmissionSpec()).image_id)
@@ -82,12 +84,16 @@ def load_mask_samples(
             break
         path = paths[image_id]
         size = shape.get(image_id) if isinstance(shape, Mapping) else shape
-        if not path.is_file() or size is None:  # listed but missing: the verdict counts these (imread warns per file)
+        if size is None:
             continue
-        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)  # silent on bad data, unlike imread
+        image: npt.NDArray[Any] | None = None
+        if image_of is not None:
+            image = image_of(image_id)
+        elif path.is_file():  # listed but missing: the verdict counts these (imread warns per file)
+            image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)  # silent on bad data
+            image = None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         if image is None:
             continue
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         if image.shape[:2] != size:
             image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
         rgb = np.asarray(image, dtype=np.uint8)

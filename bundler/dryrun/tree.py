@@ -5,6 +5,7 @@
                                                 at its own dataset's slug, as Kaggle mounts them
     <root>/input/models/<owner>/<model>/<framework>/<variation>/1/...   the weights as a Model
     <root>/input/<competition-slug>/<test_images>/...   the test images
+    <root>/input/<competition-slug>/<input path>        or a file reader's files ([input] path, ids)
     <root>/input/<competition-slug>/<sample_submission>
     <root>/working/                             the notebook's current folder and output
 
@@ -32,7 +33,7 @@ class KaggleTree:
     input_root: Path  # like /kaggle/input
     bundle_dir: Path  # input/<dataset-slug>
     competition_dir: Path  # input/<competition-slug>
-    test_images: Path  # input/<competition-slug>/<test_images>
+    test_images: Path  # input/<competition-slug>/<test_images>; for a file reader the competition folder
     sample_submission: Path  # input/<competition-slug>/<sample_submission>
     working: Path  # like /kaggle/working
     linked: str  # "hardlink", "symlink" or "mixed": how the input files were placed
@@ -82,16 +83,19 @@ def make_tree(
     sample_submission_src: Path,
     sample_submission_name: str,
     parts: Sequence[tuple[str, Path]] = (),
+    input_files: Sequence[str] = (),
 ) -> KaggleTree:
     """Lay the tree out under `root` (which must be empty or absent).
 
     `parts`: (dataset id, folder) of each part of a bundle shipped in parts, laid out instead of
-    `bundle_src`; `bundle_dir` is then the part of `dataset_id` (the one carrying bundle.json)."""
+    `bundle_src`; `bundle_dir` is then the part of `dataset_id` (the one carrying bundle.json).
+    `input_files`: a file reader's files, relative to `test_dir` (the local data folder), placed at
+    the same paths under the competition's folder instead of an image folder."""
     root.mkdir(parents=True, exist_ok=True)
     input_root = root / "input"
     bundle_dir = mount_dir(input_root, dataset_id)
     competition_dir = input_root / competition_slug
-    test_images = competition_dir / test_images_name
+    test_images = competition_dir if input_files else competition_dir / test_images_name
     sample = competition_dir / sample_submission_name
     working = root / "working"
     working.mkdir(parents=True)
@@ -101,11 +105,18 @@ def make_tree(
     for ref, folder in parts or [(dataset_id, bundle_src)]:
         part_dirs.append(mount_dir(input_root, ref))
         ways |= _link_files(sorted(p for p in folder.iterdir() if p.is_file()), part_dirs[-1])
-    ways |= _link_files(image_files(test_dir), test_images)
+    if input_files:
+        for name in input_files:
+            dest = competition_dir / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            ways.add(_place(test_dir / name, dest))
+    else:
+        ways |= _link_files(image_files(test_dir), test_images)
     competition_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sample_submission_src, sample)  # small; a copy keeps the user's file out of reach
 
-    for folder in (test_images, *part_dirs, competition_dir):
+    inner = {competition_dir / up for name in input_files for up in Path(name).parents} - {competition_dir}
+    for folder in (*sorted(inner, reverse=True), test_images, *part_dirs, competition_dir):
         folder.chmod(READ_ONLY_DIR)
     for folder in sorted({p for d in part_dirs for p in d.parents if input_root in p.parents}, reverse=True):
         folder.chmod(READ_ONLY_DIR)  # models/<owner>/...: the folders between the input root and a model

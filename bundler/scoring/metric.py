@@ -25,6 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from kernel_src.images import image_paths
+from kernel_src.inputs import READERS
 from kernel_src.layout import SubmissionSpec
 from kernel_src.rle import parse
 from kernel_src.spec import RLE_ORDERS, InferenceSpec
@@ -175,12 +176,22 @@ def dice_score(
 def mask_shapes(spec: InferenceSpec, test_dir: Path, image_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
     """The (height, width) each image's masks are encoded at under `spec`: `encode_size`, else the
     fixed image size, else (`image_sizes = "own"`) each test file's own size (files OpenCV cannot
-    read are left out: their RLEs are then checked for syntax only)."""
+    read are left out: their RLEs are then checked for syntax only); for a file reader of `[input]`
+    each image's size as the reader gives it."""
     if spec.encode_size is not None:
         return dict.fromkeys(image_ids, spec.encode_size)
     if spec.image_sizes != "own":
         return dict.fromkeys(image_ids, (spec.image_height, spec.image_width))
     shapes: dict[str, tuple[int, int]] = {}
+    if READERS[spec.input.reader].file:  # arrays, CSV rows: `test_dir` is the folder the reader's path is in
+        from kernel_src.readers import open_reader
+
+        with open_reader(spec.input, Path(test_dir)) as reader:
+            for image_id in image_ids:
+                loaded = reader.load(image_id, None, None).image
+                if loaded is not None:
+                    shapes[image_id] = (int(loaded.shape[0]), int(loaded.shape[1]))
+        return shapes
     for image_id, path in image_paths(Path(test_dir), image_ids, spec.submission.image_id).items():
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
         if image is not None:

@@ -56,7 +56,14 @@ def make_bundle(folder: Path, name: str = "demo", files: dict[str, bytes] | None
 
 
 @pytest.mark.parametrize(
-    ("module", "kernel_src_imports"), [("bundle", {"errors", "paths"}), ("errors", set()), ("paths", set())]
+    ("module", "kernel_src_imports"),
+    [
+        ("bundle", {"errors", "paths", "inputs"}),
+        ("errors", set()),
+        ("paths", set()),
+        ("inputs", {"errors", "settings"}),
+        ("settings", {"errors"}),
+    ],
 )
 def test_module_imports_only_the_standard_library(module: str, kernel_src_imports: set[str]) -> None:
     """bundle.py runs before the wheels are installed: it and the modules it imports are stdlib only."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,35 +94,59 @@ def load_models(
     Raises `ModelError` naming the model and the key at fault before any image is touched.
     Classifiers are not loaded when gating is off (nothing would use them).
     """
-    loaded: dict[str, list[LoadedModel]] = {"classifier": [], "segmenter": []}
     classifiers = spec.classifiers if spec.gating.mode != "off" else ()
-    for role, specs in (("classifier", classifiers), ("segmenter", spec.segmenters)):
-        for m in specs:
-            begin = time.perf_counter()
-            replicas = []
-            for device in devices.devices:
-                model = load_model(m, bundle_dir, spec.num_classes, device)
-                if devices.channels_last:
-                    with contextlib.suppress(RuntimeError, TypeError):  # TorchScript may refuse: keep NCHW
-                        model = model.to(memory_format=torch.channels_last)
-                replicas.append(model)
-            plan = load_preprocess(Path(bundle_dir) / m.preprocess, m.name) if m.preprocess else None
-            entry = LoadedModel(m, tuple(replicas), m.tta, preprocess=plan)
-            _test_forward(entry, role, spec, devices)
-            devices.synchronize()
-            largest = -(-spec.batch_size // devices.replicas) * len(m.tta)
-            if spec.images_per_call > 0:
-                entry.images_per_call = spec.images_per_call
-            else:
-                entry.images_per_call, entry.measured_s = measure_call_size(entry, spec, devices, largest)
-            profiler.call_sizes[m.name] = {
-                "chosen": entry.images_per_call,
-                "measured_s": {str(n): round(s, 6) for n, s in entry.measured_s.items()},
-                "reduced_by_oom": [],
-            }
-            profiler.model_loaded(m.name, time.perf_counter() - begin)
-            loaded[role].append(entry)
-    return loaded["classifier"], loaded["segmenter"]
+    return (
+        load_role(spec, "classifier", classifiers, bundle_dir, devices, profiler),
+        load_role(spec, "segmenter", spec.segmenters, bundle_dir, devices, profiler),
+    )
+
+
+def load_task_models(
+    spec: InferenceSpec, bundle_dir: Path, devices: DeviceSet, profiler: Profiler
+) -> list[LoadedModel]:
+    """The predicting models of an image-level task (its table: classifiers or regressors), loaded
+    and checked as `load_models` does, each head checked against the task's classes or values."""
+    task = spec.task.task
+    return load_role(spec, task.role, getattr(spec, task.table), bundle_dir, devices, profiler)
+
+
+def load_role(
+    spec: InferenceSpec,
+    role: str,
+    specs: Sequence[ModelSpec],
+    bundle_dir: Path,
+    devices: DeviceSet,
+    profiler: Profiler,
+) -> list[LoadedModel]:
+    """The models `specs` of `role`, one replica per device, each checked with a test forward and its
+    call size measured or fixed (profile.json `call_sizes`, `model_load_s`)."""
+    loaded: list[LoadedModel] = []
+    for m in specs:
+        begin = time.perf_counter()
+        replicas = []
+        for device in devices.devices:
+            model = load_model(m, bundle_dir, spec.outputs(role), device)
+            if devices.channels_last:
+                with contextlib.suppress(RuntimeError, TypeError):  # TorchScript may refuse: keep NCHW
+                    model = model.to(memory_format=torch.channels_last)
+            replicas.append(model)
+        plan = load_preprocess(Path(bundle_dir) / m.preprocess, m.name) if m.preprocess else None
+        entry = LoadedModel(m, tuple(replicas), m.tta, preprocess=plan)
+        _test_forward(entry, role, spec, devices)
+        devices.synchronize()
+        largest = -(-spec.batch_size // devices.replicas) * len(m.tta)
+        if spec.images_per_call > 0:
+            entry.images_per_call = spec.images_per_call
+        else:
+            entry.images_per_call, entry.measured_s = measure_call_size(entry, spec, devices, largest)
+        profiler.call_sizes[m.name] = {
+            "chosen": entry.images_per_call,
+            "measured_s": {str(n): round(s, 6) for n, s in entry.measured_s.items()},
+            "reduced_by_oom": [],
+        }
+        profiler.model_loaded(m.name, time.perf_counter() - begin)
+        loaded.append(entry)
+    return loaded
 
 
 def call_sizes(largest: int) -> list[int]:
@@ -225,7 +249,7 @@ def _test_forward(entry: LoadedModel, role: str, spec: InferenceSpec, devices: D
             raise ModelError(
                 f"model {m.name!r}: returns {type(out).__name__}, not a tensor; export a single-output model"
             )
-        check_output(m.name, role, out, 1, spec.num_classes)
+        check_output(m.name, role, out, 1, spec.outputs(role))
 
 
 def check_output(model: str, role: str, out: torch.Tensor, rows: int, num_classes: int) -> None:
@@ -233,6 +257,12 @@ def check_output(model: str, role: str, out: torch.Tensor, rows: int, num_classe
     (classifier) or [rows, classes, H, W] (segmenter)."""
     dims, want = ROLES[role]
     ok = out.dim() == dims and out.shape[0] == rows
+    if ok and dims == 2 and out.shape[1] != num_classes:
+        what = "values" if role == "regressor" else "classes"
+        raise ModelError(
+            f"model {model!r}: its head has {out.shape[1]} outputs but the task has {num_classes} {what}; "
+            f"retrain or re-export it with {num_classes} outputs, or fix num_classes / [task] values"
+        )
     if not ok or out.shape[1] != num_classes:
         raise ModelError(
             f"model {model!r}: output shape {tuple(out.shape)} is not {want} with {num_classes} classes "

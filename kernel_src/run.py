@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +279,63 @@ def _describe(devices: DeviceSet | None) -> tuple[str, int]:
     return devices.describe(), len(devices.devices) if devices.cuda else 0
 
 
+@dataclass
+class RunContext:
+    """What every engine gets from `run`: the spec, the inputs, the devices resolved, the profiler
+    and the reporter; an engine sets `guard` once it has one (profile.json's `guard` comes from it)."""
+
+    spec: InferenceSpec
+    bundle_dir: Path
+    test_dir: Path
+    sample_submission: Path
+    submission_path: Path
+    started: float
+    devices: DeviceSet
+    profiler: Profiler
+    reporter: _Reporter
+    guard: BudgetGuard | None = None
+
+
+def _masks(ctx: RunContext) -> None:
+    """The segmentation engine: gating, the ensemble, masks, RLE rows in the `[submission]` layout."""
+    spec, profiler, reporter = ctx.spec, ctx.profiler, ctx.reporter
+    with profiler.stage("setup"):
+        sample = read_sample_submission(Path(ctx.sample_submission), spec.num_classes, spec.submission)
+    reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
+    with profiler.stage("load_models"):
+        classifiers, segmenters = load_models(spec, Path(ctx.bundle_dir), ctx.devices, profiler)
+    predictor = Predictor(spec, classifiers, segmenters, ctx.devices, profiler)
+    profiler.gating_record["mode"] = predictor.gating_mode
+    total = len(sample.image_ids)
+    guard = ctx.guard = BudgetGuard(spec.time_budget_s, ctx.started, total, segmenters=spec.segmenters)
+    paths = image_paths(Path(ctx.test_dir), sample.image_ids, spec.submission.image_id)
+    with (
+        SubmissionWriter(ctx.submission_path, sample) as writer,
+        image_loader(spec, Path(ctx.test_dir), sample.image_ids, paths) as loader,
+    ):
+        _Engine(spec, predictor, guard, profiler, writer, reporter, total).run(loader)
+
+
+def image_loader(spec: InferenceSpec, test_dir: Path, image_ids: Sequence[str], paths: dict[str, Path]) -> ImageLoader:
+    """The background loader for `image_ids` as the spec declares the images (size, pixels, workers)."""
+    prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)
+    size = None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
+    pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
+    return ImageLoader(
+        test_dir, image_ids, workers=spec.loader_workers, prefetch=prefetch, size=size, pixels=pixels, paths=paths
+    )
+
+
+def _images(ctx: RunContext) -> None:
+    from .image_run import run_images  # the image-level tasks' engine
+
+    run_images(ctx)
+
+
+# kernel_src.tasks.Task.engine -> the engine that runs the task
+ENGINES: dict[str, Callable[[RunContext], None]] = {"masks": _masks, "images": _images}
+
+
 def run(
     spec: InferenceSpec,
     *,
@@ -294,7 +351,8 @@ def run(
 
     `devices` None: `resolve_devices` from the spec's device, memory_format and precision; a
     given DeviceSet (e.g. two CPU replicas in channels_last with bf16 autocast) runs every
-    CUDA-only branch through the real pipeline on CPU."""
+    CUDA-only branch through the real pipeline on CPU. The task (`spec.task`, kernel_src.tasks)
+    picks the engine (`ENGINES`): masks for segmentation, per-image rows for the others."""
     started = time.time() if started_at is None else started_at
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -303,7 +361,7 @@ def run(
     profiler = Profiler(started, torch_version=torch.__version__)
     profiler.guard_record["budget_s"] = spec.time_budget_s
     profiler.working_dir = out_dir  # profile.json reports the bytes written here (Kaggle keeps 20 GB)
-    guard: BudgetGuard | None = None
+    ctx: RunContext | None = None
     try:
         with profiler.stage("setup"):
             if devices is None:
@@ -311,38 +369,19 @@ def run(
             profiler.device, profiler.gpus = _describe(devices)
             profiler.devices = devices.to_dict()
             profiler.sync = devices.synchronize
-            sample = read_sample_submission(Path(sample_submission), spec.num_classes, spec.submission)
             if not Path(test_dir).is_dir():
                 raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at the test images")
-        reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
-        with profiler.stage("load_models"):
-            classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler)
-        predictor = Predictor(spec, classifiers, segmenters, devices, profiler)
-        profiler.gating_record["mode"] = predictor.gating_mode
-        total = len(sample.image_ids)
-        guard = BudgetGuard(spec.time_budget_s, started, total, segmenters=spec.segmenters)
-        prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)
-        size = None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
-        pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
-        paths = image_paths(Path(test_dir), sample.image_ids, spec.submission.image_id)
-        with (
-            SubmissionWriter(submission_path, sample) as writer,
-            ImageLoader(
-                Path(test_dir),
-                sample.image_ids,
-                workers=spec.loader_workers,
-                prefetch=prefetch,
-                size=size,
-                pixels=pixels,
-                paths=paths,
-            ) as loader,
-        ):
-            _Engine(spec, predictor, guard, profiler, writer, reporter, total).run(loader)
+        ctx = RunContext(
+            spec, Path(bundle_dir), Path(test_dir), Path(sample_submission), submission_path, started, devices,
+            profiler, reporter,
+        )  # fmt: skip
+        ENGINES[spec.task.task.engine](ctx)
     except BaseException as e:
         profiler.error = f"{type(e).__name__}: {e}"
         raise
     finally:
         profiler.finish()
+        guard = ctx.guard if ctx is not None else None
         if guard is not None:
             profiler.guard_record = guard.to_dict()
             profiler.guard_record["images_left_empty"] = guard.total_images - profiler.images

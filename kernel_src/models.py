@@ -258,7 +258,7 @@ def check_output(model: str, role: str, out: torch.Tensor, rows: int, num_classe
     dims, want = ROLES[role]
     ok = out.dim() == dims and out.shape[0] == rows
     if ok and dims == 2 and out.shape[1] != num_classes:
-        what = "values" if role == "regressor" else "classes"
+        what = ("value" if num_classes == 1 else "values") if role == "regressor" else "classes"
         raise ModelError(
             f"model {model!r}: its head has {out.shape[1]} outputs but the task has {num_classes} {what}; "
             f"retrain or re-export it with {num_classes} outputs, or fix num_classes / [task] values"

@@ -69,7 +69,8 @@ class RowSpec:
         default="label",
         metadata=setting(
             'image-level tasks: `"label"`, `"probabilities"` (a column per class), `"top_k"`, `"thresholds"` '
-            '(labels above per-class thresholds) or `"values"`. docs/tasks.md.',
+            '(labels above per-class thresholds) or `"values"`; default `"label"`, `"values"` for a regression. '
+            "docs/tasks.md.",
             choices=lambda: tuple(ROW_FORMS),
         ),
     )
@@ -138,7 +139,7 @@ class RowSpec:
                     f"{preset.task!r} and num_classes = {preset.classes}",
                 )
             data = dict(preset.settings)
-        values: dict[str, Any] = {"preset": preset_name}
+        values: dict[str, Any] = {"preset": preset_name, "form": task.forms[0]}  # the task's first form by default
         for f in fields(cls):
             if f.name == "preset" or f.name not in data:
                 continue

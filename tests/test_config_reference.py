@@ -25,6 +25,8 @@ from bundler.config import (
 from bundler.config_reference import reference_markdown
 from bundler.errors import ConfigError
 from kernel_src.layout import SubmissionSpec
+from kernel_src.rows import RowSpec
+from kernel_src.tasks import TaskSpec
 from kernel_src.spec import GatingSpec, InferenceSpec, ModelSpec, PostprocessSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +55,8 @@ def test_the_committed_page_is_the_generated_one() -> None:
 def test_every_field_is_a_documented_key_or_named_here() -> None:
     """A field added without a help text fails here: it would be a key nobody documented."""
     documented = {k: set(v) for k, v in _documented().items()}
-    models = "[[classifiers]] and [[segmenters]]"
+    models = "[[classifiers]] and [[segmenters]] and [[regressors]]"
+    rows = "[submission] of a classification, regression or ordinal task"
     assert documented == {
         "[bundle]": {"name"},
         "[competition]": _names(CompetitionConfig),
@@ -61,11 +64,16 @@ def test_every_field_is_a_documented_key_or_named_here() -> None:
         "[target]": _names(TargetConfig),
         "[kernel]": _names(KernelConfig),
         "[inference]": _names(
-            InferenceSpec, but=frozenset({"classifiers", "segmenters", "gating", "postprocess", "submission"})
+            InferenceSpec,
+            but=frozenset(
+                {"classifiers", "segmenters", "regressors", "gating", "postprocess", "submission", "task", "rows"}
+            ),
         ),
         "[inference.gating]": _names(GatingSpec),
         "[inference.postprocess]": _names(PostprocessSpec),
         "[submission]": _names(SubmissionSpec) | {"rle_order"},
+        "[task]": _names(TaskSpec),
+        rows: _names(RowSpec),
         models: _names(ModelSpec, but=frozenset({"file", "sha256"}))
         | _names(ModelEntry, but=frozenset({"role", "spec"})),
         "[dryrun]": _names(DryRunConfig),
@@ -102,7 +110,8 @@ def _listed(message: str) -> set[str]:
         ("[inference.gating]", ("inference", "gating")),
         ("[inference.postprocess]", ("inference", "postprocess")),
         ("[submission]", ("submission",)),
-        ("[[classifiers]] and [[segmenters]]", ("segmenters", 0)),
+        ("[[classifiers]] and [[segmenters]] and [[regressors]]", ("segmenters", 0)),
+        ("[task]", ("task",)),
         ("[dryrun]", ("dryrun",)),
         ("[machine]", ("machine",)),
     ],

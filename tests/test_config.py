@@ -185,18 +185,18 @@ def _digits(**changes: Any) -> dict[str, Any]:
 
 
 def test_a_classification_task_reads_submission_as_per_image_rows() -> None:
-    cfg = parse_config(_digits(), Path("."))
+    cfg = parse_config(_digits(), ROOT)
     assert cfg.inference.task.name == "classification" and cfg.inference.rows.preset == "digit-recognizer"
     assert cfg.inference.outputs("classifier") == 10 and [m.role for m in cfg.models] == ["classifier"]
     assert InferenceSpec.from_dict(cfg.inference.to_dict()) == cfg.inference  # what the notebook gets back
     with pytest.raises(ConfigError, match=r"^bundle.toml: unknown key submission.layout; known keys: .*preset"):
-        parse_config(_digits(submission={"layout": "auto"}), Path("."))
+        parse_config(_digits(submission={"layout": "auto"}), ROOT)
     with pytest.raises(ConfigError, match=r"^bundle.toml: submission.top_k: must be in 1..10"):
-        parse_config(_digits(submission={"form": "top_k", "top_k": 11}), Path("."))
+        parse_config(_digits(submission={"form": "top_k", "top_k": 11}), ROOT)
     with pytest.raises(ConfigError, match=r"^bundle.toml: task.values: does not apply to task 'classification'"):
-        parse_config(_digits(task={"name": "classification", "values": 2}), Path("."))
+        parse_config(_digits(task={"name": "classification", "values": 2}), ROOT)
     regression = _digits(task={"name": "regression", "scale": 10.0}, submission={"value_columns": ["distance"]})
     regression["regressors"] = regression.pop("classifiers")
-    cfg = parse_config(regression, Path("."))
+    cfg = parse_config(regression, ROOT)
     assert cfg.inference.task.scale == (10.0,) and cfg.inference.rows.form == "values"
     assert [m.role for m in cfg.models] == ["regressor"] and cfg.inference.outputs("regressor") == 1

@@ -26,8 +26,8 @@ from bundler.config_reference import reference_markdown
 from bundler.errors import ConfigError
 from kernel_src.layout import SubmissionSpec
 from kernel_src.rows import RowSpec
-from kernel_src.tasks import TaskSpec
 from kernel_src.spec import GatingSpec, InferenceSpec, ModelSpec, PostprocessSpec
+from kernel_src.tasks import TaskSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")

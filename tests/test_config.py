@@ -200,3 +200,16 @@ def test_a_classification_task_reads_submission_as_per_image_rows() -> None:
     cfg = parse_config(regression, ROOT)
     assert cfg.inference.task.scale == (10.0,) and cfg.inference.rows.form == "values"
     assert [m.role for m in cfg.models] == ["regressor"] and cfg.inference.outputs("regressor") == 1
+
+
+@pytest.mark.parametrize("block", re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "tasks.md").read_text(), re.S))
+def test_every_task_example_of_the_docs_is_a_valid_config(block: str) -> None:
+    raw = raw_demo()
+    for table in ("classifiers", "segmenters", "submission", "task"):
+        raw.pop(table, None)
+    example = tomllib.loads(block)
+    raw["inference"] = {k: v for k, v in raw["inference"].items() if k not in ("gating", "postprocess", "num_classes")}
+    raw["inference"] |= example.pop("inference")
+    cfg = parse_config(raw | example, ROOT)
+    assert cfg.inference.task.name == example["task"]["name"]
+    assert cfg.inference.models and all(m.role == cfg.inference.task.task.role for m in cfg.models)

@@ -242,3 +242,20 @@ def test_a_run_that_predicted_no_image_prints_no_projection() -> None:
     assert "ran 0 images in 4.2 s here; no projection (no image was timed)" in printed
     assert "projected" not in printed and "5506" not in printed
     assert "FAIL: cell 12 ('run') failed: ModelError: fpn cannot take 64x400" in printed
+
+
+def test_an_image_level_task_s_fallback_rows_are_reported_and_their_nan_cause_fails() -> None:
+    task = {"name": "classification", "form": "label", "rows": 10, "images": 10, "aggregate": "mean",
+            "fallback": [0.5, 0.5], "fallback_rows": 1, "fallback_examples": ["7"], "models_left_out": 0}  # fmt: skip
+    problems = {**_profile()["problems"], "nonfinite": ["7"]}
+    nan = {"models": {"cnn": 1}, "segmenter_dropped": 0, "classifier_dropped": 0, "ungated": 0}
+    verdict = _judge(_profile(task=task, problems=problems, nonfinite_outputs=nan))
+    assert not verdict.ok and verdict.failures == (
+        "model 'cnn' gave NaN output for 1 image(s)",
+        "1 image(s) got no prediction because every model gave NaN for them",
+    )
+    assert verdict.warnings == (
+        "1 of 10 row(s) were written with the fallback [0.5, 0.5] ([task] fallback): none of their images was "
+        "predicted (e.g. 7)",
+    )
+    assert _judge(_profile(task={**task, "fallback_rows": 0})).warnings == ()

@@ -26,6 +26,7 @@ import csv
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -52,7 +53,8 @@ class _SmallCnn(nn.Module):
         self.head = nn.Linear(32 * 7 * 7, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
+        out: torch.Tensor = self.head(self.features(x).flatten(1))
+        return out
 
 
 def _write_images(folder: Path, n: int) -> None:
@@ -71,11 +73,26 @@ def _write_images(folder: Path, n: int) -> None:
 def _spec(file: str, workers: int) -> InferenceSpec:
     model = {"name": "cnn", "kind": "torchscript", "file": file, "tta": ["identity", "hflip"],
              "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}  # fmt: skip
-    return InferenceSpec.from_dict(
-        {"num_classes": CLASSES, "image_height": SIDE, "image_width": SIDE, "batch_size": BATCH, "device": "cpu",
-         "loader_workers": workers, "image_channels": 1, "images_per_call": 2 * BATCH, "task": {"name": "classification"}, "rows": {"preset": "digit-recognizer"},
-         "classifiers": [model]}  # fmt: skip
-    )
+    data = {
+        "num_classes": CLASSES,
+        "image_height": SIDE,
+        "image_width": SIDE,
+        "batch_size": BATCH,
+        "device": "cpu",
+        "loader_workers": workers,
+        "image_channels": 1,
+        "images_per_call": 2 * BATCH,
+        "task": {"name": "classification"},
+        "rows": {"preset": "digit-recognizer"},
+        "classifiers": [model],
+    }
+    return InferenceSpec.from_dict(data)
+
+
+def _read(path: Path) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    bgr = cv2.imread(str(path))
+    assert bgr is not None, path
+    return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
 
 
 def _labels(path: Path) -> list[str]:
@@ -88,7 +105,7 @@ def _batched_loop(model: nn.Module, test: Path, n: int, out: Path) -> list[str]:
     labels: list[str] = []
     for start in range(0, n, BATCH):
         ids = range(start, min(start + BATCH, n))
-        batch = np.stack([cv2.cvtColor(cv2.imread(str(test / str(i))), cv2.COLOR_BGR2RGB) for i in ids])
+        batch = np.stack([_read(test / str(i)) for i in ids])
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
         out_views = model(torch.cat([x, torch.flip(x, (-1,))]))
         probs = torch.softmax(out_views, dim=1).view(2, len(ids), CLASSES).mean(0)
@@ -101,7 +118,7 @@ def _batched_loop(model: nn.Module, test: Path, n: int, out: Path) -> list[str]:
 def _naive(model: nn.Module, test: Path, n: int) -> float:
     begin = time.perf_counter()
     for i in range(n):
-        rgb = cv2.cvtColor(cv2.imread(str(test / str(i))), cv2.COLOR_BGR2RGB)
+        rgb = _read(test / str(i))
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
         probs = (torch.softmax(model(x), 1) + torch.softmax(model(torch.flip(x, (-1,))), 1)) / 2
         int(probs.argmax())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,21 @@ def test_bad_task_and_row_settings_name_the_key(
     with pytest.raises(SpecError) as caught:
         spec_of(task, rows, {tables: [model]}, num_classes=4)
     assert caught.value.key == key
+
+
+def test_the_budget_guard_steps_down_then_leaves_the_rest_to_the_fallback(tmp_path: Path) -> None:
+    a = make_pixel_head(tmp_path / "models", "a", 3, tta=("identity", "hflip"))
+    b = make_pixel_head(tmp_path / "models", "b", 3)
+    names = [draw(tmp_path / "test", f"{n:02d}.png", [200, 128, 128]) for n in range(12)]
+    spec = spec_of({"name": "classification"}, {"form": "probabilities"}, {"classifiers": [a, b]},
+                   num_classes=3, batch_size=1, time_budget_s=1.0)  # fmt: skip
+    result = run(spec, bundle_dir=tmp_path / "models", test_dir=tmp_path / "test", out_dir=tmp_path / "out",
+                 sample_submission=sample(tmp_path / "s.csv", ["id", "0", "1", "2"], names),
+                 started_at=time.time() - 10.0, progress=False)  # fmt: skip: the budget is spent already
+    rows = list(csv.reader(result.submission_path.read_text(encoding="utf-8").splitlines()))
+    steps = [s["action"] for s in result.profile["guard"]["steps"]]
+    assert steps[-1] == "empty_rest" and {"drop_tta", "drop_model"} <= set(steps)
+    left = result.profile["guard"]["images_left_empty"]
+    assert left > 0 and result.profile["task"]["fallback_rows"] == left
+    assert [r[0] for r in rows[1:]] == names  # complete: every key, the sample's order
+    assert rows[-1][1:] == [number(1 / 3)] * 3  # the uniform fallback

@@ -28,13 +28,13 @@ from tests.tiny import make_pixel_head
 HEIGHT, WIDTH = 4, 16
 
 
-def draw(folder: Path, name: str, row: Sequence[int], *, nan: bool = False) -> str:
+def draw(folder: Path, name: str, row: Sequence[int], *, nan: bool = False, fail: bool = False) -> str:
     """A 4x16 PNG (whatever its file name) whose red first row starts with `row` (the rest 128)."""
     folder.mkdir(parents=True, exist_ok=True)
     rgb = np.full((HEIGHT, WIDTH, 3), 128, dtype=np.uint8)
     rgb[0, : len(row), 0] = row
-    if nan:
-        rgb[1, 0, 0] = 255
+    if nan or fail:
+        rgb[1, 0, 0] = 255 if nan else 254
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     assert ok
     (folder / name).write_bytes(buf.tobytes())
@@ -279,3 +279,17 @@ def test_the_budget_guard_steps_down_then_leaves_the_rest_to_the_fallback(tmp_pa
     assert left > 0 and result.profile["task"]["fallback_rows"] == left
     assert [r[0] for r in rows[1:]] == names  # complete: every key, the sample's order
     assert rows[-1][1:] == [number(1 / 3)] * 3  # the uniform fallback
+
+
+def test_a_model_that_raises_is_dropped_and_the_other_carries_on(tmp_path: Path) -> None:
+    frail = make_pixel_head(tmp_path / "models", "frail", 2, fail=True)
+    sturdy = make_pixel_head(tmp_path / "models", "sturdy", 2, divisor=8.0)
+    names = [draw(tmp_path / "test", "a.png", [128, 160]), draw(tmp_path / "test", "b.png", [160, 128], fail=True),
+             draw(tmp_path / "test", "c.png", [128, 160])]  # fmt: skip
+    spec = spec_of({"name": "classification"}, {"form": "label"}, {"classifiers": [frail, sturdy]}, num_classes=2,
+                   batch_size=1)  # fmt: skip
+    _rows, profile, text = go(tmp_path, spec, sample(tmp_path / "s.csv", ["id", "label"], names))
+    assert text == "id,label\na.png,1\nb.png,0\nc.png,1\n"
+    (failure,) = profile["problems"]["model_failures"]
+    assert failure["model"] == "frail" and failure["after_images"] == 1 and "on purpose" in failure["error"]
+    assert profile["task"]["fallback_rows"] == 0

@@ -293,3 +293,14 @@ def test_a_model_that_raises_is_dropped_and_the_other_carries_on(tmp_path: Path)
     (failure,) = profile["problems"]["model_failures"]
     assert failure["model"] == "frail" and failure["after_images"] == 1 and "on purpose" in failure["error"]
     assert profile["task"]["fallback_rows"] == 0
+
+
+def test_every_registered_task_and_row_form_has_its_end_to_end_test_here() -> None:
+    # a new entry of kernel_src.tasks.TASKS or kernel_src.rows.ROW_FORMS needs its run above
+    from kernel_src.rows import ROW_FORMS, ROW_PRESETS
+    from kernel_src.tasks import TASKS
+
+    assert set(TASKS) == {"segmentation", "classification", "regression", "ordinal"}
+    assert set(ROW_FORMS) == {"label", "probabilities", "top_k", "thresholds", "values"}
+    assert set(ROW_PRESETS) == {"digit-recognizer"}
+    assert {f for t in TASKS.values() for f in t.forms} == set(ROW_FORMS)

@@ -304,3 +304,32 @@ def test_every_registered_task_and_row_form_has_its_end_to_end_test_here() -> No
     assert set(ROW_FORMS) == {"label", "probabilities", "top_k", "thresholds", "values"}
     assert set(ROW_PRESETS) == {"digit-recognizer"}
     assert {f for t in TASKS.values() for f in t.forms} == set(ROW_FORMS)
+
+
+@pytest.mark.parametrize("mode", ["mean", "gmean", "max", "logit_mean"])
+def test_softmax_and_raw_value_merges_match_numpy(mode: str) -> None:
+    import torch
+
+    from kernel_src.tta import merge
+
+    rng = np.random.default_rng(3)
+    logits = [rng.normal(size=(5, 4)) for _ in range(3)]
+    views = ["identity", "hflip", "vflip"]  # a [N, K] output has no frame: every view is as it is
+    p = np.stack([np.apply_along_axis(softmax, 1, z) for z in logits])
+    expected = {
+        "mean": p.mean(0),
+        "max": p.max(0),
+        "gmean": np.exp(np.log(p).mean(0)) / np.exp(np.log(p).mean(0)).sum(1, keepdims=True),
+        "logit_mean": np.apply_along_axis(softmax, 1, np.mean(logits, axis=0)),
+    }[mode]
+    outs = [torch.tensor(z, dtype=torch.float32) for z in logits]
+    got = merge(outs, views, mode, activation="softmax").numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    probs = [torch.tensor(x, dtype=torch.float32) for x in p]  # tune's cache holds probabilities
+    np.testing.assert_allclose(merge(probs, views, mode, activation="softmax", probabilities=True), expected, atol=1e-6)
+    if mode in ("mean", "max"):
+        raw = merge(outs, views, mode, activation="identity").numpy()
+        np.testing.assert_allclose(raw, np.mean(logits, 0) if mode == "mean" else np.max(logits, 0), atol=1e-6)
+    else:
+        with pytest.raises(ValueError, match=f"TTA merge '{mode}' does not apply to 'identity' outputs"):
+            merge(outs, views, mode, activation="identity")

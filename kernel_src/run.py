@@ -1,6 +1,9 @@
 """The pipeline: sample submission -> models -> streamed batches -> submission.csv + profile.json.
 
-`run(spec, bundle_dir=..., test_dir=..., sample_submission=..., out_dir=...)`:
+`run(spec, bundle_dir=..., test_dir=..., sample_submission=..., out_dir=...)` resolves the devices,
+starts the profiler and hands the run to the engine of the spec's task (`ENGINES[task.engine]`,
+kernel_src.tasks): `images` for classification, regression and ordinal (kernel_src.image_run),
+`masks` for segmentation, which:
 
 1. reads the sample submission found at run time (its rows, layout and column order);
 2. loads every model (timed) and checks it with a test forward: configuration problems

@@ -160,6 +160,7 @@ def loss_section(classes: Sequence[Mapping[str, Any]] | None) -> str:
         "A false positive on a clean image or a missed defect loses a whole point; a partial overlap loses "
         "1 - Dice.</p>"
     )
-    return f"<h2>Where the points are lost</h2>{note}<table>{head}{body}</table>" + (
-        f"<p>Worst pairs (points lost):</p><ul>{worst}</ul>" if worst else ""
+    return (
+        f"<h2>Where the points are lost</h2>{note}<table>{head}{body}</table>"
+        + (f"<p>Worst pairs (points lost):</p><ul>{worst}</ul>" if worst else "")
     )

@@ -66,7 +66,9 @@ def holdout_fingerprint(test_dir: Path, image_ids: Sequence[str]) -> str:
 
 def cache_key(spec: InferenceSpec, model_hashes: Mapping[str, str], fingerprint: str) -> str:
     """The key of a first pass: everything that changes a cached probability."""
-    models = [{**_model_key(m), "sha256": model_hashes.get(m.file, "")} for m in (*spec.classifiers, *spec.segmenters)]
+    models = [
+        {**_model_key(m), "sha256": model_hashes.get(m.file, "")} for m in (*spec.classifiers, *spec.segmenters)
+    ]
     data = {
         "format": CACHE_FORMAT,
         "files": dict(sorted(model_hashes.items())),  # every weights and preprocessing file of the bundle
@@ -235,12 +237,9 @@ def first_pass(
                         maps[(lm.spec.name, v)] = store
                     store[index[lo:hi]] = quantise(single)
 
-    with (
-        torch.inference_mode(),
-        ImageLoader(
-            test_dir, image_ids, workers=spec.loader_workers, prefetch=max(2 * spec.batch_size, 2), size=size
-        ) as loader,
-    ):
+    with torch.inference_mode(), ImageLoader(
+        test_dir, image_ids, workers=spec.loader_workers, prefetch=max(2 * spec.batch_size, 2), size=size
+    ) as loader:
         batch: list[npt.NDArray[np.uint8]] = []
         rows: list[int] = []
         for done, loaded in enumerate(loader, start=1):

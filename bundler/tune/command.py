@@ -343,7 +343,9 @@ def tune(
         "engine_check": {"postprocess_score": full.score, "evidence_score": evidence_score, "difference": check},
         "losses_current": [c.to_dict() for c in losses_current],
         "losses_tuned": [c.to_dict() for c in losses_tuned],
-        "plans": [{**p.to_dict(), "pareto": id(p) in front, "recommended": p is best} for p in points],
+        "plans": [
+            {**p.to_dict(), "pareto": id(p) in front, "recommended": p is best} for p in points
+        ],
         "budget_s": budget,
         "margin": margin,
         "costs_source": costs.source,

@@ -188,7 +188,9 @@ def _components(mask: Bools, truth: Bools) -> tuple[npt.NDArray[np.int64], npt.N
     return areas, inter
 
 
-def image_dice(probs: Floats, truth: Bools, grid: Grid, variants: int, empty_pair: float = 1.0) -> tuple[Floats, Bools]:
+def image_dice(
+    probs: Floats, truth: Bools, grid: Grid, variants: int, empty_pair: float = 1.0
+) -> tuple[Floats, Bools]:
     """(dice [X, C, K, M, A], nonempty) of every candidate for one image; a pair empty on both
     sides scores `empty_pair` (the metric's rule: 1 for Severstal)."""
     c_n = probs.shape[0]

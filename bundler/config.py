@@ -22,8 +22,10 @@ from kernel_src.errors import SpecError
 from kernel_src.inputs import InputSpec
 from kernel_src.layout import SubmissionSpec, contradicted_rle_order
 from kernel_src.model_kinds import MODEL_KINDS, kinds_for
+from kernel_src.rows import RowSpec
 from kernel_src.settings import found, missing_value, setting, settings, typed, wrong
 from kernel_src.spec import PREPROCESS_SUFFIX, RENAMED_SETTINGS, InferenceSpec, ModelSpec
+from kernel_src.tasks import TASKS, TaskSpec
 
 DEFAULT_CONFIG = Path("bundle.toml")
 # The one home of these patterns (the wheels' target reads PYTHON_VERSION from here).
@@ -138,7 +140,7 @@ class ModelEntry:
     """A model as the user declares it: where their checkpoint is, and its kernel spec. The fields
     declared with `_key` are the model table's keys beside ModelSpec's."""
 
-    role: str  # "classifier" | "segmenter"
+    role: str  # "classifier" | "segmenter" | "regressor" (kernel_src.model_kinds.ROLES)
     checkpoint: Path = field(
         metadata=_key(
             "your weights file: a state dict, a training checkpoint or TorchScript.",
@@ -463,13 +465,17 @@ TABLES: dict[str, type] = {
     "inference": InferenceSpec,
     "submission": SubmissionSpec,
     "input": InputSpec,
+    "task": TaskSpec,
     "dryrun": DryRunConfig,
     "machine": MachineConfig,
 }
 MODEL_TABLES = {  # [[name]]: (role, the model kinds it may take)
     "classifiers": ("classifier", kinds_for("classifier")),
     "segmenters": ("segmenter", kinds_for("segmenter")),
+    "regressors": ("regressor", kinds_for("regressor")),  # regression and ordinal tasks
 }
+# [submission] of an image-level task (kernel_src.rows): its keys, read instead of the layout's
+ROW_TABLE = RowSpec
 # [submission] rle_order is inference.rle_order, given in either place
 SUBMISSION_RLE_ORDER = "the same setting as `inference.rle_order` (give it in one place)."
 
@@ -647,6 +653,13 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
     models = _models(raw, root)
     # renamed keys pass through so InferenceSpec.from_dict can name what replaces them
     inf = dict(_section(raw, "inference", table_keys(InferenceSpec), RENAMED_SETTINGS))
+    task = dict(_section(raw, "task", table_keys(TaskSpec)))
+    inf["task"] = task
+    name = task.get("name", TaskSpec().name)
+    if isinstance(name, str) and name in TASKS and TASKS[name].image_level:
+        # [submission] of an image-level task: per-image rows (kernel_src.rows)
+        inf["rows"] = dict(_section(raw, "submission", table_keys(RowSpec)))
+        raw = {k: v for k, v in raw.items() if k != "submission"}
     # [submission] (kernel_src.layout): the file's shape; its rle_order is inference.rle_order
     sub = dict(_section(raw, "submission", [*table_keys(SubmissionSpec), "rle_order"]))
     if "rle_order" in sub:
@@ -661,10 +674,13 @@ def _parse(raw: Mapping[str, Any], root: Path) -> BundleConfig:
     inf.setdefault("time_budget_s", competition.time_limit_s - 300.0)
     inf["classifiers"] = [m.spec.__dict__ for m in models if m.role == "classifier"]
     inf["segmenters"] = [m.spec.__dict__ for m in models if m.role == "segmenter"]
+    inf["regressors"] = [m.spec.__dict__ for m in models if m.role == "regressor"]
     try:
         inference = InferenceSpec.from_dict(inf)
     except SpecError as e:
-        prefix = "" if e.key.startswith(("classifiers", "segmenters", "submission", "input.")) else "inference."
+        prefix = "" if e.key.startswith((*MODEL_TABLES, "submission", "task", "rows", "input.")) else "inference."
+        if e.key.startswith("rows"):  # the image-level rows are read from [submission]
+            e = SpecError("submission" + e.key[len("rows") :], e.message)
         raise ConfigError(f"{prefix}{e.key}: {e.message}") from None
 
     return BundleConfig(

@@ -17,6 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from bundler.config import (
     MODEL_TABLES,
+    ROW_TABLE,
     SUBMISSION_RLE_ORDER,
     TABLES,
     ModelEntry,
@@ -51,6 +52,15 @@ pixels (`if num > min_size`), bundler keeps components of AT LEAST `min_componen
 threshold is `[inference.gating] thresholds` (bundler passes a class at `probability >=
 threshold`)."""
 
+TASK_NOTES = (
+    "`segmentation` predicts with `[[segmenters]]` (gated by `[[classifiers]]` when set), `classification` with "
+    "`[[classifiers]]`, `regression` and `ordinal` with `[[regressors]]` (a timm or TorchScript model whose head "
+    "has `values` outputs, one for ordinal); each model's head size is checked at build. See docs/tasks.md."
+)
+ROWS_INTRO = (
+    "With `[task] name` other than segmentation, `[submission]` describes one row per key (an image, or the "
+    "images a `groups` file gives one key): these keys replace the layout's above. See docs/tasks.md."
+)
 SUBMISSION_INTRO = """\
 The submission file's shape (kernel_src/layout.py). Without it (`layout = "auto"`), a Severstal
 layout is told from the sample's header, as before. The layout is checked against the
@@ -152,6 +162,13 @@ def sections() -> list[Section]:
             extra=(("rle_order", SUBMISSION_RLE_ORDER),),
         ),
         Section("`[input]`", table_keys(TABLES["input"]), _hints(TABLES["input"]), INPUT_INTRO, INPUT_NOTES),
+        table("task", notes=TASK_NOTES),
+        Section(
+            "`[submission]` of a classification, regression or ordinal task",
+            table_keys(ROW_TABLE),
+            _hints(ROW_TABLE),
+            ROWS_INTRO,
+        ),
         Section(
             " and ".join(f"`[[{t}]]`" for t in MODEL_TABLES),
             model_keys(),

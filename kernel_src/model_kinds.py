@@ -31,7 +31,11 @@ if TYPE_CHECKING:
     from .spec import ModelSpec
 
 # role -> (the output's dimensions, its shape in words): what `kernel_src.models.check_output` expects
-ROLES: dict[str, tuple[int, str]] = {"classifier": (2, "[N, classes]"), "segmenter": (4, "[N, classes, H, W]")}
+ROLES: dict[str, tuple[int, str]] = {
+    "classifier": (2, "[N, classes]"),
+    "segmenter": (4, "[N, classes, H, W]"),
+    "regressor": (2, "[N, values]"),  # regression and ordinal tasks (kernel_src.tasks)
+}
 
 Builder = Callable[["ModelSpec", int], "nn.Module"]
 
@@ -196,7 +200,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
         ),
         ModelKind(
             "timm",
-            roles=("classifier",),
+            roles=("classifier", "regressor"),
             weights=STATE_DICT,
             describe=_arch_words,
             builder=_build_timm,
@@ -205,7 +209,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
         ),
         ModelKind(
             "torchscript",
-            roles=("classifier", "segmenter"),
+            roles=("classifier", "segmenter", "regressor"),
             weights=TORCHSCRIPT,
             describe=lambda spec: "TorchScript",
         ),

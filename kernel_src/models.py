@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,64 +163,108 @@ def load_models(
     Raises `ModelError` naming the model and the key at fault before any image is touched.
     Classifiers are not loaded when gating is off (nothing would use them).
     """
-    loaded: dict[str, list[LoadedModel]] = {"classifier": [], "segmenter": []}
     classifiers = spec.classifiers if spec.gating.mode != "off" else ()
     memory: dict[str, dict[str, Any]] = {}
-    share = -(-spec.batch_size // devices.replicas)
-    for role, specs in (("classifier", classifiers), ("segmenter", spec.segmenters)):
-        for m in specs:
-            begin = time.perf_counter()
-            replicas = []
-            for i, device in enumerate(devices.devices):
-                with devices.context(i):
-                    model = load_model(m, bundle_dir, spec.num_classes, device)
-                    if devices.channels_last:
-                        with contextlib.suppress(RuntimeError, TypeError):  # TorchScript may refuse: keep NCHW
-                            model = model.to(memory_format=torch.channels_last)
-                replicas.append(model)
-            plan = load_preprocess(Path(bundle_dir) / m.preprocess, m.name) if m.preprocess else None
-            entry = LoadedModel(m, tuple(replicas), m.tta, preprocess=plan, channels_last=devices.channels_last)
-            working = _test_replicas(entry, role, spec, devices, profiler)
-            largest = share * len(m.tta)
-            if spec.images_per_call > 0:
-                entry.images_per_call = spec.images_per_call
-            else:
-                choices = {}
-                for r in working:
-                    choices[r] = measure_call_size(entry, spec, devices, largest, replica=r)
-                entry.images_per_call = min(size for size, _ in choices.values())
-                entry.measured_s = choices[working[0]][1]
-            record: dict[str, Any] = {
-                "chosen": entry.images_per_call,
-                "measured_s": {str(n): round(s, 6) for n, s in entry.measured_s.items()},
-                "reduced_by_oom": [],
-            }
-            if devices.tune_layout:
-                size = min(entry.images_per_call or largest, largest)
-                record["layout_s"] = tune_layout(entry, spec, devices, size, replica=working[0])
-                record["memory_format"] = "channels_last" if entry.channels_last else "contiguous"
-                record["cudnn_benchmark"] = entry.cudnn_benchmark
-            profiler.call_sizes[m.name] = record
-            if samples is not None and len(samples) and devices.autocast_dtype is not None:
-                try:
-                    check = check_precision(entry, devices, samples, working[0])
-                except Exception as e:  # the check is advice: a model that cannot take it keeps the run's precision
-                    check = {"images": len(samples), "error": f"{type(e).__name__}: {e}", "runs_in": devices.precision}
-                    free_memory(devices)
-                profiler.devices.setdefault("precision_check", {})[m.name] = check
-            memory[m.name] = _memory(entry, entry.replicas[working[0]], spec.images_per_call, largest)
-            profiler.model_loaded(m.name, time.perf_counter() - begin)
-            loaded[role].append(entry)
+    loaded = (
+        load_role(spec, "classifier", classifiers, bundle_dir, devices, profiler, samples, memory),
+        load_role(spec, "segmenter", spec.segmenters, bundle_dir, devices, profiler, samples, memory),
+    )
     h, w = spec.image_height, spec.image_width
-    profiler.memory_estimate = estimate_peak(
+    profiler.memory_estimate = _estimate(spec, devices, memory, probs_bytes=spec.num_classes * h * w * 4)
+    return loaded
+
+
+def load_task_models(
+    spec: InferenceSpec,
+    bundle_dir: Path,
+    devices: DeviceSet,
+    profiler: Profiler,
+    samples: npt.NDArray[np.uint8] | None = None,
+) -> list[LoadedModel]:
+    """The predicting models of an image-level task (its table: classifiers or regressors), loaded
+    and checked as `load_models` does, each head checked against the task's classes or values."""
+    task = spec.task.task
+    memory: dict[str, dict[str, Any]] = {}
+    loaded = load_role(spec, task.role, getattr(spec, task.table), bundle_dir, devices, profiler, samples, memory)
+    profiler.memory_estimate = _estimate(spec, devices, memory, probs_bytes=spec.outputs(task.role) * 4)
+    return loaded
+
+
+def _estimate(
+    spec: InferenceSpec, devices: DeviceSet, memory: dict[str, dict[str, Any]], *, probs_bytes: int
+) -> dict[str, Any]:
+    """The run's GPU memory estimate from each model's measured bytes (`kernel_src.memory`)."""
+    return estimate_peak(
         memory,
         replicas=[devices.label(i) for i in range(devices.replicas)],
-        batch_share=share,
-        image_bytes=3 * h * w * 4,
-        probs_bytes=spec.num_classes * h * w * 4,
+        batch_share=-(-spec.batch_size // devices.replicas),
+        image_bytes=3 * spec.image_height * spec.image_width * 4,
+        probs_bytes=probs_bytes,
         half_copies=devices.autocast_dtype is not None,
     )
-    return loaded["classifier"], loaded["segmenter"]
+
+
+def load_role(
+    spec: InferenceSpec,
+    role: str,
+    specs: Sequence[ModelSpec],
+    bundle_dir: Path,
+    devices: DeviceSet,
+    profiler: Profiler,
+    samples: npt.NDArray[np.uint8] | None = None,
+    memory: dict[str, dict[str, Any]] | None = None,
+) -> list[LoadedModel]:
+    """The models `specs` of `role`, as `load_models` says (replicas tested under their device
+    context, call size measured, layout tuned, precision checked); each one's head is checked
+    against `spec.outputs(role)` and its memory recorded in `memory` (profile.json `call_sizes`,
+    `model_load_s`)."""
+    share = -(-spec.batch_size // devices.replicas)
+    loaded: list[LoadedModel] = []
+    for m in specs:
+        begin = time.perf_counter()
+        replicas = []
+        for i, device in enumerate(devices.devices):
+            with devices.context(i):
+                model = load_model(m, bundle_dir, spec.outputs(role), device)
+                if devices.channels_last:
+                    with contextlib.suppress(RuntimeError, TypeError):  # TorchScript may refuse: keep NCHW
+                        model = model.to(memory_format=torch.channels_last)
+            replicas.append(model)
+        plan = load_preprocess(Path(bundle_dir) / m.preprocess, m.name) if m.preprocess else None
+        entry = LoadedModel(m, tuple(replicas), m.tta, preprocess=plan, channels_last=devices.channels_last)
+        working = _test_replicas(entry, role, spec, devices, profiler)
+        largest = share * len(m.tta)
+        if spec.images_per_call > 0:
+            entry.images_per_call = spec.images_per_call
+        else:
+            choices = {}
+            for r in working:
+                choices[r] = measure_call_size(entry, spec, devices, largest, replica=r)
+            entry.images_per_call = min(size for size, _ in choices.values())
+            entry.measured_s = choices[working[0]][1]
+        record: dict[str, Any] = {
+            "chosen": entry.images_per_call,
+            "measured_s": {str(n): round(s, 6) for n, s in entry.measured_s.items()},
+            "reduced_by_oom": [],
+        }
+        if devices.tune_layout:
+            size = min(entry.images_per_call or largest, largest)
+            record["layout_s"] = tune_layout(entry, spec, devices, size, replica=working[0])
+            record["memory_format"] = "channels_last" if entry.channels_last else "contiguous"
+            record["cudnn_benchmark"] = entry.cudnn_benchmark
+        profiler.call_sizes[m.name] = record
+        if samples is not None and len(samples) and devices.autocast_dtype is not None:
+            try:
+                check = check_precision(entry, devices, samples, working[0])
+            except Exception as e:  # the check is advice: a model that cannot take it keeps the run's precision
+                check = {"images": len(samples), "error": f"{type(e).__name__}: {e}", "runs_in": devices.precision}
+                free_memory(devices)
+            profiler.devices.setdefault("precision_check", {})[m.name] = check
+        if memory is not None:
+            memory[m.name] = _memory(entry, entry.replicas[working[0]], spec.images_per_call, largest)
+        profiler.model_loaded(m.name, time.perf_counter() - begin)
+        loaded.append(entry)
+    return loaded
 
 
 def _test_replicas(
@@ -358,7 +402,7 @@ def _test_forward(entry: LoadedModel, role: str, spec: InferenceSpec, devices: D
             raise ModelError(
                 f"model {m.name!r}: returns {type(out).__name__}, not a tensor; export a single-output model"
             )
-        check_output(m.name, role, out, 1, spec.num_classes)
+        check_output(m.name, role, out, 1, spec.outputs(role))
         entry.activation_bytes = max(entry.activation_bytes, peak)
         entry.activation_exact = entry.activation_exact and exact
 
@@ -368,6 +412,12 @@ def check_output(model: str, role: str, out: torch.Tensor, rows: int, num_classe
     (classifier) or [rows, classes, H, W] (segmenter)."""
     dims, want = ROLES[role]
     ok = out.dim() == dims and out.shape[0] == rows
+    if ok and dims == 2 and out.shape[1] != num_classes:
+        what = ("value" if num_classes == 1 else "values") if role == "regressor" else "classes"
+        raise ModelError(
+            f"model {model!r}: its head has {out.shape[1]} outputs but the task has {num_classes} {what}; "
+            f"retrain or re-export it with {num_classes} outputs, or fix num_classes / [task] values"
+        )
     if not ok or out.shape[1] != num_classes:
         raise ModelError(
             f"model {model!r}: output shape {tuple(out.shape)} is not {want} with {num_classes} classes "

@@ -56,14 +56,14 @@ def check_config(config: Mapping[str, Any]) -> InferenceSpec:
 
 
 def _model_files(spec: InferenceSpec) -> list[str]:
-    models = (*spec.classifiers, *spec.segmenters)
+    models = spec.models
     return [m.file for m in models] + [m.preprocess for m in models if m.preprocess]
 
 
 def _check_hashes(spec: InferenceSpec, prepared: Prepared) -> None:
     """A warning when a model's file in the bundle is not the one the notebook was rendered for."""
     weights = {str(w.get("file")): w for w in prepared.manifest.get("weights", []) if isinstance(w, dict)}
-    for model in (*spec.classifiers, *spec.segmenters):
+    for model in spec.models:
         listed = weights.get(model.file, {}).get("sha256")
         if model.sha256 and listed and model.sha256 != listed:
             print(

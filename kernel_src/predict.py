@@ -180,7 +180,7 @@ class Predictor:
                         out = replica(batch)
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(f"returned {type(out).__name__}, not a tensor")
-                check_output(name, kind, out, total, self.spec.num_classes)
+                check_output(name, kind, out, total, self.spec.outputs(kind))
             except Exception as e:
                 if step == 1 or not is_out_of_memory(e):
                     raise ModelRunError(name, e) from e

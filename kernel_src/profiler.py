@@ -180,6 +180,7 @@ class Profiler:
         ] = []  # the images predicted at once after each out of memory outside a forward
         self.problem_examples: dict[str, list[str]] = {kind: [] for kind in IMAGE_PROBLEMS}
         self.error: str | None = None
+        self.task_record: dict[str, Any] = {}  # profile.json "task" of an image-level task (kernel_src.image_run)
         self.working_dir: Path | None = None  # the folder whose bytes profile.json reports (the run's out_dir)
         self.memory_estimate: dict[str, Any] | None = None  # kernel_src.memory.estimate_peak, made at load
         self._resources: dict[str, Any] | None = None  # taken at finish(): every later to_dict() says the same
@@ -280,6 +281,8 @@ class Profiler:
             "problem_examples": {kind: list(items) for kind, items in self.problem_examples.items()},
             "resources": dict(self._resources) if self._resources is not None else self.resources(),
         }
+        if self.task_record:
+            profile["task"] = dict(self.task_record)
         if self.error is not None:
             profile["error"] = self.error
         return profile

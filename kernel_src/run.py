@@ -1,6 +1,9 @@
 """The pipeline: sample submission -> models -> streamed batches -> submission.csv + profile.json.
 
-`run(spec, bundle_dir=..., test_dir=..., sample_submission=..., out_dir=...)`:
+`run(spec, bundle_dir=..., test_dir=..., sample_submission=..., out_dir=...)` resolves the devices,
+starts the profiler and hands the run to the engine of the spec's task (`ENGINES[task.engine]`,
+kernel_src.tasks): `images` for classification, regression and ordinal (kernel_src.image_run),
+`masks` for segmentation, which:
 
 1. reads the sample submission found at run time (its rows, layout and column order);
 2. loads every model (timed) and checks it with a test forward: configuration problems
@@ -35,7 +38,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,6 +319,83 @@ def _precision_samples(
     return np.stack(images) if images else None
 
 
+@dataclass
+class RunContext:
+    """What every engine gets from `run`: the spec, the inputs, the devices resolved, the profiler
+    and the reporter; an engine sets `guard` once it has one (profile.json's `guard` comes from it)."""
+
+    spec: InferenceSpec
+    bundle_dir: Path
+    test_dir: Path
+    sample_submission: Path
+    submission_path: Path
+    started: float
+    devices: DeviceSet
+    profiler: Profiler
+    reporter: _Reporter
+    guard: BudgetGuard | None = None
+    reader: Reader | None = None  # the input reader an engine opened (`open_input`); `run` closes it
+
+
+def _masks(ctx: RunContext) -> None:
+    """The segmentation engine: gating, the ensemble, masks, RLE rows in the `[submission]` layout."""
+    spec, profiler, reporter = ctx.spec, ctx.profiler, ctx.reporter
+    with profiler.stage("setup"):
+        sample = read_sample_submission(Path(ctx.sample_submission), spec.num_classes, spec.submission)
+        reader = open_input(ctx, sample.image_ids, spec.submission.image_id)
+    reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
+    with profiler.stage("load_models"):
+        samples = _precision_samples(spec, ctx.devices, sample.image_ids, reader, _size(spec), _pixels(spec))
+        classifiers, segmenters = load_models(spec, Path(ctx.bundle_dir), ctx.devices, profiler, samples)
+    predictor = Predictor(spec, classifiers, segmenters, ctx.devices, profiler)
+    profiler.gating_record["mode"] = predictor.gating_mode
+    total = len(sample.image_ids)
+    guard = ctx.guard = BudgetGuard(spec.time_budget_s, ctx.started, total, segmenters=spec.segmenters)
+    with (
+        SubmissionWriter(ctx.submission_path, sample) as writer,
+        image_loader(ctx, sample.image_ids) as loader,
+    ):
+        _Engine(spec, predictor, guard, profiler, writer, reporter, total).run(loader)
+
+
+def _size(spec: InferenceSpec) -> tuple[int, int] | None:
+    return None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
+
+
+def _pixels(spec: InferenceSpec) -> PixelSettings:
+    return PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
+
+
+def open_input(ctx: RunContext, image_ids: Sequence[str], image_id: str) -> Reader:
+    """The run's input reader (`[input]`, kernel_src.readers), opened before any model loads so that an
+    input that does not fit fails fast (a CSV is parsed here, arrays mapped); `run` closes it."""
+    ctx.reader = open_reader(ctx.spec.input, Path(ctx.test_dir), image_ids, image_id, _pixels(ctx.spec))
+    return ctx.reader
+
+
+def image_loader(ctx: RunContext, image_ids: Sequence[str]) -> ImageLoader:
+    """The background loader for `image_ids` through the run's reader (`open_input` first), as the spec
+    declares the images (size, pixels, workers)."""
+    spec = ctx.spec
+    if ctx.reader is None:
+        raise RuntimeError("image_loader before open_input: open the run's reader first")
+    prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)
+    return ImageLoader(
+        Path(ctx.test_dir), image_ids, workers=spec.loader_workers, prefetch=prefetch, size=_size(spec),
+        pixels=_pixels(spec), reader=ctx.reader,
+    )  # fmt: skip
+
+
+def _images(ctx: RunContext) -> None:
+    from .image_run import run_images  # the image-level tasks' engine
+
+    run_images(ctx)
+
+
+# kernel_src.tasks.Task.engine -> the engine that runs the task
+ENGINES: dict[str, Callable[[RunContext], None]] = {"masks": _masks, "images": _images}
+
+
 def run(
     spec: InferenceSpec,
     *,
@@ -331,7 +411,8 @@ def run(
 
     `devices` None: `resolve_devices` from the spec's device, memory_format and precision; a
     given DeviceSet (e.g. two CPU replicas in channels_last with bf16 autocast) runs every
-    CUDA-only branch through the real pipeline on CPU."""
+    CUDA-only branch through the real pipeline on CPU. The task (`spec.task`, kernel_src.tasks)
+    picks the engine (`ENGINES`): masks for segmentation, per-image rows for the others."""
     started = time.time() if started_at is None else started_at
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -340,8 +421,7 @@ def run(
     profiler = Profiler(started, torch_version=torch.__version__)
     profiler.guard_record["budget_s"] = spec.time_budget_s
     profiler.working_dir = out_dir  # profile.json reports the bytes written here (Kaggle keeps 20 GB)
-    guard: BudgetGuard | None = None
-    reader: Reader | None = None
+    ctx: RunContext | None = None
     try:
         with profiler.stage("setup"):
             if devices is None:
@@ -349,45 +429,24 @@ def run(
             profiler.device, profiler.gpus = _describe(devices)
             profiler.devices = devices.to_dict()
             profiler.sync = devices.synchronize
-            sample = read_sample_submission(Path(sample_submission), spec.num_classes, spec.submission)
             if not Path(test_dir).is_dir():
                 what = "the test images" if not READERS[spec.input.reader].file else (
                     f"the folder holding {spec.input.path} (input.path)"
                 )
                 raise BundleError(f"test_dir {test_dir} is not a folder; point test_dir at {what}")
-            pixels = PixelSettings(spec.bit_depth, spec.pixel_max, spec.image_channels)
-            # before any model loads: a CSV that does not fit fails fast (it is parsed here, arrays mapped)
-            reader = open_reader(spec.input, Path(test_dir), sample.image_ids, spec.submission.image_id, pixels)
-        reporter.info(f"{len(sample.image_ids)} images ({sample.layout} layout) on {profiler.device}")
-        size = None if spec.image_sizes == "own" else (spec.image_height, spec.image_width)
-        with profiler.stage("load_models"):
-            samples = _precision_samples(spec, devices, sample.image_ids, reader, size, pixels)
-            classifiers, segmenters = load_models(spec, Path(bundle_dir), devices, profiler, samples)
-        predictor = Predictor(spec, classifiers, segmenters, devices, profiler)
-        profiler.gating_record["mode"] = predictor.gating_mode
-        total = len(sample.image_ids)
-        guard = BudgetGuard(spec.time_budget_s, started, total, segmenters=spec.segmenters)
-        prefetch = max(2 * spec.batch_size, spec.loader_workers + 1)
-        with (
-            SubmissionWriter(submission_path, sample) as writer,
-            ImageLoader(
-                Path(test_dir),
-                sample.image_ids,
-                workers=spec.loader_workers,
-                prefetch=prefetch,
-                size=size,
-                pixels=pixels,
-                reader=reader,
-            ) as loader,
-        ):
-            _Engine(spec, predictor, guard, profiler, writer, reporter, total).run(loader)
+        ctx = RunContext(
+            spec, Path(bundle_dir), Path(test_dir), Path(sample_submission), submission_path, started, devices,
+            profiler, reporter,
+        )  # fmt: skip
+        ENGINES[spec.task.task.engine](ctx)
     except BaseException as e:
         profiler.error = f"{type(e).__name__}: {e}"
         raise
     finally:
-        if reader is not None:
-            reader.close()
+        if ctx is not None and ctx.reader is not None:
+            ctx.reader.close()
         profiler.finish()
+        guard = ctx.guard if ctx is not None else None
         if guard is not None:
             profiler.guard_record = guard.to_dict()
             profiler.guard_record["images_left_empty"] = guard.total_images - profiler.images

@@ -19,7 +19,9 @@ from .errors import SpecError
 from .inputs import InputSpec
 from .layout import SubmissionSpec
 from .model_kinds import MODEL_KINDS, kinds_for
+from .rows import RowSpec
 from .settings import default, setting, settings, typed, wrong
+from .tasks import MODEL_TABLES, TaskSpec, check_models
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip")  # the flips kernel_src.tta applies
 SCALE_VIEW = "scale:"  # "scale:0.75": the image resized by 0.75 (kernel_src.tta), the output resized back
@@ -30,6 +32,9 @@ PREPROCESS_SUFFIX = ".preprocess.json"  # <model name> + this: the translated pi
 GATING_MODES = ("off", "per_class", "per_image")
 SEG_KINDS = kinds_for("segmenter")  # the model kinds (kernel_src.model_kinds) a segmenter may be
 CLS_KINDS = kinds_for("classifier")
+REG_KINDS = kinds_for("regressor")
+TABLE_KINDS = {"classifiers": CLS_KINDS, "segmenters": SEG_KINDS, "regressors": REG_KINDS}  # [[table]] -> kinds
+assert set(TABLE_KINDS) == set(MODEL_TABLES)
 RLE_ORDERS = ("F", "C")  # column-major (Severstal), row-major: kernel_src.rle
 DEVICES = ("auto", "cpu", "cuda")  # kernel_src.devices.resolve_devices
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # "auto": timed per model on CUDA, contiguous on CPU
@@ -363,6 +368,8 @@ class InferenceSpec:
     )
     classifiers: tuple[ModelSpec, ...] = ()  # bundle.toml's [[classifiers]]
     segmenters: tuple[ModelSpec, ...] = ()  # bundle.toml's [[segmenters]]
+    regressors: tuple[ModelSpec, ...] = ()  # bundle.toml's [[regressors]] (regression, ordinal)
+    task: TaskSpec = field(default_factory=TaskSpec)  # bundle.toml's [task] (kernel_src.tasks)
     gating: GatingSpec = field(
         default_factory=GatingSpec, metadata=setting("which images and classes the classifiers let through.")
     )
@@ -414,6 +421,24 @@ class InferenceSpec:
     )
     submission: SubmissionSpec = field(default_factory=SubmissionSpec)  # kernel_src.layout
     input: InputSpec = field(default_factory=InputSpec)  # kernel_src.inputs ([input] in bundle.toml)
+    rows: RowSpec = field(default_factory=RowSpec)  # [submission] of an image-level task (kernel_src.rows)
+
+    @property
+    def models(self) -> tuple[ModelSpec, ...]:
+        """Every model: classifiers, segmenters, regressors (the order of the tables)."""
+        return (*self.classifiers, *self.segmenters, *self.regressors)
+
+    @property
+    def models_by_role(self) -> tuple[tuple[str, ModelSpec], ...]:
+        """(role, model) for every model, in the order of `models`."""
+        roles = (("classifier", self.classifiers), ("segmenter", self.segmenters), ("regressor", self.regressors))
+        return tuple((role, m) for role, models in roles for m in models)
+
+    def outputs(self, role: str) -> int:
+        """The head size a model of `role` must have: the task's for its predicting models (classes,
+        or values), the classes otherwise (a segmentation's gating classifiers)."""
+        task = self.task.task
+        return task.head(self.task, self.num_classes) if role == task.role else self.num_classes
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (lists, not tuples), the inverse of `from_dict`."""
@@ -477,18 +502,25 @@ class InferenceSpec:
             ModelSpec.from_dict(m, f"segmenters[{i}]", SEG_KINDS)
             for i, m in enumerate(_array("segmenters", data.get("segmenters", ())))
         )
-        names = [m.name for m in (*classifiers, *segmenters)]
+        regressors = tuple(
+            ModelSpec.from_dict(m, f"regressors[{i}]", REG_KINDS)
+            for i, m in enumerate(_array("regressors", data.get("regressors", ())))
+        )
+        names = [m.name for m in (*classifiers, *segmenters, *regressors)]
         for name in names:
             if names.count(name) > 1:
                 raise SpecError("segmenters", f"model name {name!r} is used twice; names must be unique")
-        if not segmenters:
+        task = TaskSpec.from_dict(_table("task", data.get("task", {})), n)
+        if not task.task.image_level and not segmenters:
             raise SpecError("segmenters", "at least one segmentation model is required")
 
         g = _table("gating", data.get("gating", {}))
         _known("gating", g, GatingSpec)
-        mode = typed("gating.mode", g.get("mode", "per_class" if classifiers else "off"), str)
+        gated = classifiers and not task.task.image_level
+        mode = typed("gating.mode", g.get("mode", "per_class" if gated else "off"), str)
         if mode not in GATING_MODES:
             raise SpecError("gating.mode", f"{mode!r} must be one of {list(GATING_MODES)}")
+        check_models(task, {"classifiers": classifiers, "segmenters": segmenters, "regressors": regressors}, mode)
         if mode != "off" and not classifiers:
             raise SpecError("gating.mode", f"{mode!r} needs at least one classifier; add one or set mode = 'off'")
         thresholds = g.get("thresholds", default(GatingSpec, "thresholds"))
@@ -508,6 +540,12 @@ class InferenceSpec:
         geometry = _geometry(data)
         submission = SubmissionSpec.from_dict(_table("submission", data.get("submission", {})), n)
         input_spec = InputSpec.from_dict(_table("input", data.get("input", {})))
+        rows = RowSpec()
+        if task.task.image_level:
+            head = task.task.head(task, n)
+            rows = RowSpec.from_dict(_table("rows", data.get("rows", {})), task.task, n, head)
+        elif any(_listed(v) != _listed(getattr(rows, k, None)) for k, v in _rows_given(data).items()):
+            raise SpecError("rows", f"per-image rows are for the image-level tasks, not {task.name!r}")
         return cls(
             num_classes=n,
             image_height=height,
@@ -522,12 +560,24 @@ class InferenceSpec:
             images_per_call=per_call,
             classifiers=classifiers,
             segmenters=segmenters,
+            regressors=regressors,
+            task=task,
             gating=gating,
             postprocess=post,
             submission=submission,
             input=input_spec,
+            rows=rows,
             **geometry,
         )
+
+
+def _rows_given(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _table("rows", data.get("rows", {}))
+
+
+def _listed(value: Any) -> Any:
+    """Lists and tuples compare alike (to_dict writes lists)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _known(key: str, table: Mapping[str, Any], cls: type) -> list[str]:

@@ -26,7 +26,7 @@ output): only slicing, `torch.flip`, interpolation and arithmetic touch them her
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -156,11 +156,15 @@ def merge_views(out: torch.Tensor, views: Sequence[str], n: int) -> torch.Tensor
 SATURATED_LOGIT = 1e30  # +/-inf logits (an fp16 overflow) averaged as this: finite sums, sigmoid still 1 / 0
 
 
-def _domain(output: torch.Tensor, mode: str, probabilities: bool) -> torch.Tensor:
+def _domain(output: torch.Tensor, mode: str, probabilities: bool, activation: str = "sigmoid") -> torch.Tensor:
     """A view's output (logits, or probabilities) in the space `mode` merges in. For logit_mean an
     infinite logit is SATURATED_LOGIT with its sign, so +inf in one view and -inf in another merge
     to probability 0.5 (the views disagree completely, as "mean" says too) instead of NaN; finite
     logits are unchanged and NaN stays NaN (the engine drops that model for that image)."""
+    if activation == "softmax" and probabilities:  # softmax probabilities: logits up to a constant per image
+        return torch.log(output) if mode in ("gmean", "logit_mean") else output
+    if activation != "sigmoid":
+        return _OTHER_DOMAINS[activation][mode](output)
     if mode == "logit_mean":
         logits = torch.logit(output) if probabilities else output
         return torch.nan_to_num(logits, nan=float("nan"), posinf=SATURATED_LOGIT, neginf=-SATURATED_LOGIT)
@@ -176,20 +180,26 @@ def merge(
     size: tuple[int, int] | None = None,
     *,
     probabilities: bool = False,
+    activation: str = "sigmoid",
 ) -> torch.Tensor:
     """Probabilities [N,K,H,W] (or [N,K]) from each view's raw output (`outputs[i]` computed on
     `apply_view(x, views[i])`), every view undone (`invert_view`, `size` being x's (H, W)) and merged
     per `mode`, as the module docstring says. `probabilities`: the outputs are probabilities, not
-    logits (gmean and logit_mean need them inside (0, 1))."""
+    logits (gmean and logit_mean need them inside (0, 1)). `activation` (kernel_src.tasks): "sigmoid"
+    (a probability per class), "softmax" over dim 1 (one label per image: gmean and logit_mean give
+    softmax(mean log-probability) and softmax(mean logit), which sum to one; mean and max of the
+    softmax probabilities), or "identity" (raw values: mean and max only)."""
     if mode not in TTA_MERGES:
         raise ValueError(f"unknown TTA merge {mode!r}; choose from {list(TTA_MERGES)}")
     if not views or len(outputs) != len(views):
         raise ValueError(f"merge got {len(outputs)} outputs for {len(views)} views; give one output per view")
-    total = invert_view(_domain(outputs[0].float(), mode, probabilities), views[0], size)
+    if activation != "sigmoid" and (activation not in _OTHER_DOMAINS or mode not in _OTHER_DOMAINS[activation]):
+        raise ValueError(f"TTA merge {mode!r} does not apply to {activation!r} outputs")
+    total = invert_view(_domain(outputs[0].float(), mode, probabilities, activation), views[0], size)
     if len(views) > 1:
         total = total.clone()
         for out, view in zip(outputs[1:], views[1:], strict=True):
-            undone = invert_view(_domain(out.float(), mode, probabilities), view, size)
+            undone = invert_view(_domain(out.float(), mode, probabilities, activation), view, size)
             if undone.shape != total.shape:
                 raise ValueError(
                     f"view {view!r} gave shape {tuple(undone.shape)} where {tuple(total.shape)} was expected"
@@ -200,8 +210,25 @@ def merge(
                 total += undone
         if mode != "max":
             total /= len(views)
+    if activation == "softmax" and mode in ("logit_mean", "gmean"):
+        return torch.softmax(total, dim=1)
+    if activation != "sigmoid":
+        return total
     if mode == "logit_mean":
         return torch.sigmoid(total)
     if mode == "gmean":
         return torch.exp(total)
     return total
+
+
+# The merge domains of the image-level activations (kernel_src.tasks): softmax merges in
+# probabilities (mean, max), log-probabilities (gmean) or logits (logit_mean); raw values as they are.
+_OTHER_DOMAINS: dict[str, dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+    "softmax": {
+        "mean": lambda z: torch.softmax(z, dim=1),
+        "max": lambda z: torch.softmax(z, dim=1),
+        "gmean": lambda z: torch.log_softmax(z, dim=1),
+        "logit_mean": lambda z: z,
+    },
+    "identity": {"mean": lambda z: z, "max": lambda z: z},
+}

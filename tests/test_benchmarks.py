@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from benchmarks.__main__ import main
+from benchmarks.bench_classify import bench_classify
 from benchmarks.bench_cuda import bench_cuda
 from benchmarks.bench_overhead import bench_overhead
 from benchmarks.bench_pipeline import bench_pipeline
@@ -195,3 +196,9 @@ def test_gpu_checks_child_pytest_counts_properties_and_timeout(tmp_path: Path) -
     assert run.returncode == 1 and not run.ok
     stopped = run_tests(["test_fake_gpu.py"], marker="slow", timeout_s=5, cwd=tmp_path)
     assert not stopped.ok and "ran past 5 s" in stopped.problem
+
+
+def test_classify_vs_batched_loop_runs_and_agrees_with_the_loop() -> None:
+    # bench_classify raises when one label differs from the plain batched loop's
+    result = bench_classify(quick=True, n=300, naive_n=10)
+    assert set(_figures(result)) == {"classify_vs_batched_loop", "classify_vs_naive"}

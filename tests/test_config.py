@@ -167,3 +167,49 @@ def test_a_config_that_is_a_folder_or_binary_is_refused_in_one_line(tmp_path: Pa
     (tmp_path / "model.pth").write_bytes(b"\x80\x02\xff\xfe binary")
     with pytest.raises(ConfigError, match=r"model\.pth: not UTF-8 text"):
         load_config(tmp_path / "model.pth")
+
+
+def _digits(**changes: Any) -> dict[str, Any]:
+    """The demo config turned into a Digit Recognizer classification."""
+    raw = raw_demo()
+    classifier = {"name": "cnn", "kind": "torchscript", "checkpoint": "cnn.pt", "tta": ["identity"]}
+    raw.pop("segmenters", None)
+    raw["classifiers"] = [classifier]
+    raw["inference"] = {**raw.get("inference", {}), "num_classes": 10, "image_height": 28, "image_width": 28}
+    for segmentation_only in ("gating", "postprocess"):
+        raw["inference"].pop(segmentation_only, None)
+    raw["task"] = {"name": "classification"}
+    raw["submission"] = {"preset": "digit-recognizer"}
+    raw.update(changes)
+    return raw
+
+
+def test_a_classification_task_reads_submission_as_per_image_rows() -> None:
+    cfg = parse_config(_digits(), ROOT)
+    assert cfg.inference.task.name == "classification" and cfg.inference.rows.preset == "digit-recognizer"
+    assert cfg.inference.outputs("classifier") == 10 and [m.role for m in cfg.models] == ["classifier"]
+    assert InferenceSpec.from_dict(cfg.inference.to_dict()) == cfg.inference  # what the notebook gets back
+    with pytest.raises(ConfigError, match=r"^bundle.toml: unknown key submission.layout; known keys: .*preset"):
+        parse_config(_digits(submission={"layout": "auto"}), ROOT)
+    with pytest.raises(ConfigError, match=r"^bundle.toml: submission.top_k: must be in 1..10"):
+        parse_config(_digits(submission={"form": "top_k", "top_k": 11}), ROOT)
+    with pytest.raises(ConfigError, match=r"^bundle.toml: task.values: does not apply to task 'classification'"):
+        parse_config(_digits(task={"name": "classification", "values": 2}), ROOT)
+    regression = _digits(task={"name": "regression", "scale": 10.0}, submission={"value_columns": ["distance"]})
+    regression["regressors"] = regression.pop("classifiers")
+    cfg = parse_config(regression, ROOT)
+    assert cfg.inference.task.scale == (10.0,) and cfg.inference.rows.form == "values"
+    assert [m.role for m in cfg.models] == ["regressor"] and cfg.inference.outputs("regressor") == 1
+
+
+@pytest.mark.parametrize("block", re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "tasks.md").read_text(), re.S))
+def test_every_task_example_of_the_docs_is_a_valid_config(block: str) -> None:
+    raw = raw_demo()
+    for table in ("classifiers", "segmenters", "submission", "task"):
+        raw.pop(table, None)
+    example = tomllib.loads(block)
+    raw["inference"] = {k: v for k, v in raw["inference"].items() if k not in ("gating", "postprocess", "num_classes")}
+    raw["inference"] |= example.pop("inference")
+    cfg = parse_config(raw | example, ROOT)
+    assert cfg.inference.task.name == example["task"]["name"]
+    assert cfg.inference.models and all(m.role == cfg.inference.task.task.role for m in cfg.models)

@@ -26,7 +26,9 @@ from bundler.config_reference import reference_markdown
 from bundler.errors import ConfigError
 from kernel_src.inputs import InputSpec
 from kernel_src.layout import SubmissionSpec
+from kernel_src.rows import RowSpec
 from kernel_src.spec import GatingSpec, InferenceSpec, ModelSpec, PostprocessSpec
+from kernel_src.tasks import TaskSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
@@ -54,7 +56,8 @@ def test_the_committed_page_is_the_generated_one() -> None:
 def test_every_field_is_a_documented_key_or_named_here() -> None:
     """A field added without a help text fails here: it would be a key nobody documented."""
     documented = {k: set(v) for k, v in _documented().items()}
-    models = "[[classifiers]] and [[segmenters]]"
+    models = "[[classifiers]] and [[segmenters]] and [[regressors]]"
+    rows = "[submission] of a classification, regression or ordinal task"
     assert documented == {
         "[bundle]": {"name"},
         "[competition]": _names(CompetitionConfig),
@@ -63,12 +66,17 @@ def test_every_field_is_a_documented_key_or_named_here() -> None:
         "[kernel]": _names(KernelConfig),
         "[inference]": _names(
             InferenceSpec,
-            but=frozenset({"classifiers", "segmenters", "gating", "postprocess", "submission", "input"}),
+            but=frozenset(
+                {"classifiers", "segmenters", "regressors", "gating", "postprocess", "submission", "task", "rows"}
+                | {"input"}
+            ),
         ),
         "[inference.gating]": _names(GatingSpec),
         "[inference.postprocess]": _names(PostprocessSpec),
         "[submission]": _names(SubmissionSpec) | {"rle_order"},
         "[input]": _names(InputSpec),
+        "[task]": _names(TaskSpec),
+        rows: _names(RowSpec),
         models: _names(ModelSpec, but=frozenset({"file", "sha256"}))
         | _names(ModelEntry, but=frozenset({"role", "spec"})),
         "[dryrun]": _names(DryRunConfig),
@@ -106,7 +114,8 @@ def _listed(message: str) -> set[str]:
         ("[inference.postprocess]", ("inference", "postprocess")),
         ("[submission]", ("submission",)),
         ("[input]", ("input",)),
-        ("[[classifiers]] and [[segmenters]]", ("segmenters", 0)),
+        ("[[classifiers]] and [[segmenters]] and [[regressors]]", ("segmenters", 0)),
+        ("[task]", ("task",)),
         ("[dryrun]", ("dryrun",)),
         ("[machine]", ("machine",)),
     ],

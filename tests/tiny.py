@@ -603,3 +603,36 @@ def write_exact_images(folder: Path) -> list[str]:
         (folder / image_id).write_bytes(buf.tobytes())
         ids.append(image_id)
     return ids
+
+
+# --- The image-level tasks (tests/kernel/test_tasks.py) -------------------------------------------
+# A scripted model whose head outputs are written in the image itself: output k is red pixel
+# (0, k) as a number, `(pixel - 128) / divisor`, so a test chooses every logit (or value) by the
+# pixels it draws and computes what the engine must write independently; red pixel (1, 0) at 255
+# makes the output NaN for that image (`nan = True`), at 254 makes the model raise (`fail = True`).
+# An hflip view reads the row from the right.
+
+
+class _PixelHead(nn.Module):
+    def __init__(self, outputs: int, divisor: float, nan: bool, fail: bool) -> None:
+        super().__init__()
+        self.outputs = outputs
+        self.divisor = divisor
+        self.nan = nan
+        self.fail = fail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fail and bool((torch.round(x[:, 0, 1, 0] * 255.0) == 254.0).any()):
+            raise RuntimeError("pixel head failed on purpose")
+        out = (torch.round(x[:, 0, 0, : self.outputs] * 255.0) - 128.0) / self.divisor
+        if self.nan:
+            out[torch.round(x[:, 0, 1, 0] * 255.0) == 255.0] = float("nan")
+        return out
+
+
+def make_pixel_head(
+    dest: Path, name: str, outputs: int, *, divisor: float = 16.0, nan: bool = False, fail: bool = False, **spec: Any
+) -> ModelSpec:
+    """A scripted model of `outputs` outputs read from the image's red pixels (see above); `fail`:
+    it raises on a batch holding an image whose red pixel (1, 0) is 254."""
+    return _scripted(dest, name, _PixelHead(outputs, divisor, nan, fail), **spec)

@@ -209,7 +209,7 @@ def _convert_weights(cfg: BundleConfig, keys: list[str], staging: Path, console:
                 progress.update(task, description=f"{escape(name)}: {escape(what)}")
 
             size = (cfg.inference.image_height, cfg.inference.image_width)
-            record = convert(entry, key, cfg.inference.num_classes, staging, step, image_size=size)
+            record = convert(entry, key, cfg.inference.outputs(entry.role), staging, step, image_size=size)
             records.append(record)
             progress.advance(task)
         progress.update(task, description="weights converted")

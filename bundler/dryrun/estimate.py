@@ -44,8 +44,8 @@ def model_flops(spec: InferenceSpec, bundle_dir: Path) -> float:
     from kernel_src.models import load_model
 
     total = 0.0
-    for model_spec in (*spec.classifiers, *spec.segmenters):
-        model = load_model(model_spec, bundle_dir, spec.num_classes, torch.device("cpu"))
+    for role, model_spec in spec.models_by_role:
+        model = load_model(model_spec, bundle_dir, spec.outputs(role), torch.device("cpu"))
         height, width = model_spec.input_size or (spec.image_height, spec.image_width)
         counter = FlopCounterMode(display=False)
         with torch.inference_mode(), counter:

@@ -19,7 +19,9 @@ FAIL (exit 1; the first reason is the one the CLI prints), in this order:
 - images were left empty by the budget guard or after every segmenter failed.
 
 WARN (exit 0): converted images (grey, RGBA, 16-bit, another size), unreadable files, listed images
-missing from the folder (fewer than half), guard step-downs that left no image empty.
+missing from the folder (fewer than half), guard step-downs that left no image empty, and an
+image-level task's rows written with its fallback value (profile.json `task.fallback_rows`; their
+cause, NaN or the guard, fails above).
 
 `problem_summary(profile)` is what the CLI's closing table and summary.json list: each problem kind
 the notebook reported, with its count and a few examples.
@@ -185,8 +187,27 @@ def _nan_failures(profile: Mapping[str, Any]) -> list[str]:
     empty = len((profile.get("problems") or {}).get("nonfinite") or [])
     out = [f"model {name!r} gave NaN output for {n} image(s)" for name, n in sorted(models.items())]
     if empty:
-        out.append(f"{empty} image(s) got empty masks because every segmenter gave NaN for them")
+        got = "no prediction" if profile.get("task") else "empty masks"
+        out.append(f"{empty} image(s) got {got} because every {_models_word(profile)} gave NaN for them")
     return out
+
+
+def _models_word(profile: Mapping[str, Any]) -> str:
+    """What the predicting models are called: segmenters, or the models of an image-level task."""
+    return "model" if profile.get("task") else "segmenter"
+
+
+def _fallback_rows(profile: Mapping[str, Any]) -> list[str]:
+    """An image-level task's rows written with `[task] fallback` (profile.json `task`)."""
+    task = profile.get("task") or {}
+    rows = int(task.get("fallback_rows") or 0)
+    if not rows:
+        return []
+    examples = ", ".join(str(k) for k in task.get("fallback_examples") or [])
+    return [
+        f"{rows} of {task.get('rows')} row(s) were written with the fallback {task.get('fallback')} ([task] "
+        f"fallback): none of their images was predicted (e.g. {examples})"
+    ]
 
 
 def _coverage(profile: Mapping[str, Any], listed: int) -> tuple[list[str], list[str]]:
@@ -221,8 +242,10 @@ def _left_empty(profile: Mapping[str, Any]) -> list[str]:
     if not empty:
         return []
     by_guard = any(s.get("action") == "empty_rest" for s in guard.get("steps") or [])
-    cause = "by the budget guard (out of time)" if by_guard else "after every segmentation model failed"
-    return [f"{empty} image(s) were left with empty masks {cause}"]
+    models = "model" if profile.get("task") else "segmentation model"
+    cause = "by the budget guard (out of time)" if by_guard else f"after every {models} failed"
+    left = "without a prediction" if profile.get("task") else "with empty masks"
+    return [f"{empty} image(s) were left {left} {cause}"]
 
 
 def judge(facts: Facts) -> Verdict:
@@ -257,6 +280,7 @@ def judge(facts: Facts) -> Verdict:
             estimate = f"; {facts.estimate}" if facts.estimate else ""
             warnings.append(f"{over}, {projection.basis()}{estimate}")
     failures += _left_empty(profile)
+    warnings += _fallback_rows(profile)
     converted = int((profile.get("counts") or {}).get("converted") or 0)
     if converted:
         warnings.append(f"{converted} image(s) were converted before prediction (see problems)")

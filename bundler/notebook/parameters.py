@@ -36,15 +36,20 @@ def _inference(cfg: BundleConfig, manifest: Mapping[str, Any]) -> dict[str, Any]
     path = cfg.dataset.out / MANIFEST
     weights = {str(w.get("file")): w for w in manifest.get("weights", []) if isinstance(w, dict)}
     models = []
-    for model in (*cfg.inference.classifiers, *cfg.inference.segmenters):
+    for model in cfg.inference.models:
         entry = weights.get(model.file)
         if entry is None:
             raise RenderError(
                 f"{path} has no weight file {model.file} for model {model.name!r}; rebuild with `bundler build`"
             )
         models.append(dataclasses.replace(model, sha256=str(entry.get("sha256", ""))))
-    n = len(cfg.inference.classifiers)
-    spec = dataclasses.replace(cfg.inference, classifiers=tuple(models[:n]), segmenters=tuple(models[n:]))
+    n, m = len(cfg.inference.classifiers), len(cfg.inference.segmenters)
+    spec = dataclasses.replace(
+        cfg.inference,
+        classifiers=tuple(models[:n]),
+        segmenters=tuple(models[n : n + m]),
+        regressors=tuple(models[n + m :]),
+    )
     return spec.to_dict()
 
 

@@ -92,7 +92,7 @@ def built_manifest(cfg: BundleConfig) -> dict[str, Any]:
 def _header(cfg: BundleConfig, manifest: Mapping[str, Any], src_hash: str, modules: list[str]) -> str:
     models = ", ".join(
         f"`{m.name}` ({m.kind} {m.arch}{' ' + m.encoder if m.encoder else ''})".replace(" )", ")")
-        for m in (*cfg.inference.classifiers, *cfg.inference.segmenters)
+        for m in cfg.inference.models
     )
     return "\n".join(
         [

@@ -17,7 +17,7 @@ from bundler.errors import WeightsError
 from kernel_src.bundle import sha256_file
 from kernel_src.models import build_model, load_state_dict_into
 from kernel_src.spec import ModelSpec
-from tests.tiny import make_torchscript_segmenter
+from tests.tiny import make_pixel_head, make_torchscript_segmenter
 
 NUM_CLASSES = 4
 SEG_ENCODER = "tu-test_efficientnet"  # Linknet on it: ~95k parameters
@@ -221,3 +221,15 @@ def test_a_torchscript_model_s_output_is_checked_at_build_time(tmp_path: Path) -
     with pytest.raises(WeightsError, match=r"model 'ts3': output shape \(1, 3, 32, 64\) is not .* 4 classes"):
         convert(made, "segmenters[0]", NUM_CLASSES, tmp_path, image_size=(32, 64))
     assert convert(made, "segmenters[0]", 3, tmp_path, image_size=(32, 64)).file == "ts3.pt"
+
+
+def test_a_classifier_head_is_checked_against_the_task_s_classes_at_build_time(tmp_path: Path) -> None:
+    spec = make_pixel_head(tmp_path / "made", "cnn9", 9)
+    made = entry(spec, tmp_path / "made" / "cnn9.pt", role="classifier")
+    with pytest.raises(WeightsError, match=r"^model 'cnn9': its head has 9 outputs but the task has 10 classes"):
+        convert(made, "classifiers[0]", 10, tmp_path, image_size=(4, 16))
+    regressor = make_pixel_head(tmp_path / "made", "reg2", 2)
+    made = entry(regressor, tmp_path / "made" / "reg2.pt", role="regressor")
+    with pytest.raises(WeightsError, match=r"model 'reg2': its head has 2 outputs but the task has 1 value"):
+        convert(made, "regressors[0]", 1, tmp_path, image_size=(4, 16))
+    assert convert(made, "regressors[0]", 2, tmp_path, image_size=(4, 16)).file == "reg2.pt"

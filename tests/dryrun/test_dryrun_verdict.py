@@ -254,3 +254,20 @@ def test_a_batch_failure_in_the_profile_fails_the_verdict_naming_it() -> None:
     assert problem_summary(profile) == {
         "batch_failures": {"count": 1, "examples": ["2 images after 4: RuntimeError: x"]}
     }
+
+
+def test_an_image_level_task_s_fallback_rows_are_reported_and_their_nan_cause_fails() -> None:
+    task = {"name": "classification", "form": "label", "rows": 10, "images": 10, "aggregate": "mean",
+            "fallback": [0.5, 0.5], "fallback_rows": 1, "fallback_examples": ["7"], "models_left_out": 0}  # fmt: skip
+    problems = {**_profile()["problems"], "nonfinite": ["7"]}
+    nan = {"models": {"cnn": 1}, "segmenter_dropped": 0, "classifier_dropped": 0, "ungated": 0}
+    verdict = _judge(_profile(task=task, problems=problems, nonfinite_outputs=nan))
+    assert not verdict.ok and verdict.failures == (
+        "model 'cnn' gave NaN output for 1 image(s)",
+        "1 image(s) got no prediction because every model gave NaN for them",
+    )
+    assert verdict.warnings == (
+        "1 of 10 row(s) were written with the fallback [0.5, 0.5] ([task] fallback): none of their images was "
+        "predicted (e.g. 7)",
+    )
+    assert _judge(_profile(task={**task, "fallback_rows": 0})).warnings == ()

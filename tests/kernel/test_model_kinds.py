@@ -63,7 +63,7 @@ CASES = {
     "timm": Case("classifier", {"arch": "test_resnet"}, _save_training_checkpoint),
     "torchscript": Case("segmenter", {}, _save_torchscript),
 }
-TABLES = {"classifier": "classifiers", "segmenter": "segmenters"}
+TABLES = {"classifier": "classifiers", "segmenter": "segmenters", "regressor": "regressors"}
 FILLER = {"name": "filler", "kind": "torchscript", "checkpoint": "filler.pt"}  # the segmenter a project needs
 
 
@@ -77,6 +77,9 @@ def test_every_registered_kind_has_a_contract_case_and_a_converter() -> None:
 
 def _config(tmp_path: Path, role: str, table: dict[str, Any]) -> BundleConfig:
     """The tiny project with `table` as its only model of `role` (gating off: no classifier needed)."""
+    if role == "regressor":  # a regression task's own models: no segmenter
+        data = tiny_project(inference=tiny_inference(gating={"mode": "off"}), regressors=[table])
+        return parse_config(data | {"task": {"name": "regression"}}, tmp_path)
     models = {"segmenters": [FILLER]} | {TABLES[role]: [table]}
     data = tiny_project(inference=tiny_inference(gating={"mode": "off"}), **models)
     return parse_config(data, tmp_path)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:  # rich is imported when a table is printed: the GPU check runs without it
+    from rich.console import Console
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def seconds(value: float) -> str:
 
 def print_result(console: Console, result: BenchResult) -> None:
     """A table of `result`'s rows and figures."""
+    from rich.table import Table
+
     if result.skipped:
         console.print(f"[bold]{result.name}[/]: skipped - {result.skipped}")
         return

@@ -146,6 +146,7 @@ class Profiler:
         self.working_dir: Path | None = None  # the folder whose bytes profile.json reports (the run's out_dir)
         self._resources: dict[str, Any] | None = None  # taken at finish(): every later to_dict() says the same
         self._stages: dict[str, list[float]] = {}  # name -> [seconds, calls]
+        self._batches: list[tuple[float, int]] = []  # (clock when a batch was done, images done by then)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -181,6 +182,18 @@ class Profiler:
         """Call when the first batch of images starts: what came before is the fixed cost."""
         if self.first_batch_at is None:
             self.first_batch_at = self.clock()
+
+    def batch_done(self, images_done: int) -> None:
+        """Call when a batch's rows are written: the times feed `steady_per_image_s`."""
+        self._batches.append((self.clock(), images_done))
+
+    def steady_per_image_s(self) -> float | None:
+        """Seconds per image after the first batch (its one-off costs, cuDNN's autotuning, the first
+        allocations, left out); None before two batches are done."""
+        if len(self._batches) < 2:
+            return None
+        (t0, n0), (t1, n1) = self._batches[0], self._batches[-1]
+        return max(t1 - t0, 0.0) / (n1 - n0) if n1 > n0 else None
 
     def problem(self, kind: str, item: Any, detail: str | None = None) -> None:
         """Record an image problem (`kind` in IMAGE_PROBLEMS, item the image id, `detail` what happened
@@ -233,6 +246,7 @@ class Profiler:
             },
             "fixed_s": round(fixed, 4),
             "per_image_s": round((total - fixed) / predicted, 6) if predicted else 0.0,
+            "steady_per_image_s": None if (steady := self.steady_per_image_s()) is None else round(steady, 6),
             "gating": dict(self.gating_record),
             "nonfinite_outputs": {**self.nonfinite_outputs, "models": dict(self.nonfinite_outputs["models"])},
             "guard": {**self.guard_record, "steps": list(self.guard_record["steps"])},

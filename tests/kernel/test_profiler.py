@@ -23,6 +23,7 @@ PROFILE_KEYS = {
     "model_load_s",
     "fixed_s",
     "per_image_s",
+    "steady_per_image_s",
     "gating",
     "guard",
     "problems",
@@ -174,3 +175,23 @@ def test_resources_are_taken_at_finish_so_profile_json_and_the_result_agree(tmp_
     first = p.to_dict()
     (tmp_path / "profile.json").write_text(json.dumps(first))  # written after finish: not counted
     assert p.to_dict()["resources"] == first["resources"] and first["resources"]["working_bytes"] == 100
+
+
+def test_steady_rate_leaves_the_first_batch_out() -> None:
+    """A slow first batch (autotuning, first allocations) is in per_image_s, not in the steady rate."""
+    clock = Clock()
+    p = Profiler(100.0, clock=clock)
+    clock.now = 110.0
+    p.mark_first_batch()
+    assert p.steady_per_image_s() is None
+    clock.now = 118.0  # the first batch of 4: 8 s
+    p.batch_done(4)
+    assert p.steady_per_image_s() is None  # one batch: nothing steady to say
+    for done in (8, 12, 16):
+        clock.now += 2.0  # then 0.5 s per image
+        p.batch_done(done)
+    p.images = 16
+    p.finish()
+    doc = p.to_dict()
+    assert doc["steady_per_image_s"] == pytest.approx(0.5)
+    assert doc["per_image_s"] == pytest.approx(14.0 / 16)

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from rich.console import Console
 
-    from .report import figure_lines, print_result
+    from .report import Load, figure_lines, load_average, print_result
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     for name in args.only or NAMES:
         begin = time.perf_counter()
+        load_start = load_average()
         try:
             result = benches[name](quick=args.quick)
         except Exception as e:
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc(file=sys.stderr)
             failed.append(name)
             continue
+        load_end = load_average()
+        if load_start is not None and load_end is not None:
+            result.load = Load(load_start, load_end, os.cpu_count() or 1)
         print_result(console, result)
         console.print(f"  ({name}: {time.perf_counter() - begin:.0f} s; load average now {_load()})")
         results.append(result)

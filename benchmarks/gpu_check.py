@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .gpu_preflight import DEFAULT_WHEELS, preflight
+from .report import HIDDEN_IMAGES
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +75,6 @@ T4_CORES = 4
 T4_BANDWIDTH_GBS = 320.0
 BANDWIDTH_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2000.0, "L4": 300.0, "T4": 320.0}
 BUDGET_S = 3300.0
-HIDDEN_IMAGES = 5506
 NO_GPU = (
     "gpu-check: no CUDA device here (torch.cuda.is_available() is False), so nothing was measured. "
     "Run `python3 -m benchmarks --gpu-check` from the repository root on a machine with an NVIDIA GPU "

@@ -19,14 +19,14 @@ import torch
 from benchmarks.__main__ import main
 from benchmarks.bench_cuda import bench_cuda
 from benchmarks.bench_overhead import bench_overhead
-from benchmarks.bench_pipeline import bench_pipeline
+from benchmarks.bench_pipeline import bench_pipeline, hidden_size_s
 from benchmarks.bench_rebuild import bench_rebuild
 from benchmarks.bench_rle import bench_rle
 from benchmarks.bench_rss import bench_rss
 from benchmarks.gpu_check import CheckConfig, Log, run_check, run_tests
 from benchmarks.gpu_preflight import CARRIED, gather_command, pinned, unpack_wheel, version_tuple
-from benchmarks.naive import naive_postprocess, naive_rle
-from benchmarks.report import BenchResult
+from benchmarks.naive import NaiveResult, naive_postprocess, naive_rle
+from benchmarks.report import BenchResult, Figure, Load, figure_lines
 from benchmarks.workload import Models
 from kernel_src.postprocess import postprocess
 from kernel_src.rle import encode
@@ -89,12 +89,10 @@ def test_naive_postprocess_matches_engine() -> None:
 def test_pipeline_vs_naive_writes_identical_submissions() -> None:
     # bench_pipeline raises when a single row differs; the tiny models gate half the images.
     result = bench_pipeline(quick=True, n=4, height=H, width=W, models=tiny_models(), warmup=False)
-    assert set(_figures(result)) == {
-        "pipeline_vs_naive_gated",
-        "pipeline_vs_naive_per_class",
-        "pipeline_vs_naive_ungated",
-    }
+    keys = {"pipeline_vs_naive_gated", "pipeline_vs_naive_per_class", "pipeline_vs_naive_ungated"}
+    assert set(_figures(result)) == keys | {f"{k}_at_5506" for k in keys}
     labels = {label: (value, note) for label, value, note in result.rows}
+    assert "ours" in labels["gating off: at 5506 images"][1] and "N x" in labels["gating off: at 5506 images"][1]
     for mode in ("per_image", "per_class", "off"):
         assert labels[f"gating {mode}: submissions"][0] == "identical"
     assert "segmented 2/4 images" in labels["gating per_image: ours"][1]
@@ -148,10 +146,31 @@ def test_cuda_section_code_path_on_cpu() -> None:
 
 def test_main_prints_figures_last(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--quick", "--only", "cuda", "--only", "rle_vs_naive"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].startswith("rle_vs_naive=")
-    assert float(lines[-1].split("=")[1]) > 0
-    assert lines[-2] == "cuda_ensemble=skipped" or lines[-2].startswith("cuda_")
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-1] in ("rle_vs_naive_load=quiet", "rle_vs_naive_load=under_load")
+    assert lines[-2].startswith("rle_vs_naive=")
+    assert float(lines[-2].split("=")[1]) > 0
+    assert lines[-3] == "cuda_ensemble=skipped" or lines[-3].startswith("cuda_")
+    assert "load average" in out and "at the start" in out and "at the end" in out
+
+
+def test_a_ratio_taken_under_load_is_marked() -> None:
+    assert not Load(0.3, 2.5, 2).under_load  # quiet before, only the benchmark's own threads after
+    assert Load(1.5, 2.5, 2).under_load  # busy before it began
+    assert Load(0.3, 3.5, 2).under_load  # busier at the end than its own threads explain
+    result = BenchResult("x", figures=[Figure("x_ratio", 1.5)], load=Load(7.5, 7.3, 2))
+    assert figure_lines([result]) == ["x_ratio=1.5", "x_load=under_load"]
+    assert "UNDER LOAD" in Load(7.5, 7.3, 2).describe()
+
+
+def test_hidden_size_projection_leaves_out_the_first_batch_and_image() -> None:
+    profile = {"fixed_s": 10.0, "per_image_s": 2.0, "steady_per_image_s": 1.0}
+    assert hidden_size_s(profile, images=100) == 110.0
+    assert hidden_size_s({**profile, "steady_per_image_s": None}, images=100) == 210.0
+    naive = NaiveResult(Path("x"), seconds=20.0, stages={"load_models": 4.0, "write": 0.4}, images=4)
+    naive.image_done_s = [10.0, 12.0, 14.0, 16.0]  # a slow first image, then 2 s each
+    assert naive.steady_per_image_s() == pytest.approx(2.1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: --gpu-check would really run (minutes)")

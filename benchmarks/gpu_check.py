@@ -25,7 +25,8 @@ notebook packages, no network): carry the repository and `.gpu-wheels/` (gathere
      image in the same call), peak allocated / reserved / used against a T4's 15 GB;
    - `run two replicas`: two replicas on GPU 0 (and on two GPUs when there are two): the split's
      cost, Dice against one;
-   - `run syncs off`, `run cudnn.benchmark`: what the per-stage syncs cost and what autotuning gains;
+   - `run syncs on`, `run cudnn.benchmark`: what synchronising every device around every stage
+     costs (the engine times stages by events, one wait per batch) and what autotuning gains;
    - `t4x2_projection`: a labelled projection for Kaggle's T4 x2 (FLOPs per image over a range of
      T4 rates, the measured split efficiency, the CPU stages scaled to 4 cores) against 3,300 s;
    - `gpu_tests`: the `gpu`-marked tests (tests/kernel/test_gpu.py) in a child pytest, with what
@@ -368,7 +369,7 @@ def _run(
     *,
     sample: Path | None = None,
     devices: DeviceSet | None = None,
-    sync_stages: bool = True,
+    sync_stages: bool = False,
     cudnn_benchmark: bool = False,
     fp32: bool = False,
     compare_to: str | None = None,
@@ -645,9 +646,9 @@ def measure(check: Check) -> None:
         if "two gpus" in check.runs:
             check.runs["two replicas"] = {**check.runs["two gpus"], "gpus": 2}
     check.step(
-        "run syncs off",
+        "run syncs on",
         check.last_run_s,
-        lambda: _run(check, "syncs off", fp16, bundle, images, sync_stages=False, compare_to="fp16"),
+        lambda: _run(check, "syncs on", fp16, bundle, images, sync_stages=True, compare_to="fp16"),
     )
     check.step(
         "run cudnn.benchmark",

@@ -318,7 +318,7 @@ def test_gpu_check_measures_every_step_on_cpu_at_a_tiny_size(tmp_path: Path) -> 
     assert [m["model"] for m in models] == ["c", "s"] and all(m["flops_per_view_image"] > 0 for m in models)
     assert by_step["run fp32"]["dice_vs_fp16"] == 1.0  # fp32 on CPU both times: the same masks
     assert by_step["run two replicas"]["replicas"] == 2 and by_step["run two replicas"]["dice_vs_fp16"] == 1.0
-    assert by_step["run syncs off"]["stage_syncs"] is False
+    assert by_step["run syncs on"]["stage_syncs"] is True and by_step["run fp16"]["stage_syncs"] is False
     assert by_step["run fp16"]["steady_per_image_s"] > 0
     projection = by_step["t4x2_projection"]
     assert "PROJECTION" in projection["label"] and len(projection["rates"]) == 4

@@ -375,12 +375,15 @@ def _run(
     compare_to: str | None = None,
 ) -> None:
     """One `run()`; its figures logged as the step `run <label>` and kept in `check.runs`."""
+    from kernel_src.devices import resolve_devices
     from kernel_src.paths import SUBMISSION_FILE
     from kernel_src.run import run
 
     torch = _torch()
     cfg = check.config
     out = check.root / f"out-{label.replace(' ', '-')}"
+    if devices is None:  # one GPU, whatever the machine has: the replica runs are the comparisons
+        devices = resolve_devices(cfg.device, memory_format=spec.memory_format, precision=spec.precision, replicas=1)
     _reset_memory(cfg.device)
     torch.backends.cudnn.benchmark = cudnn_benchmark
     true_fp32(fp32)

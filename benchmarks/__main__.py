@@ -3,8 +3,10 @@
 Prints one table per benchmark, then, as the last lines, the `key=value` figures. A benchmark
 that fails prints its error and the others still run; the exit status is then 1.
 
-`--gpu-check` runs instead what waits for a GPU (the `gpu`-marked tests and the CUDA benchmark,
-`benchmarks/gpu_check.py`); without CUDA it says so and exits 2.
+`--gpu-check [--out DIR] [--wheels DIR]` runs instead what waits for a GPU (`benchmarks/gpu_check.py`):
+a preflight first (imports and versions; missing smp installed from the carried wheels), then,
+without CUDA, a line saying so and exit 2. It imports neither torch nor rich before its preflight,
+and never the notebook packages, so it runs on a bare GPU machine.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from rich.console import Console
+if TYPE_CHECKING:
+    from .report import BenchResult
 
-from .report import BenchResult, figure_lines, print_result
-
-Bench = Callable[..., BenchResult]
+Bench = Callable[..., "BenchResult"]
 
 
 def _benchmarks() -> dict[str, Bench]:
@@ -75,32 +77,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gpu-check",
         action="store_true",
-        help="on a GPU machine: the gpu-marked tests and the CUDA benchmark, within 8 minutes (exit 2 without CUDA)",
+        help="on a GPU machine: the GPU check, within 8 minutes (exit 2 without CUDA, 3 when its preflight fails)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="--gpu-check: the folder for gpu_check.jsonl (default: $OUT when set, else gpu-check-out/)",
+    )
+    parser.add_argument(
+        "--wheels",
+        type=Path,
+        default=None,
+        help="--gpu-check: the carried wheels folder (default .gpu-wheels/, see benchmarks/gpu_preflight.py)",
     )
     args = parser.parse_args(argv)
     if args.gpu_check and (args.quick or args.only):
         parser.error("--gpu-check runs on its own: drop --quick and --only")
+    if args.gpu_check:
+        from .gpu_check import main as gpu_check
+
+        return gpu_check(out=args.out, wheels=args.wheels)
+    import torch
+    from rich.console import Console
+
+    from .report import Load, figure_lines, load_average, print_result
+
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console(highlight=False)
     now = datetime.datetime.now(datetime.UTC)
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else "none"
-    mode = "gpu-check" if args.gpu_check else "quick" if args.quick else "full"
+    mode = "quick" if args.quick else "full"
     console.print(
         f"bundler benchmarks ({mode}) - {now:%Y-%m-%d %H:%M} UTC; "
         f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"CUDA: {cuda}; python {platform.python_version()}; load average {_load()}",
         soft_wrap=True,
     )
-    if args.gpu_check:
-        from .gpu_check import gpu_check
-
-        return gpu_check(console)
     benches = _benchmarks()
     results: list[BenchResult] = []
     failed: list[str] = []
     for name in args.only or NAMES:
         begin = time.perf_counter()
+        load_start = load_average()
         try:
             result = benches[name](quick=args.quick)
         except Exception as e:
@@ -108,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc(file=sys.stderr)
             failed.append(name)
             continue
+        load_end = load_average()
+        if load_start is not None and load_end is not None:
+            result.load = Load(load_start, load_end, os.cpu_count() or 1)
         print_result(console, result)
         console.print(f"  ({name}: {time.perf_counter() - begin:.0f} s; load average now {_load()})")
         results.append(result)

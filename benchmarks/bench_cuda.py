@@ -35,10 +35,9 @@ from kernel_src.spec import InferenceSpec, ModelSpec
 from .bench_pipeline import compare_submissions
 from .bench_rss import measure
 from .naive import NaiveResult, run_naive
-from .report import BenchResult, Figure
+from .report import HIDDEN_IMAGES, BenchResult, Figure
 from .workload import make_images
 
-HIDDEN_IMAGES = 5506
 VIEWS = ("identity", "hflip", "vflip")
 
 

@@ -78,6 +78,19 @@ class NaiveResult:
     images: int = 0
     images_gated_out: int = 0  # images the classifier rejected (segmented all the same)
     components: int = 0  # connected components the Python loop visited
+    image_done_s: list[float] = field(default_factory=list)  # seconds from the start when each image was done
+
+    @property
+    def load_s(self) -> float:
+        return self.stages.get("load_models", 0.0)
+
+    def steady_per_image_s(self) -> float:
+        """Seconds per image with the first image (its one-off costs) left out, the final write
+        shared out per image; (seconds - loading) / images with fewer than two images."""
+        done = self.image_done_s
+        if len(done) < 2:
+            return (self.seconds - self.load_s) / max(self.images, 1)
+        return (done[-1] - done[0]) / (len(done) - 1) + self.stages.get("write", 0.0) / len(done)
 
 
 class _Clock:
@@ -195,6 +208,7 @@ def run_naive(
                 with clock.stage("rle"):
                     rows.append((f"{image_id}_{c + 1}", naive_rle(mask, spec.rle_order)))
             result.images += 1
+            result.image_done_s.append(time.perf_counter() - started)
     with clock.stage("write"):
         pd.DataFrame(rows, columns=["ImageId_ClassId", "EncodedPixels"]).to_csv(out_path, index=False)
     result.stages = clock.stages

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:  # rich is imported when a table is printed: the GPU check runs without it
+    from rich.console import Console
+
+
+HIDDEN_IMAGES = 5506  # Severstal's hidden test set: what a ratio is projected to
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,35 @@ class Figure:
         return "met" if self.target.met(self.value) else "MISSED"
 
 
+@dataclass(frozen=True)
+class Load:
+    """The machine's 1-minute load average when a benchmark started and ended, on `cores` cores.
+
+    A ratio taken while other work competes for the cores says little: it is marked "under load"
+    when the machine was busy before the benchmark began (start > half the cores) or busier at its
+    end than the benchmark's own threads explain (end > 1.5 x the cores)."""
+
+    start: float
+    end: float
+    cores: int
+
+    @property
+    def under_load(self) -> bool:
+        return self.start > 0.5 * self.cores or self.end > 1.5 * self.cores
+
+    def describe(self) -> str:
+        verdict = "UNDER LOAD: its ratios are marked" if self.under_load else "quiet"
+        return f"load average {self.start:.2f} at the start, {self.end:.2f} at the end, {self.cores} cores: {verdict}"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
 @dataclass
 class BenchResult:
     """A benchmark's detail rows (label, value, note), its figures, and free-form notes."""
@@ -47,6 +81,7 @@ class BenchResult:
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: str = ""  # why the benchmark did not run ("" when it ran)
+    load: Load | None = None  # the machine's load around the run (set by `python -m benchmarks`)
 
     def row(self, label: str, value: str, note: str = "") -> None:
         self.rows.append((label, value, note))
@@ -58,6 +93,8 @@ def seconds(value: float) -> str:
 
 def print_result(console: Console, result: BenchResult) -> None:
     """A table of `result`'s rows and figures."""
+    from rich.table import Table
+
     if result.skipped:
         console.print(f"[bold]{result.name}[/]: skipped - {result.skipped}")
         return
@@ -67,20 +104,28 @@ def print_result(console: Console, result: BenchResult) -> None:
     table.add_column("note")
     for label, value, note in result.rows:
         table.add_row(label, value, note)
+    loaded = result.load is not None and result.load.under_load
     for fig in result.figures:
         target = f"target {fig.target}: {fig.verdict}" if fig.target else ""
+        if loaded:
+            target = f"{target} (taken under load)".strip()
         table.add_row(f"[bold]{fig.key}[/]", f"[bold]{fig.value:.3g}[/]", target)
     console.print(table)
     for note in result.notes:
         console.print(f"  note: {note}", soft_wrap=True)
+    if result.load is not None:
+        console.print(f"  machine: {result.load.describe()}", soft_wrap=True)
 
 
 def figure_lines(results: Sequence[BenchResult]) -> list[str]:
-    """The closing `key=value` lines: every figure, and `<name>=skipped` for a skipped benchmark."""
+    """The closing `key=value` lines: every figure, `<name>=skipped` for a skipped benchmark, and
+    `<name>_load=quiet|under_load` after the figures of a benchmark whose load was taken."""
     lines: list[str] = []
     for result in results:
         if result.skipped:
             lines.append(f"{result.name}=skipped")
         for fig in result.figures:
             lines.append(f"{fig.key}={fig.value:.4g}")
+        if result.load is not None and result.figures:
+            lines.append(f"{result.name}_load={'under_load' if result.load.under_load else 'quiet'}")
     return lines

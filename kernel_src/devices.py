@@ -30,6 +30,7 @@ whatever GPU Kaggle gives, where a refusal would cost the whole submission, and 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,11 +126,48 @@ class DeviceSet:
             return torch.autocast(device_type=self.kind, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
+    def event(self) -> StageEvent:
+        """A timing event over every device of the set (CUDA events; the CPU stand-in on CPU)."""
+        if self.cuda:
+            return StageEvent(tuple(torch.device(d) for d in dict.fromkeys(self.devices)))
+        return StageEvent(())
+
     def synchronize(self) -> None:
         """Wait for every queued CUDA kernel on every device (no-op on CPU)."""
         if self.cuda:
             for d in self.devices:
                 torch.cuda.synchronize(d)
+
+
+class StageEvent:
+    """A point in time on every CUDA device given (`torch.cuda.Event` per device, recorded on its
+    current stream: nothing waits), or, with no device, `time.perf_counter` at `record()`: the CPU
+    stand-in that runs the same code path. `elapsed_s(end)` is the longest time between this event
+    and `end` on any device (valid once `end.synchronize()` returned)."""
+
+    def __init__(self, devices: tuple[torch.device, ...]) -> None:
+        self.devices = devices
+        self.cuda_events: list[Any] = []
+        self.at = 0.0
+
+    def record(self) -> None:
+        if not self.devices:
+            self.at = time.perf_counter()
+            return
+        for d in self.devices:
+            with torch.cuda.device(d):
+                event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+                event.record()
+            self.cuda_events.append(event)
+
+    def synchronize(self) -> None:
+        for event in self.cuda_events:
+            event.synchronize()
+
+    def elapsed_s(self, end: StageEvent) -> float:
+        if not self.devices:
+            return max(end.at - self.at, 0.0)
+        return float(max(a.elapsed_time(b) for a, b in zip(self.cuda_events, end.cuda_events, strict=True))) / 1000.0
 
 
 def visible_gpus() -> int:

@@ -204,7 +204,8 @@ class Predictor:
         covered = torch.zeros(n)  # summed weight of the classifiers usable for each image
         weights = sum(m.spec.weight for m in self.classifiers)
         nan: dict[int, list[str]] = {}
-        for lm in self.classifiers:
+        queued: list[tuple[LoadedModel, list[tuple[torch.Tensor, torch.Tensor]]]] = []
+        for lm in self.classifiers:  # every classifier queued on every device before any result is read
             parts = []
             with self.profiler.stage(f"classifier:{lm.spec.name}"):
                 for (i, _, _), x in zip(self.devices.split(n), chunks, strict=True):
@@ -213,8 +214,10 @@ class Predictor:
                     # sigmoid(+-inf) is 1 or 0 (saturated, e.g. an fp16 overflow), only NaN drops the model
                     views = merge([o.reshape(o.shape[0], -1) for o in outs], lm.views, lm.spec.tta_merge)
                     parts.append((views.masked_fill(bad[:, None], 0.0), bad))
-                probs = torch.cat([p.cpu() for p, _ in parts])
-                bad_all = torch.cat([b.cpu() for _, b in parts])
+            queued.append((lm, parts))
+        for lm, parts in queued:
+            probs = torch.cat([p.cpu() for p, _ in parts])
+            bad_all = torch.cat([b.cpu() for _, b in parts])
             total += probs * (lm.spec.weight / weights)
             covered += (~bad_all).float() * lm.spec.weight
             for j in bad_all.nonzero().flatten().tolist():
@@ -236,6 +239,8 @@ class Predictor:
         covered = torch.zeros(n)  # summed weight of the segmenters usable for each image
         weights = sum(m.spec.weight for m in self.segmenters)
         nan: dict[int, list[str]] = {}
+        # (model, weight, image range, NaN flags on the device): read once every model is queued
+        flags: list[tuple[str, float, int, int, torch.Tensor]] = []
         for lm in self.segmenters:
             outs = []
             with self.profiler.stage(f"segmenter:{lm.spec.name}"):
@@ -249,11 +254,13 @@ class Predictor:
                     probs = merge(views, lm.views, lm.spec.tta_merge, (views[0].shape[-2], views[0].shape[-1]))
                     probs = model_output(probs, lm.preprocess, (h, w))
                     a.add_(probs.masked_fill(bad[:, None, None, None], 0.0), alpha=lm.spec.weight / weights)
-                    bad_cpu = bad.cpu()
-                    covered[start:stop] += (~bad_cpu).float() * lm.spec.weight
-                    for j in bad_cpu.nonzero().flatten().tolist():
-                        nan.setdefault(start + j, []).append(lm.spec.name)
+                    flags.append((lm.spec.name, lm.spec.weight, start, stop, bad))
         total = torch.cat([a.cpu() for a in acc]) if acc else torch.zeros(0, self.spec.num_classes, h, w)
+        for name, weight, start, stop, bad in flags:  # no model waited on the host before this point
+            bad_cpu = bad.cpu()
+            covered[start:stop] += (~bad_cpu).float() * weight
+            for j in bad_cpu.nonzero().flatten().tolist():
+                nan.setdefault(start + j, []).append(name)
         failed = covered <= 0
         _renormalise(total, covered, weights, nan)
         return total, failed, nan

@@ -31,6 +31,7 @@ else, as the training code fed BGR images to its pipeline. Without a description
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -309,11 +310,19 @@ def _gray(x: torch.Tensor, method: str, eight_bit: bool) -> tuple[torch.Tensor, 
     return gray.expand(-1, 3, -1, -1).contiguous(), eight_bit
 
 
+@functools.lru_cache(maxsize=256)
+def constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`values` as a tensor on `device`, made once per (values, dtype, device): a fresh
+    `torch.tensor(..., device=cuda)` per call is a host-to-device copy the GPU waits on every
+    batch. Callers only read it (views and arithmetic, never in-place)."""
+    return torch.tensor([float(v) for v in values], dtype=dtype, device=device)
+
+
 def _normalize(x: torch.Tensor, step: Mapping[str, Any]) -> torch.Tensor:
     mode = step["mode"]
     if mode == "standard":
-        mean = torch.tensor(step["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        denominator = torch.tensor(step["denominator"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        mean = constant(tuple(step["mean"]), x.dtype, x.device).view(1, -1, 1, 1)
+        denominator = constant(tuple(step["denominator"]), x.dtype, x.device).view(1, -1, 1, 1)
         return (x - mean) * denominator
     dims = (1, 2, 3) if mode in ("image", "min_max") else (2, 3)
     if mode.startswith("image"):
@@ -390,8 +399,8 @@ def model_input(x: torch.Tensor, spec: ModelSpec, plan: Preprocess | None) -> to
         return plan.apply(x)
     if spec.input_size is not None and tuple(x.shape[-2:]) != spec.input_size:
         x = F.interpolate(x, size=spec.input_size, mode="bilinear", align_corners=False)
-    mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = constant(tuple(spec.mean), x.dtype, x.device).view(1, 3, 1, 1)
+    std = constant(tuple(spec.std), x.dtype, x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

@@ -1,8 +1,16 @@
 """Stage timings, counts and problems of one run: `profile.json` and a plain-text table.
 
-`Profiler.stage(name)` times a block with `time.perf_counter`; when a `sync` callable is given
-(the engine passes one that synchronises every CUDA device in use) it runs before and after the
-block, so asynchronous GPU work is charged to the stage that queued it. Stage names used by the
+`Profiler.stage(name)` times a block in one of three ways:
+- `events` set (the engine's default: `DeviceSet.event`): a timing event is recorded on every
+  device before and after the block, nothing waits; `flush()`, called once per batch after its
+  results reached the host, synchronises once and charges each stage its events' elapsed time
+  (CUDA events on GPU; on CPU the stand-in records `time.perf_counter`, the same code path);
+- `sync` set (the engine's `sync_stages=True`, to compare): every CUDA device is synchronised
+  before and after the block, so asynchronous GPU work is charged to the stage that queued it,
+  at the cost of two device-wide waits per stage;
+- neither: plain `time.perf_counter` around the block.
+`add` and the snapshots take a lock: the post-processing worker charges its stages from its own
+thread. Stage names used by the
 engine: `setup`, `load_models`, `decode` (worker-thread seconds, overlapped with compute),
 `wait_images` (the engine blocked on the loader), `preprocess`, `classifier:<name>`,
 `segmenter:<name>`, `tta_merge`, `postprocess`, `rle`, `write`.
@@ -26,6 +34,7 @@ import os
 import platform
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -143,12 +152,16 @@ class Profiler:
         torch_version: str = "",
         sync: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        events: Callable[[], Any] | None = None,
     ) -> None:
         self.started_at = started_at
         self.device = device
         self.gpus = gpus
         self.torch_version = torch_version
         self.sync = sync
+        self.events = events  # a factory of timing events (record(), elapsed_s(end), synchronize())
+        self._pending: list[tuple[str, Any, Any]] = []  # (stage, start event, end event) not yet flushed
+        self._lock = threading.Lock()
         self.clock = clock
         self.images = 0
         self.first_batch_at: float | None = None
@@ -185,10 +198,22 @@ class Profiler:
         self.memory_estimate: dict[str, Any] | None = None  # kernel_src.memory.estimate_peak, made at load
         self._resources: dict[str, Any] | None = None  # taken at finish(): every later to_dict() says the same
         self._stages: dict[str, list[float]] = {}  # name -> [seconds, calls]
+        self._batches: list[tuple[float, int]] = []  # (clock when a batch was done, images done by then)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time the block (CUDA-synchronised before and after when `sync` is set)."""
+        """Time the block: by events when `events` is set (charged at `flush`), else wall time,
+        CUDA-synchronised before and after when `sync` is set (see the module docstring)."""
+        if self.events is not None and self.sync is None:
+            start = self.events()
+            start.record()
+            try:
+                yield
+            finally:
+                end = self.events()
+                end.record()
+                self._pending.append((name, start, end))
+            return
         if self.sync is not None:
             self.sync()
         begin = time.perf_counter()
@@ -199,19 +224,32 @@ class Profiler:
                 self.sync()
             self.add(name, time.perf_counter() - begin)
 
+    def flush(self) -> None:
+        """Charge the stages timed by events since the last flush: one wait for the devices (the
+        last end event), then each pair's elapsed time. A no-op when nothing is pending."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        pending[-1][2].synchronize()
+        for name, start, end in pending:
+            self.add(name, start.elapsed_s(end))
+
     def add(self, name: str, seconds: float, calls: int = 1) -> None:
         """Charge `seconds` (measured elsewhere, e.g. in a decoding thread) to a stage."""
-        entry = self._stages.setdefault(name, [0.0, 0.0])
-        entry[0] += seconds
-        entry[1] += calls
+        with self._lock:
+            entry = self._stages.setdefault(name, [0.0, 0.0])
+            entry[0] += seconds
+            entry[1] += calls
 
     def seconds(self, name: str) -> float:
         """Seconds charged to `name` so far (0 when never timed)."""
-        return self._stages.get(name, [0.0, 0.0])[0]
+        with self._lock:
+            return self._stages.get(name, [0.0, 0.0])[0]
 
     def stage_seconds(self) -> dict[str, float]:
         """A snapshot of every stage's seconds so far."""
-        return {name: entry[0] for name, entry in self._stages.items()}
+        with self._lock:
+            return {name: entry[0] for name, entry in self._stages.items()}
 
     def model_loaded(self, name: str, seconds: float) -> None:
         self.model_load_s[name] = self.model_load_s.get(name, 0.0) + seconds
@@ -220,6 +258,22 @@ class Profiler:
         """Call when the first batch of images starts: what came before is the fixed cost."""
         if self.first_batch_at is None:
             self.first_batch_at = self.clock()
+
+    def _stage_items(self) -> list[tuple[str, list[float]]]:
+        with self._lock:
+            return [(name, list(entry)) for name, entry in self._stages.items()]
+
+    def batch_done(self, images_done: int) -> None:
+        """Call when a batch's rows are written: the times feed `steady_per_image_s`."""
+        self._batches.append((self.clock(), images_done))
+
+    def steady_per_image_s(self) -> float | None:
+        """Seconds per image after the first batch (its one-off costs, cuDNN's autotuning, the first
+        allocations, left out); None before two batches are done."""
+        if len(self._batches) < 2:
+            return None
+        (t0, n0), (t1, n1) = self._batches[0], self._batches[-1]
+        return max(t1 - t0, 0.0) / (n1 - n0) if n1 > n0 else None
 
     def problem(self, kind: str, item: Any, detail: str | None = None) -> None:
         """Record an image problem (`kind` in IMAGE_PROBLEMS, item the image id, `detail` what happened
@@ -234,6 +288,10 @@ class Profiler:
     def finish(self) -> None:
         """Mark the end of the run (the submission is written); the resources are measured now,
         before profile.json itself is written."""
+        try:
+            self.flush()
+        except Exception:  # a broken CUDA state must not cost the profile
+            self._pending = []
         self.finished_at = self.clock()
         self._resources = self.resources()
 
@@ -258,7 +316,7 @@ class Profiler:
             "images_predicted": predicted,
             "images_per_s": round(images / total, 4) if total > 0 else 0.0,
             "stages": {
-                name: {"seconds": round(entry[0], 4), "calls": int(entry[1])} for name, entry in self._stages.items()
+                name: {"seconds": round(entry[0], 4), "calls": int(entry[1])} for name, entry in self._stage_items()
             },
             "model_load_s": {name: round(s, 4) for name, s in self.model_load_s.items()},
             "devices": dict(self.devices),
@@ -273,6 +331,7 @@ class Profiler:
             "batch_split_by_oom": list(self.batch_split_by_oom),
             "fixed_s": round(fixed, 4),
             "per_image_s": round((total - fixed) / predicted, 6) if predicted else 0.0,
+            "steady_per_image_s": None if (steady := self.steady_per_image_s()) is None else round(steady, 6),
             "gating": dict(self.gating_record),
             "nonfinite_outputs": {**self.nonfinite_outputs, "models": dict(self.nonfinite_outputs["models"])},
             "guard": {**self.guard_record, "steps": list(self.guard_record["steps"])},

@@ -8,8 +8,9 @@ kernel_src.tasks): `images` for classification, regression and ordinal (kernel_s
 1. reads the sample submission found at run time (its rows, layout and column order);
 2. loads every model (timed) and checks it with a test forward: configuration problems
    (`ModelError`, `SpecError`, `BundleError` from `kernel_src.errors`) raise here, before any image;
-3. streams the images in batches of `spec.batch_size` from the background loader: gating,
-   ensemble, post-processing, RLE, and rows written at once (nothing accumulates across batches);
+3. streams the images in batches of `spec.batch_size` from the background loader: gating and
+   ensemble on this thread, then post-processing, RLE and the rows written in one worker thread
+   while the next batch is predicted (at most one batch waits there; nothing accumulates);
    under `image_sizes = "own"` a batch holds images of one size only (each size fills its own);
    with an `encode_size`, probabilities are resized to it before post-processing; in a
    per-object `[submission]` layout each connected component is its own RLE;
@@ -35,10 +36,12 @@ in `problems.batch_failures` (the image ids and the error) and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,8 @@ class _Engine:
         self.batches = 0
         self.progress_every = max(1, -(-total // spec.batch_size) // 20)
         self._empty: list[str | tuple[str, ...]] = [""] * spec.num_classes
+        self._worker: ThreadPoolExecutor | None = None  # post-processing, RLE and writing (see run)
+        self._pending: Future[None] | None = None  # the batch in the worker
 
     @property
     def stopped(self) -> bool:
@@ -124,7 +129,24 @@ class _Engine:
     def run(self, loader: ImageLoader) -> None:
         """Predict batch by batch; once stopped, leave the rest to the writer's empty rows
         (without decoding them). Images of different sizes (`image_sizes = "own"`) never share a
-        batch: each size fills its own, and the writer holds rows that come ahead of their turn."""
+        batch: each size fills its own, and the writer holds rows that come ahead of their turn.
+
+        Post-processing, RLE and writing a batch's rows run in one worker thread while the next
+        batch is predicted: at most one batch waits there (its probabilities held), and the rows
+        reach the writer in batch order, so the submission is the one a serial loop writes."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprocess") as worker:
+            self._worker = worker
+            try:
+                self._run(loader)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the error in flight is the one to report
+                    self._wait()
+                raise
+            finally:
+                self._worker = None
+            self._wait()  # the last batch's rows written (or its error raised) before the writer closes
+
+    def _run(self, loader: ImageLoader) -> None:
         batches: dict[tuple[int, ...] | None, list[LoadedImage]] = {}
         for loaded in self._timed(loader):
             shape = None if loaded.image is None else tuple(loaded.image.shape)
@@ -205,38 +227,65 @@ class _Engine:
                         "nonfinite_output", f"{image_id}: NaN in the output of {models} -> left out for this image"
                     )
 
-    def _rles(self, batch: Sequence[LoadedImage]) -> list[list[str | tuple[str, ...]]]:
-        """One RLE list per image of `batch` (empty strings for images not predicted); in a
-        per-object layout a class's entry is a tuple of one RLE per object."""
-        rles: list[list[str | tuple[str, ...]]] = [list(self._empty) for _ in batch]
+    def _predicted(self, batch: Sequence[LoadedImage]) -> tuple[list[int], BatchResult] | None:
+        """The batch's prediction (on this thread) and the indices of its predicted images; None
+        when nothing of it is predicted (no readable image, the run stopped, no model left)."""
         valid = [i for i, loaded in enumerate(batch) if loaded.image is not None]
         if not valid or self.stopped:
-            return rles
+            return None
         images = np.stack([image for i in valid if (image := batch[i].image) is not None])
         result = self._predict(images, [batch[i].image_id for i in valid])
         if result is None:
-            return rles
+            return None
         gating = self.profiler.gating_record
         gating["images_segmented"] += int(result.segmented.sum())
         gating["images_skipped"] += result.images_skipped
         gating["pairs_gated_out"] += result.pairs_gated_out
         self._report_nonfinite([batch[i].image_id for i in valid], result)
+        return valid, result
+
+    def _rles(
+        self, batch: Sequence[LoadedImage], predicted: tuple[list[int], BatchResult] | None
+    ) -> list[list[str | tuple[str, ...]]]:
+        """One RLE list per image of `batch` (empty strings for images not predicted); in a
+        per-object layout a class's entry is a tuple of one RLE per object. Runs in the worker
+        thread: its stages are wall-timed there (no device events, no syncs)."""
+        rles: list[list[str | tuple[str, ...]]] = [list(self._empty) for _ in batch]
+        if predicted is None:
+            return rles
+        valid, result = predicted
         keep = [j for j in range(len(valid)) if result.segmented[j] and not result.nonfinite[j]]
-        with self.profiler.stage("postprocess"):
-            masks = {
-                j: postprocess(self._at_encode_size(result.probs[j]), self.spec.postprocess)
-                & result.allowed[j][:, None, None]
-                for j in keep
-            }
-        with self.profiler.stage("rle"):
-            objects = self.spec.submission.per_object
-            for j, mask in masks.items():
-                order = self.spec.rle_order
-                if objects:
-                    rles[valid[j]] = [tuple(encode_objects(mask[k], order)) for k in range(mask.shape[0])]
-                else:
-                    rles[valid[j]] = [encode(mask[k], order) for k in range(mask.shape[0])]
+        begin = time.perf_counter()
+        masks = {
+            j: postprocess(self._at_encode_size(result.probs[j]), self.spec.postprocess)
+            & result.allowed[j][:, None, None]
+            for j in keep
+        }
+        middle = time.perf_counter()
+        self.profiler.add("postprocess", middle - begin)
+        objects = self.spec.submission.per_object
+        for j, mask in masks.items():
+            order = self.spec.rle_order
+            if objects:
+                rles[valid[j]] = [tuple(encode_objects(mask[k], order)) for k in range(mask.shape[0])]
+            else:
+                rles[valid[j]] = [encode(mask[k], order) for k in range(mask.shape[0])]
+        self.profiler.add("rle", time.perf_counter() - middle)
         return rles
+
+    def _finish(self, batch: Sequence[LoadedImage], predicted: tuple[list[int], BatchResult] | None) -> None:
+        """The worker's part of a batch: post-processing, RLE, and its rows to the writer."""
+        rles = self._rles(batch, predicted)
+        begin = time.perf_counter()
+        for loaded, image_rles in zip(batch, rles, strict=True):
+            self.writer.add(loaded.image_id, image_rles)
+        self.profiler.add("write", time.perf_counter() - begin)
+
+    def _wait(self) -> None:
+        """Wait for the batch in the worker (re-raising its error)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def _at_encode_size(self, probs: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, np.dtype[np.float32]]:
         """[C, H, W] probabilities resized (bilinear) to `encode_size` when one is set and differs."""
@@ -252,13 +301,17 @@ class _Engine:
             self.guard.start()
         before = self.profiler.stage_seconds()
         self._report_problems(batch)
-        rles = self._rles(batch)
-        with self.profiler.stage("write"):
-            for loaded, image_rles in zip(batch, rles, strict=True):
-                self.writer.add(loaded.image_id, image_rles)
+        predicted = self._predicted(batch)
+        self._wait()  # the previous batch's rows: at most one batch in the worker
+        if self._worker is None:
+            self._finish(batch, predicted)
+        else:
+            self._pending = self._worker.submit(self._finish, batch, predicted)
         self.done += len(batch)
         self.batches += 1
         self.profiler.images = self.done
+        self.profiler.flush()  # the batch's results are on the host: its events are complete
+        self.profiler.batch_done(self.done)
         after = self.profiler.stage_seconds()
         model_s = {
             name: after.get(f"segmenter:{name}", 0.0) - before.get(f"segmenter:{name}", 0.0)
@@ -347,6 +400,8 @@ def _masks(ctx: RunContext) -> None:
     with profiler.stage("load_models"):
         samples = _precision_samples(spec, ctx.devices, sample.image_ids, reader, _size(spec), _pixels(spec))
         classifiers, segmenters = load_models(spec, Path(ctx.bundle_dir), ctx.devices, profiler, samples)
+    # from here stage times come from events read once per batch (loading was wall-timed)
+    profiler.events = ctx.devices.event
     predictor = Predictor(spec, classifiers, segmenters, ctx.devices, profiler)
     profiler.gating_record["mode"] = predictor.gating_mode
     total = len(sample.image_ids)
@@ -406,13 +461,17 @@ def run(
     started_at: float | None = None,
     progress: bool = True,
     devices: DeviceSet | None = None,
+    sync_stages: bool = False,
 ) -> RunResult:
     """Write `out_dir/submission.csv` and `out_dir/profile.json` for the images in `test_dir`.
 
     `devices` None: `resolve_devices` from the spec's device, memory_format and precision; a
     given DeviceSet (e.g. two CPU replicas in channels_last with bf16 autocast) runs every
     CUDA-only branch through the real pipeline on CPU. The task (`spec.task`, kernel_src.tasks)
-    picks the engine (`ENGINES`): masks for segmentation, per-image rows for the others."""
+    picks the engine (`ENGINES`): masks for segmentation, per-image rows for the others. Stage times
+    come from timing events read once per batch (`Profiler.flush`); `sync_stages` synchronises every
+    device around every stage instead, as the engine used to (the GPU check measures what those
+    waits cost)."""
     started = time.time() if started_at is None else started_at
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -428,7 +487,7 @@ def run(
                 devices = resolve_devices(spec.device, memory_format=spec.memory_format, precision=spec.precision)
             profiler.device, profiler.gpus = _describe(devices)
             profiler.devices = devices.to_dict()
-            profiler.sync = devices.synchronize
+            profiler.sync = devices.synchronize if sync_stages else None
             if not Path(test_dir).is_dir():
                 what = "the test images" if not READERS[spec.input.reader].file else (
                     f"the folder holding {spec.input.path} (input.path)"

@@ -4,6 +4,12 @@ the figures are only checked to exist and be positive."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +20,14 @@ from benchmarks.__main__ import main
 from benchmarks.bench_classify import bench_classify
 from benchmarks.bench_cuda import bench_cuda
 from benchmarks.bench_overhead import bench_overhead
-from benchmarks.bench_pipeline import bench_pipeline
+from benchmarks.bench_pipeline import bench_pipeline, hidden_size_s
 from benchmarks.bench_rebuild import bench_rebuild
 from benchmarks.bench_rle import bench_rle
 from benchmarks.bench_rss import bench_rss
-from benchmarks.gpu_check import run_tests
-from benchmarks.naive import naive_postprocess, naive_rle
-from benchmarks.report import BenchResult
+from benchmarks.gpu_check import CheckConfig, Log, run_check, run_tests
+from benchmarks.gpu_preflight import CARRIED, gather_command, pinned, unpack_wheel, version_tuple
+from benchmarks.naive import NaiveResult, naive_postprocess, naive_rle
+from benchmarks.report import BenchResult, Figure, Load, figure_lines
 from benchmarks.workload import Models
 from kernel_src.postprocess import postprocess
 from kernel_src.rle import encode
@@ -83,12 +90,10 @@ def test_naive_postprocess_matches_engine() -> None:
 def test_pipeline_vs_naive_writes_identical_submissions() -> None:
     # bench_pipeline raises when a single row differs; the tiny models gate half the images.
     result = bench_pipeline(quick=True, n=4, height=H, width=W, models=tiny_models(), warmup=False)
-    assert set(_figures(result)) == {
-        "pipeline_vs_naive_gated",
-        "pipeline_vs_naive_per_class",
-        "pipeline_vs_naive_ungated",
-    }
+    keys = {"pipeline_vs_naive_gated", "pipeline_vs_naive_per_class", "pipeline_vs_naive_ungated"}
+    assert set(_figures(result)) == keys | {f"{k}_at_5506" for k in keys}
     labels = {label: (value, note) for label, value, note in result.rows}
+    assert "ours" in labels["gating off: at 5506 images"][1] and "N x" in labels["gating off: at 5506 images"][1]
     for mode in ("per_image", "per_class", "off"):
         assert labels[f"gating {mode}: submissions"][0] == "identical"
     assert "segmented 2/4 images" in labels["gating per_image: ours"][1]
@@ -142,18 +147,183 @@ def test_cuda_section_code_path_on_cpu() -> None:
 
 def test_main_prints_figures_last(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--quick", "--only", "cuda", "--only", "rle_vs_naive"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].startswith("rle_vs_naive=")
-    assert float(lines[-1].split("=")[1]) > 0
-    assert lines[-2] == "cuda_ensemble=skipped" or lines[-2].startswith("cuda_")
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-1] in ("rle_vs_naive_load=quiet", "rle_vs_naive_load=under_load")
+    assert lines[-2].startswith("rle_vs_naive=")
+    assert float(lines[-2].split("=")[1]) > 0
+    assert lines[-3] == "cuda_ensemble=skipped" or lines[-3].startswith("cuda_")
+    assert "load average" in out and "at the start" in out and "at the end" in out
+
+
+def test_a_ratio_taken_under_load_is_marked() -> None:
+    assert not Load(0.3, 2.5, 2).under_load  # quiet before, only the benchmark's own threads after
+    assert Load(1.5, 2.5, 2).under_load  # busy before it began
+    assert Load(0.3, 3.5, 2).under_load  # busier at the end than its own threads explain
+    result = BenchResult("x", figures=[Figure("x_ratio", 1.5)], load=Load(7.5, 7.3, 2))
+    assert figure_lines([result]) == ["x_ratio=1.5", "x_load=under_load"]
+    assert "UNDER LOAD" in Load(7.5, 7.3, 2).describe()
+
+
+def test_hidden_size_projection_leaves_out_the_first_batch_and_image() -> None:
+    profile = {"fixed_s": 10.0, "per_image_s": 2.0, "steady_per_image_s": 1.0}
+    assert hidden_size_s(profile, images=100) == 110.0
+    assert hidden_size_s({**profile, "steady_per_image_s": None}, images=100) == 210.0
+    naive = NaiveResult(Path("x"), seconds=20.0, stages={"load_models": 4.0, "write": 0.4}, images=4)
+    naive.image_done_s = [10.0, 12.0, 14.0, 16.0]  # a slow first image, then 2 s each
+    assert naive.steady_per_image_s() == pytest.approx(2.1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: --gpu-check would really run (minutes)")
-def test_gpu_check_without_a_gpu_says_so_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--gpu-check"]) == 2
+def test_gpu_check_without_a_gpu_says_so_and_fails(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["--gpu-check", "--out", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.out.strip().splitlines()[-1] == "gpu_check=no_gpu"
-    assert "no CUDA device here" in captured.err and "nothing was checked" in captured.err
+    assert "no CUDA device here" in captured.err and "nothing was measured" in captured.err
+    steps = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == ["preflight", "no_gpu"]
+    assert steps[0]["ok"] and steps[0]["versions"]["segmentation_models_pytorch"]
+
+
+# Runs `python -m benchmarks ARGS` as on a bare GPU machine: the notebook packages, rich and smp
+# cannot be imported from this venv's site-packages (smp only from wherever the check unpacks it).
+BARE_MACHINE = r"""
+import importlib.abc, importlib.machinery, runpy, sys
+
+SITE, ARGS = sys.argv[1], sys.argv[2:]
+BLOCKED = {"nbformat", "nbclient", "papermill", "ipykernel", "rich", "segmentation_models_pytorch"}
+
+
+class Bare(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if path is not None or name not in BLOCKED:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, [p for p in sys.path if not p.startswith(SITE)])
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {name!r} (a bare GPU machine)", name=name)
+        return spec
+
+
+sys.meta_path.insert(0, Bare())
+sys.argv = ["benchmarks", *ARGS]
+runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
+"""
+
+
+def _smp_wheel(dest: Path) -> Path:
+    """The installed smp packed as a pure-Python wheel (what `--gather` downloads from PyPI)."""
+    import segmentation_models_pytorch as smp
+
+    package = Path(smp.__file__).parent
+    dist_info = next(package.parent.glob(f"segmentation_models_pytorch-{smp.__version__}.dist-info"))
+    wheel = dest / f"segmentation_models_pytorch-{smp.__version__}-py3-none-any.whl"
+    dest.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for folder in (package, dist_info):
+            for path in folder.rglob("*"):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    archive.write(path, path.relative_to(package.parent).as_posix())
+    return wheel
+
+
+def _bare_run(tmp_path: Path, wheels: Path) -> subprocess.CompletedProcess[str]:
+    import segmentation_models_pytorch as smp
+
+    site = str(Path(smp.__file__).parent.parent)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("OUT", None)
+    args = ["--gpu-check", "--out", str(tmp_path / "out"), "--wheels", str(wheels)]
+    return subprocess.run(
+        [sys.executable, "-c", BARE_MACHINE, site, *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: --gpu-check would really run (minutes)")
+def test_gpu_check_on_a_bare_machine_installs_smp_from_the_wheels_then_says_no_gpu(tmp_path: Path) -> None:
+    wheel = _smp_wheel(tmp_path / "wheels")
+    done = _bare_run(tmp_path, wheel.parent)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "gpu_check=no_gpu"
+    assert "no CUDA device here" in done.stderr
+    preflight = json.loads((tmp_path / "out" / "gpu_check.jsonl").read_text().splitlines()[0])
+    assert preflight["ok"] and preflight["installed_from_wheels"] == [wheel.name]
+    assert preflight["site"] and preflight["versions"]["segmentation_models_pytorch"] == wheel.name.split("-")[1]
+
+
+def test_gpu_check_preflight_names_what_is_missing_and_how_to_bring_it(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    done = _bare_run(tmp_path, tmp_path / "empty")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "gpu_check=preflight_failed"
+    assert "segmentation_models_pytorch cannot be imported" in done.stderr
+    assert "python -m benchmarks.gpu_preflight --gather" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_preflight_wheels_only_pure_python_and_only_inside_the_folder(tmp_path: Path) -> None:
+    binary = tmp_path / "safetensors-0.8.0-cp312-cp312-manylinux_2_17_x86_64.whl"
+    with zipfile.ZipFile(binary, "w") as archive:
+        archive.writestr("safetensors/__init__.py", "")
+    with pytest.raises(ValueError, match="not a pure-Python wheel"):
+        unpack_wheel(binary, tmp_path / "site")
+    evil = tmp_path / "evil-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../outside.py", "")
+    with pytest.raises(ValueError, match="outside"):
+        unpack_wheel(evil, tmp_path / "site")
+    assert not (tmp_path / "outside.py").exists()
+
+
+def test_preflight_versions_and_the_gather_command() -> None:
+    assert version_tuple("2.11.0+cu130") == (2, 11, 0) and version_tuple("1.0rc1") == (1, 0)
+    assert version_tuple("2.9.1") < version_tuple("2.10")
+    pins = pinned()
+    assert [p.split("==")[0] for p in pins] == list(CARRIED) and all("==" in p for p in pins)
+    command = gather_command(Path("/tmp/w"), pins)
+    assert command[command.index("--python-version") + 1] == "3.12" and "--no-deps" in command
+    assert "manylinux_2_17_x86_64" in command and command[-len(pins) :] == pins
+
+
+@pytest.mark.slow
+def test_gpu_check_measures_every_step_on_cpu_at_a_tiny_size(tmp_path: Path) -> None:
+    cls = [ModelSpec(name="c", kind="timm", file="c.safetensors", arch="test_resnet")]
+    views = ("identity", "hflip", "vflip")
+    seg = [ModelSpec(name="s", kind="smp", file="s.safetensors", arch="Unet", encoder=ENCODER, tta=views)]
+    config = CheckConfig(
+        device="cpu",
+        height=H,
+        width=W,
+        images=4,
+        compare_images=2,
+        batch_size=2,
+        memory_batches=(1, 2),
+        tests=False,
+        models=(cls, seg),
+    )
+    assert run_check(config, Log(tmp_path / "gpu_check.jsonl", time.perf_counter())) == 0
+    records = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records]
+    for step in ("environment", "setup", "models", "run fp16", "run fp32", "memory", "run two replicas"):
+        assert step in steps
+    assert steps[-3:] == ["run cudnn.benchmark", "t4x2_projection", "summary"]
+    by_step = {r["step"]: r for r in records}
+    assert by_step["summary"]["passed"] and not by_step["summary"]["failed"]
+    models = [r for r in records if r["step"] == "models"]
+    assert [m["model"] for m in models] == ["c", "s"] and all(m["flops_per_view_image"] > 0 for m in models)
+    assert by_step["run fp32"]["dice_vs_fp16"] == 1.0  # fp32 on CPU both times: the same masks
+    assert by_step["run two replicas"]["replicas"] == 2 and by_step["run two replicas"]["dice_vs_fp16"] == 1.0
+    assert by_step["run syncs on"]["stage_syncs"] is True and by_step["run fp16"]["stage_syncs"] is False
+    assert by_step["run fp16"]["steady_per_image_s"] > 0
+    projection = by_step["t4x2_projection"]
+    assert "PROJECTION" in projection["label"] and len(projection["rates"]) == 4
+    assert projection["flops_per_image"] == sum(m["flops_per_view_image"] * m["views"] for m in models)
 
 
 GPU_TESTS_FILE = """

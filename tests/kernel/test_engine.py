@@ -253,3 +253,61 @@ def test_budget_guard_with_room_takes_no_step(bundle: dict[str, Any], tmp_path: 
     spec = tiny_spec(bundle["dir"], classifiers=[], segmenters=[bundle["nan"]], batch_size=2)
     result = go(spec, bundle, data.images_dir, data.sample_submission, tmp_path / "out", progress=False)
     assert result.profile["guard"] == {"budget_s": 3600.0, "steps": [], "images_left_empty": 0}
+
+
+def test_post_processing_of_a_batch_runs_in_a_worker_while_the_next_batch_is_predicted(
+    bundle: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import kernel_src.run as run_module
+    from kernel_src.predict import Predictor
+
+    data = make_dataset(tmp_path / "data", 6, seed=5, height=H, width=W, layout="wide")
+    spec = tiny_spec(bundle["dir"], segmenters=bundle["segmenters"], batch_size=2)
+    serial = go(spec, bundle, data.images_dir, data.sample_submission, tmp_path / "serial")
+    events: list[tuple[str, str, float, float]] = []  # (what, thread, begin, end)
+    predict, post = Predictor.predict, run_module.postprocess
+
+    def timed_predict(self: Predictor, images: np.ndarray) -> Any:
+        begin = time.perf_counter()
+        out = predict(self, images)
+        events.append(("predict", threading.current_thread().name, begin, time.perf_counter()))
+        return out
+
+    def slow_post(probs: np.ndarray, settings: Any) -> Any:
+        begin = time.perf_counter()
+        time.sleep(0.3)  # longer than a tiny forward: the next batch's predict starts meanwhile
+        out = post(probs, settings)
+        events.append(("postprocess", threading.current_thread().name, begin, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(Predictor, "predict", timed_predict)
+    monkeypatch.setattr(run_module, "postprocess", slow_post)
+    result = go(spec, bundle, data.images_dir, data.sample_submission, tmp_path / "async")
+    assert result.submission_path.read_bytes() == serial.submission_path.read_bytes()
+    posts = [e for e in events if e[0] == "postprocess"]
+    predicts = [e for e in events if e[0] == "predict"]
+    assert posts and all(thread.startswith("postprocess") for _, thread, _, _ in posts)
+    assert all(thread == threading.main_thread().name for _, thread, _, _ in predicts)
+    overlapping = [(p, q) for p in posts for q in predicts if q[2] < p[3] and p[2] < q[3]]
+    assert overlapping, "no batch was predicted while another was post-processed"
+    assert result.profile["stages"]["postprocess"]["seconds"] >= 0.3 * len(posts) - 0.01
+
+
+def test_an_error_in_the_post_processing_worker_fails_the_run_and_is_in_the_profile(
+    bundle: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kernel_src.run as run_module
+
+    data = make_dataset(tmp_path / "data", 4, seed=6, height=H, width=W, layout="wide")
+    spec = tiny_spec(bundle["dir"], segmenters=bundle["segmenters"], batch_size=2)
+
+    def broken(probs: np.ndarray, settings: Any) -> Any:
+        raise MemoryError("post-processing ran out of memory")
+
+    monkeypatch.setattr(run_module, "postprocess", broken)
+    with pytest.raises(MemoryError, match="post-processing"):
+        go(spec, bundle, data.images_dir, data.sample_submission, tmp_path / "out")
+    profile = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert "MemoryError" in profile["error"]

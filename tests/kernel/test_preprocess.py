@@ -224,3 +224,19 @@ def test_the_engine_feeds_the_model_what_albumentations_made_and_maps_its_output
     assert probs.shape == (2, 4, *SIZE)
     inside = probs[:, 0, 0:72, 4:160]
     assert np.all(inside > 0.99) and np.all(probs[:, 0, :, :4] == 0) and np.all(probs[:, 1:] < 1e-6)
+
+
+def test_normalisation_constants_are_made_once_per_device_and_dtype() -> None:
+    from kernel_src.preprocess import constant, model_input
+    from kernel_src.spec import ModelSpec
+
+    constant.cache_clear()
+    spec = ModelSpec(name="m", kind="timm", file="m.safetensors", arch="resnet18")
+    x = torch.rand(2, 3, 8, 8)
+    first = model_input(x, spec, None)
+    for _ in range(3):
+        assert torch.equal(model_input(x, spec, None), first)
+    assert constant.cache_info().misses == 2 and constant.cache_info().hits == 6  # mean and std, once each
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    assert torch.allclose(first, (x - mean) / std)

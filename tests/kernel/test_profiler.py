@@ -23,6 +23,7 @@ PROFILE_KEYS = {
     "model_load_s",
     "fixed_s",
     "per_image_s",
+    "steady_per_image_s",
     "gating",
     "guard",
     "problems",
@@ -174,3 +175,76 @@ def test_resources_are_taken_at_finish_so_profile_json_and_the_result_agree(tmp_
     first = p.to_dict()
     (tmp_path / "profile.json").write_text(json.dumps(first))  # written after finish: not counted
     assert p.to_dict()["resources"] == first["resources"] and first["resources"]["working_bytes"] == 100
+
+
+def test_steady_rate_leaves_the_first_batch_out() -> None:
+    """A slow first batch (autotuning, first allocations) is in per_image_s, not in the steady rate."""
+    clock = Clock()
+    p = Profiler(100.0, clock=clock)
+    clock.now = 110.0
+    p.mark_first_batch()
+    assert p.steady_per_image_s() is None
+    clock.now = 118.0  # the first batch of 4: 8 s
+    p.batch_done(4)
+    assert p.steady_per_image_s() is None  # one batch: nothing steady to say
+    for done in (8, 12, 16):
+        clock.now += 2.0  # then 0.5 s per image
+        p.batch_done(done)
+    p.images = 16
+    p.finish()
+    doc = p.to_dict()
+    assert doc["steady_per_image_s"] == pytest.approx(0.5)
+    assert doc["per_image_s"] == pytest.approx(14.0 / 16)
+
+
+class CountingEvent:
+    """A stand-in for a CUDA event: a recorded time, and a count of the waits on it."""
+
+    waits = 0
+    now = 0.0
+
+    def __init__(self) -> None:
+        self.at = -1.0
+
+    def record(self) -> None:
+        self.at = CountingEvent.now
+
+    def synchronize(self) -> None:
+        CountingEvent.waits += 1
+
+    def elapsed_s(self, end: CountingEvent) -> float:
+        return end.at - self.at
+
+
+def test_event_timed_stages_wait_once_per_flush_and_never_sync_the_devices() -> None:
+    synced: list[int] = []
+    CountingEvent.waits, CountingEvent.now = 0, 0.0
+    p = Profiler(0.0, events=CountingEvent)
+    for name, seconds in (("segmenter:a", 2.0), ("segmenter:b", 3.0), ("tta_merge", 0.5), ("segmenter:a", 1.0)):
+        with p.stage(name):
+            CountingEvent.now += seconds
+    assert p.stage_seconds() == {}  # nothing charged before the batch's one wait
+    p.flush()
+    assert CountingEvent.waits == 1 and not synced
+    assert p.stage_seconds() == {"segmenter:a": 3.0, "segmenter:b": 3.0, "tta_merge": 0.5}
+    assert p.to_dict()["stages"]["segmenter:a"]["calls"] == 2
+    p.flush()
+    assert CountingEvent.waits == 1  # nothing pending: no wait
+
+
+def test_the_cpu_event_stand_in_times_a_stage_and_finish_flushes() -> None:
+    from kernel_src.devices import resolve_devices
+
+    p = Profiler(0.0, events=resolve_devices("cpu").event)
+    with p.stage("rle"):
+        sum(range(10000))
+    p.finish()
+    assert p.to_dict()["stages"]["rle"]["calls"] == 1 and p.seconds("rle") > 0.0
+
+
+def test_sync_mode_still_synchronises_around_each_stage_when_asked() -> None:
+    synced: list[int] = []
+    p = Profiler(0.0, sync=lambda: synced.append(1), events=CountingEvent)
+    with p.stage("segmenter:a"):
+        pass
+    assert len(synced) == 2 and p.stage_seconds()["segmenter:a"] >= 0.0

@@ -62,13 +62,13 @@ class DeviceSet:
             )
 
     @property
-    def kind(self) -> str:
-        """ "cuda" or "cpu" (the type of every device of the set)."""
+    def device_type(self) -> str:
+        """ "cuda" or "cpu" (the type of every device of the set; profile.json `devices.kind`)."""
         return self.devices[0].type
 
     @property
     def cuda(self) -> bool:
-        return self.kind == "cuda"
+        return self.device_type == "cuda"
 
     @property
     def replicas(self) -> int:
@@ -92,7 +92,7 @@ class DeviceSet:
     def to_dict(self) -> dict[str, Any]:
         """profile.json's "devices" record."""
         return {
-            "kind": self.kind,
+            "kind": self.device_type,
             "replicas": self.replicas,
             "memory_format": self.memory_format,
             "precision": self.precision,
@@ -109,9 +109,8 @@ class DeviceSet:
 
     def label(self, index: int) -> str:
         """Replica `index`'s name in profile.json: "cuda:1", "cpu:0"."""
-        return (
-            f"{self.kind}:{self.devices[index].index if self.cuda and self.devices[index].index is not None else index}"
-        )
+        device = self.devices[index]
+        return f"{self.device_type}:{device.index if self.cuda and device.index is not None else index}"
 
     def context(self, index: int) -> contextlib.AbstractContextManager[object]:
         """Replica `index`'s device as the current CUDA device (nothing on CPU)."""
@@ -123,7 +122,7 @@ class DeviceSet:
         """`torch.autocast` on the devices' type with `autocast_dtype`; nothing for fp32, or when not
         `enabled` (a model found to overflow in fp16 at load runs in fp32)."""
         if self.autocast_dtype is not None and enabled:
-            return torch.autocast(device_type=self.kind, dtype=self.autocast_dtype)
+            return torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
     def event(self) -> StageEvent:

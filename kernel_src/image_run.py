@@ -196,10 +196,10 @@ class _ImageEngine:
             self.guard.start()
         before = profiler.stage_seconds()
         for _, loaded in batch:
-            if loaded.kind is not None:
-                profiler.problem(loaded.kind, loaded.image_id, loaded.problem)
-                suffix = "" if loaded.kind == "converted" else " -> no prediction"
-                reporter.warn(loaded.kind, f"{loaded.problem}{suffix}")
+            if loaded.issue is not None:
+                profiler.problem(loaded.issue, loaded.image_id, loaded.problem)
+                suffix = "" if loaded.issue == "converted" else " -> no prediction"
+                reporter.warn(loaded.issue, f"{loaded.problem}{suffix}")
         valid = [(index, loaded) for index, loaded in batch if loaded.image is not None]
         if valid and not self.stopped:
             images = np.stack([loaded.image for _, loaded in valid if loaded.image is not None])

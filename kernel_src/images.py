@@ -9,9 +9,9 @@ What a `LoadedImage.image` holds: an `(height, width, 3)` uint8 array in RGB cha
 order torchvision, timm and albumentations-with-`cv2.cvtColor` pipelines train on), resized to
 `size` when one is given and the file differs. Problems never raise:
 
-- `kind="missing"`: the sample lists the image but the folder has no such file -> `image` None;
-- `kind="unreadable"`: zero bytes, a truncated JPEG, not an image at all -> `image` None;
-- `kind="converted"`: decoded, but single-channel, 4-channel, 16-bit or of another size than
+- `issue="missing"`: the sample lists the image but the folder has no such file -> `image` None;
+- `issue="unreadable"`: zero bytes, a truncated JPEG, not an image at all -> `image` None;
+- `issue="converted"`: decoded, but single-channel, 4-channel, 16-bit or of another size than
   declared; the image is converted to 3-channel uint8 RGB at `size` and predicted as usual.
 
 What is declared (`PixelSettings`, from the spec's `bit_depth`, `pixel_max`, `image_channels`) is
@@ -83,12 +83,12 @@ def image_paths(test_dir: Path, image_ids: Sequence[str], image_id: str = "file"
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """One decoded image. `image` is None exactly when `kind` is "missing" or "unreadable"."""
+    """One decoded image. `image` is None exactly when `issue` is "missing" or "unreadable"."""
 
     image_id: str
     image: Image | None
     problem: str | None = None  # what happened, for the warning
-    kind: str | None = None  # "missing" | "unreadable" | "converted" | None
+    issue: str | None = None  # the problem's kind: "missing" | "unreadable" | "converted" | None
     decode_s: float = 0.0  # seconds spent reading and decoding (in a worker thread)
 
 
@@ -148,8 +148,8 @@ def decode_image(
     """Read and decode one file; every failure becomes a `LoadedImage` with a problem, never raises."""
     started = time.perf_counter()
 
-    def result(image: Image | None, problem: str | None, kind: str | None) -> LoadedImage:
-        return LoadedImage(image_id, image, problem, kind, time.perf_counter() - started)
+    def result(image: Image | None, problem: str | None, issue: str | None) -> LoadedImage:
+        return LoadedImage(image_id, image, problem, issue, time.perf_counter() - started)
 
     try:
         data = path.read_bytes()

@@ -77,10 +77,10 @@ def children_peak_rss_bytes() -> int | None:
     return int(kib) * (1 if sys.platform == "darwin" else 1024) if kib > 0 else None
 
 
-def gpu_peak_bytes(device_kind: str) -> dict[str, int] | None:
+def gpu_peak_bytes(device_type: str) -> dict[str, int] | None:
     """`{"cuda:0": bytes, ...}`: torch's peak allocated memory per CUDA device; None off CUDA."""
     torch = sys.modules.get("torch")
-    if device_kind != "cuda" or torch is None:
+    if device_type != "cuda" or torch is None:
         return None
     try:
         if not torch.cuda.is_available():
@@ -90,15 +90,15 @@ def gpu_peak_bytes(device_kind: str) -> dict[str, int] | None:
         return None
 
 
-def gpu_memory(device_kind: str, cuda: Any = None) -> dict[str, dict[str, int]] | None:
+def gpu_memory(device_type: str, cuda: Any = None) -> dict[str, dict[str, int]] | None:
     """`{"cuda:0": {"peak_allocated_bytes", "peak_reserved_bytes", "free_bytes", "total_bytes",
     "used_bytes"}, ...}`; None off CUDA. `cuda`: torch.cuda (tests pass a stand-in)."""
     if cuda is None:
         torch = sys.modules.get("torch")
-        if device_kind != "cuda" or torch is None:
+        if device_type != "cuda" or torch is None:
             return None
         cuda = torch.cuda
-    elif device_kind != "cuda":
+    elif device_type != "cuda":
         return None
     try:
         if not cuda.is_available():

@@ -74,7 +74,7 @@ CSV_CHUNK_ROWS = 2048  # rows parsed at a time: pandas' working memory stays a f
 
 def _bad_positions(raw: npt.NDArray[Any]) -> npt.NDArray[np.bool_] | None:
     """The non-finite pixels of a float image; None for integers (every value is a number)."""
-    if raw.dtype.kind != "f":
+    if not np.issubdtype(raw.dtype, np.floating):
         return None
     bad: npt.NDArray[np.bool_] = ~np.isfinite(raw)
     return bad

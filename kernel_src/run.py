@@ -177,10 +177,10 @@ class _Engine:
 
     def _report_problems(self, batch: Sequence[LoadedImage]) -> None:
         for loaded in batch:
-            if loaded.kind is not None:
-                self.profiler.problem(loaded.kind, loaded.image_id, loaded.problem)
-                suffix = "" if loaded.kind == "converted" else " -> empty masks"
-                self.reporter.warn(loaded.kind, f"{loaded.problem}{suffix}")
+            if loaded.issue is not None:
+                self.profiler.problem(loaded.issue, loaded.image_id, loaded.problem)
+                suffix = "" if loaded.issue == "converted" else " -> empty masks"
+                self.reporter.warn(loaded.issue, f"{loaded.problem}{suffix}")
 
     def _predict(self, images: np.ndarray[Any, np.dtype[np.uint8]], image_ids: Sequence[str]) -> BatchResult | None:
         """Predict, dropping any model that fails; None when no segmentation model is left or the
@@ -210,19 +210,19 @@ class _Engine:
         """Count (profile.json `nonfinite_outputs`, `problems.nonfinite`) and warn about every model
         output with NaN; `image_ids` are the ids of the batch's predicted images, in order."""
         record = self.profiler.nonfinite_outputs
-        for nan, kind in ((result.nan_classifiers, "classifier"), (result.nan_segmenters, "segmenter")):
+        for nan, role in ((result.nan_classifiers, "classifier"), (result.nan_segmenters, "segmenter")):
             for j, names in sorted(nan.items()):
                 for name in names:
                     record["models"][name] = record["models"].get(name, 0) + 1
                 image_id, models = image_ids[j], ", ".join(names)
-                if kind == "segmenter" and result.nonfinite[j]:
+                if role == "segmenter" and result.nonfinite[j]:
                     self.profiler.problem("nonfinite", image_id, f"{image_id}: NaN in the output of {models}")
                     self.reporter.warn("nonfinite", f"{image_id}: NaN in the output of {models} -> empty masks")
-                elif kind == "classifier" and result.ungated[j]:
+                elif role == "classifier" and result.ungated[j]:
                     record["ungated"] += 1
                     self.reporter.warn("nonfinite_output", f"{image_id}: NaN in the output of {models} -> not gated")
                 else:
-                    record[f"{kind}_dropped"] += 1
+                    record[f"{role}_dropped"] += 1
                     self.reporter.warn(
                         "nonfinite_output", f"{image_id}: NaN in the output of {models} -> left out for this image"
                     )

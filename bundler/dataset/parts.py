@@ -62,7 +62,7 @@ class Part:
     folder: Path
     hash: str
     files: dict[str, int]  # file name -> bytes, as uploaded (the metadata file left out)
-    kind: str = "dataset"  # or "model": a Kaggle Model variation
+    home: str = "dataset"  # where it lives on Kaggle: a "dataset", or a "model" (a Kaggle Model variation)
 
     @property
     def model_card(self) -> Path:
@@ -179,6 +179,6 @@ def bundle_parts(cfg: BundleConfig, manifest: Mapping[str, Any]) -> list[Part]:
         part_manifest = {"bundle": cfg.name, "part": name, "hash": digest, "files": records}
         (folder / PART_MANIFEST).write_text(json_text(part_manifest), encoding="utf-8")
         (folder / metadata_name).write_text(json_text(metadata), encoding="utf-8")
-        kind = "model" if metadata_name == INSTANCE_METADATA else "dataset"
-        parts.append(_check_size(Part(name, ref, folder, digest, _uploaded(folder), kind)))
+        home = "model" if metadata_name == INSTANCE_METADATA else "dataset"
+        parts.append(_check_size(Part(name, ref, folder, digest, _uploaded(folder), home)))
     return parts

@@ -208,7 +208,7 @@ class PartResult:
     hash: str
     version: int
     uploaded: bool
-    kind: str = "dataset"  # or "model"
+    home: str = "dataset"  # where the part lives on Kaggle: a "dataset" or a "model" variation
 
 
 def push_part(
@@ -216,7 +216,7 @@ def push_part(
     console: Console,
 ) -> PartResult:
     """Steps 1 and 2 for one part: uploaded when its hash changed, then waited for and checked."""
-    if part.kind == "model":
+    if part.home == "model":
         return _push_model_part(cfg, kaggle, state, part, console=console)
     ref = part.id
     label = "bundle" if part.name == "bundle" else f"part {part.name}"
@@ -394,7 +394,7 @@ def push(
     metadata = write_metadata(cfg, pins={p.id: p.version for p in parts})  # a model's handle pins model_sources
     meta: dict[str, Any] = read_existing(metadata)
     check_metadata(meta, metadata)
-    pinned = ", ".join(f"{p.kind} {p.id}/{p.version}" for p in parts)
+    pinned = ", ".join(f"{p.home} {p.id}/{p.version}" for p in parts)
     console.print(f"kernel-metadata.json: {pinned}, internet off, image pinned")
     fingerprint = hashlib.sha256(cfg.kernel.notebook.read_bytes() + b"\0" + metadata.read_bytes()).hexdigest()
     last = state.last_kernel_version

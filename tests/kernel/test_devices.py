@@ -30,7 +30,7 @@ def test_auto_on_a_machine_without_gpu_is_one_plain_fp32_cpu() -> None:
             continue
         d = resolve_devices("auto", gpus=gpus)
         assert d == DeviceSet((CPU,), channels_last=False, autocast_dtype=None, pin_memory=False)
-        assert (d.kind, d.cuda, d.replicas, d.describe()) == ("cpu", False, 1, "cpu")
+        assert (d.device_type, d.cuda, d.replicas, d.describe()) == ("cpu", False, 1, "cpu")
         assert d.to_dict() == {
             "kind": "cpu",
             "replicas": 1,

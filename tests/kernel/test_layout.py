@@ -200,18 +200,18 @@ def test_sixteen_bit_grey_is_scaled_as_declared_and_not_reported(tmp_path: Path)
     grey = np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)
     path = _png(tmp_path / "slice.png", grey)
     undeclared = decode_image(path, "slice.png")
-    assert undeclared.kind == "converted" and "uint16 pixels scaled" in str(undeclared.problem)
+    assert undeclared.issue == "converted" and "uint16 pixels scaled" in str(undeclared.problem)
     assert "single-channel" in str(undeclared.problem)
     declared = decode_image(path, "slice.png", pixels=PixelSettings(16, 4000, 1))
-    assert declared.kind is None and declared.problem is None
+    assert declared.issue is None and declared.problem is None
     assert declared.image is not None and declared.image[:, :, 0].tolist() == [[0, 64], [128, 255]]
     own_max = decode_image(path, "slice.png", pixels=PixelSettings(16, "image", 1))
-    assert own_max.image is not None and own_max.image[1, 1, 0] == 255 and own_max.kind is None
+    assert own_max.image is not None and own_max.image[1, 1, 0] == 255 and own_max.issue is None
     full = decode_image(path, "slice.png", pixels=PixelSettings(16, "depth", 1))
     assert full.image is not None and full.image[1, 1, 0] == round(4000 * 255 / 65535)
     eight = _png(tmp_path / "eight.png", np.full((2, 2), 7, dtype=np.uint8))
     wrong = decode_image(eight, "eight.png", pixels=PixelSettings(16, "depth", 1))
-    assert wrong.kind == "converted" and "bit_depth = 16 is declared" in str(wrong.problem)
+    assert wrong.issue == "converted" and "bit_depth = 16 is declared" in str(wrong.problem)
 
 
 def test_image_ids_map_to_files_by_stem(tmp_path: Path) -> None:

@@ -87,11 +87,11 @@ def test_every_reader_offers_its_ids_in_order_and_loads_rgb_uint8(reader: str, t
         assert offered == (sorted(ids) if reader == "images" else ids)  # a folder lists its files by name
         for i, image_id in enumerate(ids):
             loaded = opened.load(image_id, None, PixelSettings(channels=1))
-            assert loaded.kind is None and loaded.problem is None, loaded.problem
+            assert loaded.issue is None and loaded.problem is None, loaded.problem
             assert loaded.image is not None and loaded.image.dtype == np.uint8
             np.testing.assert_array_equal(loaded.image, as_rgb(grey[i]))
         missing = opened.load("nope.png", None, None)
-        assert missing.image is None and missing.kind == "missing" and "nope.png" in (missing.problem or "")
+        assert missing.image is None and missing.issue == "missing" and "nope.png" in (missing.problem or "")
     assert set(READERS[reader].problems) <= {"missing", "unreadable", "converted"}
 
 
@@ -120,7 +120,7 @@ def test_npy_colour_float_and_16_bit_are_scaled_like_pixel_settings(tmp_path: Pa
     with open_reader(spec("npy", path="f.npy"), tmp_path) as reader:
         loaded = reader.load("0", None, PixelSettings(pixel_max=1.0))
     expected = np.clip(np.rint(colour[0].astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
-    assert loaded.image is not None and loaded.kind is None
+    assert loaded.image is not None and loaded.issue is None
     np.testing.assert_array_equal(loaded.image, expected)  # channels taken as RGB, in order
     deep = rng.integers(0, 65536, (2, H, W), dtype=np.uint16)
     np.save(tmp_path / "d.npy", deep)
@@ -137,19 +137,19 @@ def test_npy_nan_pixels_are_a_problem_named_by_row(tmp_path: Path) -> None:
     with open_reader(spec("npy", path="t.npy"), tmp_path) as reader:
         bad = reader.load("1", None, PixelSettings(pixel_max=1.0))
         good = reader.load("0", None, PixelSettings(pixel_max=1.0))
-    assert bad.image is None and bad.kind == "unreadable"
+    assert bad.image is None and bad.issue == "unreadable"
     assert bad.problem == "1: row 1 of t.npy: 1 pixel(s) not finite (first at y=2, x=4)"
-    assert good.kind is None
+    assert good.issue is None
     with open_reader(spec("npy", path="t.npy", bad_pixels="zero"), tmp_path) as reader:
         zeroed = reader.load("1", None, PixelSettings(pixel_max=1.0))
-    assert zeroed.kind == "converted" and zeroed.image is not None and zeroed.image[2, 4].tolist() == [0, 0, 0]
+    assert zeroed.issue == "converted" and zeroed.image is not None and zeroed.image[2, 4].tolist() == [0, 0, 0]
 
 
 def test_npy_resized_to_the_loaders_size_is_converted(tmp_path: Path) -> None:
     np.save(tmp_path / "t.npy", grey_stack())
     with open_reader(spec("npy", path="t.npy"), tmp_path) as reader:
         loaded = reader.load("0", (12, 14), None)
-    assert loaded.kind == "converted" and loaded.image is not None and loaded.image.shape == (12, 14, 3)
+    assert loaded.issue == "converted" and loaded.image is not None and loaded.image.shape == (12, 14, 3)
     assert "7x6 resized to 14x12" in (loaded.problem or "")
 
 
@@ -207,7 +207,7 @@ def test_npz_every_key_is_an_image_read_when_asked(tmp_path: Path) -> None:
     assert b.image is not None and a.image is not None
     np.testing.assert_array_equal(b.image, images["b"])
     np.testing.assert_array_equal(a.image, as_rgb(images["a"]))
-    assert broken.kind == "unreadable" and "is not H x W" in (broken.problem or "")
+    assert broken.issue == "unreadable" and "is not H x W" in (broken.problem or "")
 
 
 def test_npz_without_a_named_array_among_several_keys_is_refused(tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_csv_rows_with_row_number_ids_from_one_and_the_label_ignored(tmp_path: P
         assert reader.ids == tuple(str(k) for k in range(1, 8))
         for k in range(7):
             loaded = reader.load(str(k + 1), None, None)
-            assert loaded.kind is None and loaded.image is not None
+            assert loaded.issue is None and loaded.image is not None
             np.testing.assert_array_equal(loaded.image, as_rgb(grey[k]))
 
 
@@ -268,17 +268,17 @@ def test_csv_bad_rows_are_problems_named_by_row_and_column(tmp_path: Path) -> No
     path.write_text("\n".join(lines) + "\n")
     with open_reader(spec("csv_pixels", path="t.csv", shape=[H, W]), tmp_path) as reader:
         loaded = load_all(reader, list(reader.ids))
-    assert loaded["1"].kind == "unreadable" and loaded["1"].image is None
+    assert loaded["1"].issue == "unreadable" and loaded["1"].image is None
     assert loaded["1"].problem == "1: row 1 of t.csv (line 3): pixel column 'pixel3' is 'x7', not a number"
     assert loaded["3"].problem == "3: row 3 of t.csv (line 5): pixel column 'pixel0' is missing (and 1 more)"
     for k in (0, 2):
-        assert loaded[str(k)].kind is None
+        assert loaded[str(k)].issue is None
         np.testing.assert_array_equal(loaded[str(k)].image, as_rgb(grey[k]))
     with open_reader(spec("csv_pixels", path="t.csv", shape=[H, W], bad_pixels="zero"), tmp_path) as reader:
         zeroed = reader.load("1", None, None)
     expected = grey[1].copy()
     expected.flat[3] = 0
-    assert zeroed.kind == "converted" and "read as 0" in (zeroed.problem or "")
+    assert zeroed.issue == "converted" and "read as 0" in (zeroed.problem or "")
     np.testing.assert_array_equal(zeroed.image, as_rgb(expected))
 
 
@@ -308,7 +308,7 @@ def test_the_loader_keeps_sample_order_and_its_prefetch_bound_with_a_reader(tmp_
             assert loader.submitted <= len(seen) + 1 + 3
             seen.append(loaded)
     assert [s.image_id for s in seen] == order
-    assert seen[-1].kind == "missing"
+    assert seen[-1].issue == "missing"
     for loaded in seen[:-1]:
         np.testing.assert_array_equal(loaded.image, as_rgb(grey[int(loaded.image_id)]))
 
@@ -423,7 +423,7 @@ def test_csv_short_row_is_a_bad_row_and_a_long_row_an_error_naming_its_line(tmp_
     path.write_text("\n".join(short) + "\n")
     with open_reader(spec("csv_pixels", path="t.csv", shape=[H, W]), tmp_path) as reader:
         loaded = reader.load("1", None, None)
-    assert loaded.kind == "unreadable" and f"pixel column 'pixel{H * W - 1}' is missing" in (loaded.problem or "")
+    assert loaded.issue == "unreadable" and f"pixel column 'pixel{H * W - 1}' is missing" in (loaded.problem or "")
     long = [*lines[:3], lines[3] + ",5"]  # row 2 (line 4) has one field too many
     path.write_text("\n".join(long) + "\n")
     with pytest.raises(InputError) as e:

@@ -198,13 +198,15 @@ def _reason_of_failure(ex: Execution) -> str:
 
 def image_task(cfg: BundleConfig) -> tuple[str | None, str | None]:
     """(task, metric) of an image-level task (classification, regression, ...), (None, None) for
-    segmentation. Read from `task` and `metric` of `[competition]` or `[inference]` wherever the
-    config declares them (the task setting of issue 22); a config without them is segmentation."""
-    for section in (cfg.competition, cfg.inference):
+    segmentation. The task is `task` of `[inference]` or `[competition]` wherever the config
+    declares it, as a name or as a table with a `name` (the `[task]` table of issue 22); the metric
+    is that table's `metric`, or the section's (None: the task's default)."""
+    for section in (cfg.inference, cfg.competition):
         task = getattr(section, "task", None)
-        if isinstance(task, str) and task != "segmentation":
-            metric = getattr(section, "metric", None)
-            return task, metric if isinstance(metric, str) and metric else None
+        name = task if isinstance(task, str) else getattr(task, "name", None)
+        if isinstance(name, str) and name != "segmentation":
+            metric = getattr(task, "metric", None) or getattr(section, "metric", None)
+            return name, metric if isinstance(metric, str) and metric else None
     return None, None
 
 

@@ -26,6 +26,10 @@ def test_a_config_without_a_task_is_segmentation() -> None:
 def test_the_task_and_metric_are_read_where_declared() -> None:
     assert image_task(_cfg({"task": "classification"}, {})) == ("classification", None)
     assert image_task(_cfg({}, {"task": "ordinal", "metric": "qwk"})) == ("ordinal", "qwk")
+    # a [task] table read into the inference spec (its `name`, and a `metric` where it has one)
+    table = SimpleNamespace(name="regression", metric="mae")
+    assert image_task(_cfg({}, {"task": table})) == ("regression", "mae")
+    assert image_task(_cfg({}, {"task": SimpleNamespace(name="segmentation")})) == (None, None)
 
 
 def test_the_report_shows_the_row_score_with_its_figure(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ Bench = Callable[..., BenchResult]
 
 
 def _benchmarks() -> dict[str, Bench]:
+    from .bench_classify import bench_classify
     from .bench_cuda import bench_cuda
     from .bench_overhead import bench_overhead
     from .bench_pipeline import bench_pipeline
@@ -43,6 +44,7 @@ def _benchmarks() -> dict[str, Bench]:
         "rss_growth": bench_rss,
         "cuda": bench_cuda,
         "tune_s_per_1000": bench_tune,
+        "classify": bench_classify,
     }
 
 
@@ -54,6 +56,7 @@ NAMES = (
     "rss_growth",
     "cuda",
     "tune_s_per_1000",
+    "classify",
 )
 
 

@@ -195,3 +195,11 @@ def test_gpu_checks_child_pytest_counts_properties_and_timeout(tmp_path: Path) -
     assert run.returncode == 1 and not run.ok
     stopped = run_tests(["test_fake_gpu.py"], marker="slow", timeout_s=5, cwd=tmp_path)
     assert not stopped.ok and "ran past 5 s" in stopped.problem
+
+
+def test_classify_loops_agree_and_report() -> None:
+    from benchmarks.bench_classify import bench_classify
+
+    result = bench_classify(quick=True, n=40)
+    assert set(_figures(result)) == {"classify_batched_vs_naive"}
+    assert any(label == "outputs" and value == "identical labels" for label, value, _ in result.rows)

@@ -62,7 +62,7 @@ class DigitDemoSettings:
     n_test: int = 1000
     n_holdout: int = 500
     seed: int = 0
-    training: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=2, batch_size=64, lr=3e-3))
+    training: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=3, batch_size=64, lr=3e-3))
 
     def data_key(self) -> dict[str, Any]:
         return {

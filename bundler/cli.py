@@ -219,10 +219,36 @@ def tune_cmd(
 @main.command()
 @config_option
 @click.option("--skip-dry-run", is_flag=True, help="Stop after build and render.")
+@click.option(
+    "--task",
+    type=click.Choice(["segmentation", "classification"]),
+    default="segmentation",
+    show_default=True,
+    help="segmentation: the Severstal-like demo on --config; classification: a synthetic Digit Recognizer "
+    "in its own project folder (--dir).",
+)
+@click.option(
+    "--dir",
+    "project_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The classification demo's project folder (its bundle.toml, data and models) "
+    "[default: demo-classification beside --config].",
+)
 @runtime_option
 @_reports_errors
-def demo(config_path: Path, skip_dry_run: bool, runtime: str | None) -> None:
+def demo(config_path: Path, skip_dry_run: bool, task: str, project_dir: Path | None, runtime: str | None) -> None:
     """Make synthetic data and small models, then build, render and dry-run the demo bundle."""
+    if task == "classification":
+        from bundler.demo.classification import run_classification_demo
+
+        project = project_dir if project_dir is not None else config_path.resolve().parent / "demo-classification"
+        digits = run_classification_demo(project.resolve(), console=console, dry_run=not skip_dry_run)
+        if digits.steps.get("dry_run_ok") is False:
+            reason = str(digits.steps.get("dry_run_reason"))
+            err_console.print(labelled("demo failed: its dry-run failed:", reason), soft_wrap=True)
+            sys.exit(1)
+        return
     from bundler.demo import run_demo
 
     result = run_demo(config_path, console=console, dry_run=not skip_dry_run, runtime=runtime)

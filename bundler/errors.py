@@ -79,3 +79,8 @@ class KaggleHTTPError(RemoteError):
 
 class TuneError(BundlerError):
     """`bundler tune` could not start: a missing or unfit input, or a bad option."""
+
+
+class ScoringError(BundlerError):
+    """A submission or its labels cannot be scored: a missing column or key, an unknown metric, a
+    prediction of the wrong form for the metric."""

@@ -58,10 +58,10 @@ from bundler.dryrun.report import load_mask_samples, write_report
 from bundler.dryrun.runtime import Runtime, choose_runtime, make_overlay
 from bundler.dryrun.tree import make_tree, remove_tree
 from bundler.dryrun.verdict import Facts, judge, problem_summary, resources_against_limits
-from bundler.errors import ConfigError, DryRunError
+from bundler.errors import ConfigError, DryRunError, ScoringError
 from bundler.notebook.failure import CellFailure
 from bundler.sandbox import Isolation, probe
-from bundler.scoring import mask_shapes, score_run, submission_breakdown
+from bundler.scoring import mask_shapes, score_run, score_submission, submission_breakdown
 from kernel_src.errors import InputError
 from kernel_src.inputs import READERS, input_files
 from kernel_src.paths import PROFILE_FILE, SUBMISSION_FILE
@@ -206,6 +206,20 @@ def _reason_of_failure(ex: Execution) -> str:
     return f"the notebook could not run: {first}; see {ex.log.name}"
 
 
+def image_task(cfg: BundleConfig) -> tuple[str | None, str | None]:
+    """(task, metric) of an image-level task (classification, regression, ...), (None, None) for
+    segmentation. The task is `task` of `[inference]` or `[competition]` wherever the config
+    declares it, as a name or as a table with a `name` (the `[task]` table of issue 22); the metric
+    is that table's `metric`, or the section's (None: the task's default)."""
+    for section in (cfg.inference, cfg.competition):
+        task = getattr(section, "task", None)
+        name = task if isinstance(task, str) else getattr(task, "name", None)
+        if isinstance(name, str) and name != "segmentation":
+            metric = getattr(task, "metric", None) or getattr(section, "metric", None)
+            return name, metric if isinstance(metric, str) and metric else None
+    return None, None
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -294,7 +308,17 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
     score: float | None = None
     per_class: list[float] | None = None
     losses: list[dict[str, Any]] | None = None  # where the points are lost (bundler.scoring.breakdown)
-    if inputs.labels is not None and submission.is_file() and not incomplete:
+    row_score: dict[str, Any] | None = None  # an image-level task's score (bundler.scoring.rows)
+    task, task_metric = image_task(cfg)
+    if task is not None and inputs.labels is not None and submission.is_file() and not incomplete:
+        try:
+            scored = score_submission(
+                submission, inputs.labels, sample=inputs.sample_submission, task=task, metric=task_metric
+            )
+            score, row_score = scored.score, scored.to_dict()
+        except ScoringError as e:
+            failures.append(f"the submission could not be scored: {e}")
+    elif inputs.labels is not None and submission.is_file() and not incomplete:
         try:
             # layout, RLE order, each image's encode size and the empty-pair rule from the spec (issue 16)
             metric = score_run(
@@ -356,6 +380,7 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
         "score": score,
         "per_class_score": per_class,
         "loss_breakdown": losses,
+        "row_score": row_score,
         "num_classes": cfg.inference.num_classes,
         "runtime": runtime.summary(),
         "network": isolation.network,
@@ -368,7 +393,7 @@ def _run(cfg: BundleConfig, inputs: Inputs, stage: Path, console: Console) -> Dr
     }
     (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     samples = []
-    if submission.is_file():
+    if submission.is_file() and task is None:  # mask overlays: segmentation only
         try:
             with ExitStack() as stack:
                 image_of = None
@@ -416,7 +441,9 @@ def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
             f"{summary['images_missing']} of the listed images were missing from the test folder "
             "(not predicted, not counted)"
         )
-    if summary["score"] is not None:
+    if summary["score"] is not None and summary.get("row_score"):
+        console.print(f"score ({summary['row_score']['metric']}): {summary['score']:.4f}")
+    elif summary["score"] is not None:
         per = ", ".join(f"{v:.3f}" for v in summary["per_class_score"])
         console.print(f"score (mean Dice): {summary['score']:.4f}  per class: {per}")
     for step in summary["guard_steps"]:

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bundler.scoring import loss_section
+from bundler.scoring import loss_section, row_score_section
 from kernel_src import rle
 from kernel_src.images import image_paths
 from kernel_src.layout import SubmissionSpec
@@ -347,7 +347,7 @@ def render_report(summary: Mapping[str, Any], profile: Mapping[str, Any] | None,
         _guard_section(summary.get("guard_steps") or [], summary),
         _resources_section(summary.get("resources")),
         _problems_section(summary.get("problems")),
-        _score_section(summary),
+        row_score_section(summary.get("row_score")) or _score_section(summary),
         loss_section(summary.get("loss_breakdown")),
         _masks_section(samples, int(summary.get("num_classes") or 4)),
     ]

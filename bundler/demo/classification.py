@@ -9,7 +9,8 @@ regular commands on it.
    of what they depend on (a checkpoint whose sidecar matches is reused), each scored on the
    holdout (accuracy) as a check of the training itself.
 3. `<project>/bundle.toml` (`write_bundle_toml`, the one place the demo's settings are written),
-   then `bundler build`, `render-notebook`, `dry-run` (scored by accuracy) and `tune` on it.
+   then `bundler build`, `render-notebook` and `dry-run` (scored by accuracy) on it (`bundler tune` has no
+   search for the image-level tasks yet).
 
 The project folder is its own: the Severstal demo's bundle.toml is never touched.
 """
@@ -282,28 +283,27 @@ def run_classification_demo(
     from bundler.dataset.dataset_folder import build_dataset
     from bundler.dryrun.command import dry_run as run_dry_run
     from bundler.notebook.render import render_notebook
-    from bundler.tune import tune
 
     began = time.perf_counter()
     settings = settings or DigitDemoSettings()
     project.mkdir(parents=True, exist_ok=True)
-    console.rule("[bold]1/5 synthetic digits and two small CNNs")
+    console.rule("[bold]1/4 synthetic digits and two small CNNs")
     data = make_digit_data(project, settings, console)
     models, ensemble = train_digit_models(project, data, settings, console)
     config = write_bundle_toml(project, settings)
     result = DigitDemoResult(project, config, data, tuple(models), ensemble)
     cfg = load_config(config)
     steps: dict[str, Any] = {}
-    console.rule("[bold]2/5 bundler build")
+    console.rule("[bold]2/4 bundler build")
     steps["build"] = build_dataset(cfg, console=console).out
-    console.rule("[bold]3/5 bundler render-notebook")
+    console.rule("[bold]3/4 bundler render-notebook")
     steps["notebook"] = render_notebook(cfg, console=console).notebook
     if dry_run:
-        console.rule("[bold]4/5 bundler dry-run")
+        console.rule("[bold]4/4 bundler dry-run")
         verdict = run_dry_run(cfg, console=console)
         steps.update(dry_run_ok=verdict.ok, dry_run_reason=verdict.reason, score=verdict.summary.get("score"))
-        console.rule("[bold]5/5 bundler tune")
-        steps["tune"] = tune(cfg, console=console, folds=5)
+        # `bundler tune` has no search for the image-level tasks yet (issue 22 item 5): not run, and said
+        console.print("[dim]bundler tune: not run (no search for classification yet; the dry-run scored it)[/]")
     result = replace(result, steps=steps, seconds=time.perf_counter() - began)
     print_digit_summary(result, console)
     return result

@@ -67,6 +67,7 @@ from kernel_src.inputs import READERS, input_files
 from kernel_src.paths import PROFILE_FILE, SUBMISSION_FILE
 from kernel_src.profiler import folder_bytes, format_bytes
 from kernel_src.readers import open_reader
+from kernel_src.rows import RowSample
 from kernel_src.submission import SampleSubmission, read_csv_strings
 
 SAMPLE_IMAGES = 6
@@ -158,9 +159,16 @@ def _calibration(cfg: BundleConfig, inputs: Inputs, profile: Mapping[str, Any], 
     return kaggle_run_calibration(latest, profile) if latest is not None else NO_CALIBRATION
 
 
-def _complete(submission: Path, sample: SampleSubmission) -> str:
+def _complete(submission: Path, sample: SampleSubmission | RowSample) -> str:
     """'' when `submission` has every row the sample asks for, else what is wrong."""
     frame = read_csv_strings(submission)
+    if isinstance(sample, RowSample):  # an image-level task: one row per key, in the sample's header
+        keys = [str(k) for k in frame[sample.header[0]]] if sample.header[0] in frame.columns else []
+        if [str(c) for c in frame.columns] != list(sample.header):
+            return f"submission.csv header {list(frame.columns)} differs from the sample's {list(sample.header)}"
+        if sorted(keys) != sorted(sample.keys):
+            return f"submission.csv has {len(keys)} rows for {len(set(keys))} keys, the sample lists {len(sample.keys)}"
+        return ""
     if sample.resolved.per_object:  # one row per object: at least one per pair
         if len(frame) < sample.rows:
             return f"submission.csv has {len(frame)} rows, the sample submission needs at least {sample.rows}"

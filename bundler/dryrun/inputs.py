@@ -34,6 +34,7 @@ from kernel_src import rle
 from kernel_src.bundle import kernel_src_hash
 from kernel_src.errors import InputError, SubmissionFormatError
 from kernel_src.inputs import READERS, input_files
+from kernel_src.rows import RowSample, read_row_sample
 from kernel_src.submission import SampleSubmission, masks_by_image, read_mask_rows, read_sample_submission
 
 RENDER = "run `bundler render-notebook`"
@@ -46,7 +47,7 @@ class Inputs:
     test_dir: Path
     test_images: tuple[str, ...]
     sample_submission: Path
-    sample: SampleSubmission
+    sample: SampleSubmission | RowSample  # RowSample: an image-level task's per-image rows (kernel_src.rows)
     labels: Path | None
     calibration_profile: dict[str, Any] | None
     warnings: tuple[str, ...] = field(default=())
@@ -153,7 +154,7 @@ def _test_dir(cfg: BundleConfig) -> tuple[Path, tuple[str, ...]]:
     return test_dir, names
 
 
-def _sample(cfg: BundleConfig, images: tuple[str, ...]) -> tuple[Path, SampleSubmission, list[str]]:
+def _sample(cfg: BundleConfig, images: tuple[str, ...]) -> tuple[Path, SampleSubmission | RowSample, list[str]]:
     path = cfg.dryrun.sample_submission
     if path is None:
         raise DryRunError(
@@ -164,8 +165,13 @@ def _sample(cfg: BundleConfig, images: tuple[str, ...]) -> tuple[Path, SampleSub
             f"sample submission {path} does not exist: fix --sample-submission or dryrun.sample_submission"
         )
     n = cfg.inference.num_classes
+    spec = cfg.inference
     try:
-        sample = read_sample_submission(path, n, cfg.inference.submission)
+        sample: SampleSubmission | RowSample
+        if spec.task.task.image_level:  # per-image rows, read as the notebook reads them
+            sample = read_row_sample(path, spec.rows, n, spec.outputs(spec.task.task.role))
+        else:
+            sample = read_sample_submission(path, n, spec.submission)
     except ValueError as e:
         raise DryRunError(
             f"sample submission does not match the configured layout: {e}. Give the competition's "
@@ -187,12 +193,14 @@ def _sample(cfg: BundleConfig, images: tuple[str, ...]) -> tuple[Path, SampleSub
     return path, sample, warnings
 
 
-def _labels(cfg: BundleConfig, sample: SampleSubmission, images: tuple[str, ...]) -> Path | None:
+def _labels(cfg: BundleConfig, sample: SampleSubmission | RowSample, images: tuple[str, ...]) -> Path | None:
     path = cfg.dryrun.labels
     if path is None:
         return None
     if not path.is_file():
         raise DryRunError(f"labels file {path} does not exist: fix --labels or dryrun.labels (or leave it out)")
+    if isinstance(sample, RowSample):  # per-image labels: read and checked by the scoring (bundler.scoring.rows)
+        return path
     n = cfg.inference.num_classes
     layout = cfg.inference.submission  # labels are read in the [submission] layout (long form under "auto")
     try:

@@ -261,6 +261,12 @@ def tune(
     budget_of(cfg)  # a budget that is not positive seconds is named as the user wrote it, before the first pass
     out = out or cfg.root / OUT
     spec = cfg.inference
+    if spec.task.task.image_level:
+        raise TuneError(
+            f"bundler tune searches a segmentation's post-processing and gating; for [task] name = "
+            f"{spec.task.name!r} it has no search yet (ensemble weights, thresholds and cut-points are left): "
+            "set them in bundle.toml, and read the holdout score from `bundler dry-run --labels`"
+        )
     empty_pair = _metric_rule(spec)
     test_dir, _, ids, labels = _holdout(cfg)
     if not 2 <= folds <= len(ids):

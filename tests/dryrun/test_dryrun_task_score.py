@@ -42,3 +42,35 @@ def test_the_report_shows_the_row_score_with_its_figure(tmp_path: Path) -> None:
     page = render_report({"ok": True, "reason": "", "score": scored.score, "row_score": scored.to_dict()}, None, [])
     assert "accuracy = <b>0.7500</b>" in page and 'alt="confusion matrix"' in page
     assert "mean Dice (the competition metric)" not in page
+
+
+def test_an_image_level_submission_is_complete_when_it_has_every_key_of_the_sample(tmp_path: Path) -> None:
+    from bundler.dryrun.command import _complete
+    from kernel_src.rows import RowSample
+
+    sample = RowSample(tmp_path / "s.csv", ("ImageId", "Label"), ("1", "2", "3"), ("0", "1", "2"), (0, 1, 2))
+    good = tmp_path / "good.csv"
+    good.write_text("ImageId,Label\n1,7\n2,0\n3,3\n")
+    assert _complete(good, sample) == ""
+    short = tmp_path / "short.csv"
+    short.write_text("ImageId,Label\n1,7\n3,3\n")
+    assert "2 rows for 2 keys, the sample lists 3" in _complete(short, sample)
+    header = tmp_path / "header.csv"
+    header.write_text("ImageId,label\n1,7\n2,0\n3,3\n")
+    assert "header" in _complete(header, sample)
+
+
+def test_tune_says_it_has_no_search_for_an_image_level_task(tmp_path: Path) -> None:
+    import tomllib
+
+    import pytest
+
+    from bundler.config import parse_config
+    from bundler.demo.classification import DigitDemoSettings, bundle_toml
+    from bundler.errors import TuneError
+    from bundler.tune import tune
+    from tests.projects import quiet
+
+    cfg = parse_config(tomllib.loads(bundle_toml(DigitDemoSettings())), tmp_path)
+    with pytest.raises(TuneError, match=r"for \[task\] name = 'classification' it has no search yet"):
+        tune(cfg, console=quiet())

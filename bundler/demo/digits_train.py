@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bundler.demo.train import StepCallback, TrainReport, TrainSettings
+from bundler.demo.train import StepCallback, TrainReport, TrainSettings, finished, optimizer_step
 from bundler.errors import DemoError
 
 MAX_SHIFT = 2
@@ -81,27 +81,14 @@ def train_classifier(
                 index = torch.cat([index, order[:1]])
             x = _shift(images[index], gen)
             loss = F.cross_entropy(model(_normalize(x, mean, std)), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            schedule.step()
             step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise DemoError(f"training diverged (loss {value}) at step {step}; lower lr in the demo settings")
+            value = optimizer_step(optimizer, schedule, loss, step)
             losses.append(value)
             if on_step is not None:
                 on_step(step, total, value)
         epoch_losses.append(sum(losses) / len(losses))
     model.eval()
-    report = TrainReport(
-        epochs=settings.epochs,
-        steps=step,
-        seconds=time.perf_counter() - began,
-        first_loss=epoch_losses[0],
-        last_loss=epoch_losses[-1],
-    )
-    return report, optimizer
+    return finished(settings, step, began, epoch_losses), optimizer
 
 
 @torch.inference_mode()

@@ -249,27 +249,14 @@ def train_model(
                 loss = segmentation_loss(out, y)
             else:
                 loss = F.binary_cross_entropy_with_logits(out, data.present[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            schedule.step()
             step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise DemoError(f"training diverged (loss {value}) at step {step}; lower lr in the demo settings")
+            value = optimizer_step(optimizer, schedule, loss, step)
             losses.append(value)
             if on_step is not None:
                 on_step(step, total, value)
         epoch_losses.append(sum(losses) / len(losses))
     model.eval()
-    report = TrainReport(
-        epochs=settings.epochs,
-        steps=step,
-        seconds=time.perf_counter() - began,
-        first_loss=epoch_losses[0],
-        last_loss=epoch_losses[-1],
-    )
-    return report, optimizer
+    return finished(settings, step, began, epoch_losses), optimizer
 
 
 @torch.inference_mode()
@@ -299,3 +286,26 @@ def save_checkpoint(
     }
     torch.save(checkpoint, tmp)
     tmp.replace(path)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, schedule: Any, loss: torch.Tensor, step: int) -> float:
+    """One optimisation step on `loss` (the `step`-th); its value, or a DemoError when it is not finite."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    schedule.step()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise DemoError(f"training diverged (loss {value}) at step {step}; lower lr in the demo settings")
+    return value
+
+
+def finished(settings: TrainSettings, steps: int, began: float, epoch_losses: Sequence[float]) -> TrainReport:
+    """The report of a training loop that ran `steps` steps since `began`."""
+    return TrainReport(
+        epochs=settings.epochs,
+        steps=steps,
+        seconds=time.perf_counter() - began,
+        first_loss=epoch_losses[0],
+        last_loss=epoch_losses[-1],
+    )

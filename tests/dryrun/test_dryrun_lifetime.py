@@ -106,7 +106,7 @@ def test_a_failed_dry_run_fails_the_demo(tmp_path: Path, monkeypatch: pytest.Mon
 
     outcome = {"dry_run_ok": False}
 
-    def demo(config_path: Path, *, console: Any, dry_run: bool) -> SimpleNamespace:
+    def demo(config_path: Path, *, console: Any, dry_run: bool, runtime: str | None) -> SimpleNamespace:
         return SimpleNamespace(dry_run_ok=outcome["dry_run_ok"], dry_run_reason="model 'fpn' failed after 2 images")
 
     monkeypatch.setattr(bundler.demo, "run_demo", demo)

@@ -67,7 +67,9 @@ def test_measured_choice_is_a_measured_size_and_the_fastest_per_image(
         record = p.profiler.call_sizes[m.name]
         measured = {int(n): s for n, s in record["measured_s"].items()}
         largest = spec.batch_size * len(m.tta)
-        assert list(measured) == call_sizes(largest)[: len(measured)] and len(measured) >= 2  # 1, 2, ... in order
+        # 1, 2, ... in order; how far it goes depends on the machine's speed and load (the time budget,
+        # tested with a fake clock below), so only the order and the choice are asserted here
+        assert measured and list(measured) == call_sizes(largest)[: len(measured)]
         assert all(s > 0 for s in measured.values())
         fastest = min(measured, key=lambda n: (measured[n] / n, n))
         assert record["chosen"] == fastest and record["reduced_by_oom"] == []

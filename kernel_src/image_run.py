@@ -37,7 +37,7 @@ import torch
 
 from .errors import ModelRunError
 from .guard import BudgetGuard
-from .images import ImageLoader, LoadedImage
+from .images import ImageLoader, LoadedImage, shape_batches
 from .models import LoadedModel, load_task_models
 from .predict import Predictor, _renormalise
 from .rows import RowSample, read_row_sample, write_rows
@@ -145,18 +145,8 @@ class _ImageEngine:
     def run(self, loader: ImageLoader) -> None:
         """Predict batch by batch, images of one size per batch; once stopped, the rest is left to
         the fallback (not decoded)."""
-        batches: dict[tuple[int, ...] | None, list[tuple[int, LoadedImage]]] = {}
-        for index, loaded in enumerate(self._timed(loader)):
-            shape = None if loaded.image is None else tuple(loaded.image.shape)
-            batch = batches.setdefault(shape, [])
-            batch.append((index, loaded))
-            if len(batch) == self.spec.batch_size:
-                del batches[shape]
-                self._batch(batch)
-                if self.stopped:
-                    batches.clear()
-                    break
-        for batch in batches.values():
+        items = enumerate(self._timed(loader))
+        for batch in shape_batches(items, self.spec.batch_size, lambda item: item[1].image, lambda: self.stopped):
             self._batch(batch)
         if self.done < self.total:
             self.ctx.reporter.warn("fallback_rest", f"the last {self.total - self.done} images get no prediction")

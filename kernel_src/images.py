@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 Image = npt.NDArray[np.uint8]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -252,3 +253,23 @@ class ImageLoader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def shape_batches(
+    items: Iterable[T], size: int, image_of: Callable[[T], Image | None], stopped: Callable[[], bool]
+) -> Iterator[list[T]]:
+    """Batches of `size` items whose images share one shape (items without an image are a shape of
+    their own), each yielded as it fills; when `stopped()` after a full batch, nothing more is read
+    or yielded; else the partial batches come last. Both engines batch their images this way."""
+    batches: dict[tuple[int, ...] | None, list[T]] = {}
+    for item in items:
+        image = image_of(item)
+        shape = None if image is None else tuple(image.shape)
+        batch = batches.setdefault(shape, [])
+        batch.append(item)
+        if len(batch) == size:
+            del batches[shape]
+            yield batch
+            if stopped():
+                return
+    yield from list(batches.values())

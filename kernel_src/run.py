@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from .devices import DeviceSet, resolve_devices
 from .errors import BatchError, BundleError, ModelRunError
 from .guard import BudgetGuard
-from .images import ImageLoader, LoadedImage, PixelSettings
+from .images import ImageLoader, LoadedImage, PixelSettings, shape_batches
 from .inputs import READERS
 from .models import PRECISION_CHECK_IMAGES, load_models
 from .paths import PROFILE_FILE, SUBMISSION_FILE
@@ -147,18 +147,7 @@ class _Engine:
             self._wait()  # the last batch's rows written (or its error raised) before the writer closes
 
     def _run(self, loader: ImageLoader) -> None:
-        batches: dict[tuple[int, ...] | None, list[LoadedImage]] = {}
-        for loaded in self._timed(loader):
-            shape = None if loaded.image is None else tuple(loaded.image.shape)
-            batch = batches.setdefault(shape, [])
-            batch.append(loaded)
-            if len(batch) == self.spec.batch_size:
-                del batches[shape]
-                self._batch(batch)
-                if self.stopped:
-                    batches.clear()
-                    break
-        for batch in batches.values():
+        for batch in shape_batches(self._timed(loader), self.spec.batch_size, _image, lambda: self.stopped):
             self._batch(batch)
         if self.done < self.total:
             self.reporter.warn("empty_rest", f"the last {self.total - self.done} images get empty masks")
@@ -411,6 +400,10 @@ def _masks(ctx: RunContext) -> None:
         image_loader(ctx, sample.image_ids) as loader,
     ):
         _Engine(spec, predictor, guard, profiler, writer, reporter, total).run(loader)
+
+
+def _image(loaded: LoadedImage) -> np.ndarray[Any, np.dtype[np.uint8]] | None:
+    return loaded.image
 
 
 def _size(spec: InferenceSpec) -> tuple[int, int] | None:
